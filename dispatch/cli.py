@@ -1,0 +1,144 @@
+"""The command line (SPEC §12): ``python -m dispatch [run]``, ``check-config``, ``hash-password``.
+
+Exit codes: 0 success, 1 the daemon could not start (one line on stderr says why),
+2 the configuration or the command line is invalid (every problem listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from dispatch import __version__
+from dispatch.config import ConfigError, find_config_file, load_settings, redacted, redacted_toml
+from dispatch.logs import configure_logging
+from dispatch.security.passwords import hash_password
+
+EXIT_OK: Final = 0
+EXIT_CANNOT_START: Final = 1
+EXIT_BAD_CONFIG: Final = 2
+MIN_PASSWORD_LENGTH: Final = 12
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $DISPATCH_CONFIG, else ./dispatch.toml if present, "
+        "else built-in defaults)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="log line format (default: text)",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help="lowest level logged (default: info)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="dispatch",
+        parents=[common],
+        description="Dispatch: a self-hosted mail relay daemon. Without a command, runs it.",
+    )
+    parser.add_argument("--version", action="version", version=f"dispatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="run the daemon (the default)")
+    check = commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate a configuration file and print the effective configuration",
+    )
+    check.add_argument("path", nargs="?", help="file to check (default: as for run)")
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    hashpw = commands.add_parser(
+        "hash-password",
+        parents=[common],
+        help="hash a password for listener.users (reads it from the terminal or stdin)",
+    )
+    hashpw.add_argument(
+        "--stdin", action="store_true", help="read the password from stdin, not the terminal"
+    )
+    return parser
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else find_config_file(getattr(args, "config", None))
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    source = str(path) if path else "built-in defaults"
+    if args.json:
+        print(json.dumps(redacted(settings), indent=2))
+    else:
+        print(f"# {source}: valid. Effective configuration (secrets redacted):")
+        print(redacted_toml(settings), end="")
+    return EXIT_OK
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("dispatch: the two passwords differ; nothing hashed", file=sys.stderr)
+            return EXIT_BAD_CONFIG
+    if len(password) < MIN_PASSWORD_LENGTH:
+        print(
+            f"dispatch: the password has {len(password)} characters; use at least "
+            f"{MIN_PASSWORD_LENGTH}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dispatch.daemon import serve
+    from dispatch.supervisor import ComponentStartError
+
+    configure_logging(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
+    path = find_config_file(getattr(args, "config", None))
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        trio.run(serve, settings, path)
+    except ComponentStartError as exc:
+        print(f"dispatch: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        return EXIT_OK
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "hash-password":
+        return _hash_password(args)
+    return _run(args)
+
+
+def run_console_script() -> None:
+    """Entry point of the ``dispatch`` console script."""
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Show settings to people, and compare two of them for a SIGHUP reload.
+
+:func:`redacted` is the one way settings leave the process (``check-config``,
+``/debug/config``, the dashboard's Settings page): every :class:`Secret` becomes
+``"<redacted>"``. :func:`apply_reload` decides what a reload may change without a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import tomli_w
+
+from dispatch.config.settings import LIVE, Settings
+from dispatch.config.types import REDACTED, Secret
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return REDACTED if value else ""
+    if attrs.has(type(value)):
+        return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data (TOML/JSON-ready) with every secret replaced."""
+    data: dict[str, Any] = _plain(settings)
+    return data
+
+
+def redacted_toml(settings: Settings) -> str:
+    """The effective configuration as a TOML document that loads back (secrets redacted)."""
+    data = redacted(settings)
+    # Scalars first: TOML puts top-level keys before any table.
+    ordered = dict(sorted(data.items(), key=lambda kv: isinstance(kv[1], dict | list)))
+    return tomli_w.dumps(ordered)
+
+
+def apply_reload(current: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """Merge a reloaded configuration into the running one.
+
+    Returns the settings to run with from now on (live keys from ``new``, every other key
+    kept from ``current``) and the dotted paths of changed keys that need a restart.
+    """
+    needs_restart: list[str] = []
+
+    def merge(old: Any, fresh: Any, path: str) -> Any:
+        changes: dict[str, Any] = {}
+        for field in attrs.fields(type(old)):
+            name = f"{path}.{field.name}" if path else field.name
+            before, after = getattr(old, field.name), getattr(fresh, field.name)
+            if before == after:
+                continue
+            if field.metadata.get(LIVE):
+                changes[field.name] = after
+            elif attrs.has(type(before)) and type(before) is type(after):
+                changes[field.name] = merge(before, after, name)
+            else:
+                needs_restart.append(name)
+        return attrs.evolve(old, **changes) if changes else old
+
+    return merge(current, new, ""), needs_restart

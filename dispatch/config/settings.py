@@ -1,0 +1,247 @@
+"""The typed, frozen settings of Dispatch: every key of SPEC §2 and the relay/route shape of §6.
+
+Each table of the TOML file is one frozen attrs class; field defaults are the documented
+defaults (``config.toml.example`` and ``docs/configuration.md`` list them too, and a test keeps
+the three in agreement). A field marked :func:`live` is applied by a SIGHUP reload without a
+restart; every other changed key is logged as needing one. Fields marked :func:`secret` also
+accept ``<key>_env`` (an environment variable's name) and ``<key>_file`` (a file's path).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import attrs
+
+from dispatch.config.types import (
+    PRIVATE_AND_LOOPBACK,
+    BindAddresses,
+    Cidr,
+    HostPort,
+    NonNegativeInt,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    RelayChoice,
+    Secret,
+)
+
+LIVE: Final = "dispatch_live"
+SECRET: Final = "dispatch_secret"  # noqa: S105 - a metadata key, not a password
+
+
+def live(default: Any = attrs.NOTHING, *, factory: Any = None) -> Any:
+    """An attrs field that a SIGHUP reload applies without a restart."""
+    if factory is not None:
+        return attrs.field(factory=factory, metadata={LIVE: True})
+    return attrs.field(default=default, metadata={LIVE: True})
+
+
+def secret() -> Any:
+    """An attrs field holding a :class:`Secret` (accepts ``*_env`` and ``*_file`` too)."""
+    return attrs.field(default=Secret(""), metadata={SECRET: True})
+
+
+def _private_and_loopback() -> tuple[Cidr, ...]:
+    return PRIVATE_AND_LOOPBACK
+
+
+@attrs.frozen
+class SmtpUser:
+    """One SMTP AUTH account; the hash comes from ``python -m dispatch hash-password``."""
+
+    username: str
+    password_hash: Secret = secret()
+
+
+@attrs.frozen
+class ListenerSettings:
+    ports: tuple[Port, ...] = (Port(25), Port(587))
+    bind_address: BindAddresses = BindAddresses(("0.0.0.0",))  # noqa: S104 - SPEC §2 default
+    server_name: str = "Dispatch"
+    allowed_cidrs: tuple[Cidr, ...] = live(factory=_private_and_loopback)
+    max_message_bytes: PositiveInt = live(PositiveInt(26_214_400))
+    require_auth: bool = live(False)
+    allow_unsecure_auth: bool = live(False)
+    connection_timeout_seconds: PositiveFloat = live(PositiveFloat(60.0))
+    session_timeout_seconds: PositiveFloat = live(PositiveFloat(1800.0))
+    max_connections: PositiveInt = live(PositiveInt(100))
+    users: tuple[SmtpUser, ...] = live(())
+
+
+@attrs.frozen
+class TlsSettings:
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@attrs.frozen
+class SpoolSettings:
+    directory: str = "./.dispatch-spool"
+    worker_count: PositiveInt = PositiveInt(4)
+    max_retries: NonNegativeInt = live(NonNegativeInt(3))
+    retry_delays_seconds: tuple[PositiveFloat, ...] = live(
+        (PositiveFloat(30.0), PositiveFloat(300.0), PositiveFloat(1800.0))
+    )
+
+
+@attrs.frozen
+class ApiSettings:
+    enabled: bool = live(True)
+    port: Port = Port(8025)
+    http_enabled: bool = True
+    tls_port: Port = Port(8026)
+    tls_enabled: bool = False
+    allowed_cidrs: tuple[Cidr, ...] = live(factory=_private_and_loopback)
+    max_message_bytes: PositiveInt = live(PositiveInt(26_214_400))
+    rate_limit_per_key: PositiveInt = live(PositiveInt(100))
+
+
+@attrs.frozen
+class WebUiSettings:
+    port: Port = Port(8420)
+    allowed_cidrs: tuple[Cidr, ...] = live(())
+
+
+@attrs.frozen
+class DatabaseSettings:
+    url: str = "sqlite:///./.dispatch/dispatch.db"
+
+
+@attrs.frozen
+class RetentionSettings:
+    """Days to keep each kind of record; ``0`` keeps it forever. Purged every 6 hours."""
+
+    delivered_log_days: NonNegativeInt = live(NonNegativeInt(7))
+    failed_log_days: NonNegativeInt = live(NonNegativeInt(7))
+    failed_spool_days: NonNegativeInt = live(NonNegativeInt(7))
+    captured_days: NonNegativeInt = live(NonNegativeInt(7))
+    audit_log_days: NonNegativeInt = live(NonNegativeInt(7))
+
+
+@attrs.frozen
+class HealthSettings:
+    timeout_seconds: PositiveFloat = live(PositiveFloat(2.0))
+    disk_warning_bytes: NonNegativeInt = live(NonNegativeInt(1024**3))
+    disk_critical_bytes: NonNegativeInt = live(NonNegativeInt(100 * 1024**2))
+
+
+@attrs.frozen
+class MonitoringSettings:
+    address: HostPort = HostPort("")
+
+
+# --- relays (SPEC §6): one class per kind, chosen by the `kind` key -----------------------
+
+
+@attrs.frozen(kw_only=True)
+class RelayCommon:
+    name: str
+    max_inflight: PositiveInt = PositiveInt(8)
+    rate_limit_per_minute: NonNegativeInt = NonNegativeInt(0)  # 0 = unlimited
+    timeout_seconds: PositiveFloat = PositiveFloat(60.0)
+
+
+@attrs.frozen(kw_only=True)
+class SmtpRelay(RelayCommon):
+    kind: Literal["smtp"] = "smtp"
+    host: str
+    port: Port = Port(587)
+    tls: Literal["none", "auto", "starttls", "implicit"] = "starttls"
+    username: str = ""
+    password: Secret = secret()
+    verify_certificates: bool = True
+    ca_file: str = ""
+    helo_name: str = ""  # empty: listener.server_name
+
+
+@attrs.frozen(kw_only=True)
+class LocalRelay(RelayCommon):
+    kind: Literal["local"] = "local"
+
+
+@attrs.frozen(kw_only=True)
+class MxRelay(RelayCommon):
+    kind: Literal["mx"] = "mx"
+    port: Port = Port(25)
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver
+    nameserver_port: Port = Port(53)
+    require_tls: bool = False
+    helo_name: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class PostmarkRelay(RelayCommon):
+    kind: Literal["postmark"] = "postmark"
+    api_key: Secret = secret()
+    base_url: str = "https://api.postmarkapp.com"
+    message_stream: str = "outbound"
+
+
+@attrs.frozen(kw_only=True)
+class MailgunRelay(RelayCommon):
+    kind: Literal["mailgun"] = "mailgun"
+    api_key: Secret = secret()
+    domain: str
+    base_url: str = "https://api.mailgun.net"
+
+
+@attrs.frozen(kw_only=True)
+class SesRelay(RelayCommon):
+    kind: Literal["ses"] = "ses"
+    region: str
+    access_key_id: str
+    secret_access_key: Secret = secret()
+    base_url: str = ""  # empty: https://email.<region>.amazonaws.com
+
+
+RelaySettings = SmtpRelay | LocalRelay | MxRelay | PostmarkRelay | MailgunRelay | SesRelay
+
+RELAY_KINDS: Final[dict[str, type[RelaySettings]]] = {
+    "smtp": SmtpRelay,
+    "local": LocalRelay,
+    "mx": MxRelay,
+    "postmark": PostmarkRelay,
+    "mailgun": MailgunRelay,
+    "ses": SesRelay,
+}
+
+
+@attrs.frozen(kw_only=True)
+class RouteSettings:
+    """A routing rule (SPEC §6): glob patterns on the sender and recipient domains."""
+
+    priority: int = 100
+    sender_domain: str = "*"
+    recipient_domain: str = "*"
+    relay: RelayChoice
+    enabled: bool = True
+
+
+def _default_relays() -> tuple[RelaySettings, ...]:
+    return (LocalRelay(name="local"),)
+
+
+@attrs.frozen
+class Settings:
+    """The whole effective configuration. Build it with :func:`dispatch.config.load_settings`."""
+
+    listener: ListenerSettings = attrs.Factory(ListenerSettings)
+    tls: TlsSettings = attrs.Factory(TlsSettings)
+    spool: SpoolSettings = attrs.Factory(SpoolSettings)
+    api: ApiSettings = attrs.Factory(ApiSettings)
+    webui: WebUiSettings = attrs.Factory(WebUiSettings)
+    database: DatabaseSettings = attrs.Factory(DatabaseSettings)
+    data_dir: str = "./.dispatch"
+    retention: RetentionSettings = attrs.Factory(RetentionSettings)
+    health: HealthSettings = attrs.Factory(HealthSettings)
+    monitoring: MonitoringSettings = attrs.Factory(MonitoringSettings)
+    relays: tuple[RelaySettings, ...] = live(factory=_default_relays)
+    routes: tuple[RouteSettings, ...] = live(())
+    default_relay: str = live("")  # empty: the only relay, if there is exactly one
+
+    def relay(self, name: str) -> RelaySettings:
+        for relay in self.relays:
+            if relay.name == name:
+                return relay
+        raise KeyError(name)

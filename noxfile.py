@@ -1,0 +1,40 @@
+"""Developer and CI entry points; the README's two commands are `nox -s serve`, `nox -s tests`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.13"
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """Run Dispatch on its embedded defaults (or pass arguments: `nox -s serve -- --help`)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "dispatch", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite, system tests included (`-- -m "not slow"` for the quick part)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, including the ASYNC rules, and the formatting check."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the tests."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy")

@@ -1,0 +1,103 @@
+"""Shared fixtures: free loopback ports and a real ``python -m dispatch`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """A ``python -m dispatch`` child process whose log lines are collected as they come."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dispatch", *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._new.put(line.rstrip("\n"))
+        self._new.put(None)
+
+    def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
+        """Wait for a log line containing ``text``; fail with the log so far if none comes."""
+        for seen in self.lines:
+            if text in seen:
+                return seen
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._new.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no log line with {text!r}; log so far:\n" + "\n".join(self.lines))
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        while (line := self._new.get(timeout=5)) is not None:
+            self.lines.append(line)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start Dispatch in ``tmp_path`` with a config file written from the given TOML text."""
+    started: list[Daemon] = []
+
+    def start(config: str | None = None, *extra: str) -> Daemon:
+        args = list(extra)
+        if config is not None:
+            path = tmp_path / "dispatch.toml"
+            path.write_text(config)
+            args = ["--config", str(path), *args]
+        env = {k: v for k, v in os.environ.items() if k != "DISPATCH_CONFIG"}
+        daemon = Daemon(args, tmp_path, env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()

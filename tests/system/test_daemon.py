@@ -1,0 +1,103 @@
+"""The daemon as an operator runs it: a real subprocess, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, free_port
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Daemon]
+
+
+def base_config(tmp_path: Path, **listener: object) -> str:
+    port = free_port()
+    return f"""
+        data_dir = "{tmp_path / "data"}"
+        [listener]
+        ports = [{port}]
+        bind_address = "127.0.0.1"
+        max_connections = {listener.get("max_connections", 100)}
+        [spool]
+        directory = "{tmp_path / "spool"}"
+        [database]
+        url = "sqlite:///{tmp_path / "data" / "dispatch.db"}"
+    """
+
+
+def test_starts_ready_and_stops_cleanly_on_sigterm(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path))
+    daemon.wait_for("ready:")
+    assert (tmp_path / "spool" / "incoming").is_dir()
+    began = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert time.monotonic() - began < 10
+    assert "stopped" in daemon.log
+
+
+def test_sigint_stops_too(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path))
+    daemon.wait_for("ready:")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait_exit() == 0
+
+
+def test_sighup_applies_live_keys_and_names_the_others(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path))
+    daemon.wait_for("ready:")
+    config = tmp_path / "dispatch.toml"
+    config.write_text(base_config(tmp_path, max_connections=7))  # also a new port: not live
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for("configuration reloaded")
+    assert "listener.ports changed but needs a restart" in daemon.log
+    config.write_text("[listener]\nports = [0]\n")
+    daemon.signal(signal.SIGHUP)
+    line = daemon.wait_for("reload rejected")
+    assert "listener.ports[0]: 0 is not a port" in line
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_invalid_config_exits_2_listing_every_problem(start_daemon: Start) -> None:
+    daemon = start_daemon("[listener]\nports = [70000]\n[spool]\nworker_count = -1\n")
+    assert daemon.wait_exit() == 2
+    assert "listener.ports[0]: 70000 is not a port (1-65535)" in daemon.log
+    assert "spool.worker_count: -1 is too small" in daemon.log
+
+
+def test_component_that_cannot_start_exits_1_with_one_line(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    (tmp_path / "spool").write_text("a file where the spool directory should be")
+    daemon = start_daemon(base_config(tmp_path))
+    assert daemon.wait_exit() == 1
+    reasons = [line for line in daemon.lines if line.startswith("dispatch: cannot start")]
+    assert len(reasons) == 1, daemon.log
+    assert reasons[0].startswith("dispatch: cannot start spool:")
+    assert "Traceback" not in daemon.log
+
+
+def test_json_log_lines_carry_the_component(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path), "--log-format", "json")
+    daemon.wait_for("ready:")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    entries = [json.loads(line) for line in daemon.lines]
+    ready = next(e for e in entries if e["msg"].startswith("ready:"))
+    assert ready["component"] == "dispatch"
+    assert ready["level"] == "info"
+    assert any(e.get("component") == "spool" for e in entries)
+
+
+def test_version(start_daemon: Start) -> None:
+    daemon = start_daemon(None, "--version")
+    assert daemon.wait_exit() == 0
+    assert daemon.lines[0].startswith("dispatch ")
