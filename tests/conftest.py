@@ -40,13 +40,22 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._new.put(line.rstrip("\n"))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._new.put(line.rstrip("\n"))
         self._new.put(None)
+
+    def kill(self) -> None:
+        """SIGKILL (if still running) and reap, closing the log pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=10)
 
     def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
         """Wait for a log line containing ``text``; fail with the log so far if none comes."""
@@ -98,6 +107,4 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield start
     for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
+        daemon.kill()

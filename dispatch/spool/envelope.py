@@ -1,0 +1,286 @@
+"""The envelope of a spooled message, and its versioned JSON form (``<id>.json``).
+
+An :class:`Envelope` is everything about a message except its bytes: who sent it to whom,
+where it came from, and how delivery has gone so far. It is immutable; every change makes a
+new one (``attrs.evolve`` or the helpers below) which the spool then writes atomically.
+
+The JSON form carries ``"v": 1``. Decoding checks every field's type, so a truncated,
+hand-edited or foreign file fails with a :class:`CorruptEnvelopeError` that names what is
+wrong instead of surfacing later as an ``AttributeError`` in a delivery worker. Encoding uses
+``ensure_ascii`` so that addresses containing lone surrogates (bytes that were not UTF-8,
+decoded with ``surrogateescape``) survive the round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal, cast
+
+import attrs
+
+from dispatch.spool.errors import CorruptEnvelopeError
+from dispatch.spool.ids import is_valid_id
+
+FORMAT_VERSION: Final = 1
+
+Source = Literal["smtp", "api"]
+ResultStatus = Literal["delivered", "failed"]
+_SOURCES: Final = frozenset({"smtp", "api"})
+_RESULT_STATUSES: Final = frozenset({"delivered", "failed"})
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):  # a lone string would become a tuple of characters
+        raise TypeError(f"expected a sequence of strings, got the string {value!r}")
+    return tuple(value)
+
+
+@attrs.frozen
+class RecipientResult:
+    """The final outcome of delivery to one recipient.
+
+    Only final outcomes are recorded: ``delivered``, or ``failed`` for a permanent rejection
+    (5xx). A transient failure is not a result; the recipient stays pending.
+    """
+
+    status: ResultStatus
+    response: str
+    relay: str | None
+    at: float
+
+
+def _freeze_results(value: Mapping[str, RecipientResult]) -> Mapping[str, RecipientResult]:
+    return MappingProxyType(dict(value))
+
+
+_NO_RESULTS: Final[Mapping[str, RecipientResult]] = MappingProxyType({})
+
+
+@attrs.frozen
+class Envelope:
+    """A spooled message's envelope: intake facts plus delivery progress.
+
+    The intake facts (``mail_from`` to ``size``) never change after the message is accepted;
+    the delivery fields (``attempts`` to ``recipient_results``) are updated by the delivery
+    workers through :meth:`Spool.release` and :meth:`Spool.mark_failed`.
+    """
+
+    id: str
+    mail_from: str  # "" is the null reverse path <> (bounces)
+    recipients: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    source: Source
+    peer_ip: str | None
+    auth_identity: str | None  # SMTP AUTH user or API key prefix
+    tags: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    received_at: float
+    size: int  # bytes of the .eml file
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    recipient_results: Mapping[str, RecipientResult] = attrs.field(
+        default=_NO_RESULTS, converter=_freeze_results, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not is_valid_id(self.id):
+            raise ValueError(f"{self.id!r} is not a spool message id")
+        if not self.recipients:
+            raise ValueError(f"message {self.id}: an envelope needs at least one recipient")
+        if self.source not in _SOURCES:
+            raise ValueError(f"message {self.id}: source must be 'smtp' or 'api'")
+        if self.size < 0 or self.attempts < 0:
+            raise ValueError(f"message {self.id}: size and attempts cannot be negative")
+        unknown = set(self.recipient_results) - set(self.recipients)
+        if unknown:
+            raise ValueError(f"message {self.id}: results for non-recipients {sorted(unknown)}")
+
+    @property
+    def pending_recipients(self) -> tuple[str, ...]:
+        """Recipients without a final result yet, in envelope order: the ones to (re)try."""
+        done = self.recipient_results
+        return tuple(rcpt for rcpt in self.recipients if rcpt not in done)
+
+    def after_attempt(
+        self,
+        *,
+        next_attempt_at: float,
+        error: str | None,
+        results: Mapping[str, RecipientResult] | None = None,
+    ) -> Envelope:
+        """Return this envelope after one more delivery attempt.
+
+        ``results`` are merged into the recorded ones (recipients finished in this attempt);
+        ``error`` becomes ``last_error``. Pass the result to :meth:`Spool.release` or
+        :meth:`Spool.mark_failed`.
+        """
+        merged = dict(self.recipient_results)
+        merged.update(results or {})
+        return attrs.evolve(
+            self,
+            attempts=self.attempts + 1,
+            next_attempt_at=next_attempt_at,
+            last_error=error,
+            recipient_results=merged,
+        )
+
+    def same_message(self, other: Envelope) -> bool:
+        """Tell whether ``other`` has the same id and intake facts (delivery fields may differ)."""
+        return (
+            self.id,
+            self.mail_from,
+            self.recipients,
+            self.source,
+            self.peer_ip,
+            self.auth_identity,
+            self.tags,
+            self.received_at,
+            self.size,
+        ) == (
+            other.id,
+            other.mail_from,
+            other.recipients,
+            other.source,
+            other.peer_ip,
+            other.auth_identity,
+            other.tags,
+            other.received_at,
+            other.size,
+        )
+
+    def to_json(self) -> bytes:
+        """Encode as version-1 JSON (UTF-8, ASCII-only, one line)."""
+        document = {
+            "v": FORMAT_VERSION,
+            "id": self.id,
+            "mail_from": self.mail_from,
+            "recipients": list(self.recipients),
+            "source": self.source,
+            "peer_ip": self.peer_ip,
+            "auth_identity": self.auth_identity,
+            "tags": list(self.tags),
+            "received_at": self.received_at,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "recipient_results": {
+                rcpt: {
+                    "status": result.status,
+                    "response": result.response,
+                    "relay": result.relay,
+                    "at": result.at,
+                }
+                for rcpt, result in self.recipient_results.items()
+            },
+        }
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes, *, path: str | os.PathLike[str] | None = None) -> Envelope:
+        """Decode an envelope file's bytes; raise :class:`CorruptEnvelopeError` if invalid.
+
+        ``path`` only makes the error message name the file.
+        """
+        where = None if path is None else Path(path)
+        try:
+            document = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptEnvelopeError(f"envelope is not valid JSON ({exc})", path=where) from None
+        try:
+            return _decode_document(document)
+        except (TypeError, ValueError) as exc:
+            raise CorruptEnvelopeError(f"invalid envelope: {exc}", path=where) from None
+
+
+# Field checks, table-driven: start-up decodes every envelope in the spool (100,000 of them
+# must load in seconds), so each check is one exact type test rather than a call chain.
+_STRINGS: Final = ("id", "mail_from", "source")
+_OPTIONAL_STRINGS: Final = ("peer_ip", "auth_identity", "last_error")
+_INTEGERS: Final = ("size", "attempts")
+_NUMBERS: Final = ("received_at", "next_attempt_at")
+_STRING_LISTS: Final = ("recipients", "tags")
+
+
+def _decode_document(document: object) -> Envelope:
+    if type(document) is not dict:
+        raise TypeError("top level is not an object")
+    doc = cast(dict[str, Any], document)
+    version = doc.get("v")
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise ValueError(f"unsupported format version {version!r} (this build reads v1)")
+    for name in _STRINGS:
+        if type(doc.get(name)) is not str:
+            raise _bad_field(doc, name, "str")
+    for name in _OPTIONAL_STRINGS:
+        value = doc.get(name)
+        if value is not None and type(value) is not str:
+            raise _bad_field(doc, name, "str")
+    for name in _INTEGERS:
+        if type(doc.get(name)) is not int:
+            raise _bad_field(doc, name, "int")
+    for name in _NUMBERS:
+        _check_number(doc, name)
+    for name in _STRING_LISTS:
+        items = doc.get(name)
+        if type(items) is not list:
+            raise _bad_field(doc, name, "list")
+        for item in items:
+            if type(item) is not str:
+                raise TypeError(f"an item of {name} must be str, not {type(item).__name__}")
+    raw_results = doc.get("recipient_results")
+    if type(raw_results) is not dict:
+        raise _bad_field(doc, "recipient_results", "dict")
+    return Envelope(
+        id=doc["id"],
+        mail_from=doc["mail_from"],
+        recipients=doc["recipients"],
+        source=doc["source"],
+        peer_ip=doc["peer_ip"],
+        auth_identity=doc["auth_identity"],
+        tags=doc["tags"],
+        received_at=float(doc["received_at"]),
+        size=doc["size"],
+        attempts=doc["attempts"],
+        next_attempt_at=float(doc["next_attempt_at"]),
+        last_error=doc["last_error"],
+        recipient_results={
+            rcpt: _decode_result(rcpt, value) for rcpt, value in raw_results.items()
+        },
+    )
+
+
+def _decode_result(recipient: str, value: object) -> RecipientResult:
+    if type(value) is not dict:
+        raise TypeError(f"the result for {recipient!r} is not an object")
+    doc = cast(dict[str, Any], value)
+    status = doc.get("status")
+    if status not in _RESULT_STATUSES:
+        raise ValueError(f"recipient result status {status!r} is not delivered or failed")
+    if type(doc.get("response")) is not str:
+        raise _bad_field(doc, "response", "str")
+    relay = doc.get("relay")
+    if relay is not None and type(relay) is not str:
+        raise _bad_field(doc, "relay", "str")
+    _check_number(doc, "at")
+    return RecipientResult(
+        status=status, response=doc["response"], relay=relay, at=float(doc["at"])
+    )
+
+
+def _check_number(doc: dict[str, Any], name: str) -> None:
+    value = doc.get(name)
+    if type(value) is not float and type(value) is not int:
+        raise _bad_field(doc, name, "a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, not {value}")
+
+
+def _bad_field(doc: dict[str, Any], name: str, kind: str) -> Exception:
+    if name not in doc:
+        return ValueError(f"field {name!r} is missing")
+    return TypeError(f"{name} must be {kind}, not {type(doc[name]).__name__}")

@@ -1,0 +1,105 @@
+"""Where spool files live, and the small synchronous file primitives every operation uses.
+
+Layout under the spool directory (SPEC §5)::
+
+    incoming/    accepted, waiting for (another) delivery attempt
+    processing/  claimed by a delivery worker
+    failed/      given up; waits for an operator's retry or delete
+    captured/    the Local inbox: copies made by the ``local`` relay
+    tmp/         files being written; anything here at start-up is a leftover
+
+A message is the pair ``<id>.eml`` (the bytes exactly as received) and ``<id>.json`` (the
+envelope). The directory holding the ``.json`` is the message's state; the ``.json`` is moved
+last and removed first, which is what makes every crash repairable (see ``recovery.py``).
+
+Everything here blocks: call it from ``trio.to_thread.run_sync``, never from the Trio thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+from pathlib import Path
+
+DIRECTORY_MODE = 0o700  # mail is private: only the daemon's user may list or read it
+FILE_MODE = 0o600
+
+EML = ".eml"
+JSON = ".json"
+
+
+class MessageState(enum.StrEnum):
+    """The state of a message, which is also the name of the directory holding its files."""
+
+    INCOMING = "incoming"
+    PROCESSING = "processing"
+    FAILED = "failed"
+
+
+class SpoolLayout:
+    """The paths of one spool directory. Owns nothing but names; cheap to copy around."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.captured = root / "captured"
+        self.state_dirs = {state: root / state.value for state in MessageState}
+        self.state_dir_strings = {state: str(path) for state, path in self.state_dirs.items()}
+
+    @property
+    def all_dirs(self) -> tuple[Path, ...]:
+        return (*self.state_dirs.values(), self.captured, self.tmp)
+
+    def path(self, state: MessageState, message_id: str, suffix: str) -> Path:
+        return self.state_dirs[state] / f"{message_id}{suffix}"
+
+    def tmp_path(self, message_id: str, suffix: str) -> Path:
+        return self.tmp / f"{message_id}{suffix}"
+
+    def create_dirs(self) -> None:
+        """Create the root and every subdirectory that is missing, private to this user."""
+        self.root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        for directory in self.all_dirs:
+            directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (creations, renames, unlinks) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+    """Create ``path`` (it must not exist), write ``chunks`` and fsync it.
+
+    On failure the partial file is removed and the error re-raised.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            write_all(fd, chunks)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(path)
+        raise
+
+
+def write_all(fd: int, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+    """Write every byte of ``chunks`` to ``fd`` (``os.write`` may write less than asked)."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+
+def unlink_quietly(path: Path) -> None:
+    """Remove ``path`` if it exists; used in cleanup, where a second error would hide the first."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,241 @@
+"""Start-up recovery: repair what a crash left behind, then read the spool once.
+
+Theory of operation
+-------------------
+Every writer in the spool keeps one invariant (see ``writer.py`` and ``transitions.py``):
+**the directory holding ``<id>.json`` is the message's state, and a message without a
+``.json`` in a state directory was never acknowledged or is already finished.** Recovery
+applies that rule to whatever it finds, per id:
+
+=================================================  =========================================
+found                                              done
+=================================================  =========================================
+anything in ``tmp/``                               deleted (an unfinished write)
+``.json`` and ``.eml`` in one state directory      kept
+``.json`` in S, ``.eml`` in T                      ``.eml`` moved to S (an interrupted move)
+``.eml`` without any ``.json``                     deleted (never acknowledged, or delivered
+                                                   and interrupted while being removed)
+``.json`` without any ``.eml``                     envelope moved to ``failed/`` with
+                                                   ``last_error = "message body missing"``,
+                                                   warning logged (someone removed the body)
+``.json`` in several state directories             one kept (failed > incoming > processing),
+                                                   the others deleted; no writer does this
+a message in ``processing/``                       moved back to ``incoming/`` (its worker
+                                                   died with the process)
+an envelope that does not decode                   left where it is, not indexed, logged as an
+                                                   error with its path (an operator decides)
+a file whose name is not ``<id>.eml|json``         left alone, logged
+=================================================  =========================================
+
+Then every envelope is decoded and the entries returned for the index. All of it blocks and
+runs in one thread hop from :meth:`Spool.open`; the repairs are made durable with one fsync
+per directory at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import attrs
+
+from dispatch.spool.envelope import Envelope
+from dispatch.spool.errors import CorruptEnvelopeError
+from dispatch.spool.ids import is_valid_id
+from dispatch.spool.index import SpoolEntry
+from dispatch.spool.layout import EML, JSON, MessageState, SpoolLayout, fsync_dir
+from dispatch.spool.transitions import move_message, replace_envelope
+
+logger = logging.getLogger("dispatch.spool")
+
+BODY_MISSING = "message body missing"
+
+# Envelopes are small; one read gets a typical one whole (a long recipient list takes more).
+_READ_SIZE = 16 * 1024
+
+# Which copy wins when an envelope exists in several states (defensive: no writer does it).
+_JSON_PRIORITY = (MessageState.FAILED, MessageState.INCOMING, MessageState.PROCESSING)
+
+
+@attrs.define
+class RecoveryReport:
+    """What start-up found and repaired; logged once by :meth:`Spool.open`."""
+
+    messages: int = 0
+    tmp_files_removed: int = 0
+    claims_returned: int = 0
+    split_pairs_repaired: int = 0
+    orphan_bodies_deleted: int = 0
+    bodiless_envelopes_failed: int = 0
+    duplicate_envelopes_removed: int = 0
+    corrupt_envelopes: list[Path] = attrs.Factory(list)
+    unknown_files: list[Path] = attrs.Factory(list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the start-up log."""
+        return (
+            f"{self.messages} messages in {self.seconds:.2f}s; "
+            f"tmp files removed {self.tmp_files_removed}, claims returned "
+            f"{self.claims_returned}, split pairs repaired {self.split_pairs_repaired}, "
+            f"orphan bodies deleted {self.orphan_bodies_deleted}, bodiless envelopes failed "
+            f"{self.bodiless_envelopes_failed}, duplicate envelopes removed "
+            f"{self.duplicate_envelopes_removed}, corrupt envelopes "
+            f"{len(self.corrupt_envelopes)}, unknown files {len(self.unknown_files)}"
+        )
+
+    @property
+    def repaired_anything(self) -> bool:
+        return any(
+            (
+                self.tmp_files_removed,
+                self.claims_returned,
+                self.split_pairs_repaired,
+                self.orphan_bodies_deleted,
+                self.bodiless_envelopes_failed,
+                self.duplicate_envelopes_removed,
+            )
+        )
+
+
+@attrs.define
+class _Found:
+    json_states: list[MessageState] = attrs.Factory(list)
+    eml_states: list[MessageState] = attrs.Factory(list)
+
+
+def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
+    """Create missing directories, repair crash leftovers and decode every envelope."""
+    started = time.monotonic()
+    report = RecoveryReport()
+    layout.create_dirs()
+    report.tmp_files_removed = _empty_tmp(layout.tmp)
+    entries: list[SpoolEntry] = []
+    for message_id, found in _scan(layout, report).items():
+        settled = _settle(layout, message_id, found, report)
+        if settled is None:
+            continue
+        state, has_body = settled
+        entry = _load(layout, message_id, state, has_body=has_body, report=report)
+        if entry is not None:
+            entries.append(entry)
+    for directory in layout.state_dirs.values():
+        fsync_dir(directory)
+    report.messages = len(entries)
+    report.seconds = time.monotonic() - started
+    return entries, report
+
+
+def _empty_tmp(tmp: Path) -> int:
+    removed = 0
+    with os.scandir(tmp) as listing:
+        for item in listing:
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path)
+            else:
+                os.unlink(item.path)
+            removed += 1
+    if removed:
+        fsync_dir(tmp)
+    return removed
+
+
+def _scan(layout: SpoolLayout, report: RecoveryReport) -> dict[str, _Found]:
+    found: defaultdict[str, _Found] = defaultdict(_Found)
+    for state, directory in layout.state_dirs.items():
+        with os.scandir(directory) as listing:
+            for item in listing:
+                stem, dot, suffix = item.name.rpartition(".")
+                if dot and is_valid_id(stem) and suffix == "json":
+                    found[stem].json_states.append(state)
+                elif dot and is_valid_id(stem) and suffix == "eml":
+                    found[stem].eml_states.append(state)
+                else:
+                    report.unknown_files.append(Path(item.path))
+                    logger.warning("spool: ignoring unexpected file %s", item.path)
+    return found
+
+
+def _settle(
+    layout: SpoolLayout, message_id: str, found: _Found, report: RecoveryReport
+) -> tuple[MessageState, bool] | None:
+    """Leave the message's files in one state directory.
+
+    Return that state and whether the message has a body, or None if it was deleted.
+    """
+    bodies = found.eml_states
+    if not found.json_states:
+        for state in bodies:
+            os.unlink(layout.path(state, message_id, EML))
+            report.orphan_bodies_deleted += 1
+        return None
+    state = next(s for s in _JSON_PRIORITY if s in found.json_states)
+    for other in found.json_states:
+        if other is not state:
+            os.unlink(layout.path(other, message_id, JSON))
+            report.duplicate_envelopes_removed += 1
+            logger.warning("spool: %s had envelopes in several states; kept %s", message_id, state)
+    extra_bodies = [s for s in bodies if s is not state]
+    if bodies and state not in bodies:
+        # An interrupted move: the envelope's directory is the truth.
+        os.rename(
+            layout.path(extra_bodies.pop(0), message_id, EML), layout.path(state, message_id, EML)
+        )
+        report.split_pairs_repaired += 1
+    for other in extra_bodies:
+        os.unlink(layout.path(other, message_id, EML))
+    if not bodies:
+        return state, False
+    if state is MessageState.PROCESSING:
+        move_message(layout, message_id, state, MessageState.INCOMING, durable=False)
+        report.claims_returned += 1
+        state = MessageState.INCOMING
+    return state, True
+
+
+def _load(
+    layout: SpoolLayout,
+    message_id: str,
+    state: MessageState,
+    *,
+    has_body: bool,
+    report: RecoveryReport,
+) -> SpoolEntry | None:
+    # Plain strings and os calls: pathlib would cost more than the decoding on this path.
+    path = f"{layout.state_dir_strings[state]}/{message_id}{JSON}"
+    try:
+        envelope = Envelope.from_json(_read_file(path), path=path)
+        if envelope.id != message_id:
+            raise CorruptEnvelopeError(f"envelope is for {envelope.id}", path=Path(path))
+    except CorruptEnvelopeError as exc:
+        report.corrupt_envelopes.append(Path(path))
+        logger.error("spool: %s; left in place, not delivered until an operator acts", exc)
+        return None
+    if has_body:
+        return SpoolEntry(state, envelope)
+    if state is MessageState.FAILED and envelope.last_error == BODY_MISSING:
+        return SpoolEntry(state, envelope)  # parked by an earlier start-up
+    logger.warning("spool: message %s has no body (its .eml is gone); moved to failed", message_id)
+    envelope = attrs.evolve(envelope, last_error=BODY_MISSING)
+    replace_envelope(layout, message_id, state, envelope.to_json())
+    if state is not MessageState.FAILED:
+        os.rename(path, layout.path(MessageState.FAILED, message_id, JSON))
+    report.bodiless_envelopes_failed += 1
+    return SpoolEntry(MessageState.FAILED, envelope)
+
+
+def _read_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+            if len(chunk) < _READ_SIZE:
+                break
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

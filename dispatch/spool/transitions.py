@@ -1,0 +1,167 @@
+"""The on-disk state changes of a committed message, each a short sequence of renames.
+
+Theory of operation
+-------------------
+A message's state is the directory holding its ``.json``; the ``.eml`` follows it. Every
+function here orders its steps so that a crash between any two of them leaves a disk that
+start-up recovery (``recovery.py``) turns into exactly one state, never losing an
+acknowledged message:
+
+* **move** (claim, release, mark failed, retry, return a claim)::
+
+      [write tmp/<id>.json, fsync, rename over src/<id>.json]   only if the envelope changes
+      rename src/<id>.eml  -> dst/<id>.eml
+      rename src/<id>.json -> dst/<id>.json                     the state changes here
+      fsync dst/, fsync src/                                    unless durable=False
+
+  The new envelope replaces the old one *in place* before anything moves, so there is never
+  more than one ``.json`` per id. A crash after the ``.eml`` moved but before the ``.json``
+  did leaves a split pair; recovery moves the ``.eml`` to where the ``.json`` is, which is
+  the old state — as if the move never started. A crash before the in-place replace keeps
+  the old envelope: only delivery bookkeeping (attempt count, last error) is lost; a crash
+  after it leaves the new envelope in the old state (a retried message still in failed/
+  with its error cleared; an operator retries again).
+
+* **remove** (delivered, or deleted by an operator)::
+
+      unlink <state>/<id>.json                                  the message is gone here
+      unlink <state>/<id>.eml
+      fsync <state>/
+
+  Envelope first: a crash in between leaves a body without an envelope, which recovery
+  deletes (it was either never acknowledged or already finished). The other order would
+  leave an envelope without a body, which recovery must treat as a damaged message and
+  move to ``failed/`` — an alarm for a message that was in fact delivered.
+
+Every function blocks; run them in ``trio.to_thread.run_sync``. They raise ``OSError``;
+translating it is the caller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from dispatch.spool.layout import (
+    EML,
+    JSON,
+    MessageState,
+    SpoolLayout,
+    fsync_dir,
+    unlink_quietly,
+    write_new_file,
+)
+
+logger = logging.getLogger("dispatch.spool")
+
+
+def replace_envelope(
+    layout: SpoolLayout, message_id: str, state: MessageState, envelope: bytes
+) -> None:
+    """Atomically replace ``<state>/<id>.json`` with ``envelope`` (written and fsynced first)."""
+    tmp = layout.tmp_path(message_id, JSON)
+    unlink_quietly(tmp)  # a leftover of an earlier failed attempt
+    write_new_file(tmp, (envelope,))
+    try:
+        os.rename(tmp, layout.path(state, message_id, JSON))
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+
+
+def move_message(
+    layout: SpoolLayout,
+    message_id: str,
+    src: MessageState,
+    dst: MessageState,
+    *,
+    envelope: bytes | None = None,
+    durable: bool = True,
+) -> None:
+    """Move a message from ``src`` to ``dst``, optionally replacing its envelope on the way.
+
+    If the ``.json`` cannot be moved, the ``.eml`` is moved back (best effort), so a failed
+    move normally leaves the message whole in ``src``. ``durable=False`` skips the directory
+    fsyncs, for moves that recovery would redo anyway (a claim).
+    """
+    if envelope is not None:
+        replace_envelope(layout, message_id, src, envelope)
+    src_eml, dst_eml = layout.path(src, message_id, EML), layout.path(dst, message_id, EML)
+    os.rename(src_eml, dst_eml)
+    try:
+        os.rename(layout.path(src, message_id, JSON), layout.path(dst, message_id, JSON))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(dst_eml, src_eml)
+        raise
+    if durable:
+        fsync_dir(layout.state_dirs[dst])
+        fsync_dir(layout.state_dirs[src])
+
+
+def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) -> None:
+    """Delete a message's files, envelope first.
+
+    Raises ``OSError`` only if the envelope could not be removed (the message is then still
+    there). Once the envelope is gone the message is gone: a failure to remove the body or
+    to fsync is logged, not raised — start-up recovery deletes an envelope-less body.
+    """
+    os.unlink(layout.path(state, message_id, JSON))
+    try:
+        layout.path(state, message_id, EML).unlink(missing_ok=True)  # bodiless: see recovery
+        fsync_dir(layout.state_dirs[state])
+    except OSError as exc:
+        logger.warning(
+            "message %s: envelope removed but cleanup failed (%s); start-up will finish it",
+            message_id,
+            exc,
+        )
+
+
+def capture_message(
+    layout: SpoolLayout, message_id: str, state: MessageState, envelope: bytes
+) -> Path:
+    """Put a copy of a message into ``captured/`` (the Local inbox); return the body's path.
+
+    The body is hard-linked when possible (spooled bodies are never modified, so sharing the
+    inode is safe) and copied otherwise. Capturing the same message twice keeps the first
+    body and refreshes the envelope.
+    """
+    body = layout.captured / f"{message_id}{EML}"
+    source = layout.path(state, message_id, EML)
+    try:
+        os.link(source, body)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        _copy_durably(source, body, layout.tmp / f"{message_id}{EML}.copy")
+    tmp = layout.tmp_path(message_id, JSON)
+    unlink_quietly(tmp)
+    write_new_file(tmp, (envelope,))
+    try:
+        os.rename(tmp, layout.captured / f"{message_id}{JSON}")
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    fsync_dir(layout.captured)
+    return body
+
+
+def _copy_durably(source: Path, target: Path, tmp: Path) -> None:
+    try:
+        shutil.copyfile(source, tmp)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise

@@ -1,0 +1,115 @@
+"""A real full disk: a tiny tmpfs. The spool says "full", leaves nothing behind, and recovers.
+
+Mounting needs root, which CI has. Without it these tests fail (not skip): a spool whose
+disk-full path was never exercised must not pass as tested.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatch.spool import MessageState, Spool, SpoolFullError
+from dispatch.spool.testing import commit, placed, tmp_files
+
+PAGE = 4096  # tmpfs allocates whole pages
+FS_SIZE = 256 * 1024
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE},mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(
+            f"could not mount a {FS_SIZE // 1024} KiB tmpfs at {mountpoint}: "
+            f"{mounted.stderr.strip() or mounted.returncode}. The disk-full tests need root "
+            "(CI runs as root); run them as root rather than skipping them."
+        )
+    try:
+        yield mountpoint
+    finally:
+        # A lazy unmount still detaches it if a failing test left a file open.
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def fill(path: Path, *, leave_pages: int) -> None:
+    """Fill the file system holding ``path`` with one file, then free ``leave_pages`` pages."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with pytest.raises(OSError, match="No space left") as full:  # noqa: PT012
+            while True:
+                os.write(fd, b"\0" * PAGE)
+        assert full.value.errno == errno.ENOSPC
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        os.ftruncate(fd, size - size % PAGE - leave_pages * PAGE)
+    finally:
+        os.close(fd)
+
+
+def assert_nothing_half_written(spool: Spool, expected: dict[str, MessageState]) -> None:
+    assert tmp_files(spool.directory) == []
+    assert placed(spool.directory) == expected
+    assert {e.id: e.state for e in spool.entries()} == expected
+
+
+async def test_message_bigger_than_the_disk_is_refused_cleanly(small_fs: Path) -> None:
+    spool = await Spool.open(small_fs / "spool")
+    first = await commit(spool, b"small\r\n")
+    with pytest.raises(SpoolFullError, match=r"spool is full, could not write message spl_"):
+        await commit(spool, os.urandom(FS_SIZE + 10_000))
+    assert_nothing_half_written(spool, {first.id: MessageState.INCOMING})
+    second = await commit(spool, b"x" * 10_000)
+    assert spool.message_path(second.id).read_bytes() == b"x" * 10_000
+
+
+async def test_spilling_into_a_full_disk_aborts_the_message(small_fs: Path) -> None:
+    spool = await Spool.open(small_fs / "spool", spill_threshold=64 * 1024)
+
+    async def receive_twice_the_disk() -> None:
+        async with spool.begin() as message:
+            for _ in range(2 * FS_SIZE // 4096):
+                await message.write(b"y" * 4096)
+
+    with pytest.raises(SpoolFullError):
+        await receive_twice_the_disk()
+    assert_nothing_half_written(spool, {})
+    await commit(spool, b"y" * 100_000)  # the space came back
+
+
+async def test_disk_full_between_body_and_envelope_then_space_freed(small_fs: Path) -> None:
+    spool = await Spool.open(small_fs / "spool")
+    filler = small_fs / "filler"
+    # One free page: the body fits, the envelope does not — the failure is mid-commit.
+    fill(filler, leave_pages=1)
+    with pytest.raises(SpoolFullError):
+        await commit(spool, b"z" * 100)
+    assert_nothing_half_written(spool, {})
+
+    filler.unlink()  # the operator frees space
+    envelope = await commit(spool, b"z" * 100)
+    assert_nothing_half_written(spool, {envelope.id: MessageState.INCOMING})
+
+
+async def test_state_change_on_a_full_disk_keeps_the_message_whole(small_fs: Path) -> None:
+    spool = await Spool.open(small_fs / "spool")
+    envelope = await commit(spool, b"body")
+    await spool.claim(envelope.id)  # renames need no space
+    fill(small_fs / "filler", leave_pages=0)
+    with pytest.raises(SpoolFullError):
+        await spool.release(envelope.after_attempt(next_attempt_at=0.0, error="421"))
+    assert_nothing_half_written(spool, {envelope.id: MessageState.PROCESSING})
+    (small_fs / "filler").unlink()
+    await spool.release(envelope.after_attempt(next_attempt_at=0.0, error="421"))
+    assert_nothing_half_written(spool, {envelope.id: MessageState.INCOMING})
