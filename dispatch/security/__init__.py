@@ -1,1 +1,1 @@
-"""Secrets at rest: password hashing and verification."""
+"""Security material: TLS certificates and contexts, password hashes."""

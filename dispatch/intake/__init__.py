@@ -1,0 +1,1 @@
+"""Intake: where mail enters Dispatch (the SMTP listener; the HTTP API beside it)."""

@@ -1,0 +1,110 @@
+"""The in-memory counters of one Dispatch process, in the manner of chasquid's expvars.
+
+Every counter has a chasquid-style name (``dispatch/smtpIn/commandCount``) under which
+``/debug/vars`` shows it, and a help text that ``/metrics`` reuses. Updating is a dict
+increment on the Trio thread: cheap enough for the per-command path, and never I/O.
+
+Label values must never identify a person: verbs are sanitised by the protocol core, reply
+codes are numbers, and nothing here takes an address, a subject or a secret.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+MAX_LABEL_VALUES: Final = 200
+"""Distinct values one map keeps; later ones are counted under ``"other"`` (bounded memory)."""
+
+
+class Counter:
+    """A single monotonically increasing count."""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.value = 0
+
+    def add(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class CounterMap:
+    """Counts keyed by one label (chasquid's ``expvar.Map``): ``{"EHLO": 12, "MAIL": 10}``."""
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.label = label
+        self.values: defaultdict[str, int] = defaultdict(int)
+
+    def add(self, key: str, amount: int = 1) -> None:
+        if key not in self.values and len(self.values) >= MAX_LABEL_VALUES:
+            key = "other"
+        self.values[key] += amount
+
+    def __getitem__(self, key: str) -> int:
+        return self.values.get(key, 0)
+
+
+class Histogram:
+    """Observations in fixed buckets (upper bounds, seconds), as Prometheus exposes them."""
+
+    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.help = help_text
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> Iterator[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` pairs, ending with ``(inf, count)``."""
+        running = 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            yield bound, running
+
+
+SESSION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800)
+
+
+class Stats:
+    """All counters of one process; created once by the daemon and shared by reference."""
+
+    def __init__(self) -> None:
+        p = "dispatch/smtpIn/"
+        self.smtp_commands = CounterMap(p + "commandCount", "SMTP commands received", "verb")
+        self.smtp_replies = CounterMap(p + "responseCodeCount", "SMTP reply codes sent", "code")
+        self.smtp_sessions = CounterMap(
+            p + "tlsCount", "SMTP sessions by TLS status at their end", "status"
+        )
+        self.smtp_wrong_protocol = CounterMap(
+            p + "wrongProtoCount", "commands of other protocols (e.g. HTTP) on SMTP", "verb"
+        )
+        self.smtp_loops = Counter(p + "loopsDetected", "messages refused as mail loops")
+        self.smtp_denied = CounterMap(
+            p + "deniedCount", "SMTP connections refused at connect", "reason"
+        )
+        self.smtp_auth = CounterMap(p + "authResults", "SMTP AUTH attempts", "result")
+        self.smtp_session_seconds = Histogram(
+            p + "sessionSeconds", "SMTP session duration in seconds", SESSION_BUCKETS
+        )
+        self.messages_received = CounterMap(
+            "dispatch/queue/putCount", "messages accepted into the spool", "source"
+        )
+        self.spool_writes = CounterMap(
+            "dispatch/queue/itemsWritten", "spool write attempts", "result"
+        )
+
+    def all(self) -> Iterator[Counter | CounterMap | Histogram]:
+        for value in vars(self).values():
+            if isinstance(value, Counter | CounterMap | Histogram):
+                yield value

@@ -1,0 +1,163 @@
+"""The server side's session states and the one table of legal transitions.
+
+Theory of operation
+-------------------
+An SMTP session is a strict request/reply dialogue: every command line is answered by exactly
+one reply (RFC 5321 §4.2), and pipelined commands are answered in the order they were sent
+(RFC 2920 §3.1). The client's command decides what is *legal*; the server's reply decides what
+*happens*: MAIL FROM opens a transaction only if the reply is positive. So the state does not
+move when a command is parsed, but when the application sends the reply to it
+(`ServerConnection.send`). One exception: BDAT is followed by its chunk whatever the server
+thinks of it (RFC 3030 §2), so an accepted BDAT moves to the BDAT state at once and its reply
+is owed at the end of the chunk.
+
+`_TRANSITIONS[(state, step)]` maps each reply outcome (2xx / 3xx / 4xx-5xx) to the next state.
+A command whose `(state, step)` pair is absent is out of sequence and becomes a 503; an outcome
+that is absent (a 354 to MAIL) is a bug in the application: `LocalProtocolError`.
+
+Because whether the next command is legal depends on the reply to this one, the connection
+stops parsing (PAUSED) while a reply is owed that could change anything. Only replies to NOOP,
+HELP, VRFY and to errors the core found itself cannot; a burst of those is parsed ahead and
+may be answered in one write. (Every other reply is cheap to batch too: the application can
+collect what `send` returns and write it when the connection next asks for data.)
+
+Some states read something other than command lines: DATA and BDAT read message text, AUTH
+reads one SASL response line, STARTTLS reads nothing (the next bytes must be a TLS handshake,
+RFC 3207 §4), CLOSED reads nothing at all. After the TLS handshake the session starts over in
+INITIAL, forgetting everything learnt before it (RFC 3207 §4.2).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from .errors import LocalProtocolError
+
+__all__ = ["Outcome", "State", "Step", "blocks_parsing", "is_legal", "next_state", "outcome"]
+
+
+class State(enum.Enum):
+    """Where the server side of a session is."""
+
+    CONNECTED = "connected"  # the greeting has not been sent yet
+    INITIAL = "initial"  # greeted; no EHLO/HELO yet
+    READY = "ready"  # EHLO/HELO done, no transaction open
+    MAIL = "mail"  # MAIL accepted: reverse-path known
+    RCPT = "rcpt"  # at least one RCPT accepted
+    CHUNKING = "chunking"  # between BDAT chunks of one transaction
+    DATA = "data"  # reading message text after 354
+    BDAT = "bdat"  # reading the octets of one BDAT chunk
+    AUTH = "auth"  # inside a SASL exchange: the next line is a response, not a command
+    STARTTLS = "starttls"  # 220 sent to STARTTLS: waiting for the TLS handshake
+    CLOSED = "closed"  # the session is over
+
+
+class Step(enum.Enum):
+    """What a reply is owed for (a command, or something the core found)."""
+
+    GREETING = "greeting"
+    HELLO = "hello"  # EHLO, HELO
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    BDAT = "bdat"  # not answered itself: moves straight to State.BDAT
+    DATA_END = "data end"
+    CHUNK_END = "chunk end"
+    LAST_CHUNK_END = "last chunk end"
+    RSET = "rset"
+    NEUTRAL = "neutral"  # NOOP, HELP, VRFY
+    QUIT = "quit"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    AUTH_RESPONSE = "auth response"
+    ERROR = "error"  # CommandError, UnknownCommand
+    FATAL = "fatal"  # WrongProtocol, BareLineEnding: the reply ends the session
+
+
+class Outcome(enum.Enum):
+    """The class of a reply, which is all the state machine looks at."""
+
+    OK = "2xx"
+    MORE = "3xx"  # 354 to DATA, 334 to AUTH
+    FAIL = "4xx/5xx"
+    IMMEDIATE = "no reply"  # BDAT: the state moves when the command is parsed
+
+
+def outcome(code: int) -> Outcome:
+    """Classify a reply code (RFC 5321 §4.2.1)."""
+    if code < 300:
+        return Outcome.OK
+    if code < 400:
+        return Outcome.MORE
+    return Outcome.FAIL
+
+
+S = State
+_OK, _MORE, _FAIL = Outcome.OK, Outcome.MORE, Outcome.FAIL
+# States that read command lines.
+_COMMAND_STATES: Final = (S.INITIAL, S.READY, S.MAIL, S.RCPT, S.CHUNKING)
+
+
+def _build() -> dict[tuple[State, Step], dict[Outcome, State]]:
+    t: dict[tuple[State, Step], dict[Outcome, State]] = {
+        # A 554 (or any failure) as greeting means "go away" (RFC 5321 §3.1).
+        (S.CONNECTED, Step.GREETING): {_OK: S.INITIAL, _FAIL: S.CLOSED},
+        (S.READY, Step.MAIL): {_OK: S.MAIL, _FAIL: S.READY},
+        (S.READY, Step.STARTTLS): {_OK: S.STARTTLS, _FAIL: S.READY},
+        # RFC 4954 §4: not inside a transaction; 334 continues, 235 or a failure ends it.
+        (S.READY, Step.AUTH): {_MORE: S.AUTH, _OK: S.READY, _FAIL: S.READY},
+        (S.AUTH, Step.AUTH_RESPONSE): {_MORE: S.AUTH, _OK: S.READY, _FAIL: S.READY},
+        # An over-long SASL line ends the exchange, whatever the reply.
+        (S.AUTH, Step.ERROR): {_OK: S.READY, _MORE: S.READY, _FAIL: S.READY},
+        (S.MAIL, Step.RCPT): {_OK: S.RCPT, _FAIL: S.MAIL},
+        (S.RCPT, Step.RCPT): {_OK: S.RCPT, _FAIL: S.RCPT},
+        (S.RCPT, Step.DATA): {_MORE: S.DATA, _FAIL: S.RCPT},
+        # RFC 5321 §4.1.1.4: after the end of data the transaction is over, accepted or not.
+        (S.DATA, Step.DATA_END): {_OK: S.READY, _FAIL: S.READY},
+        # RFC 3030 §2-3: BDAT needs a recipient; DATA and BDAT never mix in one transaction;
+        # a failed chunk fails the whole transaction.
+        (S.RCPT, Step.BDAT): {Outcome.IMMEDIATE: S.BDAT},
+        (S.CHUNKING, Step.BDAT): {Outcome.IMMEDIATE: S.BDAT},
+        (S.BDAT, Step.CHUNK_END): {_OK: S.CHUNKING, _FAIL: S.READY},
+        (S.BDAT, Step.LAST_CHUNK_END): {_OK: S.READY, _FAIL: S.READY},
+    }
+    for state in _COMMAND_STATES:
+        t[(state, Step.NEUTRAL)] = {_OK: state, _MORE: state, _FAIL: state}
+        t[(state, Step.ERROR)] = {_OK: state, _MORE: state, _FAIL: state}
+        t[(state, Step.QUIT)] = {_OK: S.CLOSED, _MORE: S.CLOSED, _FAIL: S.CLOSED}
+        # RFC 5321 §4.1.1.5: RSET is legal anywhere and drops the transaction.
+        t[(state, Step.RSET)] = {_OK: S.INITIAL if state is S.INITIAL else S.READY, _FAIL: state}
+        # RFC 5321 §4.1.4: a later EHLO/HELO is legal and resets like RSET.
+        t[(state, Step.HELLO)] = {_OK: S.READY, _FAIL: state}
+    for state in State:
+        if state is not S.CLOSED:
+            t[(state, Step.FATAL)] = {_OK: S.CLOSED, _MORE: S.CLOSED, _FAIL: S.CLOSED}
+    return t
+
+
+_TRANSITIONS: Final = _build()
+# Steps whose reply never changes anything (see the theory of operation).
+_NEUTRAL_STEPS: Final = frozenset({Step.NEUTRAL, Step.ERROR})
+
+
+def is_legal(state: State, step: Step) -> bool:
+    """May a command of this kind be issued in this state? (Otherwise: 503 5.5.1.)"""
+    return (state, step) in _TRANSITIONS
+
+
+def next_state(state: State, step: Step, result: Outcome) -> State:
+    """The state after a reply of class `result` to `step`, issued in `state`."""
+    try:
+        return _TRANSITIONS[(state, step)][result]
+    except KeyError:
+        raise LocalProtocolError(
+            f"a {result.value} reply makes no sense for {step.value} in state {state.value}"
+        ) from None
+
+
+def blocks_parsing(state: State, step: Step) -> bool:
+    """Must parsing wait for the reply to `step` before reading the next line?"""
+    return step not in _NEUTRAL_STEPS or any(
+        after is not state for after in _TRANSITIONS[(state, step)].values()
+    )

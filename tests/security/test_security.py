@@ -1,0 +1,104 @@
+"""TLS material, allow-lists, failure throttles, password hashes."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from dispatch.config import parse_settings
+from dispatch.config.types import PRIVATE_AND_LOOPBACK, Cidr
+from dispatch.security.allowlist import is_allowed
+from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.passwords import check_password, hash_password, verify_password
+from dispatch.security.throttle import FailureThrottle
+
+
+def test_self_signed_certificate_is_generated_once_with_a_private_key(tmp_path: Path) -> None:
+    settings = parse_settings({"data_dir": str(tmp_path / "data")})
+    first = ensure_certificate(settings)
+    assert first.self_signed
+    assert stat.S_IMODE(os.stat(first.key_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(first.key_file.parent).st_mode) == 0o700
+    pem = first.cert_file.read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    again = ensure_certificate(settings)
+    assert again.cert_file.read_bytes() == pem  # persisted, not regenerated
+    context = server_context(again)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_broken_certificate_file_is_replaced(tmp_path: Path) -> None:
+    settings = parse_settings({"data_dir": str(tmp_path)})
+    files = ensure_certificate(settings)
+    files.cert_file.write_text("garbage")
+    files = ensure_certificate(settings)
+    x509.load_pem_x509_certificate(files.cert_file.read_bytes())
+
+
+def test_configured_certificate_is_used_as_is(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    generated = ensure_certificate(parse_settings({"data_dir": str(tmp_path / "gen")}))
+    cert.write_bytes(generated.cert_file.read_bytes())
+    key.write_bytes(generated.key_file.read_bytes())
+    settings = parse_settings({"tls": {"cert_file": str(cert), "key_file": str(key)}})
+    files = ensure_certificate(settings)
+    assert (files.cert_file, files.key_file, files.self_signed) == (cert, key, False)
+
+
+@pytest.mark.parametrize(
+    ("ip", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("10.1.2.3", True),
+        ("172.31.255.255", True),
+        ("172.32.0.1", False),
+        ("192.168.1.1", True),
+        ("8.8.8.8", False),
+        ("2001:db8::1", False),
+        ("::ffff:10.0.0.1", True),  # IPv4-mapped: judged as the IPv4 address
+        ("not-an-ip", False),
+    ],
+)
+def test_default_allow_list(ip: str, allowed: bool) -> None:
+    assert is_allowed(ip, PRIVATE_AND_LOOPBACK) is allowed
+
+
+def test_empty_allow_list_allows_everyone() -> None:
+    assert is_allowed("8.8.8.8", ())
+    assert not is_allowed("127.0.0.1", (Cidr("127.0.0.2/32"),))
+
+
+def test_throttle_blocks_after_max_failures_for_the_window() -> None:
+    now = [1000.0]
+    throttle = FailureThrottle(max_failures=3, window=60, clock=lambda: now[0])
+    for _ in range(2):
+        throttle.record_failure("1.2.3.4")
+    assert throttle.retry_after("1.2.3.4") == 0
+    throttle.record_failure("1.2.3.4")
+    assert throttle.retry_after("1.2.3.4") == pytest.approx(60)
+    assert throttle.retry_after("5.6.7.8") == 0  # others are unaffected
+    now[0] += 30
+    assert throttle.retry_after("1.2.3.4") == pytest.approx(30)
+    now[0] += 31
+    assert throttle.retry_after("1.2.3.4") == 0
+    throttle.record_failure("1.2.3.4")
+    throttle.record_success("1.2.3.4")
+    assert throttle.retry_after("1.2.3.4") == 0
+
+
+async def test_password_hashes_verify_off_the_event_loop() -> None:
+    hashed = await trio.to_thread.run_sync(hash_password, "correct horse battery")
+    assert hashed.startswith("$argon2id$")
+    assert await verify_password(hashed, "correct horse battery")
+    assert not await verify_password(hashed, "wrong")
+    assert not check_password("not a hash", "x")
