@@ -2,12 +2,13 @@
 
 :func:`serve` is what ``python -m dispatch`` runs inside ``trio.run``. Components start in
 dependency order (SPEC §1): the spool first (everything else reads or writes it), then the
-listeners that accept mail into it.
+SMTP listener that accepts mail into it.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 import trio
@@ -15,7 +16,13 @@ import trio
 from dispatch import __version__
 from dispatch.config import Settings
 from dispatch.config.live import LiveSettings
+from dispatch.config.settings import ListenerSettings
+from dispatch.intake.listener import SmtpListener
+from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
+from dispatch.monitoring.stats import Stats
+from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
 from dispatch.supervisor import Component, Shutdown, Supervisor
 
@@ -27,13 +34,20 @@ class Runtime:
 
     def __init__(self, settings: LiveSettings) -> None:
         self.settings = settings
+        self.stats = Stats()
+        self.auth_throttle = FailureThrottle()
         self._spool: Spool | None = None
+        self._tls: ssl.SSLContext | None = None
+        self.smtp: SmtpListener | None = None
 
     @property
     def spool(self) -> Spool:
         if self._spool is None:
             raise RuntimeError("the spool component has not started yet")
         return self._spool
+
+    def listener_settings(self) -> ListenerSettings:
+        return self.settings.current.listener
 
     async def run_spool(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         """Open the spool: recover what a crash left behind, then index it (one scan).
@@ -48,9 +62,28 @@ class Runtime:
         task_status.started()
         await shutdown.requested.wait()
 
+    async def run_smtp(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        """The SMTP listener (see :mod:`dispatch.intake.listener`); ready once bound."""
+        if self._tls is None:
+            files = await trio.to_thread.run_sync(ensure_certificate, self.settings.current)
+            self._tls = server_context(files)
+        current = self.settings.current.listener
+        context = IntakeContext(
+            settings=self.listener_settings,
+            spool=self.spool,
+            stats=self.stats,
+            auth_throttle=self.auth_throttle,
+            tls=self._tls,
+        )
+        self.smtp = SmtpListener(context, current.ports, current.bind_address)
+        await self.smtp.run(shutdown, task_status=task_status)
+
 
 def build_components(runtime: Runtime) -> list[Component]:
-    return [Component("spool", runtime.run_spool)]
+    return [
+        Component("spool", runtime.run_spool),
+        Component("smtp", runtime.run_smtp),
+    ]
 
 
 async def serve(settings: Settings, config_path: Path | None) -> None:

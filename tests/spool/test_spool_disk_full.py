@@ -6,56 +6,14 @@ disk-full path was never exercised must not pass as tested.
 
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dispatch.spool import MessageState, Spool, SpoolFullError
 from dispatch.spool.testing import commit, placed, tmp_files
-
-PAGE = 4096  # tmpfs allocates whole pages
-FS_SIZE = 256 * 1024
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE},mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.fail(
-            f"could not mount a {FS_SIZE // 1024} KiB tmpfs at {mountpoint}: "
-            f"{mounted.stderr.strip() or mounted.returncode}. The disk-full tests need root "
-            "(CI runs as root); run them as root rather than skipping them."
-        )
-    try:
-        yield mountpoint
-    finally:
-        # A lazy unmount still detaches it if a failing test left a file open.
-        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
-
-
-def fill(path: Path, *, leave_pages: int) -> None:
-    """Fill the file system holding ``path`` with one file, then free ``leave_pages`` pages."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        with pytest.raises(OSError, match="No space left") as full:  # noqa: PT012
-            while True:
-                os.write(fd, b"\0" * PAGE)
-        assert full.value.errno == errno.ENOSPC
-        size = os.lseek(fd, 0, os.SEEK_CUR)
-        os.ftruncate(fd, size - size % PAGE - leave_pages * PAGE)
-    finally:
-        os.close(fd)
+from tests.conftest import FS_SIZE, fill
 
 
 def assert_nothing_half_written(spool: Spool, expected: dict[str, MessageState]) -> None:

@@ -1,0 +1,128 @@
+"""The SMTP listener component: accepting connections and running a session for each.
+
+Owns the listening sockets, the nursery of sessions and the count of open sessions. It
+starts (``task_status.started()``) once at least one port is bound, and records the
+configured vs listening ports for ``/health``. At connect it applies the live
+``listener.allowed_cidrs`` (``554``, logged with the IP, counted as denied) and
+``listener.max_connections`` (``421``).
+
+Stopping (``shutdown.requested``): the sockets close at once so no new session starts; each
+open session is cancelled, which discards a message still being received, and then told
+``421``. A session in the middle of committing a message finishes that first (the commit and
+its ``250`` are shielded). The supervisor's grace period bounds the whole drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import secrets
+from typing import Final
+
+import trio
+
+from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
+from dispatch.intake.session import IntakeContext, SmtpSession
+from dispatch.logs import log_context
+from dispatch.security.allowlist import is_allowed
+from dispatch.smtp import replies
+from dispatch.supervisor import Shutdown
+
+log = logging.getLogger("dispatch.smtp")
+
+# accept() errors that mean "out of resources right now", not "the socket is broken";
+# trio.serve_listeners treats them the same way: wait a little and accept again.
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+RESOURCE_BACKOFF_SECONDS: Final = 0.1
+REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
+
+
+class SmtpListener:
+    """See the module docstring. ``ports`` is ``None`` until the listener is ready."""
+
+    def __init__(self, context: IntakeContext, ports: tuple[int, ...], addresses: tuple[str, ...]):
+        self.context = context
+        self.configured_ports = ports
+        self.addresses = addresses
+        self.ports: ListeningPorts | None = None
+        self.open_sessions = 0
+        self._session_scopes: set[trio.CancelScope] = set()
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        listeners, self.ports = await bind_smtp_ports(self.configured_ports, self.addresses)
+        task_status.started()
+        async with trio.open_nursery() as sessions:
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, sessions)
+                    await shutdown.requested.wait()
+                    accepting.cancel_scope.cancel()
+            finally:
+                for listener in listeners:
+                    await listener.aclose()
+            log.info("stopped accepting; closing %d open session(s)", self.open_sessions)
+            for scope in self._session_scopes:
+                scope.cancel()
+
+    async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    raise
+                log.error("accept failed (%s); retrying", exc.strerror)
+                await trio.sleep(RESOURCE_BACKOFF_SECONDS)
+                continue
+            sessions.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """Owns ``stream`` until it is closed; never lets an exception escape to the nursery."""
+        try:
+            peer_ip = str(stream.socket.getpeername()[0])
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        with log_context(session=secrets.token_hex(4), peer=peer_ip):
+            try:
+                await self._serve(stream, peer_ip)
+            except Exception:
+                log.exception("session failed")
+            finally:
+                await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.SocketStream, reason: str, reply: replies.Reply) -> None:
+        self.context.stats.smtp_denied.add(reason)
+        self.context.stats.smtp_replies.add(str(reply.code))
+        with trio.move_on_after(REFUSAL_SECONDS):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(reply.serialise())
+
+    async def _serve(self, stream: trio.SocketStream, peer_ip: str) -> None:
+        settings = self.context.settings()
+        if not is_allowed(peer_ip, settings.allowed_cidrs):
+            log.warning("denied connection from %s: not in listener.allowed_cidrs", peer_ip)
+            await self._refuse(stream, "allowlist", replies.ACCESS_DENIED)
+            return
+        if self.open_sessions >= settings.max_connections:
+            log.warning("refused connection from %s: max_connections reached", peer_ip)
+            await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS)
+            return
+        session = SmtpSession(stream, peer_ip, self.context)
+        self.open_sessions += 1
+        scope = trio.CancelScope()
+        self._session_scopes.add(scope)
+        try:
+            log.debug("connected")
+            with scope:
+                await session.run()
+            if scope.cancelled_caught:
+                await session.say_goodbye(replies.SHUTTING_DOWN)
+        finally:
+            self._session_scopes.discard(scope)
+            self.open_sessions -= 1
+            if session.stream is not stream:  # upgraded to TLS: close that layer too
+                await trio.aclose_forcefully(session.stream)
+            log.debug("closed after %d message(s)", session.messages)

@@ -1,0 +1,421 @@
+"""One inbound SMTP session: the I/O around the sans-IO :class:`ServerConnection`.
+
+Theory of operation: the loop asks the protocol core for the next event and answers it; the
+replies of pipelined commands are collected and written together when the core needs more
+bytes (RFC 2920 §3.2: as few writes as possible). Message data streams from ``DataChunk``
+events into a spool :class:`~dispatch.spool.IncomingMessage`; at the end of the data the
+message is committed (fsynced) and only then is ``250 … queued as <id>`` sent — that commit and
+that reply run shielded from cancellation, so a shutdown never turns an accepted message into
+a ``421``.
+
+Ownership and stopping: :class:`SmtpSession` owns the stream it is given (and the TLS stream
+it may wrap it in) and the open spool message. :meth:`SmtpSession.run` returns when the
+session ends for any reason (QUIT, EOF, a fatal protocol error, a timeout); it closes nothing
+itself — the listener closes the stream. On cancellation (shutdown) an open message is
+discarded (nothing half-written stays in the spool) and the listener then calls
+:meth:`SmtpSession.say_goodbye` to send ``421``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from dispatch.config.settings import ListenerSettings
+from dispatch.intake.received import LoopDetector, protocol_name, received_header
+from dispatch.intake.smtp_auth import SmtpAuthenticator
+from dispatch.monitoring.stats import Stats
+from dispatch.security.throttle import FailureThrottle
+from dispatch.smtp import NEED_DATA, PAUSED, Limits, Reply, ServerConnection, State, replies
+from dispatch.smtp.events import (
+    Auth,
+    AuthResponse,
+    BareLineEnding,
+    Bdat,
+    CommandError,
+    ConnectionClosed,
+    Data,
+    DataChunk,
+    DataEnd,
+    Ehlo,
+    Event,
+    Helo,
+    Help,
+    Mail,
+    Noop,
+    PipelinedAfterStartTls,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    UnknownCommand,
+    Vrfy,
+    WrongProtocol,
+)
+from dispatch.spool import IncomingMessage, Spool, SpoolFullError, SpoolWriteError
+
+log = logging.getLogger("dispatch.smtp")
+
+RECEIVE_BYTES: Final = 65_536
+MAX_ERROR_REPLIES: Final = 3  # SPEC §3: after 3 error replies, 421 and close
+TLS_HANDSHAKE_SECONDS: Final = 10.0
+GOODBYE_SECONDS: Final = 2.0  # a peer that does not read its 421 is not waited for
+
+SPOOL_FULL: Final = Reply.of(452, "Insufficient system storage, try again later", enhanced="4.3.1")
+SPOOL_ERROR: Final = Reply.of(451, "Local error in processing, try again later", enhanced="4.3.0")
+SENDER_OK: Final = Reply.of(250, "Sender ok", enhanced="2.1.0")
+RECIPIENT_OK: Final = Reply.of(250, "Recipient ok", enhanced="2.1.5")
+
+
+class SessionEnded(Exception):
+    """The peer went away or broke the transport; nothing more can be said to it."""
+
+
+@attrs.frozen
+class IntakeContext:
+    """What every session shares: owned by the listener, read-only to sessions."""
+
+    settings: Callable[[], ListenerSettings]
+    spool: Spool
+    stats: Stats
+    auth_throttle: FailureThrottle
+    tls: ssl.SSLContext | None
+
+
+@attrs.define
+class _Transaction:
+    mail_from: str
+    recipients: list[str] = attrs.Factory(list)
+    message: IncomingMessage | None = None
+    loops: LoopDetector = attrs.Factory(LoopDetector)
+    chunk_size: int = 0  # the BDAT chunk being read
+
+
+class SmtpSession:
+    """One SMTP connection from ``peer_ip`` (see the module docstring for ownership)."""
+
+    def __init__(self, stream: trio.abc.Stream, peer_ip: str, context: IntakeContext) -> None:
+        self.stream = stream
+        self.peer_ip = peer_ip
+        self.context = context
+        self.settings = context.settings()
+        self.conn = ServerConnection(Limits(max_message_bytes=self.settings.max_message_bytes))
+        self.auth = SmtpAuthenticator(self.settings.users, context.auth_throttle, peer_ip)
+        self.helo = ""
+        self.esmtp = False
+        self.errors = 0
+        self.messages = 0
+        self.started = time.monotonic()
+        self._out = bytearray()
+        self._transaction: _Transaction | None = None
+
+    @property
+    def tls_active(self) -> bool:
+        return self.conn.tls_active
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the session until it ends; see the module docstring for cancellation."""
+        try:
+            self._reply(replies.greeting(self.settings.server_name))
+            with trio.move_on_after(self.settings.session_timeout_seconds) as deadline:
+                await self._serve()
+            if deadline.cancelled_caught:
+                log.info("session deadline reached; closing")
+                await self.say_goodbye(replies.TIMEOUT)
+        except SessionEnded:
+            pass
+        finally:
+            await self._discard_message()
+            stats = self.context.stats
+            stats.smtp_sessions.add("tls" if self.tls_active else "plain")
+            stats.smtp_session_seconds.observe(time.monotonic() - self.started)
+
+    async def _serve(self) -> None:
+        while not self.conn.closed:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                await self._flush()
+                await self._receive()
+            elif event is PAUSED:
+                if self.conn.state is not State.STARTTLS:
+                    raise AssertionError("paused with every reply sent")  # a core bug
+                await self._start_tls()
+            elif isinstance(event, ConnectionClosed | PipelinedAfterStartTls):
+                if isinstance(event, PipelinedAfterStartTls):
+                    log.warning("plaintext pipelined after STARTTLS from %s: closed", self.peer_ip)
+                break
+            else:
+                await self._handle(event)
+        await self._flush()
+
+    async def _receive(self) -> None:
+        with trio.move_on_after(self.settings.connection_timeout_seconds) as idle:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise SessionEnded from exc
+        if idle.cancelled_caught:
+            log.info("idle for %.0f s; closing", self.settings.connection_timeout_seconds)
+            await self.say_goodbye(replies.TIMEOUT)
+            raise SessionEnded
+        self.conn.receive_data(bytes(data))  # SSLStream hands out bytearrays
+
+    def _reply(self, reply: Reply) -> None:
+        self._out += self.conn.send(reply)
+        self.context.stats.smtp_replies.add(str(reply.code))
+        if reply.code >= 500 and not self.conn.closed:
+            self.errors += 1
+            if self.errors >= MAX_ERROR_REPLIES:
+                log.info("%d error replies; closing", self.errors)
+                self._out += self.conn.send(replies.TOO_MANY_ERRORS)
+                self.context.stats.smtp_replies.add("421")
+
+    async def _flush(self) -> None:
+        if not self._out:
+            return
+        data, self._out = bytes(self._out), bytearray()
+        with trio.move_on_after(self.settings.connection_timeout_seconds) as stuck:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise SessionEnded from exc
+        if stuck.cancelled_caught:
+            raise SessionEnded  # the peer stopped reading
+
+    async def say_goodbye(self, reply: Reply) -> None:
+        """Send a closing ``421`` if the session is still open, best effort and bounded."""
+        if self.conn.closed:
+            return
+        self._out += self.conn.send(reply)
+        self.context.stats.smtp_replies.add(str(reply.code))
+        with trio.move_on_after(GOODBYE_SECONDS):
+            with contextlib.suppress(SessionEnded):
+                await self._flush()
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def _handle(self, event: Event) -> None:
+        self._count_command(event)
+        match event:
+            case Ehlo(hostname):
+                self._reset(hostname, esmtp=True)
+                self._reply(replies.ehlo(self.settings.server_name, hostname, self._keywords()))
+            case Helo(hostname):
+                self._reset(hostname, esmtp=False)
+                self._reply(replies.helo(self.settings.server_name))
+            case Mail():
+                self._reply(self._mail(event))
+            case Rcpt(forward_path):
+                assert self._transaction is not None
+                self._transaction.recipients.append(forward_path)
+                self._reply(RECIPIENT_OK)
+            case Data():
+                await self._open_message()
+                self._reply(replies.START_DATA)
+            case Bdat(size):
+                await self._open_message()
+                assert self._transaction is not None
+                self._transaction.chunk_size = size
+            case DataChunk(data):
+                await self._write(data)
+            case DataEnd():
+                await self._end_data(event)
+            case Rset():
+                await self._discard_message()
+                self._transaction = None
+                self._reply(replies.OK)
+            case Noop():
+                self._reply(replies.OK)
+            case Help():
+                self._reply(replies.HELP)
+            case Vrfy():
+                self._reply(replies.CANNOT_VRFY)
+            case Quit():
+                self._reply(replies.SERVICE_CLOSING)
+            case StartTls():
+                self._reply(
+                    replies.READY_TO_START_TLS if self.context.tls else replies.TLS_NOT_AVAILABLE
+                )
+            case Auth():
+                await self._auth_start(event)
+            case AuthResponse():
+                self._auth_result(await self.auth.respond(event))
+            case WrongProtocol(verb, reply):
+                log.warning("%s command on the SMTP port from %s: closed", verb, self.peer_ip)
+                self.context.stats.smtp_wrong_protocol.add(verb)
+                self._reply(reply)
+            case BareLineEnding(reply):
+                log.warning("bare CR or LF in message data from %s: closed", self.peer_ip)
+                await self._discard_message()
+                self._reply(reply)
+            case CommandError(reply=reply) | UnknownCommand(reply=reply):
+                self._reply(reply)
+            case _:
+                raise AssertionError(f"unhandled SMTP event {event!r}")
+
+    def _count_command(self, event: Event) -> None:
+        if isinstance(event, UnknownCommand | CommandError | WrongProtocol):
+            verb = event.verb
+        elif isinstance(event, DataChunk | DataEnd | AuthResponse):
+            return  # not commands
+        else:
+            verb = type(event).__name__.upper()
+        self.context.stats.smtp_commands.add(verb)
+
+    def _keywords(self) -> list[str]:
+        keywords = [
+            "PIPELINING",
+            f"SIZE {self.settings.max_message_bytes}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+        if self.context.tls and not self.tls_active:
+            keywords.append("STARTTLS")
+        if self.settings.users and (self.tls_active or self.settings.allow_unsecure_auth):
+            keywords.append("AUTH PLAIN LOGIN")
+        return keywords
+
+    def _reset(self, helo: str, *, esmtp: bool) -> None:
+        self.helo, self.esmtp = helo, esmtp
+        self._transaction = None  # EHLO resets the transaction (RFC 5321 §4.1.4)
+
+    def _mail(self, command: Mail) -> Reply:
+        if self.settings.require_auth and self.auth.identity is None:
+            return replies.AUTH_REQUIRED
+        self._transaction = _Transaction(command.reverse_path)
+        return SENDER_OK
+
+    async def _auth_start(self, command: Auth) -> None:
+        if not (self.tls_active or self.settings.allow_unsecure_auth):
+            self._reply(replies.ENCRYPTION_REQUIRED)
+            return
+        self._auth_result(await self.auth.start(command))
+
+    def _auth_result(self, reply: Reply) -> None:
+        if reply.code == 235:
+            self.context.stats.smtp_auth.add("success")
+            log.info("authenticated as %s", self.auth.identity)
+        elif reply.code == 454:
+            self.context.stats.smtp_auth.add("throttled")
+        elif reply.code in (535, 501):
+            self.context.stats.smtp_auth.add("failure")
+        self._reply(reply)
+
+    # --- message data ----------------------------------------------------------------------
+
+    async def _open_message(self) -> None:
+        transaction = self._transaction
+        assert transaction is not None
+        if transaction.message is not None:
+            return  # a later BDAT chunk of the same message
+        message = self.context.spool.begin()
+        transaction.message = message
+        await message.write(
+            received_header(
+                server_name=self.settings.server_name,
+                helo=self.helo,
+                peer_ip=self.peer_ip,
+                protocol=protocol_name(
+                    esmtp=self.esmtp,
+                    tls=self.tls_active,
+                    authenticated=self.auth.identity is not None,
+                ),
+                message_id=message.id,
+                timestamp=time.time(),
+            )
+        )
+
+    async def _write(self, data: bytes) -> None:
+        transaction = self._transaction
+        if transaction is None or transaction.message is None:
+            return  # the chunks of a refused BDAT are read and dropped by the core
+        transaction.loops.feed(data)
+        await transaction.message.write(data)
+
+    async def _end_data(self, end: DataEnd) -> None:
+        transaction = self._transaction
+        if end.error is not None or transaction is None or transaction.message is None:
+            await self._discard_message()
+            self._transaction = None  # the core has ended the transaction too
+            self._reply(end.error or replies.BAD_SEQUENCE)
+            return
+        if not end.last:
+            self._reply(replies.chunk_received(transaction.chunk_size))
+            return
+        transaction.loops.finish()
+        if transaction.loops.is_loop:
+            log.warning("mail loop: %d Received headers", transaction.loops.received_count)
+            self.context.stats.smtp_loops.add()
+            await self._discard_message()
+            self._reply(replies.LOOP_DETECTED)
+            return
+        await self._commit(transaction, transaction.message)
+
+    async def _commit(self, transaction: _Transaction, message: IncomingMessage) -> None:
+        stats = self.context.stats
+        # Shielded: once the message is durable its 250 must go out, even during shutdown.
+        with trio.CancelScope(shield=True):
+            try:
+                envelope = await message.commit(
+                    mail_from=transaction.mail_from,
+                    recipients=tuple(transaction.recipients),
+                    source="smtp",
+                    peer_ip=self.peer_ip,
+                    auth_identity=self.auth.identity,
+                )
+            except SpoolWriteError as exc:
+                full = isinstance(exc, SpoolFullError)
+                stats.spool_writes.add("full" if full else "error")
+                log.error("spool write failed: %s", exc)
+                self._transaction = None
+                self._reply(SPOOL_FULL if full else SPOOL_ERROR)
+                return
+            stats.spool_writes.add("ok")
+            stats.messages_received.add("smtp")
+            self.messages += 1
+            self._transaction = None
+            log.info(
+                "queued %s: %d recipient(s), %d bytes",
+                envelope.id,
+                len(envelope.recipients),
+                envelope.size,
+            )
+            self._reply(replies.queued(envelope.id))
+            await self._flush()
+
+    async def _discard_message(self) -> None:
+        transaction = self._transaction
+        if transaction is not None and transaction.message is not None:
+            message, transaction.message = transaction.message, None
+            await message.abort()
+
+    # --- STARTTLS --------------------------------------------------------------------------
+
+    async def _start_tls(self) -> None:
+        """RFC 3207: after our 220, the handshake; then the session starts over."""
+        assert self.context.tls is not None
+        await self._flush()
+        tls_stream = trio.SSLStream(
+            self.stream, self.context.tls, server_side=True, https_compatible=True
+        )
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_SECONDS):
+                await tls_stream.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.peer_ip, exc)
+            raise SessionEnded from exc
+        self.stream = tls_stream
+        self.conn.tls_established()
+        self._transaction = None
+        self.helo = ""

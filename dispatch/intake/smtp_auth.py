@@ -1,0 +1,113 @@
+"""SMTP AUTH on the listener (RFC 4954): the PLAIN and LOGIN exchanges against ``listener.users``.
+
+The protocol core only frames the exchange (a 334 makes the next line an ``AuthResponse``);
+this module decides the replies. Passwords are checked against argon2 hashes in a worker
+thread. An unknown user costs the same hash verification as a known one, so timing does not
+reveal which accounts exist. Failures are counted per peer IP in a shared
+:class:`~dispatch.security.throttle.FailureThrottle`; a throttled peer gets ``454`` without
+its password being looked at.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Final
+
+import trio
+
+from dispatch.config.settings import SmtpUser
+from dispatch.security.passwords import hash_password, verify_password
+from dispatch.security.throttle import FailureThrottle
+from dispatch.smtp import Reply, replies
+from dispatch.smtp import auth as sasl
+from dispatch.smtp.events import Auth, AuthResponse
+
+log = logging.getLogger("dispatch.smtp")
+
+MECHANISMS: Final = ("PLAIN", "LOGIN")
+THROTTLED: Final = Reply.of(
+    454, "Too many failed authentications, try again later", enhanced="4.7.0"
+)
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    return hash_password("an account that does not exist")
+
+
+async def _check(users: tuple[SmtpUser, ...], username: str, password: str) -> bool:
+    user = next((u for u in users if u.username == username), None)
+    if user is None:
+        decoy = await trio.to_thread.run_sync(_decoy_hash)
+        await verify_password(decoy, password)
+        return False
+    return await verify_password(user.password_hash.reveal(), password)
+
+
+class SmtpAuthenticator:
+    """Owns one session's AUTH exchange: the mechanism in progress and, for LOGIN, the
+    username given so far. :attr:`identity` is set after a successful exchange."""
+
+    def __init__(self, users: tuple[SmtpUser, ...], throttle: FailureThrottle, peer_ip: str):
+        self._users = users
+        self._throttle = throttle
+        self._peer_ip = peer_ip
+        self._mechanism: str | None = None
+        self._username: str | None = None
+        self.identity: str | None = None
+        self.failures = 0
+
+    async def start(self, command: Auth) -> Reply:
+        """Answer ``AUTH mechanism [initial-response]``."""
+        if command.mechanism not in MECHANISMS or not self._users:
+            return replies.AUTH_MECHANISM_UNSUPPORTED
+        if self._throttle.retry_after(self._peer_ip) > 0:
+            log.warning("AUTH refused: too many failures from %s", self._peer_ip)
+            return THROTTLED
+        self._mechanism = command.mechanism
+        self._username = None
+        if command.initial_response is None:
+            if self._mechanism == "PLAIN":
+                return sasl.PLAIN_CHALLENGE
+            return sasl.LOGIN_USERNAME_CHALLENGE
+        return await self._step(command.initial_response)
+
+    async def respond(self, response: AuthResponse) -> Reply:
+        """Answer one client line inside the exchange."""
+        if response.cancelled:
+            self._mechanism = None
+            return replies.AUTH_CANCELLED
+        return await self._step(response.line)
+
+    async def _step(self, line: str) -> Reply:
+        try:
+            if self._mechanism == "PLAIN":
+                credentials = sasl.decode_plain(line)
+                if credentials.authzid not in ("", credentials.username):
+                    return await self._finish(None, None)  # no acting on behalf of others
+                return await self._finish(credentials.username, credentials.password)
+            if self._username is None:
+                self._username = sasl.decode_login(line)
+                return sasl.LOGIN_PASSWORD_CHALLENGE
+            return await self._finish(self._username, sasl.decode_login(line))
+        except sasl.AuthDecodeError as exc:
+            self._mechanism = None
+            self.failures += 1
+            return exc.reply
+
+    async def _finish(self, username: str | None, password: str | None) -> Reply:
+        self._mechanism = None
+        ok = (
+            username is not None
+            and password is not None
+            and await _check(self._users, username, password)
+        )
+        if ok:
+            self._throttle.record_success(self._peer_ip)
+            self.identity = username
+            return replies.AUTH_SUCCEEDED
+        self._throttle.record_failure(self._peer_ip)
+        self.failures += 1
+        log.warning("AUTH failed from %s", self._peer_ip)
+        return replies.AUTH_FAILED

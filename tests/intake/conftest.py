@@ -1,0 +1,103 @@
+"""A real SMTP listener on 127.0.0.1 with a real spool, run inside the test's Trio loop."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trustme
+
+from dispatch.config import parse_settings
+from dispatch.config.settings import ListenerSettings
+from dispatch.intake.listener import SmtpListener
+from dispatch.intake.session import IntakeContext
+from dispatch.monitoring.stats import Stats
+from dispatch.security.certs import CertificateFiles, server_context
+from dispatch.security.throttle import FailureThrottle
+from dispatch.spool import Spool
+from dispatch.supervisor import Shutdown
+from tests.conftest import free_port
+
+
+@attrs.define
+class Smtpd:
+    """A running listener and what the tests need to look at it."""
+
+    port: int
+    root: Path
+    listener: SmtpListener
+    spool: Spool
+    stats: Stats
+    shutdown: Shutdown
+    ca: trustme.CA
+    settings: dict[str, Any]
+
+    def configure(self, **listener: Any) -> None:
+        """Change live listener keys, as a SIGHUP reload would."""
+        self.settings.update(listener)
+
+    def client(self, timeout: float = 10) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[trustme.CA, CertificateFiles]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return ca, CertificateFiles(cert_file, key_file, self_signed=False)
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    """Where the listener's spool lives; override it to put the spool somewhere special."""
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+async def smtpd(
+    spool_dir: Path, tls_files: tuple[trustme.CA, CertificateFiles]
+) -> AsyncIterator[Smtpd]:
+    ca, files = tls_files
+    spool = await Spool.open(spool_dir)
+    stats = Stats()
+    live: dict[str, Any] = {"connection_timeout_seconds": 10}
+
+    def settings() -> ListenerSettings:
+        return parse_settings({"listener": live}).listener
+
+    context = IntakeContext(
+        settings=settings,
+        spool=spool,
+        stats=stats,
+        auth_throttle=FailureThrottle(max_failures=3, window=60),
+        tls=server_context(files),
+    )
+    port = free_port()
+    listener = SmtpListener(context, (port,), ("127.0.0.1",))
+    shutdown = Shutdown(grace_seconds=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run, shutdown)
+        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live)
+        shutdown.request()
+
+
+Blocking = Callable[[], Any]
+
+
+async def in_thread(fn: Blocking) -> Any:
+    """Run a blocking smtplib conversation without blocking the listener's event loop."""
+    return await trio.to_thread.run_sync(fn)

@@ -1,0 +1,109 @@
+"""Promise #1 at the process level: a 250 means the message is on disk, whatever happens next."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, free_port
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Daemon]
+
+
+def config(tmp_path: Path, port: int) -> str:
+    return f"""
+        data_dir = "{tmp_path / "data"}"
+        [listener]
+        ports = [{port}]
+        bind_address = "127.0.0.1"
+        [spool]
+        directory = "{tmp_path / "spool"}"
+    """
+
+
+def body(sender: int, n: int) -> bytes:
+    return (
+        f"Subject: message {sender}-{n}\r\n\r\n".encode()
+        + (f"line of sender {sender} number {n}\r\n".encode()) * 150  # ~5 KiB
+    )
+
+
+def test_every_acknowledged_message_survives_sigkill(start_daemon: Start, tmp_path: Path) -> None:
+    port = free_port()
+    daemon = start_daemon(config(tmp_path, port))
+    daemon.wait_for("ready:")
+    acknowledged: dict[str, bytes] = {}
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def sender(index: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.ehlo()
+                for n in range(10_000):
+                    message = body(index, n)
+                    client.mail("a@example.com")
+                    client.rcpt("b@example.org")
+                    code, text = client.data(message)
+                    assert code == 250
+                    with lock:
+                        acknowledged[text.split()[-1].decode()] = message
+                        if len(acknowledged) == 200 and not killed.is_set():
+                            daemon.process.kill()  # right after this acknowledgement
+                            killed.set()
+        except (smtplib.SMTPException, OSError):
+            assert killed.is_set(), "the connection broke before the kill"
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert killed.is_set()
+    assert daemon.wait_exit() == -signal.SIGKILL
+    assert len(acknowledged) >= 200
+    incoming = tmp_path / "spool" / "incoming"
+    for message_id, message in acknowledged.items():
+        stored = (incoming / f"{message_id}.eml").read_bytes()
+        assert stored.endswith(message), message_id
+        assert stored.startswith(b"Received: ")
+        assert (incoming / f"{message_id}.json").exists()
+
+    # And the restarted daemon indexes every one of them.
+    restarted = start_daemon(config(tmp_path, port))
+    line = restarted.wait_for("incoming,")
+    assert f"{len(list(incoming.glob('*.json')))} incoming" in line
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait_exit() == 0
+
+
+def test_sigterm_mid_data_is_not_acknowledged_and_leaves_nothing(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    port = free_port()
+    daemon = start_daemon(config(tmp_path, port))
+    daemon.wait_for("ready:")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.recv(1024)
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        replies = b""
+        while b"354" not in replies:
+            replies += sock.recv(4096)
+        sock.sendall(b"Subject: half\r\n\r\n" + b"part of a message\r\n" * 100)
+        daemon.signal(signal.SIGTERM)
+        rest = b""
+        while chunk := sock.recv(4096):
+            rest += chunk
+    assert rest.startswith(b"421 4.3.2")
+    assert b"queued" not in rest
+    assert daemon.wait_exit() == 0
+    spool = tmp_path / "spool"
+    assert [p.name for p in spool.glob("*/*")] == [], "nothing may be left in the spool"
