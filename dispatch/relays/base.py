@@ -1,0 +1,71 @@
+"""The one small interface between delivery and every relay kind.
+
+A relay receives a :class:`DeliveryRequest` (the envelope's pending recipients for this
+relay and the path of the ``.eml``, whose bytes are sent exactly as stored) and returns a
+:class:`DeliveryResult` with one :class:`RecipientOutcome` per recipient. Ordinary failures —
+a refused connection, a timeout, a 4xx or 5xx reply — are outcomes, never exceptions: a
+relay raises only for its own bugs, which the delivery worker logs and treats as transient.
+
+Reply classes (RFC 5321 §4.2.1): 2xx delivered, 4xx and network errors ``transient``
+(retried later), 5xx ``permanent`` (failed, not retried).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import attrs
+
+Outcome = Literal["delivered", "transient", "permanent"]
+
+
+@attrs.frozen
+class DeliveryRequest:
+    message_id: str
+    mail_from: str  # "" for the null reverse path
+    recipients: tuple[str, ...]
+    message_path: Path
+    size: int
+    smtputf8: bool = False  # some address or header needs SMTPUTF8 (RFC 6531)
+
+
+@attrs.frozen
+class RecipientOutcome:
+    recipient: str
+    outcome: Outcome
+    response: str  # the upstream's reply text, or what went wrong ("connection refused")
+
+
+@attrs.frozen
+class DeliveryResult:
+    outcomes: tuple[RecipientOutcome, ...]
+    remote_id: str | None = None  # the upstream's queue id / provider message id, if known
+
+    @classmethod
+    def all(cls, request: DeliveryRequest, outcome: Outcome, response: str) -> DeliveryResult:
+        """The same outcome for every recipient (a connection error, a whole-message reply)."""
+        return cls(tuple(RecipientOutcome(r, outcome, response) for r in request.recipients))
+
+
+def outcome_of_code(code: int) -> Outcome:
+    """RFC 5321 §4.2.1: 2yz done, 4yz try again later, 5yz do not try again."""
+    if 200 <= code < 300:
+        return "delivered"
+    return "transient" if code < 500 else "permanent"
+
+
+class Relay(Protocol):
+    """A configured upstream. Owned by the delivery component; closed on shutdown/reload."""
+
+    name: str
+    kind: str
+
+    async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
+        """Attempt one delivery. Cancellation: the attempt is abandoned (the connection
+        dropped, never reused); the message stays claimed and is released by the caller."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close pooled connections; idempotent."""
+        ...
