@@ -1,8 +1,8 @@
 """Wiring: which components the daemon runs, in which order, sharing which objects.
 
 :func:`serve` is what ``python -m dispatch`` runs inside ``trio.run``. Components start in
-dependency order (SPEC §1): the spool first (everything else reads or writes it), then the
-SMTP listener that accepts mail into it.
+dependency order (SPEC §1) and stop in reverse: storage (everything records into it), the
+spool (everything reads or writes it), delivery, the SMTP listener, the control socket.
 """
 
 from __future__ import annotations
@@ -17,13 +17,21 @@ from dispatch import __version__
 from dispatch.config import Settings
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
+from dispatch.control.server import ControlServer
+from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
+from dispatch.delivery.routing import Router
+from dispatch.delivery.scanner import DeliveryScanner
+from dispatch.delivery.schedule import RetrySchedule
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
+from dispatch.relays.registry import RelaySet
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
+from dispatch.spool.lock import SpoolLock
+from dispatch.storage import Store, open_store
 from dispatch.supervisor import Component, Shutdown, Supervisor
 
 log = logging.getLogger("dispatch")
@@ -36,9 +44,25 @@ class Runtime:
         self.settings = settings
         self.stats = Stats()
         self.auth_throttle = FailureThrottle()
+        self._store: Store | None = None
         self._spool: Spool | None = None
         self._tls: ssl.SSLContext | None = None
         self.smtp: SmtpListener | None = None
+        self.delivery: DeliveryScanner | None = None
+        self.relays: RelaySet | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the storage component has not started yet")
+        return self._store
+
+    async def run_storage(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        """The message-log writer (see :mod:`dispatch.storage`); ready without the database."""
+        if self._store is None:
+            current = self.settings.current
+            self._store = open_store(current.database.url, current.data_dir)
+        await self._store.run(shutdown, task_status=task_status)
 
     @property
     def spool(self) -> Spool:
@@ -50,17 +74,22 @@ class Runtime:
         return self.settings.current.listener
 
     async def run_spool(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
-        """Open the spool: recover what a crash left behind, then index it (one scan).
+        """Lock and open the spool: recover what a crash left, then index it (one scan).
 
-        Ready once the index is loaded. Holds the spool until the stop request; claims that
-        are unfinished then are returned to ``incoming/`` by the next start's recovery.
+        Ready once the index is loaded. Holds the lock (one process per spool) until the
+        stop request; a kill drops the lock with the process.
         """
         directory = Path(self.settings.current.spool.directory)
-        self._spool = await Spool.open(directory)
-        counts = self._spool.counts()
-        log.info("spool %s: %d incoming, %d failed", directory, counts.incoming, counts.failed)
-        task_status.started()
-        await shutdown.requested.wait()
+        lock = await trio.to_thread.run_sync(SpoolLock.acquire, directory)
+        try:
+            if self._spool is None:
+                self._spool = await Spool.open(directory)
+            counts = self._spool.counts()
+            log.info("spool %s: %d incoming, %d failed", directory, counts.incoming, counts.failed)
+            task_status.started()
+            await shutdown.requested.wait()
+        finally:
+            lock.release()
 
     async def run_smtp(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         """The SMTP listener (see :mod:`dispatch.intake.listener`); ready once bound."""
@@ -74,15 +103,56 @@ class Runtime:
             stats=self.stats,
             auth_throttle=self.auth_throttle,
             tls=self._tls,
+            record=self.store.log.record,
         )
         self.smtp = SmtpListener(context, current.ports, current.bind_address)
         await self.smtp.run(shutdown, task_status=task_status)
 
+    def _plan(self) -> DeliveryPlan:
+        current = self.settings.current
+        assert self.relays is not None
+        return DeliveryPlan(
+            router=Router(current.routes, current.default_relay),
+            schedule=RetrySchedule(current.spool.retry_delays_seconds, current.spool.max_retries),
+            relay=self.relays.get,
+        )
+
+    async def run_delivery(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        """Scanner and workers (see :mod:`dispatch.delivery.scanner`); closes relay pools."""
+        self.relays = RelaySet(lambda: self.settings.current, self.spool)
+        self.relays.all()  # build now: a relay that cannot be built fails the start
+        attempt = DeliveryAttempt(self.spool, self._plan, self.store.log.record, self.stats)
+        self.delivery = DeliveryScanner(
+            self.spool, attempt, self.settings.current.spool.worker_count
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._close_retired_relays)
+                await self.delivery.run(shutdown, task_status=task_status)  # returns drained
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.relays.aclose()
+
+    async def _close_retired_relays(self) -> None:
+        assert self.relays is not None
+        while True:
+            await self.settings.wait_changed()
+            self.relays.all()
+            await self.relays.close_retired()
+
+    async def run_control(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        server = ControlServer(Path(self.settings.current.data_dir), self.spool)
+        await server.run(shutdown, task_status=task_status)
+
 
 def build_components(runtime: Runtime) -> list[Component]:
     return [
+        Component("storage", runtime.run_storage),
         Component("spool", runtime.run_spool),
+        Component("delivery", runtime.run_delivery),
         Component("smtp", runtime.run_smtp),
+        Component("control", runtime.run_control),
     ]
 
 

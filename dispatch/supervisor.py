@@ -9,11 +9,14 @@ with :class:`ComponentStartError` (the CLI prints its one-line reason and exits 
 component that crashes *after* it was ready is logged with its traceback and restarted with
 exponential back-off; a restart that fails to start is retried the same way.
 
-Stopping: the first SIGTERM/SIGINT sets :attr:`Shutdown.requested`. Components react by
-refusing new work and finishing what they hold (SMTP sessions get ``421``, deliveries finish
-or return their claims), then return. Whatever still runs after the grace period is
-cancelled. A second signal cancels everything at once; the spool is the truth, so nothing
-acknowledged is lost either way. SIGHUP reloads the configuration file.
+Stopping: the first SIGTERM/SIGINT stops components one by one in reverse start order —
+each one's :attr:`Shutdown.requested` is set once every component started after it has
+returned, so the listeners stop accepting first and storage, which records what the others
+did, stops last. A component reacts by refusing new work and finishing what it holds (SMTP
+sessions get ``421``, deliveries finish or return their claims), then returns. Whatever
+still runs when the grace period ends is cancelled. A second signal cancels everything at
+once; the spool is the truth, so nothing acknowledged is lost either way. SIGHUP reloads the
+configuration file.
 """
 
 from __future__ import annotations
@@ -109,7 +112,10 @@ class Supervisor:
     ) -> None:
         self.components = tuple(components)
         self.settings = settings
-        self.shutdown = Shutdown(grace_seconds)
+        self.shutdown = Shutdown(grace_seconds)  # the process-wide request, set first
+        self._stops = {c.name: Shutdown(grace_seconds) for c in components}
+        self._done = {c.name: trio.Event() for c in components}
+        self._begun: set[str] = set()
         self.ready = trio.Event()
         self.restarts: dict[str, int] = {c.name: 0 for c in components}
         self._on_ready = on_ready
@@ -133,9 +139,14 @@ class Supervisor:
     async def _run_components(self) -> None:
         async with trio.open_nursery() as components:
             for component in self.components:
+                if self.shutdown.requested.is_set():
+                    break
+                self._begun.add(component.name)
                 await components.start(self._supervise, component)
             self.ready.set()
-            log.info("ready: %s", ", ".join(c.name for c in self.components) or "(none)")
+            log.info(
+                "all components ready: %s", ", ".join(c.name for c in self.components) or "(none)"
+            )
             if self._on_ready:
                 self._on_ready()
 
@@ -145,13 +156,22 @@ class Supervisor:
             return
         log.info("stopping: grace period %.1f s", self.shutdown.grace_seconds)
         self.shutdown.request()
+        trio.lowlevel.spawn_system_task(self._stop_in_order)
         trio.lowlevel.spawn_system_task(self._enforce_grace)
 
     def stop_now(self) -> None:
         """Cancel every component at once (what a second signal does)."""
         log.warning("stopping at once")
         self.shutdown.request()
+        for stop in self._stops.values():
+            stop.request()
         self._components_scope.cancel()
+
+    async def _stop_in_order(self) -> None:
+        for component in reversed(self.components):
+            if component.name in self._begun:
+                self._stops[component.name].request()
+                await self._done[component.name].wait()
 
     async def _enforce_grace(self) -> None:
         await trio.sleep(self.shutdown.grace_seconds)
@@ -175,6 +195,13 @@ class Supervisor:
     async def _supervise(self, component: Component, *, task_status: trio.TaskStatus[None]) -> None:
         """Run one component until it stops after a stop request, restarting it on crashes."""
         bind(component=component.name)
+        try:
+            await self._keep_running(component, task_status)
+        finally:
+            self._done[component.name].set()
+
+    async def _keep_running(self, component: Component, task_status: trio.TaskStatus[None]) -> None:
+        shutdown = self._stops[component.name]
         backoff = RESTART_BACKOFF_FIRST
         ever_started = False
         while True:
@@ -182,7 +209,7 @@ class Supervisor:
             crash: BaseException | None = None
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(component.run, self.shutdown)
+                    await nursery.start(component.run, shutdown)
                     started_at = trio.current_time()
                     if not ever_started:
                         ever_started = True
@@ -192,7 +219,7 @@ class Supervisor:
                     raise ComponentStartError(component.name, describe(exc)) from exc
                 crash = exc
             crash = unwrap(crash) if crash is not None else None
-            if self.shutdown.requested.is_set():
+            if shutdown.requested.is_set():
                 if crash is not None:
                     log.error("crashed while stopping", exc_info=crash)
                 return
@@ -203,8 +230,8 @@ class Supervisor:
             else:
                 log.error("returned without a stop request; restarting in %.1f s", backoff)
             with trio.move_on_after(backoff):
-                await self.shutdown.requested.wait()
-            if self.shutdown.requested.is_set():
+                await shutdown.requested.wait()
+            if shutdown.requested.is_set():
                 return
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
             self.restarts[component.name] += 1

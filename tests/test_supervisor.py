@@ -61,7 +61,8 @@ async def test_components_start_in_order_each_after_the_previous_is_ready() -> N
             "c ready",
         ]
         sup.request_stop()
-    assert sorted(rec.events[6:]) == ["a stopped", "b stopped", "c stopped"]
+    # Reverse order: the last started (e.g. a listener) stops first, storage last.
+    assert rec.events[6:] == ["c stopped", "b stopped", "a stopped"]
 
 
 async def test_a_component_that_cannot_start_ends_the_run_with_its_reason() -> None:

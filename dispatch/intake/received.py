@@ -10,6 +10,7 @@ streams in.
 
 from __future__ import annotations
 
+import email.header
 import email.utils
 import re
 from typing import Final
@@ -54,6 +55,14 @@ def received_header(
     return line.encode("ascii")
 
 
+def _decode_subject(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError):  # a broken encoded-word: keep it as written
+        return text
+
+
 class LoopDetector:
     """Counts ``Received:`` header fields in a message fed to it chunk by chunk.
 
@@ -66,6 +75,7 @@ class LoopDetector:
         self._searched = 0
         self._done = False
         self.received_count = 0
+        self.subject: str | None = None  # decoded (RFC 2047), for the message log
 
     def feed(self, chunk: bytes) -> None:
         if self._done:
@@ -82,9 +92,17 @@ class LoopDetector:
     def _count(self, headers: bytes) -> None:
         self._done = True
         self._head = bytearray()
-        self.received_count = sum(
-            1 for line in headers.split(b"\r\n") if line[:9].lower() == b"received:"
-        )
+        lines = headers.split(b"\r\n")
+        self.received_count = sum(1 for line in lines if line[:9].lower() == b"received:")
+        for index, line in enumerate(lines):
+            if line[:8].lower() == b"subject:":
+                folded = [line[8:]]
+                for more in lines[index + 1 :]:  # RFC 5322 §2.2.3 folding
+                    if more[:1] not in (b" ", b"\t"):
+                        break
+                    folded.append(more)
+                self.subject = _decode_subject(b"".join(folded))
+                break
 
     def finish(self) -> None:
         """The message ended; count what was seen if no blank line ended the headers."""

@@ -60,6 +60,7 @@ from dispatch.smtp.events import (
     WrongProtocol,
 )
 from dispatch.spool import IncomingMessage, Spool, SpoolFullError, SpoolWriteError
+from dispatch.storage.events import MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -87,6 +88,7 @@ class IntakeContext:
     stats: Stats
     auth_throttle: FailureThrottle
     tls: ssl.SSLContext | None
+    record: Callable[[MessageEvent], None]  # the message log; never blocks
 
 
 @attrs.define
@@ -393,6 +395,19 @@ class SmtpSession:
             )
             self._reply(replies.queued(envelope.id))
             await self._flush()
+        self.context.record(
+            MessageEvent(
+                message_id=envelope.id,
+                event="received",
+                at=envelope.received_at,
+                source="smtp",
+                peer_ip=self.peer_ip,
+                sender=envelope.mail_from,
+                recipients=envelope.recipients,
+                subject=transaction.loops.subject,
+                size=envelope.size,
+            )
+        )
 
     async def _discard_message(self) -> None:
         transaction = self._transaction

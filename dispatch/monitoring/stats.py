@@ -74,6 +74,7 @@ class Histogram:
 
 
 SESSION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800)
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600)
 
 
 class Stats:
@@ -102,6 +103,16 @@ class Stats:
         )
         self.spool_writes = CounterMap(
             "dispatch/queue/itemsWritten", "spool write attempts", "result"
+        )
+        self.delivery_attempts = CounterMap(
+            "dispatch/queue/deliverAttempts",
+            "recipient groups handed to relays, by relay kind and outcome",
+            "kind:outcome",
+        )
+        self.delivery_latency_seconds = Histogram(
+            "dispatch/queue/deliveryLatencySeconds",
+            "seconds from acceptance to delivery",
+            LATENCY_BUCKETS,
         )
 
     def all(self) -> Iterator[Counter | CounterMap | Histogram]:

@@ -21,6 +21,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.security.certs import CertificateFiles, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
+from dispatch.storage.events import MessageEvent
 from dispatch.supervisor import Shutdown
 from tests.conftest import free_port
 
@@ -37,6 +38,7 @@ class Smtpd:
     shutdown: Shutdown
     ca: trustme.CA
     settings: dict[str, Any]
+    events: list[MessageEvent]
 
     def configure(self, **listener: Any) -> None:
         """Change live listener keys, as a SIGHUP reload would."""
@@ -75,6 +77,7 @@ async def smtpd(
     spool = await Spool.open(spool_dir)
     stats = Stats()
     live: dict[str, Any] = {"connection_timeout_seconds": 10}
+    events: list[MessageEvent] = []
 
     def settings() -> ListenerSettings:
         return parse_settings({"listener": live}).listener
@@ -85,13 +88,14 @@ async def smtpd(
         stats=stats,
         auth_throttle=FailureThrottle(max_failures=3, window=60),
         tls=server_context(files),
+        record=events.append,
     )
     port = free_port()
     listener = SmtpListener(context, (port,), ("127.0.0.1",))
     shutdown = Shutdown(grace_seconds=5)
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run, shutdown)
-        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live)
+        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live, events)
         shutdown.request()
 
 

@@ -68,6 +68,9 @@ async def test_plain_message_is_acknowledged_only_once_spooled(smtpd: Smtpd) -> 
     assert b"b@example.org" not in header
     assert b"From: a@example.com" + body == MESSAGE  # smtplib dot-stuffed, we unstuffed
     assert smtpd.stats.messages_received["smtp"] == 1
+    (event,) = smtpd.events
+    assert (event.event, event.message_id, event.subject) == ("received", message_id, "hi")
+    assert event.recipients == ("b@example.org", "c@example.net")
     assert smtpd.stats.smtp_commands["MAIL"] == 1
     assert smtpd.stats.smtp_commands["RCPT"] == 2
     assert smtpd.stats.smtp_replies["250"] >= 4
@@ -253,6 +256,7 @@ async def test_peer_outside_allow_list_gets_554(
 
     assert (await in_thread(connect)).startswith(b"554 5.7.1")
     assert smtpd.stats.smtp_denied["allowlist"] == 1
+    assert [(e.event, e.peer_ip) for e in smtpd.events] == [("denied", "127.0.0.1")]
     assert any("denied connection from 127.0.0.1" in r.getMessage() for r in caplog.records)
     smtpd.configure(allowed_cidrs=["127.0.0.1/32"])  # live: the next connection is let in
 

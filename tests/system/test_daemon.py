@@ -34,7 +34,7 @@ def base_config(tmp_path: Path, **listener: object) -> str:
 
 def test_starts_ready_and_stops_cleanly_on_sigterm(start_daemon: Start, tmp_path: Path) -> None:
     daemon = start_daemon(base_config(tmp_path))
-    daemon.wait_for("ready:")
+    daemon.wait_for("all components ready")
     assert (tmp_path / "spool" / "incoming").is_dir()
     began = time.monotonic()
     daemon.signal(signal.SIGTERM)
@@ -45,14 +45,14 @@ def test_starts_ready_and_stops_cleanly_on_sigterm(start_daemon: Start, tmp_path
 
 def test_sigint_stops_too(start_daemon: Start, tmp_path: Path) -> None:
     daemon = start_daemon(base_config(tmp_path))
-    daemon.wait_for("ready:")
+    daemon.wait_for("all components ready")
     daemon.signal(signal.SIGINT)
     assert daemon.wait_exit() == 0
 
 
 def test_sighup_applies_live_keys_and_names_the_others(start_daemon: Start, tmp_path: Path) -> None:
     daemon = start_daemon(base_config(tmp_path))
-    daemon.wait_for("ready:")
+    daemon.wait_for("all components ready")
     config = tmp_path / "dispatch.toml"
     config.write_text(base_config(tmp_path, max_connections=7))  # also a new port: not live
     daemon.signal(signal.SIGHUP)
@@ -87,11 +87,11 @@ def test_component_that_cannot_start_exits_1_with_one_line(
 
 def test_json_log_lines_carry_the_component(start_daemon: Start, tmp_path: Path) -> None:
     daemon = start_daemon(base_config(tmp_path), "--log-format", "json")
-    daemon.wait_for("ready:")
+    daemon.wait_for("all components ready")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     entries = [json.loads(line) for line in daemon.lines]
-    ready = next(e for e in entries if e["msg"].startswith("ready:"))
+    ready = next(e for e in entries if e["msg"].startswith("all components ready"))
     assert ready["component"] == "dispatch"
     assert ready["level"] == "info"
     assert any(e.get("component") == "spool" for e in entries)

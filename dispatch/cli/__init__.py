@@ -1,4 +1,6 @@
-"""The command line (SPEC §12): ``python -m dispatch [run]``, ``check-config``, ``hash-password``.
+"""The command line (SPEC §12): ``python -m dispatch [run]`` and the operator commands.
+
+``check-config``, ``hash-password``, ``spool list|show|retry|delete``, ``route simulate``.
 
 Exit codes: 0 success, 1 the daemon could not start (one line on stderr says why),
 2 the configuration or the command line is invalid (every problem listed).
@@ -17,7 +19,16 @@ from typing import Final
 import trio
 
 from dispatch import __version__
-from dispatch.config import ConfigError, find_config_file, load_settings, redacted, redacted_toml
+from dispatch.cli import route as route_cli
+from dispatch.cli import spool as spool_cli
+from dispatch.config import (
+    ConfigError,
+    Settings,
+    find_config_file,
+    load_settings,
+    redacted,
+    redacted_toml,
+)
 from dispatch.logs import configure_logging
 from dispatch.security.passwords import hash_password
 
@@ -71,6 +82,29 @@ def _parser() -> argparse.ArgumentParser:
     hashpw.add_argument(
         "--stdin", action="store_true", help="read the password from stdin, not the terminal"
     )
+    spool = commands.add_parser(
+        "spool", parents=[common], help="look at and act on spooled messages"
+    )
+    spool_actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = spool_actions.add_parser("list", parents=[common], help="list spooled messages")
+    listing.add_argument("--state", choices=("incoming", "processing", "failed"))
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for action, text in (
+        ("show", "show one message's envelope and per-recipient results"),
+        ("retry", "move a failed message back to incoming, attempts reset"),
+        ("delete", "delete a message that is not being delivered"),
+    ):
+        one = spool_actions.add_parser(action, parents=[common], help=text)
+        one.add_argument("id", help="message id (spl_…)")
+        one.add_argument("--json", action="store_true", help="print JSON")
+    route = commands.add_parser("route", parents=[common], help="routing tools")
+    route_actions = route.add_subparsers(dest="action", metavar="ACTION", required=True)
+    simulate = route_actions.add_parser(
+        "simulate", parents=[common], help="show which rule and relay would take FROM → TO"
+    )
+    simulate.add_argument("sender", metavar="FROM")
+    simulate.add_argument("recipient", metavar="TO")
+    simulate.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -130,12 +164,33 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
+    try:
+        return load_settings(find_config_file(getattr(args, "config", None)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command in ("spool", "route"):
+        settings = _settings_or_exit(args)
+        if settings is None:
+            return EXIT_BAD_CONFIG
+        if args.command == "route":
+            return route_cli.simulate(settings, args.sender, args.recipient, args.json)
+        return spool_cli.main(
+            settings,
+            args.action,
+            getattr(args, "id", None),
+            getattr(args, "state", None),
+            args.json,
+        )
     return _run(args)
 
 

@@ -1,0 +1,107 @@
+"""``dispatch spool list|show|retry|delete``: through the running daemon, or directly.
+
+With a daemon running, the command goes over its control socket, so the daemon's in-memory
+index and the files never disagree. Without one, the command takes the spool lock (so no
+daemon can start meanwhile), opens the spool itself and acts on the files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dispatch.config import Settings
+from dispatch.control.client import DaemonUnreachable, request
+from dispatch.control.server import handle
+from dispatch.spool import Spool
+from dispatch.spool.lock import SpoolLock, SpoolLockedError
+
+
+async def _run_here(directory: Path, command: dict[str, Any]) -> dict[str, Any]:
+    spool = await Spool.open(directory)
+    return await handle(spool, command)
+
+
+def execute(settings: Settings, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The answer of the daemon, or of the spool opened here when no daemon runs."""
+    try:
+        return request(Path(settings.data_dir), command, args)
+    except DaemonUnreachable:
+        pass
+    directory = Path(settings.spool.directory)
+    try:
+        lock = SpoolLock.acquire(directory)
+    except SpoolLockedError as exc:
+        return {"ok": False, "error": f"{exc}, but its control socket does not answer"}
+    with lock:
+        return trio.run(_run_here, directory, {"command": command, "args": args})
+
+
+def _when(timestamp: float) -> str:
+    if not timestamp:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _print_list(result: dict[str, Any]) -> None:
+    counts = result["counts"]
+    print(
+        f"{counts['incoming']} incoming ({counts['retrying']} retrying), "
+        f"{counts['processing']} processing, {counts['failed']} failed"
+    )
+    for entry in result["entries"]:
+        state = "retrying" if entry["retrying"] else entry["state"]
+        print(
+            f"{entry['id']}  {state:<10} {_when(entry['received_at'])}  "
+            f"attempts {entry['attempts']}  next {_when(entry['next_attempt_at'])}  "
+            f"<{entry['mail_from']}> → {len(entry['recipients'])} recipient(s)"
+        )
+
+
+def _print_show(entry: dict[str, Any]) -> None:
+    for key in ("id", "state", "mail_from", "source", "peer_ip", "auth_identity", "size"):
+        print(f"{key:<16} {entry.get(key)}")
+    print(f"{'received':<16} {_when(entry['received_at'])}")
+    print(f"{'attempts':<16} {entry['attempts']}")
+    print(f"{'next attempt':<16} {_when(entry['next_attempt_at'])}")
+    print(f"{'last error':<16} {entry.get('last_error') or '-'}")
+    results = entry.get("recipient_results") or {}
+    for recipient in entry["recipients"]:
+        result = results.get(recipient)
+        outcome = (
+            f"{result['status']} via {result['relay']}: {result['response']}"
+            if result
+            else ("pending")
+        )
+        print(f"{'recipient':<16} {recipient}  {outcome}")
+    print(f"{'file':<16} {entry['path']}")
+
+
+def main(
+    settings: Settings, action: str, message_id: str | None, state: str | None, as_json: bool
+) -> int:
+    args: dict[str, Any] = {"id": message_id} if message_id else {}
+    if state:
+        args["state"] = state
+    answer = execute(settings, f"spool.{action}", args)
+    if not answer.get("ok"):
+        print(f"dispatch: {answer.get('error')}", file=sys.stderr)
+        return 1
+    result = answer["result"]
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif action == "list":
+        _print_list(result)
+    elif action == "show":
+        _print_show(result)
+    elif action == "retry":
+        print(f"{result['id']}: moved back to incoming, due now")
+    else:
+        print(f"{result['id']}: deleted")
+    return 0

@@ -1,0 +1,33 @@
+"""The command line's side of the control socket (blocking: the CLI has no event loop)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from dispatch.control.server import SOCKET_NAME
+
+TIMEOUT_SECONDS = 30.0
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers on the control socket."""
+
+
+def request(data_dir: Path, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Send one command to the running daemon; return its answer."""
+    path = data_dir / SOCKET_NAME
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT_SECONDS)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DaemonUnreachable(f"no daemon answers on {path}") from exc
+    answer: dict[str, Any] = json.loads(data)
+    return answer

@@ -1,0 +1,103 @@
+"""Operator commands on the spool, the same whether the daemon or the CLI runs them.
+
+Each command takes the open :class:`~dispatch.spool.Spool` and plain JSON arguments and
+returns plain JSON data; errors a user can cause raise :class:`CommandError` with a message
+that names the message id and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dispatch.spool import (
+    MessageBusyError,
+    MessageState,
+    Spool,
+    SpoolEntry,
+    UnknownMessageError,
+    WrongStateError,
+    is_valid_id,
+)
+
+
+class CommandError(Exception):
+    """A command that cannot be done as asked (unknown id, wrong state …)."""
+
+
+def entry_data(entry: SpoolEntry) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(entry.envelope.to_json())
+    data["state"] = entry.state.value
+    data["retrying"] = entry.state is MessageState.INCOMING and entry.envelope.attempts > 0
+    return data
+
+
+def _entry(spool: Spool, message_id: object) -> SpoolEntry:
+    if not is_valid_id(message_id):
+        raise CommandError(f"{message_id!r} is not a message id (they look like spl_01…)")
+    assert isinstance(message_id, str)
+    try:
+        return spool.get(message_id)
+    except UnknownMessageError:
+        raise CommandError(
+            f"no message {message_id} in the spool (delivered, deleted, or never accepted)"
+        ) from None
+
+
+def spool_list(spool: Spool, state: str | None = None, limit: int = 1000) -> dict[str, Any]:
+    wanted = None
+    if state is not None:
+        try:
+            wanted = MessageState(state)
+        except ValueError:
+            choices = ", ".join(s.value for s in MessageState)
+            raise CommandError(f"{state!r} is not a spool state; use one of: {choices}") from None
+    entries: list[dict[str, Any]] = []
+    for entry in spool.entries(wanted):
+        if len(entries) >= limit:
+            break
+        entries.append(entry_data(entry))
+    counts = spool.counts()
+    return {
+        "counts": {
+            "incoming": counts.incoming,
+            "retrying": counts.retrying,
+            "processing": counts.processing,
+            "failed": counts.failed,
+        },
+        "entries": entries,
+    }
+
+
+def spool_show(spool: Spool, message_id: object) -> dict[str, Any]:
+    entry = _entry(spool, message_id)
+    data = entry_data(entry)
+    data["path"] = str(spool.message_path(entry.envelope.id))
+    return data
+
+
+async def spool_retry(spool: Spool, message_id: object) -> dict[str, Any]:
+    entry = _entry(spool, message_id)
+    if entry.state is not MessageState.FAILED:
+        raise CommandError(
+            f"message {entry.envelope.id} is {entry.state.value}, not failed: only failed "
+            "messages can be retried (incoming ones are retried on their own)"
+        )
+    try:
+        envelope = await spool.retry_failed(entry.envelope.id)
+    except (WrongStateError, MessageBusyError) as exc:
+        raise CommandError(str(exc)) from None
+    return {"id": envelope.id, "state": "incoming"}
+
+
+async def spool_delete(spool: Spool, message_id: object) -> dict[str, Any]:
+    entry = _entry(spool, message_id)
+    if entry.state is MessageState.PROCESSING:
+        raise CommandError(
+            f"message {entry.envelope.id} is being delivered right now; try again in a moment"
+        )
+    try:
+        await spool.delete(entry.envelope.id)
+    except (WrongStateError, MessageBusyError) as exc:
+        raise CommandError(str(exc)) from None
+    return {"id": entry.envelope.id, "deleted": True}

@@ -1,0 +1,237 @@
+"""One delivery attempt of one claimed message: route, hand to relays, settle the outcome.
+
+The outcome decides where the message goes next (SPEC §6):
+
+- every recipient has a final result and none failed → removed from the spool, ``delivered``;
+- every recipient has a final result, some failed permanently → ``failed/``;
+- some recipients failed transiently → back to ``incoming/`` due after the retry delay
+  (``retried``), or to ``failed/`` once ``spool.max_retries`` retries are used up.
+
+Recipients delivered (or permanently refused) in an attempt are recorded in the envelope, so
+a retry only tries the rest. A route naming several relays tries the next one for the
+recipients the previous one refused transiently (failover).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from dispatch.delivery.routing import RouteDecision, Router
+from dispatch.delivery.schedule import RetrySchedule
+from dispatch.monitoring.stats import Stats
+from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
+from dispatch.relays.registry import RelayUnavailable
+from dispatch.spool import Envelope, RecipientResult, Spool
+from dispatch.spool.envelope import ResultStatus
+from dispatch.storage.events import EventKind, MessageEvent
+
+log = logging.getLogger("dispatch.delivery")
+
+MAX_ERROR_TEXT: Final = 2000  # last_error kept in the envelope: enough to read, bounded
+
+
+@attrs.frozen
+class DeliveryPlan:
+    """The configuration one attempt runs with (a snapshot: reloads apply to later ones)."""
+
+    router: Router
+    schedule: RetrySchedule
+    relay: Callable[[str], Relay]
+
+
+def _needs_smtputf8(envelope: Envelope) -> bool:
+    return not envelope.mail_from.isascii() or not all(r.isascii() for r in envelope.recipients)
+
+
+class DeliveryAttempt:
+    """Runs attempts for the delivery workers. Owns nothing; the spool owns the message."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        plan: Callable[[], DeliveryPlan],
+        record: Callable[[MessageEvent], None],
+        stats: Stats,
+    ) -> None:
+        self._spool = spool
+        self._plan = plan
+        self._record = record
+        self._stats = stats
+
+    async def run(self, envelope: Envelope) -> None:
+        """Deliver a claimed message and move it on. On cancellation the claim is released
+        (shielded) with whatever results are final already, so nothing is sent twice to a
+        recipient that was delivered before the cancel."""
+        results: dict[str, RecipientResult] = {}
+        try:
+            errors = await self._deliver(envelope, self._plan(), results)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                merged = {**envelope.recipient_results, **results}
+                await self._spool.release(attrs.evolve(envelope, recipient_results=merged))
+            raise
+        await self._settle(envelope, results, errors)
+
+    async def _deliver(
+        self, envelope: Envelope, plan: DeliveryPlan, results: dict[str, RecipientResult]
+    ) -> list[str]:
+        """Try every pending recipient once (with failover); return the transient errors."""
+        transient: dict[str, str] = {}  # recipient → why its last relay could not take it
+        groups = plan.router.split(envelope.mail_from, envelope.pending_recipients)
+        for decision, recipients in groups.items():
+            remaining = recipients
+            for relay_name in decision.relays:
+                try:
+                    relay = plan.relay(relay_name)
+                except (RelayUnavailable, ValueError) as exc:
+                    log.error("cannot deliver through %s: %s", relay_name, exc)
+                    transient.update(dict.fromkeys(remaining, str(exc)))
+                    continue
+                request = DeliveryRequest(
+                    message_id=envelope.id,
+                    mail_from=envelope.mail_from,
+                    recipients=remaining,
+                    message_path=self._spool.message_path(envelope.id),
+                    size=envelope.size,
+                    smtputf8=_needs_smtputf8(envelope),
+                )
+                started = trio.current_time()
+                result = await self._hand_over(relay, request)
+                duration = trio.current_time() - started
+                self._collect(envelope, decision, relay, result, duration, results)
+                for outcome in result.outcomes:
+                    if outcome.outcome == "transient":
+                        transient[outcome.recipient] = outcome.response
+                    else:
+                        transient.pop(outcome.recipient, None)
+                remaining = tuple(r for r in remaining if r in transient)
+                if not remaining:
+                    break
+        return [f"{recipient}: {why}" for recipient, why in transient.items()]
+
+    async def _hand_over(self, relay: Relay, request: DeliveryRequest) -> DeliveryResult:
+        try:
+            return await relay.deliver(request)
+        except Exception:
+            log.exception("relay %s failed unexpectedly", relay.name)
+            return DeliveryResult.all(
+                request, "transient", f"relay {relay.name}: internal error (see the log)"
+            )
+
+    def _collect(
+        self,
+        envelope: Envelope,
+        decision: RouteDecision,
+        relay: Relay,
+        result: DeliveryResult,
+        duration: float,
+        results: dict[str, RecipientResult],
+    ) -> None:
+        """Record final results, log and count what one relay did with its recipients."""
+        now = time.time()
+        by_outcome: dict[str, list[str]] = {"delivered": [], "permanent": [], "transient": []}
+        for outcome in result.outcomes:
+            by_outcome[outcome.outcome].append(outcome.recipient)
+            if outcome.outcome != "transient":
+                status: ResultStatus = "delivered" if outcome.outcome == "delivered" else "failed"
+                results[outcome.recipient] = RecipientResult(
+                    status, outcome.response, relay.name, now
+                )
+        for kind, recipients in by_outcome.items():
+            if not recipients:
+                continue
+            self._stats.delivery_attempts.add(f"{relay.kind}:{kind}")
+            response = next(o.response for o in result.outcomes if o.recipient == recipients[0])
+            if kind != "transient":
+                self._record(
+                    self._event(
+                        envelope,
+                        "delivered" if kind == "delivered" else "failed",
+                        recipients,
+                        relay=relay.name,
+                        route=decision.label,
+                        duration=duration,
+                        response=response,
+                        remote_id=result.remote_id,
+                    )
+                )
+            log.info(
+                "%s via %s (%s) for %d recipient(s) in %.0f ms: %s",
+                kind,
+                relay.name,
+                decision.label,
+                len(recipients),
+                duration * 1000,
+                response,
+            )
+        if by_outcome["delivered"]:
+            self._stats.delivery_latency_seconds.observe(max(0.0, now - envelope.received_at))
+
+    async def _settle(
+        self, envelope: Envelope, results: dict[str, RecipientResult], errors: list[str]
+    ) -> None:
+        schedule = self._plan().schedule
+        left = [r for r in envelope.pending_recipients if r not in results]
+        all_results = {**envelope.recipient_results, **results}
+        any_failed = any(r.status == "failed" for r in all_results.values())
+        error = "; ".join(errors)[:MAX_ERROR_TEXT] or None
+        attempts = envelope.attempts + 1
+        if not left:
+            if any_failed:
+                failed = envelope.after_attempt(
+                    next_attempt_at=0.0, error=error or "permanently refused", results=results
+                )
+                await self._spool.mark_failed(failed)
+                log.warning("%s failed: some recipients were refused permanently", envelope.id)
+            else:
+                await self._spool.remove(envelope.id)
+            return
+        if schedule.exhausted(attempts):
+            failed = envelope.after_attempt(
+                next_attempt_at=0.0, error=f"retries exhausted: {error}", results=results
+            )
+            await self._spool.mark_failed(failed)
+            self._record(self._event(envelope, "failed", left, response=failed.last_error or ""))
+            log.warning("%s failed after %d attempts: %s", envelope.id, attempts, error)
+            return
+        delay = schedule.delay(attempts)
+        retry = envelope.after_attempt(
+            next_attempt_at=time.time() + delay, error=error, results=results
+        )
+        await self._spool.release(retry)
+        self._record(self._event(envelope, "retried", left, response=error or ""))
+        log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
+
+    @staticmethod
+    def _event(
+        envelope: Envelope,
+        event: EventKind,
+        recipients: list[str] | tuple[str, ...],
+        *,
+        relay: str | None = None,
+        route: str | None = None,
+        duration: float | None = None,
+        response: str = "",
+        remote_id: str | None = None,
+    ) -> MessageEvent:
+        return MessageEvent(
+            message_id=envelope.id,
+            event=event,
+            source=envelope.source,
+            sender=envelope.mail_from,
+            recipients=tuple(recipients),
+            size=envelope.size,
+            tags=envelope.tags,
+            relay=relay,
+            route=route,
+            attempt=envelope.attempts + 1,
+            duration_ms=None if duration is None else duration * 1000,
+            response=response,
+            remote_id=remote_id,
+        )

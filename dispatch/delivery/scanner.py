@@ -1,0 +1,98 @@
+"""The delivery component: the spool scanner feeding ``spool.worker_count`` workers.
+
+Theory of operation: the scanner waits until the spool's in-memory index says a message is
+due (no directory listing, no polling), claims it (a rename to ``processing/``) and hands it
+to a worker through an unbuffered channel, so at most one claimed message waits for a free
+worker. Each worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a time.
+
+Stopping: on ``shutdown.requested`` the scanner stops claiming (a message it had claimed but
+not handed over is released at once) and closes the channel; workers finish the attempt in
+hand and return. If the supervisor's grace period runs out first, the cancelled attempts
+release their claims (shielded), and anything a hard kill leaves in ``processing/`` is
+returned to ``incoming/`` by the next start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from dispatch.delivery.attempt import DeliveryAttempt
+from dispatch.logs import log_context
+from dispatch.spool import Envelope, Spool
+from dispatch.supervisor import Shutdown
+
+log = logging.getLogger("dispatch.delivery")
+
+
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of ``waits`` returns; cancel the others."""
+    async with trio.open_nursery() as nursery:
+
+        async def run(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
+
+
+class DeliveryScanner:
+    """Owns the workers and the channel between them (see the module docstring)."""
+
+    def __init__(self, spool: Spool, attempt: DeliveryAttempt, worker_count: int) -> None:
+        self._spool = spool
+        self._attempt = attempt
+        self.worker_count = worker_count
+        self.busy_workers = 0
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        send, receive = trio.open_memory_channel[Envelope](0)
+        async with trio.open_nursery() as workers:
+            async with receive:
+                for number in range(self.worker_count):
+                    workers.start_soon(
+                        self._work, receive.clone(), name=f"delivery worker {number}"
+                    )
+            task_status.started()
+            async with send:
+                await self._scan(send, shutdown)
+
+    async def _scan(self, send: trio.MemorySendChannel[Envelope], shutdown: Shutdown) -> None:
+        stopping = shutdown.requested
+        while not stopping.is_set():
+            await first_of(self._spool.wait_until_due, stopping.wait)
+            if stopping.is_set():
+                return
+            for envelope in await self._spool.claim_due(limit=1):
+                handed = False
+
+                async def hand_over(envelope: Envelope = envelope) -> None:
+                    nonlocal handed
+                    await send.send(envelope)
+                    handed = True
+
+                await first_of(hand_over, stopping.wait)
+                if not handed:  # claimed but no worker took it before the stop: put it back
+                    await self._spool.release(envelope)
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[Envelope]) -> None:
+        async with receive:
+            async for envelope in receive:
+                self.busy_workers += 1
+                try:
+                    with log_context(message=envelope.id):
+                        await self._attempt.run(envelope)
+                except Exception:
+                    log.exception("delivery of %s failed unexpectedly", envelope.id)
+                    await self._release_after_error(envelope)
+                finally:
+                    self.busy_workers -= 1
+
+    async def _release_after_error(self, envelope: Envelope) -> None:
+        try:
+            await self._spool.release(envelope)
+        except Exception:
+            log.exception("%s stays in processing/ until the next start", envelope.id)

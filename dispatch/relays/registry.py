@@ -1,0 +1,91 @@
+"""The relay clients of the running configuration, rebuilt when a reload changes ``relays``.
+
+Relays are live keys (SPEC §2): after a SIGHUP the next delivery attempt uses clients built
+from the new settings. Clients of the old configuration are closed once their last
+in-flight delivery is over; their pooled connections are never reused for the new settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dispatch.config.settings import (
+    LocalRelay,
+    MxRelay,
+    RelaySettings,
+    Settings,
+    SmtpRelay,
+)
+from dispatch.relays.base import Relay
+from dispatch.relays.local import LocalRelayClient
+from dispatch.relays.mx import MxRelayClient
+from dispatch.relays.smtp import SmtpRelayClient
+from dispatch.spool import Spool
+
+log = logging.getLogger("dispatch.delivery")
+
+
+class RelayUnavailable(Exception):
+    """A configured relay kind this build cannot deliver through."""
+
+
+def build_relay(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
+    """A client for one configured relay. Raises ValueError for settings that cannot work
+    (an unreadable ``ca_file``) and :class:`RelayUnavailable` for unsupported kinds."""
+    if isinstance(settings, LocalRelay):
+        return LocalRelayClient(settings.name, spool)
+    if isinstance(settings, SmtpRelay):
+        return SmtpRelayClient(settings, helo_name)
+    if isinstance(settings, MxRelay):
+        return MxRelayClient(settings, helo_name)
+    raise RelayUnavailable(
+        f"relay {settings.name}: kind {settings.kind!r} is not available in this version of "
+        "Dispatch; use smtp, mx or local"
+    )
+
+
+class RelaySet:
+    """Owns the relay clients; :meth:`get` always answers from the current configuration."""
+
+    def __init__(self, settings: Callable[[], Settings], spool: Spool) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._built_from: tuple[RelaySettings, ...] | None = None
+        self._relays: dict[str, Relay] = {}
+        self._retired: list[Relay] = []
+
+    def _refresh(self) -> None:
+        current = self._settings()
+        if current.relays == self._built_from:
+            return
+        fresh = {
+            relay.name: build_relay(relay, self._spool, current.listener.server_name)
+            for relay in current.relays
+        }
+        self._retired.extend(self._relays.values())
+        self._relays, self._built_from = fresh, current.relays
+        log.info("relays configured: %s", ", ".join(f"{r.name} ({r.kind})" for r in fresh.values()))
+
+    def get(self, name: str) -> Relay:
+        self._refresh()
+        try:
+            return self._relays[name]
+        except KeyError:
+            raise RelayUnavailable(f"relay {name!r} is not configured") from None
+
+    def all(self) -> list[Relay]:
+        self._refresh()
+        return list(self._relays.values())
+
+    async def close_retired(self) -> None:
+        """Close clients of earlier configurations (their idle pooled connections)."""
+        retired, self._retired = self._retired, []
+        for relay in retired:
+            await relay.aclose()
+
+    async def aclose(self) -> None:
+        await self.close_retired()
+        for relay in self._relays.values():
+            await relay.aclose()
+        self._relays, self._built_from = {}, None

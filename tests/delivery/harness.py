@@ -1,0 +1,77 @@
+"""Dispatch run in-process for end-to-end tests: the real supervisor and components."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from dispatch.config import parse_settings
+from dispatch.config.live import LiveSettings
+from dispatch.daemon import Runtime, build_components
+from dispatch.storage import MessageEvent
+from dispatch.supervisor import Supervisor
+from tests.conftest import free_port
+
+
+@attrs.define
+class Running:
+    runtime: Runtime
+    supervisor: Supervisor
+    smtp_port: int
+    root: Path
+
+    def send(self, sender: str, recipients: list[str], message: bytes) -> str:
+        """Submit with smtplib (blocking: call through trio.to_thread); return the queue id."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=10) as client:
+            client.ehlo()
+            client.mail(sender)
+            for recipient in recipients:
+                client.rcpt(recipient)
+            code, text = client.data(message)
+            assert code == 250, (code, text)
+            return text.split()[-1].decode()
+
+    async def submit(self, sender: str, recipients: list[str], message: bytes) -> str:
+        return await trio.to_thread.run_sync(self.send, sender, recipients, message)
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        with trio.fail_after(15):
+            while not condition():  # noqa: ASYNC110 - polling the state of the system under test
+                await trio.sleep(0.02)
+
+    async def history(self, message_id: str) -> list[MessageEvent]:
+        await self.runtime.store.log.wait_until_written()
+        return await self.runtime.store.queries.message_history(message_id)
+
+
+def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "data_dir": str(root / "data"),
+        "listener": {"ports": [free_port()], "bind_address": "127.0.0.1"},
+        "spool": {"directory": str(root / "spool"), "retry_delays_seconds": [0.2]},
+        "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@asynccontextmanager
+async def running_dispatch(root: Path, config: dict[str, Any]) -> AsyncIterator[Running]:
+    settings = parse_settings(config)
+    runtime = Runtime(LiveSettings(settings, None))
+    supervisor = Supervisor(build_components(runtime), runtime.settings, grace_seconds=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        await supervisor.ready.wait()
+        yield Running(runtime, supervisor, settings.listener.ports[0], root)
+        supervisor.request_stop()

@@ -1,0 +1,167 @@
+"""Helpers for storage tests: a running store, event factories, a loop watchdog, mounts.
+
+Everything runs against real SQLite files under ``tmp_path``. The outage tests need real
+outages: a tmpfs that fills up and a read-only bind mount, which need root (CI has it).
+Like the spool's disk-full tests they fail rather than skip without it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dispatch.storage import MessageEvent, MessageLog, Store, open_store
+from dispatch.supervisor import Shutdown
+
+# 2027-01-15T08:00:00Z, exactly on a minute: tests say "today" and "5 minutes ago" about it.
+BASE = 1_800_000_000.0
+DAY = 86_400.0
+
+
+def url_for(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def make_store(db: Path, data_dir: Path) -> Store:
+    return open_store(url_for(db), data_dir)
+
+
+@asynccontextmanager
+async def running(store: Store) -> AsyncIterator[Shutdown]:
+    """Run ``store`` as the supervisor would; on exit request a stop and wait for it."""
+    shutdown = Shutdown(grace_seconds=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run, shutdown)
+        yield shutdown
+        shutdown.request()
+
+
+def received(number: int = 0, *, at: float = BASE, **fields: Any) -> MessageEvent:
+    """A ``received`` event for message ``msg-<number>``."""
+    values: dict[str, Any] = {
+        "message_id": f"msg-{number}",
+        "event": "received",
+        "at": at,
+        "source": "smtp",
+        "sender": "app@example.test",
+        "recipients": ("rcpt@example.test",),
+    }
+    values.update(fields)
+    return MessageEvent(**values)
+
+
+def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+    """Rows of ``sql`` read with a separate plain connection (blocking: call when idle)."""
+    with closing(sqlite3.connect(db)) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def row_count(db: Path, table: str = "message_log") -> int:
+    return int(query(db, f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: S608
+
+
+def assert_exactly_once(db: Path, events: list[MessageEvent]) -> None:
+    """Every event is in ``message_log`` once, nothing else is, and the counters agree."""
+    ids = [row[0] for row in query(db, "SELECT event_id FROM message_log")]
+    assert sorted(ids) == sorted(e.event_id for e in events)
+    day_total = query(db, "SELECT SUM(count) FROM counters")[0][0]
+    minute_total = query(db, "SELECT SUM(count) FROM minute_counters")[0][0]
+    assert day_total == minute_total == len(events)
+
+
+async def until(predicate: Callable[[], bool], *, within: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, checking every 5 ms.
+
+    Polling on purpose: the predicates read the plain attributes ``/health`` reads.
+    """
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
+class Watchdog:
+    """A task ticking every 10 ms: shows that the event loop was never blocked.
+
+    It also samples the log's health attributes, to show what ``/health`` would have seen.
+    """
+
+    def __init__(self, log: MessageLog) -> None:
+        self.log = log
+        self.ticks = 0
+        self.longest_gap = 0.0
+        self.saw_unreachable = False
+        self.errors: set[str] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        last = trio.current_time()
+        while True:
+            await trio.sleep(0.01)
+            now = trio.current_time()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+            self.ticks += 1
+            if not self.log.database_reachable:
+                self.saw_unreachable = True
+            if self.log.last_error:
+                self.errors.add(self.log.last_error)
+
+    def assert_loop_never_blocked(self, min_ticks: int) -> None:
+        # The database's busy timeout is 1 s: a database call on the loop would show here.
+        assert self.ticks >= min_ticks
+        assert self.longest_gap < 0.5, f"the event loop was blocked for {self.longest_gap:.2f} s"
+
+
+def mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(
+            f"mount {' '.join(args)} failed: {done.stderr.strip() or done.returncode}. "
+            "The storage outage tests need root (CI runs as root); run them as root."
+        )
+
+
+def unmount(path: Path) -> None:
+    # Lazy: still detaches it if a failing test left a file open.
+    subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+TMPFS_SIZE = 1024 * 1024
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: room for a database, and a disk that can really be filled."""
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    mount("-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``(directory, view)``: ``view`` shows ``directory`` through a read-only bind mount.
+
+    As root, permission bits do not stop writes; a read-only mount does (EROFS).
+    ``mount("-o", "remount,bind,rw", str(view))`` makes it writable again.
+    """
+    directory = tmp_path / "writable"
+    view = tmp_path / "view"
+    directory.mkdir()
+    view.mkdir()
+    mount("--bind", str(directory), str(view))
+    try:
+        mount("-o", "remount,bind,ro", str(view))
+        yield directory, view
+    finally:
+        unmount(view)

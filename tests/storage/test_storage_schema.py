@@ -1,0 +1,197 @@
+"""The schema: created at first use, migrated once per version, refused when too new."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from dispatch.storage import (
+    LATEST_VERSION,
+    MIGRATIONS,
+    DatabaseUnavailableError,
+    Migration,
+    SqlCursor,
+    SqliteDatabase,
+    open_store,
+    sqlite_path,
+)
+from dispatch.storage.schema import POSTGRESQL, SQLITE
+from tests.storage.conftest import query, received, running
+
+TABLES = {
+    "schema_version",
+    "message_log",
+    "message_log_addresses",
+    "audit_log",
+    "api_keys",
+    "admin",
+    "sessions",
+    "counters",
+    "minute_counters",
+}
+INDEXES = {
+    "message_log_message_id_at",
+    "message_log_at",
+    "message_log_event_at",
+    "message_log_addresses_log_id",
+    "audit_log_at",
+    "sessions_expires_at",
+}
+
+
+def names(db: Path, kind: str) -> set[str]:
+    rows = query(db, "SELECT name FROM sqlite_master WHERE type = ?", (kind,))
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def versions(db: Path) -> list[int]:
+    return [v for (v,) in query(db, "SELECT version FROM schema_version ORDER BY version")]
+
+
+def count_versions(cursor: SqlCursor) -> int:
+    cursor.execute("SELECT COUNT(*) FROM schema_version")
+    return int(cursor.fetchone()[0])
+
+
+async def open_once(db: Path, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Open ``db`` (applying ``migrations``), close it; return the number of versions."""
+    database = SqliteDatabase(db, migrations=migrations)
+    try:
+        return await database.read(count_versions)
+    finally:
+        await database.aclose()
+
+
+async def test_first_use_creates_the_file_the_schema_and_the_version(tmp_path: Path) -> None:
+    db = tmp_path / "deep" / "er" / "dispatch.db"
+    database = SqliteDatabase(db)
+    assert not db.exists()  # nothing happens before first use
+    assert await database.read(count_versions) == 1
+    await database.aclose()
+    assert names(db, "table") == TABLES
+    assert names(db, "index") == INDEXES
+    assert versions(db) == [LATEST_VERSION] == [m.version for m in MIGRATIONS]
+    assert query(db, "PRAGMA journal_mode") == [("wal",)]
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert db.parent.stat().st_mode & 0o777 == 0o700
+    unique = query(db, "SELECT sql FROM sqlite_master WHERE name = 'message_log'")[0][0]
+    assert "event_id TEXT NOT NULL UNIQUE" in unique
+
+
+async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"
+    for round_ in range(3):
+        store = open_store(f"sqlite:///{db}", tmp_path)
+        async with running(store):
+            store.log.record(received(round_))
+            await store.log.wait_until_written()
+    assert versions(db) == [LATEST_VERSION]
+    assert query(db, "SELECT COUNT(*) FROM message_log") == [(3,)]
+
+
+async def test_a_new_migration_is_applied_once(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"
+    await open_once(db)
+    extended = (
+        *MIGRATIONS,
+        Migration(
+            LATEST_VERSION + 1,
+            "relay notes",
+            (
+                "CREATE TABLE relay_notes (id {serial_pk}, note TEXT)",
+                "CREATE INDEX relay_notes_note ON relay_notes (note)",
+            ),
+        ),
+    )
+    for _ in range(2):
+        assert await open_once(db, extended) == 2
+    assert versions(db) == [LATEST_VERSION, LATEST_VERSION + 1]
+    assert "relay_notes" in names(db, "table")
+
+
+async def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"
+    broken = (
+        *MIGRATIONS,
+        Migration(LATEST_VERSION + 1, "broken", ("CREATE TABLE half (x TEXT)", "CREATE TABLE (")),
+    )
+    with pytest.raises(DatabaseUnavailableError, match="syntax error"):
+        await open_once(db, broken)
+    assert versions(db) == [LATEST_VERSION]  # the earlier migration stays applied
+    assert "half" not in names(db, "table")  # the failed one is rolled back whole
+
+
+async def test_a_schema_from_a_newer_dispatch_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"
+    await open_once(db)
+    with closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("INSERT INTO schema_version VALUES (99, 'future', 0)")
+    with pytest.raises(DatabaseUnavailableError, match="schema version 99, newer than"):
+        await open_once(db)
+
+
+def test_migration_versions_must_increase(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="strictly increase"):
+        SqliteDatabase(tmp_path / "x.db", migrations=(*MIGRATIONS, *MIGRATIONS))
+
+
+def test_migrations_are_written_for_sqlite_and_postgresql() -> None:
+    for migration in MIGRATIONS:
+        sqlite_text = " ".join(migration.render(SQLITE))
+        postgres_text = " ".join(migration.render(POSTGRESQL))
+        assert "{" not in sqlite_text
+        assert "{" not in postgres_text
+        assert "INTEGER PRIMARY KEY" not in postgres_text.replace(
+            "id INTEGER PRIMARY KEY CHECK", ""
+        )
+        for sqlite_only in ("AUTOINCREMENT", "WITHOUT ROWID", "INSERT OR", "PRAGMA", " REAL"):
+            assert sqlite_only not in sqlite_text.upper()
+        assert not re.search(r"\bDATETIME\b|\bBLOB\b", sqlite_text)
+
+
+def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path("sqlite:///./.dispatch/dispatch.db") == tmp_path / ".dispatch/dispatch.db"
+    assert sqlite_path("sqlite:///relative.db") == tmp_path / "relative.db"
+    assert sqlite_path("sqlite:////var/lib/dispatch/d.db") == Path("/var/lib/dispatch/d.db")
+    assert sqlite_path("sqlite:////srv/with%20space.db") == Path("/srv/with space.db")
+    for bad in ("sqlite://x.db", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?mode=ro"):
+        with pytest.raises(ValueError, match=r"database\.url"):
+            sqlite_path(bad)
+    with pytest.raises(ValueError, match="PostgreSQL is not supported"):
+        open_store("postgresql://dispatch@db/dispatch", tmp_path)
+    with pytest.raises(ValueError, match="unknown database 'mysql'"):
+        open_store("mysql://x", tmp_path)
+    store = open_store("sqlite:///./.dispatch/dispatch.db", "./.dispatch")
+    assert store.database.description == f"sqlite:///{tmp_path}/.dispatch/dispatch.db"
+    assert store.log.journal_path == tmp_path / ".dispatch" / "message-log.journal"
+
+
+async def test_a_bug_in_work_escapes_unchanged_and_the_connection_goes_on(tmp_path: Path) -> None:
+    database = SqliteDatabase(tmp_path / "dispatch.db")
+    insert = "INSERT INTO counters (day, event, relay, count) VALUES ('d', 'received', '', 1)"
+
+    def insert_then_fail(cursor: SqlCursor) -> None:
+        cursor.execute(insert)
+        raise ZeroDivisionError
+
+    def insert_twice(cursor: SqlCursor) -> None:
+        cursor.execute(insert)
+        cursor.execute(insert)
+
+    def count(cursor: SqlCursor) -> int:
+        cursor.execute("SELECT COUNT(*) FROM counters")
+        return int(cursor.fetchone()[0])
+
+    with pytest.raises(ZeroDivisionError):
+        await database.write(insert_then_fail)
+    with pytest.raises(sqlite3.IntegrityError):  # a bug, not an outage
+        await database.write(insert_twice)
+    assert await database.read(count) == 0  # both rolled back
+    await database.write(lambda cursor: cursor.execute(insert))
+    assert await database.read(count) == 1
+    await database.aclose()
