@@ -17,7 +17,7 @@ from dispatch import __version__
 from dispatch.config import Settings
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
-from dispatch.control.server import ControlServer
+from dispatch.control.server import ControlServer, Operations
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.routing import Router
 from dispatch.delivery.scanner import DeliveryScanner
@@ -50,6 +50,7 @@ class Runtime:
         self.smtp: SmtpListener | None = None
         self.delivery: DeliveryScanner | None = None
         self.relays: RelaySet | None = None
+        self.attempt: DeliveryAttempt | None = None
 
     @property
     def store(self) -> Store:
@@ -120,8 +121,10 @@ class Runtime:
     async def run_delivery(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         """Scanner and workers (see :mod:`dispatch.delivery.scanner`); closes relay pools."""
         self.relays = RelaySet(lambda: self.settings.current, self.spool)
-        self.relays.all()  # build now: a relay that cannot be built fails the start
-        attempt = DeliveryAttempt(self.spool, self._plan, self.store.log.record, self.stats)
+        self.relays.all()  # build now, so configuration problems are logged at start
+        attempt = self.attempt = DeliveryAttempt(
+            self.spool, self._plan, self.store.log.record, self.stats
+        )
         self.delivery = DeliveryScanner(
             self.spool, attempt, self.settings.current.spool.worker_count
         )
@@ -142,7 +145,8 @@ class Runtime:
             await self.relays.close_retired()
 
     async def run_control(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
-        server = ControlServer(Path(self.settings.current.data_dir), self.spool)
+        ops = Operations(self.spool, lambda: self.settings.current, self.attempt)
+        server = ControlServer(Path(self.settings.current.data_dir), ops)
         await server.run(shutdown, task_status=task_status)
 
 

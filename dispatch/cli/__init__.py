@@ -97,6 +97,21 @@ def _parser() -> argparse.ArgumentParser:
         one = spool_actions.add_parser(action, parents=[common], help=text)
         one.add_argument("id", help="message id (spl_…)")
         one.add_argument("--json", action="store_true", help="print JSON")
+    send_test = commands.add_parser(
+        "send-test",
+        parents=[common],
+        help="send a test message through one relay of the running daemon",
+    )
+    send_test.add_argument("--relay", required=True, help="relay name from the configuration")
+    send_test.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
+    send_test.add_argument(
+        "--from",
+        dest="sender",
+        default="dispatch-test@localhost",
+        metavar="ADDR",
+        help="sender address (default: dispatch-test@localhost)",
+    )
+    send_test.add_argument("--json", action="store_true", help="print JSON")
     route = commands.add_parser("route", parents=[common], help="routing tools")
     route_actions = route.add_subparsers(dest="action", metavar="ACTION", required=True)
     simulate = route_actions.add_parser(
@@ -178,12 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
-    if args.command in ("spool", "route"):
+    if args.command in ("spool", "route", "send-test"):
         settings = _settings_or_exit(args)
         if settings is None:
             return EXIT_BAD_CONFIG
         if args.command == "route":
             return route_cli.simulate(settings, args.sender, args.recipient, args.json)
+        if args.command == "send-test":
+            return spool_cli.send_test(settings, args.relay, args.to, args.sender, args.json)
         return spool_cli.main(
             settings,
             args.action,

@@ -1,4 +1,4 @@
-"""``dispatch spool list|show|retry|delete``: through the running daemon, or directly.
+"""``dispatch spool list|show|retry|delete`` and ``send-test``: through the running daemon.
 
 With a daemon running, the command goes over its control socket, so the daemon's in-memory
 index and the files never disagree. Without one, the command takes the spool lock (so no
@@ -17,14 +17,14 @@ import trio
 
 from dispatch.config import Settings
 from dispatch.control.client import DaemonUnreachable, request
-from dispatch.control.server import handle
+from dispatch.control.server import Operations, handle
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock, SpoolLockedError
 
 
-async def _run_here(directory: Path, command: dict[str, Any]) -> dict[str, Any]:
-    spool = await Spool.open(directory)
-    return await handle(spool, command)
+async def _run_here(settings: Settings, command: dict[str, Any]) -> dict[str, Any]:
+    spool = await Spool.open(Path(settings.spool.directory))
+    return await handle(Operations(spool, lambda: settings), command)
 
 
 def execute(settings: Settings, command: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def execute(settings: Settings, command: str, args: dict[str, Any]) -> dict[str,
     except SpoolLockedError as exc:
         return {"ok": False, "error": f"{exc}, but its control socket does not answer"}
     with lock:
-        return trio.run(_run_here, directory, {"command": command, "args": args})
+        return trio.run(_run_here, settings, {"command": command, "args": args})
 
 
 def _when(timestamp: float) -> str:
@@ -105,3 +105,18 @@ def main(
     else:
         print(f"{result['id']}: deleted")
     return 0
+
+
+def send_test(settings: Settings, relay: str, to: str, sender: str, as_json: bool) -> int:
+    print(f"sending a test message to <{to}> through relay {relay}…", file=sys.stderr)
+    answer = execute(settings, "send-test", {"relay": relay, "to": to, "from": sender})
+    if not answer.get("ok"):
+        print(f"dispatch: {answer.get('error')}", file=sys.stderr)
+        return 1
+    result = answer["result"]
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        remote = f" (upstream id {result['remote_id']})" if result.get("remote_id") else ""
+        print(f"{result['outcome']}: {result['response']}{remote}")
+    return 0 if result["outcome"] == "delivered" else 1

@@ -7,14 +7,23 @@ that names the message id and what to do.
 
 from __future__ import annotations
 
+import contextlib
+import email.message
+import email.policy
+import email.utils
 import json
 from typing import Any
 
+import trio
+
+from dispatch.config import Settings
+from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.spool import (
     MessageBusyError,
     MessageState,
     Spool,
     SpoolEntry,
+    SpoolError,
     UnknownMessageError,
     WrongStateError,
     is_valid_id,
@@ -101,3 +110,70 @@ async def spool_delete(spool: Spool, message_id: object) -> dict[str, Any]:
     except (WrongStateError, MessageBusyError) as exc:
         raise CommandError(str(exc)) from None
     return {"id": entry.envelope.id, "deleted": True}
+
+
+SEND_TEST_WAIT_SECONDS = 120.0
+
+
+def _test_message(sender: str, recipient: str, relay: str) -> bytes:
+    message = email.message.EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = f"Dispatch test message through relay {relay}"
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain="dispatch.invalid")
+    message.set_content(
+        f"This message was sent by `dispatch send-test` through the relay {relay!r}.\n"
+        "If you can read it, the relay works.\n"
+    )
+    return message.as_bytes()
+
+
+async def send_test(
+    spool: Spool,
+    attempt: DeliveryAttempt,
+    settings: Settings,
+    relay: object,
+    to: object,
+    sender: object,
+) -> dict[str, Any]:
+    """Spool a test message forced through ``relay`` and wait for that one attempt's result.
+
+    A test message that is not delivered at once is deleted, not retried: the operator
+    wants to know whether the relay works now.
+    """
+    names = [r.name for r in settings.relays]
+    if relay not in names:
+        raise CommandError(f"relay {relay!r} is not configured; configured: {', '.join(names)}")
+    for what, value in (("--to", to), ("--from", sender)):
+        if not isinstance(value, str) or "@" not in value or not value.isprintable():
+            raise CommandError(f"{what} {value!r} is not an address like user@example.com")
+    assert isinstance(relay, str)  # checked above; these narrow the types for mypy
+    assert isinstance(to, str)
+    assert isinstance(sender, str)
+    async with spool.begin() as message:
+        await message.write(_test_message(sender, to, relay))
+        envelope = await message.commit(
+            mail_from=sender,
+            recipients=(to,),
+            source="smtp",
+            peer_ip=None,
+            auth_identity="send-test",
+            tags=("send-test",),
+        )
+        forced = attempt.force(envelope.id, relay)  # no checkpoint since the commit
+    with trio.move_on_after(SEND_TEST_WAIT_SECONDS):
+        await forced.settled.wait()
+    result = forced.result
+    with contextlib.suppress(SpoolError):  # delivered ones are gone already
+        await spool.delete(envelope.id)
+    if result is None:
+        raise CommandError(f"no answer from relay {relay} within {SEND_TEST_WAIT_SECONDS:.0f} s")
+    (outcome,) = result.outcomes
+    return {
+        "id": envelope.id,
+        "relay": relay,
+        "outcome": outcome.outcome,
+        "response": outcome.response,
+        "remote_id": result.remote_id,
+    }

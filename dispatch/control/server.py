@@ -19,9 +19,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import trio
 
+from dispatch.config import Settings
 from dispatch.control import commands
+from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.spool import Spool
 from dispatch.supervisor import Shutdown
 
@@ -32,8 +35,32 @@ MAX_REQUEST_BYTES: Final = 65_536
 REQUEST_SECONDS: Final = 30.0
 
 
-async def handle(spool: Spool, request: Any) -> dict[str, Any]:
+@attrs.frozen
+class Operations:
+    """What control commands act on. ``attempt`` is None outside the daemon."""
+
+    spool: Spool
+    settings: Callable[[], Settings]
+    attempt: DeliveryAttempt | None = None
+
+    async def send_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.attempt is None:
+            raise commands.CommandError(
+                "send-test needs the running daemon; start it with `python -m dispatch`"
+            )
+        return await commands.send_test(
+            self.spool,
+            self.attempt,
+            self.settings(),
+            args.get("relay"),
+            args.get("to"),
+            args.get("from", "dispatch-test@localhost"),
+        )
+
+
+async def handle(ops: Operations, request: Any) -> dict[str, Any]:
     """Run one request; every failure a user can cause becomes ``{"ok": false, …}``."""
+    spool = ops.spool
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
         return {"ok": False, "error": 'expected {"command": "...", "args": {...}}'}
     args = request.get("args") or {}
@@ -46,6 +73,7 @@ async def handle(spool: Spool, request: Any) -> dict[str, Any]:
         "spool.show": lambda: commands.spool_show(spool, args.get("id")),
         "spool.retry": lambda: commands.spool_retry(spool, args.get("id")),
         "spool.delete": lambda: commands.spool_delete(spool, args.get("id")),
+        "send-test": lambda: ops.send_test(args),
     }
     handler = handlers.get(request["command"])
     if handler is None:
@@ -62,9 +90,9 @@ async def handle(spool: Spool, request: Any) -> dict[str, Any]:
 class ControlServer:
     """See the module docstring."""
 
-    def __init__(self, data_dir: Path, spool: Spool) -> None:
+    def __init__(self, data_dir: Path, ops: Operations) -> None:
         self.path = data_dir / SOCKET_NAME
-        self._spool = spool
+        self._ops = ops
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -107,6 +135,6 @@ class ControlServer:
                 except ValueError:
                     answer: dict[str, Any] = {"ok": False, "error": "the request is not JSON"}
                 else:
-                    answer = await handle(self._spool, request)
+                    answer = await handle(self._ops, request)
                     log.info("control: %s -> %s", request.get("command"), answer["ok"])
                 await stream.send_all(json.dumps(answer).encode() + b"\n")

@@ -36,6 +36,15 @@ log = logging.getLogger("dispatch.delivery")
 MAX_ERROR_TEXT: Final = 2000  # last_error kept in the envelope: enough to read, bounded
 
 
+@attrs.define
+class ForcedAttempt:
+    """An operator's request (``send-test``) to send one message through one relay."""
+
+    relay: str
+    result: DeliveryResult | None = None
+    settled: trio.Event = attrs.Factory(trio.Event)  # set once the attempt has been settled
+
+
 @attrs.frozen
 class DeliveryPlan:
     """The configuration one attempt runs with (a snapshot: reloads apply to later ones)."""
@@ -63,27 +72,45 @@ class DeliveryAttempt:
         self._plan = plan
         self._record = record
         self._stats = stats
+        self._forced: dict[str, ForcedAttempt] = {}  # message id → request; in memory only
+
+    def force(self, message_id: str, relay: str) -> ForcedAttempt:
+        """Send the next attempt of ``message_id`` through ``relay``, ignoring the routes."""
+        forced = self._forced[message_id] = ForcedAttempt(relay)
+        return forced
 
     async def run(self, envelope: Envelope) -> None:
         """Deliver a claimed message and move it on. On cancellation the claim is released
         (shielded) with whatever results are final already, so nothing is sent twice to a
         recipient that was delivered before the cancel."""
         results: dict[str, RecipientResult] = {}
+        forced = self._forced.pop(envelope.id, None)
         try:
-            errors = await self._deliver(envelope, self._plan(), results)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                merged = {**envelope.recipient_results, **results}
-                await self._spool.release(attrs.evolve(envelope, recipient_results=merged))
-            raise
-        await self._settle(envelope, results, errors)
+            try:
+                errors = await self._deliver(envelope, self._plan(), results, forced)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    merged = {**envelope.recipient_results, **results}
+                    await self._spool.release(attrs.evolve(envelope, recipient_results=merged))
+                raise
+            await self._settle(envelope, results, errors)
+        finally:
+            if forced is not None:
+                forced.settled.set()
 
     async def _deliver(
-        self, envelope: Envelope, plan: DeliveryPlan, results: dict[str, RecipientResult]
+        self,
+        envelope: Envelope,
+        plan: DeliveryPlan,
+        results: dict[str, RecipientResult],
+        forced: ForcedAttempt | None,
     ) -> list[str]:
         """Try every pending recipient once (with failover); return the transient errors."""
         transient: dict[str, str] = {}  # recipient → why its last relay could not take it
         groups = plan.router.split(envelope.mail_from, envelope.pending_recipients)
+        if forced is not None:
+            decision = RouteDecision((forced.relay,), None, None, forced=True)
+            groups = {decision: envelope.pending_recipients}
         for decision, recipients in groups.items():
             remaining = recipients
             for relay_name in decision.relays:
@@ -105,6 +132,8 @@ class DeliveryAttempt:
                 result = await self._hand_over(relay, request)
                 duration = trio.current_time() - started
                 self._collect(envelope, decision, relay, result, duration, results)
+                if forced is not None:
+                    forced.result = result
                 for outcome in result.outcomes:
                     if outcome.outcome == "transient":
                         transient[outcome.recipient] = outcome.response

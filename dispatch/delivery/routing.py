@@ -40,14 +40,19 @@ class RouteDecision:
     relays: tuple[str, ...]  # the first one, then failover on transient failure
     rule: RouteSettings | None  # None: no rule matched, default_relay
     rule_index: int | None  # position of the rule in the configuration's `routes`
+    forced: bool = False  # chosen by an operator (send-test), not by the rules
 
     @property
     def label(self) -> str:
-        """A short name for logs and the message log: ``routes[2]`` or ``default``."""
+        """A short name for logs and the message log: ``routes[2]``, ``default``, ``forced``."""
+        if self.forced:
+            return "forced"
         return "default" if self.rule_index is None else f"routes[{self.rule_index}]"
 
     def explain(self) -> str:
         relays = " then ".join(self.relays)
+        if self.forced:
+            return f"relay chosen by the operator: {relays}"
         if self.rule is None:
             return f"no rule matched: default_relay {relays}"
         rule = self.rule

@@ -17,7 +17,7 @@ from dispatch.config.settings import (
     Settings,
     SmtpRelay,
 )
-from dispatch.relays.base import Relay
+from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.smtp import SmtpRelayClient
@@ -45,6 +45,34 @@ def build_relay(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
     )
 
 
+class BrokenRelay:
+    """Stands in for a relay that cannot be built: every attempt fails transiently with the
+    reason, so mail waits (and says why) until the configuration is fixed and reloaded."""
+
+    def __init__(self, name: str, kind: str, reason: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.reason = reason
+        self.inflight = 0
+        self.delivered = 0
+        self.failed = 0
+
+    async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
+        self.failed += 1
+        return DeliveryResult.all(request, "transient", self.reason)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _build_or_explain(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
+    try:
+        return build_relay(settings, spool, helo_name)
+    except (RelayUnavailable, ValueError) as exc:
+        log.error("relay %s cannot deliver: %s", settings.name, exc)
+        return BrokenRelay(settings.name, settings.kind, str(exc))
+
+
 class RelaySet:
     """Owns the relay clients; :meth:`get` always answers from the current configuration."""
 
@@ -60,7 +88,7 @@ class RelaySet:
         if current.relays == self._built_from:
             return
         fresh = {
-            relay.name: build_relay(relay, self._spool, current.listener.server_name)
+            relay.name: _build_or_explain(relay, self._spool, current.listener.server_name)
             for relay in current.relays
         }
         self._retired.extend(self._relays.values())

@@ -173,3 +173,19 @@ async def test_mail_flows_while_the_database_file_is_deleted(
             assert events == ["received", "delivered"]
     assert first not in later
     await trio.lowlevel.checkpoint()
+
+
+async def test_a_relay_kind_not_available_keeps_mail_waiting_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    relays = [{"name": "pm", "kind": "postmark", "api_key": "token"}]
+    config = base_config(
+        tmp_path, relays=relays, spool={"retry_delays_seconds": [60], "max_retries": 5}
+    )
+    async with running_dispatch(tmp_path, config) as dispatch:
+        message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"waits")
+        spool = dispatch.runtime.spool
+        await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts == 1)
+        envelope = spool.get(message_id).envelope
+    assert spool.get(message_id).state is MessageState.INCOMING
+    assert "kind 'postmark' is not available" in (envelope.last_error or "")

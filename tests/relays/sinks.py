@@ -135,6 +135,7 @@ class Sink:
     controller: Any
     handler: SinkHandler
     port: int
+    stopped: bool = False
 
     @property
     def messages(self) -> list[Received]:
@@ -145,7 +146,10 @@ class Sink:
         return len(self.handler.peers)
 
     def stop(self) -> None:
-        self.controller.stop()
+        """Stop the sink (idempotent: the fixture stops it again at teardown)."""
+        if not self.stopped:
+            self.stopped = True
+            self.controller.stop()
 
 
 @attrs.frozen

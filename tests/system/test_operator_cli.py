@@ -1,0 +1,196 @@
+"""The operator's command line against a stopped and a running daemon, and a crash mid-delivery."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, free_port
+from tests.relays.sinks import StartSink
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Daemon]
+MESSAGE = b"Subject: cli\r\n\r\nhello\r\n"
+
+
+def write_config(tmp_path: Path, relay_port: int, **spool: object) -> Path:
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in spool.items())
+    path = tmp_path / "dispatch.toml"
+    path.write_text(f"""
+data_dir = "{tmp_path / "data"}"
+default_relay = "upstream"
+[listener]
+ports = [{free_port()}]
+bind_address = "127.0.0.1"
+[spool]
+directory = "{tmp_path / "spool"}"
+retry_delays_seconds = [0.2]
+{extra}
+[[relays]]
+name = "upstream"
+kind = "smtp"
+host = "127.0.0.1"
+port = {relay_port}
+tls = "none"
+timeout_seconds = 10
+[[relays]]
+name = "inbox"
+kind = "local"
+[[routes]]
+recipient_domain = "*.internal"
+relay = "inbox"
+""")
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatch", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def smtp_port(config: Path) -> int:
+    text = config.read_text()
+    return int(text.split("ports = [")[1].split("]")[0])
+
+
+def queue_id(config: Path) -> str:
+    with smtplib.SMTP("127.0.0.1", smtp_port(config), timeout=10) as client:
+        client.ehlo()
+        client.mail("a@example.com")
+        client.rcpt("someone@example.org")
+        code, text = client.data(MESSAGE)
+        assert code == 250
+        return text.split()[-1].decode()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_route_simulate_explains_the_match(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port())
+    shown = cli(config, "route", "simulate", "a@example.com", "b@mail.internal")
+    assert shown.returncode == 0
+    assert "routes[0] matched" in shown.stdout
+    assert "inbox" in shown.stdout
+    data = json.loads(cli(config, "route", "simulate", "a@x.test", "b@y.test", "--json").stdout)
+    assert data["relays"] == ["upstream"]
+    assert data["rule"] is None
+
+
+def test_spool_commands_with_and_without_the_daemon(
+    start_daemon: Start, tmp_path: Path, start_sink: StartSink
+) -> None:
+    relay_port = free_port()  # the upstream is down at first
+    config = write_config(tmp_path, relay_port, max_retries=0)
+    daemon = start_daemon(config.read_text())
+    daemon.wait_for("all components ready")
+    message_id = queue_id(config)
+    wait_until(lambda: (tmp_path / "spool" / "failed" / f"{message_id}.json").exists())
+
+    listed = cli(config, "spool", "list")  # through the control socket
+    assert listed.returncode == 0, listed.stderr
+    assert "1 failed" in listed.stdout
+    assert message_id in listed.stdout
+    shown = json.loads(cli(config, "spool", "show", message_id, "--json").stdout)
+    assert shown["state"] == "failed"
+    assert "refused" in shown["last_error"]
+
+    sink = start_sink(port=relay_port)  # the upstream comes back; the operator retries
+    retried = cli(config, "spool", "retry", message_id)
+    assert retried.returncode == 0, retried.stderr
+    wait_until(lambda: len(sink.messages) == 1)
+    missing = cli(config, "spool", "show", message_id)
+    assert missing.returncode == 1
+    assert f"no message {message_id} in the spool" in missing.stderr
+
+    sink.stop()
+    second = queue_id(config)
+    wait_until(lambda: (tmp_path / "spool" / "failed" / f"{second}.json").exists())
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+    # No daemon now: the CLI takes the spool lock and works on the files itself.
+    assert second in cli(config, "spool", "list", "--state", "failed").stdout
+    deleted = cli(config, "spool", "delete", second)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (tmp_path / "spool" / "failed" / f"{second}.json").exists()
+    bad = cli(config, "spool", "retry", "not-an-id")
+    assert bad.returncode == 1
+    assert "is not a message id" in bad.stderr
+    offline = cli(config, "send-test", "--relay", "upstream", "--to", "x@example.org")
+    assert offline.returncode == 1
+    assert "needs the running daemon" in offline.stderr
+
+
+def test_send_test_reports_the_relay_answer(
+    start_daemon: Start, tmp_path: Path, start_sink: StartSink
+) -> None:
+    sink = start_sink()
+    config = write_config(tmp_path, sink.port)
+    daemon = start_daemon(config.read_text())
+    daemon.wait_for("all components ready")
+    sent = cli(config, "send-test", "--relay", "upstream", "--to", "ops@example.org")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("delivered: 250")
+    assert [m.rcpt_tos for m in sink.messages] == [("ops@example.org",)]
+    assert b"Subject: Dispatch test message through relay upstream" in sink.messages[0].content
+    # The local relay is forced too, although the routes would pick "upstream" for this address.
+    captured = cli(config, "send-test", "--relay", "inbox", "--to", "ops@example.org", "--json")
+    assert json.loads(captured.stdout)["outcome"] == "delivered"
+    assert len(sink.messages) == 1
+    sink.stop()
+    failed = cli(config, "send-test", "--relay", "upstream", "--to", "ops@example.org")
+    assert failed.returncode == 1
+    assert failed.stdout.startswith("transient: relay upstream")
+    unknown = cli(config, "send-test", "--relay", "nope", "--to", "ops@example.org")
+    assert "relay 'nope' is not configured" in unknown.stderr
+    assert list((tmp_path / "spool" / "incoming").glob("*.json")) == []  # tests are not retried
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_sigkill_during_delivery_loses_nothing(
+    start_daemon: Start, tmp_path: Path, start_sink: StartSink
+) -> None:
+    slow = start_sink(data_delay=5)  # holds the DATA reply: the kill lands mid-delivery
+    config = write_config(tmp_path, slow.port)
+    daemon = start_daemon(config.read_text())
+    daemon.wait_for("all components ready")
+    ids = [queue_id(config) for _ in range(3)]
+    processing = tmp_path / "spool" / "processing"
+    wait_until(lambda: any(processing.glob("*.json")))
+    daemon.process.kill()
+    assert daemon.wait_exit() == -signal.SIGKILL
+    slow.stop()
+
+    fast = start_sink(port=slow.port)
+    restarted = start_daemon(config.read_text())
+    restarted.wait_for("all components ready")
+    wait_until(lambda: len({_id_of(m.content) for m in fast.messages}) == 3)
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait_exit() == 0
+    delivered = {_id_of(m.content) for m in [*slow.messages, *fast.messages]}
+    assert delivered == set(ids)  # every message at least once (duplicates allowed)
+    assert list((tmp_path / "spool").glob("*/*.json")) == []  # nothing left claimed
+
+
+def _id_of(content: bytes) -> str:
+    return content.split(b" id ", 1)[1].split(b";", 1)[0].decode()
