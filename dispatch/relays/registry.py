@@ -20,6 +20,7 @@ from dispatch.config.settings import (
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
+from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.smtp import SmtpRelayClient
 from dispatch.spool import Spool
 
@@ -67,10 +68,13 @@ class BrokenRelay:
 
 def _build_or_explain(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
     try:
-        return build_relay(settings, spool, helo_name)
+        relay = build_relay(settings, spool, helo_name)
     except (RelayUnavailable, ValueError) as exc:
         log.error("relay %s cannot deliver: %s", settings.name, exc)
         return BrokenRelay(settings.name, settings.kind, str(exc))
+    if settings.rate_limit_per_minute:
+        return RateLimitedRelay(relay, settings.rate_limit_per_minute)
+    return relay
 
 
 class RelaySet:
