@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from dispatch import __version__
-from dispatch.config import Settings
+from dispatch.config import Settings, redacted_toml
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
+from dispatch.config.types import Cidr
 from dispatch.control.server import ControlServer, Operations
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.routing import Router
@@ -25,7 +28,11 @@ from dispatch.delivery.schedule import RetrySchedule
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
+from dispatch.monitoring.health import HealthSources
+from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
 from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Tracer
+from dispatch.monitoring.vars import ProcessInfo
 from dispatch.relays.registry import RelaySet
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.throttle import FailureThrottle
@@ -33,6 +40,9 @@ from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
 from dispatch.storage import Store, open_store
 from dispatch.supervisor import Component, Shutdown, Supervisor
+from dispatch.web.debug import DebugSources, register_debug
+from dispatch.web.ops import OpsSources, create_ops_app
+from dispatch.web.server import bind_spec, hypercorn_config, serve_app
 
 log = logging.getLogger("dispatch")
 
@@ -43,6 +53,19 @@ class Runtime:
     def __init__(self, settings: LiveSettings) -> None:
         self.settings = settings
         self.stats = Stats()
+        self.tracer = Tracer()
+        self.started_at = time.monotonic()
+        self.info = ProcessInfo.current()
+        self.figures = DatabaseFigures()
+        self.metrics = build_registry(
+            MetricsCollector(
+                stats=self.stats,
+                spool_counts=lambda: self.spool.counts(),
+                relays=lambda: self.relays.all() if self.relays is not None else [],
+                database_reachable=lambda: self.store.log.database_reachable,
+                figures=self.figures,
+            )
+        )
         self.auth_throttle = FailureThrottle()
         self._store: Store | None = None
         self._spool: Spool | None = None
@@ -105,6 +128,7 @@ class Runtime:
             auth_throttle=self.auth_throttle,
             tls=self._tls,
             record=self.store.log.record,
+            tracer=self.tracer,
         )
         self.smtp = SmtpListener(context, current.ports, current.bind_address)
         await self.smtp.run(shutdown, task_status=task_status)
@@ -123,7 +147,7 @@ class Runtime:
         self.relays = RelaySet(lambda: self.settings.current, self.spool)
         self.relays.all()  # build now, so configuration problems are logged at start
         attempt = self.attempt = DeliveryAttempt(
-            self.spool, self._plan, self.store.log.record, self.stats
+            self.spool, self._plan, self.store.log.record, self.stats, self.tracer
         )
         self.delivery = DeliveryScanner(
             self.spool, attempt, self.settings.current.spool.worker_count
@@ -144,6 +168,78 @@ class Runtime:
             self.relays.all()
             await self.relays.close_retired()
 
+    def _health_sources(self) -> HealthSources:
+        def smtp_ports() -> tuple[tuple[int, ...], tuple[int, ...]]:
+            configured = self.settings.current.listener.ports
+            ports = self.smtp.ports if self.smtp is not None else None
+            return configured, ports.listening if ports is not None else ()
+
+        current = self.settings.current
+        return HealthSources(
+            settings=lambda: self.settings.current.health,
+            database_url=current.database.url,
+            spool_directory=Path(current.spool.directory),
+            spool_counts=self.spool.counts,
+            smtp_ports=smtp_ports,
+            started_at=self.started_at,
+            tracer=self.tracer,
+        )
+
+    async def run_webui(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        """The dashboard-port app (HTTPS only): /health and /metrics; ready once bound."""
+        files = await trio.to_thread.run_sync(ensure_certificate, self.settings.current)
+        webui = self.settings.current.webui
+        binds = [bind_spec(address, webui.port) for address in webui.bind_address]
+        config = hypercorn_config(binds, certfile=files.cert_file, keyfile=files.key_file)
+        app = create_ops_app(self._ops_sources(lambda: self.settings.current.webui.allowed_cidrs))
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_app, app, config, shutdown)
+            log.info("dashboard on %s", ", ".join(bound))
+            task_status.started()
+
+    def _ops_sources(self, allowed: Callable[[], tuple[Cidr, ...]]) -> OpsSources:
+        return OpsSources(
+            health=self._health_sources(),
+            allowed_cidrs=allowed,
+            metrics=lambda accept: render(self.metrics, accept),
+        )
+
+    async def run_monitoring(
+        self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The monitoring server on ``monitoring.address`` (plain HTTP, meant for loopback):
+        ``/debug/…`` and ``/metrics``. Allow-list: loopback only, unless the address is not."""
+        address = self.settings.current.monitoring.address
+        debug = DebugSources(
+            info=self.info,
+            tracer=self.tracer,
+            stats=self.stats,
+            redacted_config=lambda: redacted_toml(self.settings.current),
+            spool_entries=lambda: self.spool.entries(),
+            spool_counts=lambda: self.spool.counts(),
+            relays=lambda: self.relays.all() if self.relays is not None else [],
+        )
+        app = create_ops_app(
+            self._ops_sources(lambda: self.settings.current.webui.allowed_cidrs),
+            name="dispatch-monitoring",
+            register_debug=lambda app: register_debug(app, debug),
+        )
+        config = hypercorn_config([address])
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_app, app, config, shutdown)
+            log.info("monitoring server on %s", ", ".join(bound))
+            task_status.started()
+
+    async def run_figures(
+        self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Refresh the database figures /metrics shows, off the event loop, every 5 s."""
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.figures.refresh_forever, self.store.queries)
+            await shutdown.requested.wait()
+            nursery.cancel_scope.cancel()
+
     async def run_control(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         ops = Operations(self.spool, lambda: self.settings.current, self.attempt)
         server = ControlServer(Path(self.settings.current.data_dir), ops)
@@ -151,13 +247,18 @@ class Runtime:
 
 
 def build_components(runtime: Runtime) -> list[Component]:
-    return [
+    components = [
         Component("storage", runtime.run_storage),
         Component("spool", runtime.run_spool),
+        Component("figures", runtime.run_figures),
         Component("delivery", runtime.run_delivery),
         Component("smtp", runtime.run_smtp),
+        Component("webui", runtime.run_webui),
         Component("control", runtime.run_control),
     ]
+    if runtime.settings.current.monitoring.address:
+        components.append(Component("monitoring", runtime.run_monitoring))
+    return components
 
 
 async def serve(settings: Settings, config_path: Path | None) -> None:

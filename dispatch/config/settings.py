@@ -100,6 +100,7 @@ class ApiSettings:
 @attrs.frozen
 class WebUiSettings:
     port: Port = Port(8420)
+    bind_address: BindAddresses = BindAddresses(("0.0.0.0",))  # noqa: S104 - as the listener
     allowed_cidrs: tuple[Cidr, ...] = live(())
 
 

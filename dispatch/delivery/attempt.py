@@ -25,6 +25,7 @@ import trio
 from dispatch.delivery.routing import RouteDecision, Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.registry import RelayUnavailable
 from dispatch.spool import Envelope, RecipientResult, Spool
@@ -67,7 +68,9 @@ class DeliveryAttempt:
         plan: Callable[[], DeliveryPlan],
         record: Callable[[MessageEvent], None],
         stats: Stats,
+        tracer: Tracer,
     ) -> None:
+        self._tracer = tracer
         self._spool = spool
         self._plan = plan
         self._record = record
@@ -85,16 +88,22 @@ class DeliveryAttempt:
         recipient that was delivered before the cancel."""
         results: dict[str, RecipientResult] = {}
         forced = self._forced.pop(envelope.id, None)
+        trace = self._tracer.start("delivery", envelope.id)
+        trace.event(f"attempt {envelope.attempts + 1}, {len(envelope.pending_recipients)} pending")
         try:
             try:
-                errors = await self._deliver(envelope, self._plan(), results, forced)
+                errors = await self._deliver(envelope, self._plan(), results, forced, trace)
             except BaseException:
+                trace.error("attempt cut short; claim released")
                 with trio.CancelScope(shield=True):
                     merged = {**envelope.recipient_results, **results}
                     await self._spool.release(attrs.evolve(envelope, recipient_results=merged))
                 raise
             await self._settle(envelope, results, errors)
+            if errors:
+                trace.error("; ".join(errors)[:MAX_ERROR_TEXT])
         finally:
+            trace.finish()
             if forced is not None:
                 forced.settled.set()
 
@@ -104,6 +113,7 @@ class DeliveryAttempt:
         plan: DeliveryPlan,
         results: dict[str, RecipientResult],
         forced: ForcedAttempt | None,
+        trace: Trace,
     ) -> list[str]:
         """Try every pending recipient once (with failover); return the transient errors."""
         transient: dict[str, str] = {}  # recipient → why its last relay could not take it
@@ -132,6 +142,11 @@ class DeliveryAttempt:
                 result = await self._hand_over(relay, request)
                 duration = trio.current_time() - started
                 self._collect(envelope, decision, relay, result, duration, results)
+                for outcome in result.outcomes:
+                    trace.event(
+                        f"{relay.name} ({decision.label}) {outcome.outcome} in "
+                        f"{duration * 1000:.0f} ms: {outcome.response}"
+                    )
                 if forced is not None:
                     forced.result = result
                 for outcome in result.outcomes:

@@ -120,7 +120,8 @@ class SmtpListener:
             log.warning("refused connection from %s: max_connections reached", peer_ip)
             await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS)
             return
-        session = SmtpSession(stream, peer_ip, self.context)
+        trace = self.context.tracer.start("smtp.session", peer_ip)
+        session = SmtpSession(stream, peer_ip, self.context, trace)
         self.open_sessions += 1
         scope = trio.CancelScope()
         self._session_scopes.add(scope)
@@ -129,8 +130,10 @@ class SmtpListener:
             with scope:
                 await session.run()
             if scope.cancelled_caught:
+                trace.event("shutting down")
                 await session.say_goodbye(replies.SHUTTING_DOWN)
         finally:
+            trace.finish()
             self._session_scopes.discard(scope)
             self.open_sessions -= 1
             if session.stream is not stream:  # upgraded to TLS: close that layer too

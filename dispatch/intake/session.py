@@ -32,6 +32,7 @@ from dispatch.config.settings import ListenerSettings
 from dispatch.intake.received import LoopDetector, protocol_name, received_header
 from dispatch.intake.smtp_auth import SmtpAuthenticator
 from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
 from dispatch.smtp import NEED_DATA, PAUSED, Limits, Reply, ServerConnection, State, replies
 from dispatch.smtp.events import (
@@ -89,6 +90,7 @@ class IntakeContext:
     auth_throttle: FailureThrottle
     tls: ssl.SSLContext | None
     record: Callable[[MessageEvent], None]  # the message log; never blocks
+    tracer: Tracer
 
 
 @attrs.define
@@ -103,8 +105,11 @@ class _Transaction:
 class SmtpSession:
     """One SMTP connection from ``peer_ip`` (see the module docstring for ownership)."""
 
-    def __init__(self, stream: trio.abc.Stream, peer_ip: str, context: IntakeContext) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, peer_ip: str, context: IntakeContext, trace: Trace
+    ) -> None:
         self.stream = stream
+        self.trace = trace
         self.peer_ip = peer_ip
         self.context = context
         self.settings = context.settings()
@@ -174,6 +179,10 @@ class SmtpSession:
     def _reply(self, reply: Reply) -> None:
         self._out += self.conn.send(reply)
         self.context.stats.smtp_replies.add(str(reply.code))
+        if reply.code >= 400:
+            self.trace.error(f"S: {reply.code} {reply.enhanced or ''} {reply.lines[0]}")
+        else:
+            self.trace.event(f"S: {reply.code}")
         if reply.code >= 500 and not self.conn.closed:
             self.errors += 1
             if self.errors >= MAX_ERROR_REPLIES:
@@ -272,6 +281,7 @@ class SmtpSession:
         else:
             verb = type(event).__name__.upper()
         self.context.stats.smtp_commands.add(verb)
+        self.trace.event(f"C: {verb}")
 
     def _keywords(self) -> list[str]:
         keywords = [
@@ -387,6 +397,7 @@ class SmtpSession:
             stats.messages_received.add("smtp")
             self.messages += 1
             self._transaction = None
+            self.trace.event(f"queued {envelope.id} ({envelope.size} bytes)")
             log.info(
                 "queued %s: %d recipient(s), %d bytes",
                 envelope.id,

@@ -60,6 +60,14 @@ class Relay(Protocol):
 
     name: str
     kind: str
+    # Counters for /metrics and /debug/vars, per attempt: deliveries in progress, attempts
+    # that delivered to at least one recipient, attempts that left any recipient undelivered.
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
         """Attempt one delivery. Cancellation: the attempt is abandoned (the connection

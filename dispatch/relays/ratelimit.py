@@ -45,6 +45,18 @@ class RateLimitedRelay:
         self.kind = relay.kind
         self.bucket = TokenBucket(per_minute)
 
+    @property
+    def inflight(self) -> int:
+        return self.relay.inflight
+
+    @property
+    def delivered(self) -> int:
+        return self.relay.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.relay.failed
+
     async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
         await self.bucket.take()
         return await self.relay.deliver(request)

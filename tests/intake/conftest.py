@@ -18,6 +18,7 @@ from dispatch.config.settings import ListenerSettings
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.session import IntakeContext
 from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import CertificateFiles, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
@@ -89,6 +90,7 @@ async def smtpd(
         auth_throttle=FailureThrottle(max_failures=3, window=60),
         tls=server_context(files),
         record=events.append,
+        tracer=Tracer(),
     )
     port = free_port()
     listener = SmtpListener(context, (port,), ("127.0.0.1",))

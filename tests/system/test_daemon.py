@@ -29,6 +29,9 @@ def base_config(tmp_path: Path, **listener: object) -> str:
         directory = "{tmp_path / "spool"}"
         [database]
         url = "sqlite:///{tmp_path / "data" / "dispatch.db"}"
+        [webui]
+        port = {free_port()}
+        bind_address = "127.0.0.1"
     """
 
 

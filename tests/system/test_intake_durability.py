@@ -27,6 +27,9 @@ def config(tmp_path: Path, port: int) -> str:
         bind_address = "127.0.0.1"
         [spool]
         directory = "{tmp_path / "spool"}"
+        [webui]
+        port = {free_port()}
+        bind_address = "127.0.0.1"
     """
 
 

@@ -31,6 +31,9 @@ default_relay = "upstream"
 [listener]
 ports = [{free_port()}]
 bind_address = "127.0.0.1"
+[webui]
+port = {free_port()}
+bind_address = "127.0.0.1"
 [spool]
 directory = "{tmp_path / "spool"}"
 retry_delays_seconds = [0.2]

@@ -1,0 +1,177 @@
+"""``/health`` (SPEC §9): every check concurrent, each under its own deadline, never hanging.
+
+Theory of operation: the checks (database, disk, spool) run at once in one nursery, each
+inside its own cancel scope whose deadline is the probe's deadline (``health.timeout_seconds``
+from the request, less a margin to write the answer). Blocking probes run in worker threads
+with ``abandon_on_cancel=True``: when the deadline passes the check reports ``timeout`` and
+the answer goes out, while the stuck thread is left behind. Those threads come from a
+limiter of their own (:data:`PROBE_THREADS`), so a wedged disk or database can hold at most
+that many threads however often it is probed, and later probes time out the same way instead
+of queueing behind them. The database probe opens its own short-lived connection: the
+store's connection may be the thing that is stuck.
+
+Status rules: ``critical`` (HTTP 503) when free disk is below ``health.disk_critical_bytes``
+or the spool is not writable (or its check cannot finish: intake would hang the same way);
+``degraded`` when the database is unreachable or slow, free disk is below
+``health.disk_warning_bytes`` or cannot be read, or SMTP listens on fewer or other ports than
+configured; ``healthy`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from dispatch import __version__
+from dispatch.config.settings import HealthSettings
+from dispatch.monitoring.traces import Tracer
+from dispatch.spool import SpoolCounts
+from dispatch.storage import sqlite_path
+
+CheckStatus = Literal["ok", "timeout", "error"]
+Status = Literal["healthy", "degraded", "critical"]
+
+PROBE_THREADS: Final = trio.CapacityLimiter(4)
+ANSWER_MARGIN: Final = 0.1  # seconds kept to serialise and send the answer in time
+DATABASE_BUSY_SECONDS: Final = 30.0  # the probe waits on a lock; its deadline cuts it short
+
+
+@attrs.frozen
+class CheckResult:
+    status: CheckStatus
+    duration_ms: float
+    value: Any = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": self.status, "durationMs": round(self.duration_ms, 2)}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+async def _timed(
+    probe: Callable[[], Any], deadline: float
+) -> CheckResult:
+    """Run a blocking probe in a thread; ``timeout`` if it is not done by ``deadline``."""
+    started = time.perf_counter()
+    with trio.move_on_at(deadline):
+        try:
+            value = await trio.to_thread.run_sync(
+                probe, abandon_on_cancel=True, limiter=PROBE_THREADS
+            )
+        except (OSError, sqlite3.Error, ValueError) as exc:
+            return CheckResult("error", (time.perf_counter() - started) * 1000, error=str(exc))
+        return CheckResult("ok", (time.perf_counter() - started) * 1000, value)
+    return CheckResult("timeout", (time.perf_counter() - started) * 1000)
+
+
+def probe_sqlite(url: str) -> None:
+    """Take and release the write lock on a connection of our own (then close it)."""
+    path = sqlite_path(url)
+    if not path.exists():
+        raise OSError(f"database file {path} does not exist")
+    connection = sqlite3.connect(path, timeout=DATABASE_BUSY_SECONDS, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+def probe_spool_writable(directory: Path) -> None:
+    """Create and remove a file in the spool's ``tmp/`` (intake writes there first)."""
+    path = directory / "tmp" / f".health-{secrets.token_hex(4)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+@attrs.frozen
+class HealthSources:
+    """Where /health reads from; all in-memory except the probes."""
+
+    settings: Callable[[], HealthSettings]
+    database_url: str
+    spool_directory: Path
+    spool_counts: Callable[[], SpoolCounts]
+    smtp_ports: Callable[[], tuple[tuple[int, ...], tuple[int, ...]]]  # configured, listening
+    started_at: float  # time.monotonic() at process start
+    tracer: Tracer | None = None
+
+
+async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
+    """The /health document and its status; returns within ``health.timeout_seconds``."""
+    settings = sources.settings()
+    deadline = trio.current_time() + max(0.05, settings.timeout_seconds - ANSWER_MARGIN)
+    results: dict[str, CheckResult] = {}
+    directory = sources.spool_directory.absolute()
+
+    async def run(name: str, probe: Callable[[], Any]) -> None:
+        results[name] = await _timed(probe, deadline)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "database", lambda: probe_sqlite(sources.database_url))
+        nursery.start_soon(run, "disk", lambda: shutil.disk_usage(directory))
+        nursery.start_soon(run, "spool", lambda: probe_spool_writable(directory))
+
+    database, disk, spool = results["database"], results["disk"], results["spool"]
+    configured, listening = sources.smtp_ports()
+    counts = sources.spool_counts()
+    free = total = None
+    if disk.status == "ok":
+        free, total = disk.value.free, disk.value.total
+
+    status: Status = "healthy"
+    if (
+        database.status != "ok"
+        or disk.status != "ok"
+        or (free is not None and free < settings.disk_warning_bytes)
+        or set(listening) != set(configured)
+    ):
+        status = "degraded"
+    if spool.status != "ok" or (free is not None and free < settings.disk_critical_bytes):
+        status = "critical"
+
+    document = {
+        "status": status,
+        "version": __version__,
+        "uptimeSeconds": round(time.monotonic() - sources.started_at, 3),
+        "database": {
+            "reachable": database.status == "ok",
+            "latencyMs": round(database.duration_ms, 2) if database.status == "ok" else None,
+        },
+        "disk": {"path": str(directory), "freeBytes": free, "totalBytes": total},
+        "spool": {
+            "incoming": counts.incoming,
+            "processing": counts.processing,
+            "failed": counts.failed,
+        },
+        "smtp": {
+            "configuredPorts": list(configured),
+            "listeningPorts": list(listening),
+            "ports": list(configured),
+        },
+        "checks": {name: result.as_json() for name, result in results.items()},
+    }
+    if sources.tracer is not None:
+        with sources.tracer.trace("health", status) as trace:
+            for name, result in results.items():
+                line = f"{name}: {result.status} in {result.duration_ms:.1f} ms"
+                if result.status == "ok":
+                    trace.event(line)
+                else:
+                    trace.error(f"{line} {result.error or ''}")
+    return status, document

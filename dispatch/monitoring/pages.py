@@ -1,0 +1,258 @@
+"""The HTML of the ``/debug/`` pages: pure functions from monitoring state to ``str``.
+
+No template engine: each page is a few tables. Every value that reaches the HTML goes through
+:func:`html.escape` (``quote=True``), and every value in a link through
+:func:`urllib.parse.quote` first — spool entries carry addresses and remote error texts, trace
+events carry peer input, and a hostile peer must not be able to script the admin's browser.
+
+Links are relative to ``/debug/`` (the index is served there, and the pages beside it), so the
+same pages work on the dashboard port and on the separate monitoring address.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final
+from urllib.parse import quote, urlencode
+
+from dispatch.monitoring.traces import BUCKETS, Trace, TraceFamily, Tracer
+from dispatch.monitoring.vars import ProcessInfo, format_time
+from dispatch.spool.index import SpoolEntry
+from dispatch.spool.layout import MessageState
+
+_STYLE: Final = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+.error { color: #b00; }
+"""
+
+_ERROR_CLASS: Final = ' class="error"'
+
+DEBUG_LINKS: Final = (
+    ("config", "effective configuration and command-line flags"),
+    ("vars", "exported variables (JSON)"),
+    ("traces", "traces of SMTP sessions, deliveries, API requests and health checks"),
+    ("queue", "every spool entry"),
+    ("tasks", "the live Trio task tree with stacks"),
+    ("profile?seconds=10", "CPU profile of 10 seconds"),
+    ("memory", "top allocations (starts tracemalloc)"),
+    ("/metrics", "Prometheus metrics"),
+)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n"
+        f'<body><p><a href="./">/debug/</a></p><h1>{_e(title)}</h1>\n{body}\n</body></html>\n'
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d " if days else "") + f"{hours}h{minutes:02}m{secs:02}s"
+
+
+def _bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def index_page(info: ProcessInfo, *, trace_memory_bytes: int) -> str:
+    """``/debug/``: what is running where since when, and links to every other page."""
+    facts = (
+        ("version", info.version),
+        ("python", info.python),
+        ("build date", format_time(info.source_date)),
+        ("started", format_time(info.started_at)),
+        ("uptime", _duration(info.uptime())),
+        ("host", info.hostname),
+        ("traces memory (estimate)", _bytes(trace_memory_bytes)),
+    )
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    links = "".join(
+        f'<li><a href="{_e(href)}">{_e(href.split("?")[0])}</a> — {_e(text)}</li>'
+        for href, text in DEBUG_LINKS
+    )
+    return _page("Dispatch debug", f"<table>{rows}</table>\n<ul>{links}</ul>")
+
+
+def config_page(redacted_toml: str, flags: Sequence[str]) -> str:
+    """``/debug/config``: the effective configuration (already redacted) and the flags."""
+    flag_text = "\n".join(flags) if flags else "(none)"
+    return _page(
+        "Configuration",
+        f"<h2>Command-line flags</h2><pre>{_e(flag_text)}</pre>\n"
+        f"<h2>Effective configuration (secrets redacted)</h2><pre>{_e(redacted_toml)}</pre>",
+    )
+
+
+def tasks_page(text: str) -> str:
+    """``/debug/tasks``: the text of :func:`~dispatch.monitoring.tasks.task_tree_text`."""
+    return _page("Trio tasks", f"<pre>{_e(text)}</pre>")
+
+
+def memory_page(text: str) -> str:
+    """``/debug/memory``: the text of :func:`~dispatch.monitoring.profiling.memory_top`."""
+    return _page("Memory: top allocations", f"<pre>{_e(text)}</pre>")
+
+
+def queue_page(entries: Iterable[SpoolEntry], *, now: float | None = None) -> str:
+    """``/debug/queue``: every spool entry, by state then next attempt (one row each)."""
+    at = time.time() if now is None else now
+    ordered = sorted(
+        entries, key=lambda e: (e.state.value, e.envelope.next_attempt_at, e.envelope.id)
+    )
+    rows: list[str] = []
+    for entry in ordered:
+        env = entry.envelope
+        due = env.next_attempt_at
+        if entry.state is not MessageState.INCOMING:
+            next_attempt = "—"
+        elif due <= at:
+            next_attempt = "due now"
+        else:
+            next_attempt = f"{format_time(due)} (in {_duration(due - at)})"
+        cells = (
+            _e(env.id),
+            _e(entry.state.value),
+            _e(env.mail_from or "<>"),
+            str(len(env.recipients)),
+            str(env.attempts),
+            _e(next_attempt),
+            _e(format_time(env.received_at)),
+            f'<span class="error">{_e(env.last_error)}</span>' if env.last_error else "",
+        )
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "id",
+            "state",
+            "mail from",
+            "recipients",
+            "attempts",
+            "next attempt",
+            "received",
+            "last error",
+        )
+    )
+    summary = f"<p>{len(ordered)} messages in the spool.</p>"
+    return _page("Spool queue", f"{summary}<table><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+def _bucket_label(index: int) -> str:
+    return f"≥{BUCKETS[index]:g} s"
+
+
+def _traces_link(family: str, which: str) -> str:
+    return "traces?" + urlencode({"family": family, "show": which})
+
+
+def traces_page(tracer: Tracer, *, family: str | None = None, show: str | None = None) -> str:
+    """``/debug/traces``: per family active / bucket / error counts; one list if asked.
+
+    ``show`` is ``"active"``, ``"errors"`` or a bucket index (``"0"``..); anything else is
+    ignored (the query string comes from the browser).
+    """
+    head = "<th>family</th><th>active</th>" + "".join(
+        f"<th>{_e(_bucket_label(i))}</th>" for i in range(len(BUCKETS))
+    )
+    rows: list[str] = []
+    for name, state in tracer.families.items():
+        cells = [_e(name), _count_link(name, "active", len(state.active), state.unlisted_active)]
+        for index, size in enumerate(state.bucket_sizes()):
+            cells.append(_count_link(name, str(index), size))
+        cells.append(_count_link(name, "errors", len(state.errors)))
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    body = [
+        f"<p>Memory held by traces: about {_e(_bytes(tracer.memory_estimate()))}.</p>",
+        f"<table><tr>{head}<th>errors</th></tr>{''.join(rows)}</table>",
+    ]
+    chosen = tracer.families.get(family or "")
+    if chosen is not None and show is not None:
+        selected = _select(chosen, show)
+        if selected is not None:
+            label, traces = selected
+            body.append(f"<h2>{_e(chosen.name)}: {_e(label)}</h2>")
+            body.append(_trace_list(traces))
+    return _page("Traces", "\n".join(body))
+
+
+def _count_link(family: str, which: str, count: int, unlisted: int = 0) -> str:
+    text = f"{count} (+{unlisted} not listed)" if unlisted else str(count)
+    if not count:
+        return _e(text)
+    return f'<a href="{_e(_traces_link(family, which))}">{_e(text)}</a>'
+
+
+def _select(state: TraceFamily, show: str) -> tuple[str, list[Trace]] | None:
+    if show == "active":
+        return "active", state.active
+    if show == "errors":
+        return "recent errors", state.errors
+    if show.isdigit() and int(show) < len(BUCKETS):
+        return f"recent {_bucket_label(int(show))}", state.bucket(int(show))
+    return None
+
+
+def _trace_list(traces: Sequence[Trace]) -> str:
+    head = "<tr><th>started</th><th>elapsed</th><th>id</th><th>title</th><th>last event</th></tr>"
+    rows: list[str] = []
+    for trace in traces:
+        events = trace.events()
+        last = events[-1].message if events else ""
+        title_class = _ERROR_CLASS if trace.errored else ""
+        state = "" if trace.finished else " (running)"
+        rows.append(
+            f"<tr><td>{_e(format_time(trace.started_at))}</td>"
+            f'<td class="num">{_e(_duration(trace.elapsed) + state)}</td>'
+            f'<td><a href="traces?id={_e(quote(trace.id))}">{_e(trace.id)}</a></td>'
+            f"<td{title_class}>{_e(trace.title)}</td><td>{_e(last)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def trace_page(trace: Trace) -> str:
+    """One trace's timeline (``/debug/traces?id=…``)."""
+    status = "error" if trace.errored else "ok"
+    status += "" if trace.finished else ", running"
+    facts = (
+        ("id", trace.id),
+        ("family", trace.family),
+        ("title", trace.title),
+        ("started", format_time(trace.started_at)),
+        ("elapsed", _duration(trace.elapsed)),
+        ("status", status),
+        ("events", trace.event_count),
+    )
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    lines = "".join(
+        f'<tr><td class="num">+{event.offset:.6f} s</td>'
+        f"<td{_ERROR_CLASS if event.is_error else ''}>{_e(event.message)}</td></tr>"
+        for event in trace.events()
+    )
+    return _page(
+        f"Trace {trace.id}",
+        f"<table>{rows}</table>\n<table><tr><th>at</th><th>event</th></tr>{lines}</table>",
+    )

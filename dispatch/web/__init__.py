@@ -1,0 +1,1 @@
+"""The HTTP side: the dashboard-port ops app (/health, /metrics) and the monitoring server."""

@@ -1,0 +1,102 @@
+"""The ``/debug/`` pages (SPEC §10), as routes added to an ops app.
+
+Mounted on the monitoring server (``monitoring.address``: off by default, plain HTTP, meant
+for loopback). The pages read in-memory state only, except ``profile`` (which samples the
+process for the requested seconds) and ``memory`` (which starts tracemalloc on first use).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import attrs
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+
+from dispatch.monitoring import pages
+from dispatch.monitoring.profiling import ProfilerBusyError, cpu_profile, memory_top
+from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.tasks import task_tree_text
+from dispatch.monitoring.traces import Tracer
+from dispatch.monitoring.vars import ProcessInfo, RelayCounters, debug_vars
+from dispatch.spool import SpoolCounts, SpoolEntry
+
+
+@attrs.frozen
+class DebugSources:
+    info: ProcessInfo
+    tracer: Tracer
+    stats: Stats
+    redacted_config: Callable[[], str]
+    spool_entries: Callable[[], Iterable[SpoolEntry]]
+    spool_counts: Callable[[], SpoolCounts]
+    relays: Callable[[], Iterable[RelayCounters]]
+    flags: tuple[str, ...] = attrs.field(factory=lambda: tuple(sys.argv))
+
+
+def _html(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+def register_debug(app: QuartTrio, sources: DebugSources) -> None:
+    @app.get("/debug/")
+    async def index() -> Response:
+        return _html(
+            pages.index_page(sources.info, trace_memory_bytes=sources.tracer.memory_estimate())
+        )
+
+    @app.get("/debug/config")
+    async def config() -> Response:
+        return _html(pages.config_page(sources.redacted_config(), sources.flags))
+
+    @app.get("/debug/vars")
+    async def variables() -> Response:
+        return jsonify(
+            debug_vars(
+                sources.stats,
+                sources.info,
+                spool_counts=sources.spool_counts(),
+                relays=sources.relays(),
+            )
+        )
+
+    @app.get("/debug/traces")
+    async def traces() -> Response:
+        trace_id = request.args.get("id")
+        if trace_id is not None:
+            trace = sources.tracer.find(trace_id)
+            if trace is None:
+                return _html(pages.memory_page(f"no trace {trace_id} is kept any more"), 404)
+            return _html(pages.trace_page(trace))
+        family = request.args.get("family")
+        show = request.args.get("show")
+        return _html(pages.traces_page(sources.tracer, family=family, show=show))
+
+    @app.get("/debug/queue")
+    async def queue() -> Response:
+        return _html(pages.queue_page(sources.spool_entries()))
+
+    @app.get("/debug/tasks")
+    async def tasks() -> Response:
+        return _html(pages.tasks_page(task_tree_text()))
+
+    @app.get("/debug/profile")
+    async def profile() -> Response:
+        try:
+            seconds = float(request.args.get("seconds", "5"))
+        except ValueError:
+            return _html(pages.memory_page("seconds must be a number, e.g. ?seconds=5"), 400)
+        fmt: Literal["html", "speedscope"] = (
+            "speedscope" if request.args.get("format") == "speedscope" else "html"
+        )
+        try:
+            body, content_type = await cpu_profile(seconds, fmt)
+        except ProfilerBusyError as exc:
+            return _html(pages.memory_page(str(exc)), 409)
+        return Response(body, content_type=content_type)
+
+    @app.get("/debug/memory")
+    async def memory() -> Response:
+        return _html(pages.memory_page(memory_top()))
