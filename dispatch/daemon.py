@@ -208,7 +208,7 @@ class Runtime:
         self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
     ) -> None:
         """The monitoring server on ``monitoring.address`` (plain HTTP, meant for loopback):
-        ``/debug/…`` and ``/metrics``. Allow-list: loopback only, unless the address is not."""
+        ``/debug/…`` and ``/metrics``, behind the same ``webui.allowed_cidrs``."""
         address = self.settings.current.monitoring.address
         debug = DebugSources(
             info=self.info,
@@ -230,9 +230,7 @@ class Runtime:
             log.info("monitoring server on %s", ", ".join(bound))
             task_status.started()
 
-    async def run_figures(
-        self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
-    ) -> None:
+    async def run_figures(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         """Refresh the database figures /metrics shows, off the event loop, every 5 s."""
         task_status.started()
         async with trio.open_nursery() as nursery:

@@ -4,11 +4,11 @@ Theory of operation: the checks (database, disk, spool) run at once in one nurse
 inside its own cancel scope whose deadline is the probe's deadline (``health.timeout_seconds``
 from the request, less a margin to write the answer). Blocking probes run in worker threads
 with ``abandon_on_cancel=True``: when the deadline passes the check reports ``timeout`` and
-the answer goes out, while the stuck thread is left behind. Those threads come from a
-limiter of their own (:data:`PROBE_THREADS`), so a wedged disk or database can hold at most
-that many threads however often it is probed, and later probes time out the same way instead
-of queueing behind them. The database probe opens its own short-lived connection: the
-store's connection may be the thing that is stuck.
+the answer goes out, while the stuck thread is left behind. Each check draws its threads
+from a limiter of its own (:data:`PROBE_THREADS`), so a wedged database holds at most that
+many threads however often it is probed, later database probes time out the same way
+instead of queueing, and the disk and spool checks are never starved by it. The database
+probe opens its own short-lived connection: the store's connection may be what is stuck.
 
 Status rules: ``critical`` (HTTP 503) when free disk is below ``health.disk_critical_bytes``
 or the spool is not writable (or its check cannot finish: intake would hang the same way);
@@ -40,7 +40,7 @@ from dispatch.storage import sqlite_path
 CheckStatus = Literal["ok", "timeout", "error"]
 Status = Literal["healthy", "degraded", "critical"]
 
-PROBE_THREADS: Final = trio.CapacityLimiter(4)
+PROBE_THREADS: Final = {name: trio.CapacityLimiter(2) for name in ("database", "disk", "spool")}
 ANSWER_MARGIN: Final = 0.1  # seconds kept to serialise and send the answer in time
 DATABASE_BUSY_SECONDS: Final = 30.0  # the probe waits on a lock; its deadline cuts it short
 
@@ -59,15 +59,13 @@ class CheckResult:
         return data
 
 
-async def _timed(
-    probe: Callable[[], Any], deadline: float
-) -> CheckResult:
+async def _timed(name: str, probe: Callable[[], Any], deadline: float) -> CheckResult:
     """Run a blocking probe in a thread; ``timeout`` if it is not done by ``deadline``."""
     started = time.perf_counter()
     with trio.move_on_at(deadline):
         try:
             value = await trio.to_thread.run_sync(
-                probe, abandon_on_cancel=True, limiter=PROBE_THREADS
+                probe, abandon_on_cancel=True, limiter=PROBE_THREADS[name]
             )
         except (OSError, sqlite3.Error, ValueError) as exc:
             return CheckResult("error", (time.perf_counter() - started) * 1000, error=str(exc))
@@ -120,7 +118,7 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
     directory = sources.spool_directory.absolute()
 
     async def run(name: str, probe: Callable[[], Any]) -> None:
-        results[name] = await _timed(probe, deadline)
+        results[name] = await _timed(name, probe, deadline)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, "database", lambda: probe_sqlite(sources.database_url))
@@ -164,7 +162,7 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
             "listeningPorts": list(listening),
             "ports": list(configured),
         },
-        "checks": {name: result.as_json() for name, result in results.items()},
+        "checks": {name: results[name].as_json() for name in ("database", "disk", "spool")},
     }
     if sources.tracer is not None:
         with sources.tracer.trace("health", status) as trace:

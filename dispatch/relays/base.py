@@ -60,6 +60,7 @@ class Relay(Protocol):
 
     name: str
     kind: str
+
     # Counters for /metrics and /debug/vars, per attempt: deliveries in progress, attempts
     # that delivered to at least one recipient, attempts that left any recipient undelivered.
     @property
