@@ -16,6 +16,8 @@ from pathlib import Path
 import trio
 
 from dispatch import __version__
+from dispatch.api.app import ApiSources, create_api_app
+from dispatch.api.bodylimit import BodyLimit
 from dispatch.config import Settings, redacted_toml
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
@@ -34,6 +36,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo
 from dispatch.relays.registry import RelaySet
+from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
@@ -238,6 +241,48 @@ class Runtime:
             await shutdown.requested.wait()
             nursery.cancel_scope.cancel()
 
+    async def run_api(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        """The HTTP ingestion API on ``api.port`` (HTTP) and ``api.tls_port`` (HTTPS).
+
+        Ready once bound. ``api.enabled`` is read per request (``503`` when off), so the ports
+        stay bound and turning the API back on needs no restart. The key verifier's
+        ``last_used_at`` writer runs beside it.
+        """
+        current = self.settings.current.api
+        if not (current.http_enabled or current.tls_enabled):
+            log.info("HTTP API: neither api.http_enabled nor api.tls_enabled; not listening")
+            task_status.started()
+            await shutdown.requested.wait()
+            return
+        verifier = ApiKeyVerifier(self.store.api_keys, self.store.log.audit)
+        sources = ApiSources(
+            settings=lambda: self.settings.current.api,
+            server_name=lambda: self.settings.current.listener.server_name,
+            spool=self.spool,
+            verifier=verifier,
+            queries=self.store.queries,
+            record=self.store.log.record,
+            stats=self.stats,
+            tracer=self.tracer,
+        )
+        app = BodyLimit(
+            create_api_app(sources),  # type: ignore[arg-type]
+            lambda: self.settings.current.api.max_message_bytes,
+        )
+        plain = [bind_spec(a, current.port) for a in current.bind_address]
+        secure = [bind_spec(a, current.tls_port) for a in current.bind_address]
+        if current.tls_enabled:
+            files = await trio.to_thread.run_sync(ensure_certificate, self.settings.current)
+            config = hypercorn_config(secure, certfile=files.cert_file, keyfile=files.key_file)
+            config.insecure_bind = plain if current.http_enabled else []
+        else:
+            config = hypercorn_config(plain)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(verifier.run, shutdown)
+            bound = await nursery.start(serve_app, app, config, shutdown)
+            log.info("HTTP API on %s", ", ".join(bound))
+            task_status.started()
+
     async def run_control(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         ops = Operations(self.spool, lambda: self.settings.current, self.attempt)
         server = ControlServer(Path(self.settings.current.data_dir), ops)
@@ -251,6 +296,7 @@ def build_components(runtime: Runtime) -> list[Component]:
         Component("figures", runtime.run_figures),
         Component("delivery", runtime.run_delivery),
         Component("smtp", runtime.run_smtp),
+        Component("api", runtime.run_api),
         Component("webui", runtime.run_webui),
         Component("control", runtime.run_control),
     ]

@@ -1,6 +1,7 @@
 """The command line (SPEC §12): ``python -m dispatch [run]`` and the operator commands.
 
-``check-config``, ``hash-password``, ``spool list|show|retry|delete``, ``route simulate``.
+``check-config``, ``hash-password``, ``api-key create|list|revoke``,
+``spool list|show|retry|delete``, ``route simulate``.
 
 Exit codes: 0 success, 1 the daemon could not start (one line on stderr says why),
 2 the configuration or the command line is invalid (every problem listed).
@@ -19,6 +20,7 @@ from typing import Final
 import trio
 
 from dispatch import __version__
+from dispatch.cli import api_key as api_key_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
 from dispatch.config import (
@@ -82,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     hashpw.add_argument(
         "--stdin", action="store_true", help="read the password from stdin, not the terminal"
     )
+    api_key = commands.add_parser(
+        "api-key", parents=[common], help="create, list and revoke HTTP API keys"
+    )
+    api_key_actions = api_key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create_key = api_key_actions.add_parser(
+        "create", parents=[common], help="create a key and print it (shown this once only)"
+    )
+    create_key.add_argument("--name", required=True, help="what the key is for")
+    list_keys = api_key_actions.add_parser(
+        "list", parents=[common], help="list keys (never their secrets)"
+    )
+    revoke_key = api_key_actions.add_parser(
+        "revoke", parents=[common], help="revoke a key; refused from its next request on"
+    )
+    revoke_key.add_argument("id", metavar="ID", help="key id or prefix (dsp_live_…)")
+    for key_parser in (create_key, list_keys, revoke_key):
+        key_parser.add_argument("--json", action="store_true", help="print JSON")
     spool = commands.add_parser(
         "spool", parents=[common], help="look at and act on spooled messages"
     )
@@ -193,10 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
-    if args.command in ("spool", "route", "send-test"):
+    if args.command in ("spool", "route", "send-test", "api-key"):
         settings = _settings_or_exit(args)
         if settings is None:
             return EXIT_BAD_CONFIG
+        if args.command == "api-key":
+            return api_key_cli.main(
+                settings,
+                args.action,
+                name=getattr(args, "name", None),
+                reference=getattr(args, "id", None),
+                as_json=args.json,
+            )
         if args.command == "route":
             return route_cli.simulate(settings, args.sender, args.recipient, args.json)
         if args.command == "send-test":

@@ -88,6 +88,7 @@ class SpoolSettings:
 @attrs.frozen
 class ApiSettings:
     enabled: bool = live(True)
+    bind_address: BindAddresses = BindAddresses(("0.0.0.0",))  # noqa: S104 - as the listener
     port: Port = Port(8025)
     http_enabled: bool = True
     tls_port: Port = Port(8026)

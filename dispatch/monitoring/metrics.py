@@ -247,6 +247,8 @@ class MetricsCollector:
             ("smtp_auth", "dispatch_smtp_auth", s.smtp_auth, "result"),
             ("messages_received", "dispatch_messages_received", s.messages_received, "source"),
             ("spool_writes", "dispatch_spool_writes", s.spool_writes, "result"),
+            ("api_denied", "dispatch_api_denied_requests", s.api_denied, "reason"),
+            ("api_auth", "dispatch_api_auth", s.api_auth, "result"),
         )
         for key, name, counter_map, label in simple:
             family = CounterMetricFamily(name, counter_map.help, labels=[label])

@@ -104,6 +104,12 @@ class Stats:
         self.spool_writes = CounterMap(
             "dispatch/queue/itemsWritten", "spool write attempts", "result"
         )
+        self.api_denied = CounterMap(
+            "dispatch/api/deniedCount", "API requests refused at the allow-list", "reason"
+        )
+        self.api_auth = CounterMap(
+            "dispatch/api/authResults", "API key checks and rate-limit decisions", "result"
+        )
         self.delivery_attempts = CounterMap(
             "dispatch/queue/deliverAttempts",
             "recipient groups handed to relays, by relay kind and outcome",

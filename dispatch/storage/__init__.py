@@ -14,10 +14,12 @@ Typical use::
     store.log.record(MessageEvent(message_id=envelope.id, event="received", ...))
     store.log.audit(AuditEntry(category="ApiKey", level="Notice", message="key created"))
 
+    record, key = await store.api_keys.create("billing app")   # key shown once, never stored
     await store.queries.counts_today()                # {"received": 12, "delivered": 11, ...}
     store.log.database_reachable, store.log.pending   # for /health and /metrics
 """
 
+from dispatch.storage.api_keys import ApiKeyRecord, ApiKeyStore, UnknownApiKeyError
 from dispatch.storage.database import Database, DatabaseUnavailableError, SqlCursor
 from dispatch.storage.events import (
     AUDIT_CATEGORIES,
@@ -47,6 +49,8 @@ __all__ = [
     "JOURNAL_NAME",
     "LATEST_VERSION",
     "MIGRATIONS",
+    "ApiKeyRecord",
+    "ApiKeyStore",
     "AuditCategory",
     "AuditEntry",
     "AuditLevel",
@@ -63,6 +67,7 @@ __all__ = [
     "SqliteDatabase",
     "StopRequest",
     "Store",
+    "UnknownApiKeyError",
     "open_store",
     "purge",
     "sqlite_path",

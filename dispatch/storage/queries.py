@@ -118,6 +118,16 @@ class LogQueries:
         )
         return message_from_row(rows[0]) if rows else None
 
+    async def received_for_key(self, api_key_prefix: str, limit: int = 50) -> list[MessageEvent]:
+        """The newest ``received`` events of messages sent with one API key (index range)."""
+        rows = await self._rows(
+            f"SELECT {_MESSAGE_SELECT} FROM message_log m "  # noqa: S608 (constants only)
+            "WHERE m.api_key_prefix = ? AND m.event = 'received' "
+            "ORDER BY m.at DESC, m.id DESC LIMIT ?",
+            (api_key_prefix, max(1, min(limit, 500))),
+        )
+        return [message_from_row(row) for row in rows]
+
     async def search(
         self,
         *,

@@ -171,6 +171,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "index the message log by API key, for GET /api/v1/messages",
+        ("CREATE INDEX message_log_key_at ON message_log (api_key_prefix, event, at)",),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -1,10 +1,10 @@
 """The storage component as the daemon sees it: :func:`open_store` and :class:`Store`.
 
-A :class:`Store` bundles one database with the two things built on it: the
-:class:`MessageLog` writer (a supervisor component, :meth:`Store.run`) and the
-:class:`LogQueries` read side. The engine is chosen by ``database.url``; everything above the
-:class:`Database` protocol is the same for every engine, which is where a PostgreSQL
-backend slots in (:meth:`Store.for_database`).
+A :class:`Store` bundles one database with the things built on it: the
+:class:`MessageLog` writer (a supervisor component, :meth:`Store.run`), the
+:class:`LogQueries` read side and the :class:`ApiKeyStore`. The engine is chosen by
+``database.url``; everything above the :class:`Database` protocol is the same for every
+engine, which is where a PostgreSQL backend slots in (:meth:`Store.for_database`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from dispatch.storage.api_keys import ApiKeyStore
 from dispatch.storage.database import Database
 from dispatch.storage.journal import JOURNAL_NAME
 from dispatch.storage.log_writer import MessageLog, StopRequest
@@ -33,6 +34,7 @@ class Store:
         self.database = database
         self.log = log
         self.queries = LogQueries(database)
+        self.api_keys = ApiKeyStore(database)
 
     @classmethod
     def for_database(cls, database: Database, data_dir: str | os.PathLike[str]) -> Store:

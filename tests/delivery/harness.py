@@ -57,6 +57,7 @@ def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
         "spool": {"directory": str(root / "spool"), "retry_delays_seconds": [0.2]},
         "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
         "webui": {"port": free_port(), "bind_address": "127.0.0.1"},
+        "api": {"port": free_port(), "bind_address": "127.0.0.1"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

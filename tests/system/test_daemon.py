@@ -32,6 +32,9 @@ def base_config(tmp_path: Path, **listener: object) -> str:
         [webui]
         port = {free_port()}
         bind_address = "127.0.0.1"
+        [api]
+        port = {free_port()}
+        bind_address = "127.0.0.1"
     """
 
 

@@ -30,6 +30,9 @@ def config(tmp_path: Path, port: int) -> str:
         [webui]
         port = {free_port()}
         bind_address = "127.0.0.1"
+        [api]
+        port = {free_port()}
+        bind_address = "127.0.0.1"
     """
 
 

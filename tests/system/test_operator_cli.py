@@ -34,6 +34,9 @@ bind_address = "127.0.0.1"
 [webui]
 port = {free_port()}
 bind_address = "127.0.0.1"
+[api]
+port = {free_port()}
+bind_address = "127.0.0.1"
 [spool]
 directory = "{tmp_path / "spool"}"
 retry_delays_seconds = [0.2]

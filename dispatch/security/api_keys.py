@@ -1,0 +1,387 @@
+"""Checking the API key of a request (SPEC §4 "Keys", §11): :class:`ApiKeyVerifier`.
+
+Theory of operation
+-------------------
+:meth:`ApiKeyVerifier.verify` answers :class:`VerifiedKey` or :class:`Rejection`; the first
+step that decides wins:
+
+1. The source IP failed too often lately (:class:`FailureThrottle`): ``throttled``.
+2. The text is not shaped like a key (``dsp_live_`` + 43 base64url characters, see
+   ``dispatch/storage/api_keys.py``): ``malformed``. The database is not asked.
+3. The row is looked up by its prefix — one indexed read, on **every** request.
+4. No row: ``unknown``. A revoked row: ``revoked``.
+5. The secret is checked. The first time, against the stored argon2id hash (~100 ms of
+   CPU, in a worker thread; concurrent first requests for one key share one check). After a
+   success the verifier keeps ``sha256(key)`` in memory for that row, and later requests
+   compare digests with :func:`hmac.compare_digest`: one lookup and one constant-time
+   compare. A mismatch: ``wrong``.
+
+Why a fast digest is enough once the key has been checked: argon2's cost protects
+passwords, which are guessable; a key is 256 random bits, which no guessing reaches however
+fast each guess is. The digest lives only in this process, and only for keys that proved
+valid here.
+
+Why revocation takes effect on the next request, from any node sharing the database: the
+cache answers only "is this the right secret", never "is this key still valid". Whether the
+row exists and is unrevoked is read from the database on the request itself (step 3), before
+the cache is consulted, so a revocation committed anywhere is seen by every later lookup.
+A row found revoked or gone is also dropped from the cache.
+
+When the database cannot be read (``DatabaseUnavailableError``, an ``sqlite3`` error, or no
+answer within :data:`LOOKUP_TIMEOUT`), the cache is the only knowledge left: a key whose
+digest is cached is accepted (``VerifiedKey.degraded``), because mail is never refused for
+a database outage (SPEC §0); any other key gets ``unavailable`` (the API answers 503 with
+``Retry-After``). The price: a key revoked on another node, which this node had not yet seen
+revoked when the outage began, keeps working here until the database answers again.
+
+Failures (malformed, unknown, wrong, revoked) count against the source IP; a success does
+not clear them, or an attacker holding one valid key could interleave it with guesses.
+
+``last_used_at`` is written at most once per :data:`TOUCH_INTERVAL` per key, and never on the
+request path: :meth:`verify` notes the use and :meth:`run`, a long-lived task, writes it.
+
+Creating and revoking keys also go through this class (:meth:`create`, :meth:`revoke`) so
+that each writes its audit entry and a local revocation also empties the local cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Final, Literal
+
+import attrs
+import trio
+
+from dispatch.security.passwords import verify_password
+from dispatch.security.throttle import FailureThrottle
+from dispatch.storage.api_keys import ApiKeyRecord, ApiKeyStore, is_well_formed, prefix_of
+from dispatch.storage.database import DatabaseUnavailableError
+from dispatch.storage.events import AuditEntry
+from dispatch.storage.log_writer import StopRequest
+
+log = logging.getLogger("dispatch.security")
+
+# SPEC §4 asks for "last used", not an access log: a minute is as precise as a dashboard
+# shows it, and keeps a busy key to one small write a minute.
+TOUCH_INTERVAL: Final = 60.0
+TOUCH_RETRY_SECONDS: Final = 5.0
+SAVE_TOUCHES_TIMEOUT: Final = 2.0
+# Longer than SQLite's busy timeout (1 s), so a briefly held lock is waited out, and short
+# enough that an API client hears 503 instead of timing out. Bounds the wait for the
+# database's worker (a query already running in its thread is waited for).
+LOOKUP_TIMEOUT: Final = 2.0
+# What the API puts in Retry-After when the key store cannot be read.
+UNAVAILABLE_RETRY_AFTER: Final = 5
+
+RejectionKind = Literal["throttled", "malformed", "unknown", "revoked", "wrong", "unavailable"]
+
+_HTTP_STATUS: Final[dict[RejectionKind, int]] = {
+    "throttled": 429,
+    "malformed": 401,
+    "unknown": 401,
+    "revoked": 401,
+    "wrong": 401,
+    "unavailable": 503,
+}
+_INVALID: Final = "invalid API key"
+
+
+@attrs.frozen
+class VerifiedKey:
+    """A request's key is valid. ``degraded``: accepted from the cache, database unreadable."""
+
+    key_id: int
+    name: str
+    prefix: str
+    degraded: bool = False
+
+
+@attrs.frozen
+class Rejection:
+    """A request's key is refused.
+
+    ``detail`` is safe to send to the client (it does not tell an unknown key from a wrong
+    secret); ``retry_after`` (whole seconds, for the ``Retry-After`` header) is set for
+    ``throttled`` and ``unavailable``.
+    """
+
+    kind: RejectionKind
+    detail: str
+    retry_after: int | None = None
+
+    @property
+    def http_status(self) -> int:
+        """429 throttled, 503 unavailable, else 401 (SPEC §4)."""
+        return _HTTP_STATUS[self.kind]
+
+
+@attrs.define
+class VerifierStats:
+    """Counts for ``/metrics`` and the debug pages (and for tests to see which path ran)."""
+
+    lookups: int = 0
+    argon2_verifications: int = 0
+    cache_hits: int = 0
+    accepted: int = 0
+    accepted_while_unavailable: int = 0
+    touches_written: int = 0
+    rejected: Counter[RejectionKind] = attrs.Factory(Counter)
+
+
+@attrs.frozen
+class _CachedKey:
+    """A key proven valid here: its row (id and stored hash) and ``sha256(key)``."""
+
+    key_id: int
+    name: str
+    key_hash: str = attrs.field(repr=False)
+    digest: bytes = attrs.field(repr=False)
+
+
+class _KeyStoreUnavailable(Exception):
+    pass
+
+
+class ApiKeyVerifier:
+    """The API keys as requests and operators use them; see the module docstring.
+
+    Owns the digest cache, the pending ``last_used_at`` updates and (unless given one) its
+    failure throttle. ``audit`` receives an :class:`AuditEntry` per creation and revocation
+    (``MessageLog.audit`` in the daemon). Use from the Trio thread only.
+    """
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        audit: Callable[[AuditEntry], None],
+        *,
+        throttle: FailureThrottle | None = None,
+        clock: Callable[[], float] = time.time,
+        lookup_timeout: float = LOOKUP_TIMEOUT,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._throttle = FailureThrottle() if throttle is None else throttle
+        self._clock = clock  # Unix time: it is what last_used_at and created_at store
+        self._lookup_timeout = lookup_timeout
+        self._cache: dict[str, _CachedKey] = {}  # by prefix
+        self._checking: dict[str, trio.Event] = {}  # argon2 checks in flight, by prefix
+        self._noted_use: dict[int, float] = {}  # key id -> last use queued for writing
+        self._touches: dict[int, float] = {}  # key id -> last_used_at to write
+        self._touch_wanted = trio.Event()
+        self._touches_written = trio.Event()
+        self._touches_written.set()
+        self.database_reachable = True
+        """Whether the last lookup could read the database."""
+        self.stats = VerifierStats()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def verify(self, presented: str, source_ip: str) -> VerifiedKey | Rejection:
+        """Check the key a request presented (the text after ``Bearer``) from ``source_ip``."""
+        wait = self._throttle.retry_after(source_ip)
+        if wait > 0:
+            detail = "too many failed API key attempts from this address; try again later"
+            return self._rejected("throttled", detail, retry_after=math.ceil(wait))
+        if not is_well_formed(presented):
+            return self._failed(source_ip, "malformed", _INVALID)
+        prefix = prefix_of(presented)
+        digest = hashlib.sha256(presented.encode("ascii")).digest()
+        try:
+            record = await self._lookup(prefix)
+        except _KeyStoreUnavailable:
+            return self._verify_from_cache(prefix, digest, source_ip)
+        if record is None:
+            self._cache.pop(prefix, None)
+            return self._failed(source_ip, "unknown", _INVALID)
+        if record.revoked:
+            self._cache.pop(prefix, None)
+            return self._failed(source_ip, "revoked", f"API key {prefix} has been revoked")
+        if not await self._secret_matches(record, presented, digest):
+            return self._failed(source_ip, "wrong", _INVALID)
+        self._note_use(record.id, record.last_used_at)
+        self.stats.accepted += 1
+        return VerifiedKey(key_id=record.id, name=record.name, prefix=record.prefix)
+
+    async def _lookup(self, prefix: str) -> ApiKeyRecord | None:
+        self.stats.lookups += 1
+        with trio.move_on_after(self._lookup_timeout):
+            try:
+                record = await self._store.find_by_prefix(prefix)
+            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+                self._database_failed(str(exc) or type(exc).__name__)
+                raise _KeyStoreUnavailable from exc
+            if not self.database_reachable:
+                log.info("API key store reachable again")
+                self.database_reachable = True
+            return record
+        self._database_failed(f"no answer within {self._lookup_timeout:g} s")
+        raise _KeyStoreUnavailable
+
+    def _database_failed(self, reason: str) -> None:
+        if self.database_reachable:
+            log.warning(
+                "API key store unavailable, accepting only keys verified before: %s", reason
+            )
+        self.database_reachable = False
+
+    def _verify_from_cache(
+        self, prefix: str, digest: bytes, source_ip: str
+    ) -> VerifiedKey | Rejection:
+        cached = self._cache.get(prefix)
+        if cached is None:
+            detail = "the API key store is unavailable; try again shortly"
+            return self._rejected("unavailable", detail, retry_after=UNAVAILABLE_RETRY_AFTER)
+        self.stats.cache_hits += 1
+        if not hmac.compare_digest(cached.digest, digest):
+            return self._failed(source_ip, "wrong", _INVALID)
+        self._note_use(cached.key_id, None)
+        self.stats.accepted += 1
+        self.stats.accepted_while_unavailable += 1
+        return VerifiedKey(key_id=cached.key_id, name=cached.name, prefix=prefix, degraded=True)
+
+    async def _secret_matches(self, record: ApiKeyRecord, presented: str, digest: bytes) -> bool:
+        prefix = record.prefix
+        while (running := self._checking.get(prefix)) is not None:
+            await running.wait()  # a first request for this key is being checked: reuse it
+        stored_hash = record.key_hash or ""
+        cached = self._cache.get(prefix)
+        if cached is not None:
+            if cached.key_id == record.id and hmac.compare_digest(cached.key_hash, stored_hash):
+                self.stats.cache_hits += 1
+                return hmac.compare_digest(cached.digest, digest)
+            del self._cache[prefix]  # the row was replaced since: check it afresh
+        done = self._checking[prefix] = trio.Event()
+        try:
+            self.stats.argon2_verifications += 1
+            matches = await verify_password(stored_hash, presented)
+        finally:
+            del self._checking[prefix]
+            done.set()
+        if matches:
+            self._cache[prefix] = _CachedKey(record.id, record.name, stored_hash, digest)
+        return matches
+
+    def _failed(self, source_ip: str, kind: RejectionKind, detail: str) -> Rejection:
+        self._throttle.record_failure(source_ip)
+        return self._rejected(kind, detail)
+
+    def _rejected(
+        self, kind: RejectionKind, detail: str, *, retry_after: int | None = None
+    ) -> Rejection:
+        self.stats.rejected[kind] += 1
+        return Rejection(kind, detail, retry_after)
+
+    # -- last_used_at ----------------------------------------------------------------------
+
+    def _note_use(self, key_id: int, last_used_at: float | None) -> None:
+        """Queue a ``last_used_at`` write if the key's last one is a minute old."""
+        now = self._clock()
+        last = max(
+            -math.inf if last_used_at is None else last_used_at,
+            self._noted_use.get(key_id, -math.inf),
+        )
+        if now - last < TOUCH_INTERVAL:
+            return
+        self._noted_use[key_id] = now
+        self._touches[key_id] = now
+        if self._touches_written.is_set():
+            self._touches_written = trio.Event()
+        self._touch_wanted.set()
+
+    async def run(
+        self,
+        shutdown: StopRequest,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The ``last_used_at`` writer: a supervisor component.
+
+        Ready at once. Writes each noted use in the background, retrying every
+        :data:`TOUCH_RETRY_SECONDS` while the database fails. When ``shutdown.requested``
+        is set it makes one attempt of at most :data:`SAVE_TOUCHES_TIMEOUT` seconds to write
+        what is pending and returns; an unwritten use only leaves ``last_used_at`` older.
+        """
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_touches_forever)
+            await shutdown.requested.wait()
+            nursery.cancel_scope.cancel()
+        with trio.move_on_after(SAVE_TOUCHES_TIMEOUT):
+            await self._write_touches()
+
+    async def wait_until_touched(self) -> None:
+        """Return once every noted use is in the database (for tests and orderly stops)."""
+        while self._touches:
+            await self._touches_written.wait()
+
+    async def _write_touches_forever(self) -> None:
+        while True:
+            await self._touch_wanted.wait()
+            self._touch_wanted = trio.Event()
+            if not await self._write_touches():
+                await trio.sleep(TOUCH_RETRY_SECONDS)
+                self._touch_wanted.set()
+
+    async def _write_touches(self) -> bool:
+        """Write the pending uses; return False if the database failed (they stay pending)."""
+        while self._touches:
+            key_id, at = next(iter(self._touches.items()))
+            try:
+                await self._store.touch(key_id, at)
+            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+                log.debug("cannot record the use of API key %d yet: %s", key_id, exc)
+                return False
+            if self._touches.get(key_id) == at:  # not noted again meanwhile
+                del self._touches[key_id]
+            self.stats.touches_written += 1
+        self._touches_written.set()
+        return True
+
+    # -- operators -------------------------------------------------------------------------
+
+    async def create(self, name: str, *, actor: str) -> tuple[ApiKeyRecord, str]:
+        """Create a key; return its record and the full key, to be shown once.
+
+        Raises :class:`ValueError` for a bad name, ``DatabaseUnavailableError`` if the
+        database cannot be written.
+        """
+        record, key = await self._store.create(name, now=self._clock())
+        self._audit(
+            AuditEntry(
+                category="ApiKey",
+                level="Notice",
+                message=f"API key {record.id} {record.name!r} ({record.prefix}) created",
+                actor=actor,
+                at=record.created_at,
+            )
+        )
+        return record, key
+
+    async def revoke(self, id_or_prefix: int | str, *, actor: str) -> tuple[ApiKeyRecord, bool]:
+        """Revoke a key by id, prefix or full key (idempotent).
+
+        Returns the record and whether this call revoked it (False: it already was).
+        Raises :class:`~dispatch.storage.UnknownApiKeyError` when no key matches.
+        """
+        at = self._clock()
+        record, first_time = await self._store.revoke_reporting(id_or_prefix, now=at)
+        self._cache.pop(record.prefix, None)
+        what = "revoked" if first_time else "revoked again (it already was: no change)"
+        self._audit(
+            AuditEntry(
+                category="ApiKey",
+                level="Notice" if first_time else "Info",
+                message=f"API key {record.id} {record.name!r} ({record.prefix}) {what}",
+                actor=actor,
+                at=at,
+            )
+        )
+        return record, first_time
