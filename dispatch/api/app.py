@@ -17,10 +17,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from typing import Any, Final
 
 import attrs
+import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -39,6 +41,7 @@ from dispatch.storage import DatabaseUnavailableError, LogQueries, MessageEvent
 log = logging.getLogger("dispatch.api")
 
 QUEUED: Final = "Queued. Thank you."
+THREAD_COMPOSE_BYTES: Final = 256 * 1024
 MESSAGE_ID_DOMAIN: Final = "dispatch.invalid"
 
 
@@ -172,7 +175,14 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
                 if isinstance(parsed, Response):
                     trace.error(f"refused: {parsed.status_code}")
                     return parsed
-                composed = compose(parsed, message_id_domain=MESSAGE_ID_DOMAIN, now=time.time())
+                build = partial(
+                    compose, parsed, message_id_domain=MESSAGE_ID_DOMAIN, now=time.time()
+                )
+                # Quoted-printable is pure Python: big bodies are composed off the event loop.
+                if int(request.headers.get("Content-Length") or 0) > THREAD_COMPOSE_BYTES:
+                    composed = await trio.to_thread.run_sync(build)
+                else:
+                    composed = build()
             except ValidationError as exc:
                 trace.error("validation failed")
                 return error(400, "validation failed", exc.detail)

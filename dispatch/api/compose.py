@@ -50,8 +50,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import secrets
-import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email import errors as email_errors
 from email import policy as email_policy
@@ -79,6 +78,8 @@ MAX_RECIPIENTS: Final = 100
 # Hostile input may list a million addresses; parsing stops after this many (the count
 # problem is reported anyway).
 _MAX_ADDRESSES_PARSED: Final = 10 * MAX_RECIPIENTS
+# One to/cc/bcc value longer than this cannot hold MAX_RECIPIENTS addresses of MAX_LINE.
+_MAX_ADDRESS_VALUE: Final = MAX_RECIPIENTS * 1000
 MAX_TAGS: Final = 100
 MAX_TAG_CHARS: Final = 128
 # Far more than any honest message needs; bounds the work per request.
@@ -103,7 +104,8 @@ Origin = Literal["json", "form"]
 FileField = Literal["attachment", "inline"]
 
 # Every character str.splitlines() breaks on: any of them in a header is a header injection.
-_LINE_BREAKS: Final = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+_LINE_BREAK: Final = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # Unicode category Cc, but TAB
 _FIELD_NAME: Final = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
 _ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM: Final = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
@@ -426,6 +428,8 @@ class _Checker:
         for name, values in (("to", request.to), ("cc", request.cc), ("bcc", request.bcc)):
             found: list[Address] = []
             for i, value in enumerate(values):
+                if self._parsed_addresses > _MAX_ADDRESSES_PARSED:
+                    break  # reported below as too many recipients
                 addresses = self._addresses(f"{name}[{i}]", value)
                 if addresses is None:  # reported; "no recipient at all" would be noise
                     required = False
@@ -452,6 +456,9 @@ class _Checker:
         """The mailboxes in one comma-separated value, or None after reporting a problem."""
         if (problem := _single_line_problem(value)) is not None:
             self.add(field, problem)
+            return None
+        if len(value) > _MAX_ADDRESS_VALUE:
+            self.add(field, f"longer than {_MAX_ADDRESS_VALUE} characters; send fewer addresses")
             return None
         found: list[Address] = []
         for piece in _split_address_list(value):
@@ -613,11 +620,10 @@ def _single_line_problem(value: str) -> str | None:
     """Why ``value`` cannot go into a header line, or None."""
     if not _is_unicode(value):
         return "is not valid Unicode (a lone surrogate); send UTF-8 text"
-    if not _LINE_BREAKS.isdisjoint(value):
+    if _LINE_BREAK.search(value):
         return "contains a line break (CR or LF), which could add headers; send one line"
-    for char in value:
-        if char != "\t" and unicodedata.category(char) == "Cc":
-            return f"contains the control character U+{ord(char):04X}; remove it"
+    if (control := _CONTROL.search(value)) is not None:
+        return f"contains the control character U+{ord(control.group()):04X}; remove it"
     return None
 
 
@@ -634,9 +640,8 @@ def _header_name_problem(name: str) -> str | None:
     return None
 
 
-def _split_address_list(value: str) -> list[str]:
+def _split_address_list(value: str) -> Iterator[str]:
     """Split at the commas between addresses, not those in quotes, comments or <...>."""
-    pieces: list[str] = []
     start, quoted, escaped, comment, angle = 0, False, False, 0, False
     for i, char in enumerate(value):
         if escaped:
@@ -654,10 +659,11 @@ def _split_address_list(value: str) -> list[str]:
         elif char in "<>":
             angle = char == "<"
         elif char == "," and not angle:
-            pieces.append(value[start:i])
+            if piece := value[start:i].strip():
+                yield piece
             start = i + 1
-    pieces.append(value[start:])
-    return [piece.strip() for piece in pieces if piece.strip()]
+    if piece := value[start:].strip():
+        yield piece
 
 
 def _parse_mailbox(piece: str) -> Address | str:
