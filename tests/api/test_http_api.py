@@ -286,6 +286,7 @@ async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         )
     output = (result.stdout + result.stderr).decode(errors="replace")
     assert result.returncode == 0, output[-4000:]
