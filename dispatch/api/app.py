@@ -31,6 +31,7 @@ from dispatch.api.compose import ComposeRequest, UploadedFile, ValidationError, 
 from dispatch.api.ratelimit import KeyRateLimiter
 from dispatch.api.status import message_status
 from dispatch.config.settings import ApiSettings
+from dispatch.intake import events
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.security.allowlist import is_allowed
@@ -90,15 +91,7 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
                 "denied %s %s from %s: not in api.allowed_cidrs", request.method, request.path, peer
             )
             sources.stats.api_denied.add("allowlist")
-            sources.record(
-                MessageEvent(
-                    message_id=None,
-                    event="denied",
-                    source="api",
-                    peer_ip=peer,
-                    response="peer not in api.allowed_cidrs",
-                )
-            )
+            sources.record(events.denied("api", peer, "api.allowed_cidrs"))
             return error(403, "forbidden", f"{peer} is not in api.allowed_cidrs")
         if not settings.enabled:
             return error(503, "the API is disabled", "api.enabled is false on this server")
@@ -287,21 +280,7 @@ async def _spool(sources: ApiSources, key: VerifiedKey, composed: Any, trace: An
         return error(503, "temporarily unable to queue", "try again later", Retry_After="30")
     sources.stats.spool_writes.add("ok")
     sources.stats.messages_received.add("api")
-    sources.record(
-        MessageEvent(
-            message_id=envelope.id,
-            event="received",
-            at=envelope.received_at,
-            source="api",
-            peer_ip=request.remote_addr,
-            sender=envelope.mail_from,
-            recipients=envelope.recipients,
-            subject=composed.subject,
-            size=envelope.size,
-            tags=envelope.tags,
-            api_key_prefix=key.prefix,
-        )
-    )
+    sources.record(events.received(envelope, subject=composed.subject))
     trace.event(f"queued {envelope.id}")
     log.info(
         "queued %s from key %s: %d recipient(s)", envelope.id, key.prefix, len(envelope.recipients)

@@ -22,12 +22,12 @@ from typing import Final
 
 import trio
 
+from dispatch.intake import events
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
 from dispatch.intake.session import IntakeContext, SmtpSession
 from dispatch.logs import log_context
 from dispatch.security.allowlist import is_allowed
 from dispatch.smtp import replies
-from dispatch.storage.events import MessageEvent
 from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.smtp")
@@ -105,15 +105,7 @@ class SmtpListener:
         settings = self.context.settings()
         if not is_allowed(peer_ip, settings.allowed_cidrs):
             log.warning("denied connection from %s: not in listener.allowed_cidrs", peer_ip)
-            self.context.record(
-                MessageEvent(
-                    message_id=None,
-                    event="denied",
-                    source="smtp",
-                    peer_ip=peer_ip,
-                    response="peer not in listener.allowed_cidrs",
-                )
-            )
+            self.context.record(events.denied("smtp", peer_ip, "listener.allowed_cidrs"))
             await self._refuse(stream, "allowlist", replies.ACCESS_DENIED)
             return
         if self.open_sessions >= settings.max_connections:

@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
+from dispatch.intake import events
 from dispatch.intake.received import LoopDetector, protocol_name, received_header
 from dispatch.intake.smtp_auth import SmtpAuthenticator
 from dispatch.monitoring.stats import Stats
@@ -406,19 +407,7 @@ class SmtpSession:
             )
             self._reply(replies.queued(envelope.id))
             await self._flush()
-        self.context.record(
-            MessageEvent(
-                message_id=envelope.id,
-                event="received",
-                at=envelope.received_at,
-                source="smtp",
-                peer_ip=self.peer_ip,
-                sender=envelope.mail_from,
-                recipients=envelope.recipients,
-                subject=transaction.loops.subject,
-                size=envelope.size,
-            )
-        )
+        self.context.record(events.received(envelope, subject=transaction.loops.subject))
 
     async def _discard_message(self) -> None:
         transaction = self._transaction
