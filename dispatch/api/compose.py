@@ -9,12 +9,17 @@ Pure: no I/O, no clock (the caller passes ``now``). The web layer parses the JSO
 Field paths in problems: ``from``, ``subject``, ``text``, ``html``; ``to[i]``/``cc[i]``/``bcc[i]``
 is the i-th value sent (a JSON list item or a repeated form field; a JSON string counts as
 ``[0]``), and one value may hold several comma-separated addresses; ``tags[i]`` / ``o:tag[i]``;
-``headers.<Name>`` / ``h:<Name>``; ``attachment[i]`` and ``inline[i]``.
+``headers.<Name>`` / ``h:<Name>``; ``attachment[i]`` and ``inline[i]``. In JSON, ``to``,
+``cc``, ``bcc`` and ``tags`` may be a string or a list of strings, ``headers`` an object of
+strings; files come only in multipart requests. Unknown fields are refused, Mailgun's other
+``o:``/``v:`` options included, rather than silently ignored.
 
 Choices (SPEC §4 is silent on them):
 
 - Content: ``text``, ``html`` or at least one file is required; a file alone makes a
-  multipart/mixed message without a body part. Empty strings count as absent.
+  multipart/mixed message without a body part. Empty strings count as absent; line breaks in
+  bodies may be LF, CRLF or CR (all become CRLF); subjects and file names lose leading and
+  trailing white space, which readers drop anyway.
 - Structure: text/plain, text/html, or multipart/alternative for both; ``inline`` files go
   into a multipart/related with the HTML part (``Content-ID: <filename>``, so the HTML refers
   to them as ``cid:filename``, as with Mailgun); ``attachment`` files make a multipart/mixed
@@ -39,7 +44,8 @@ Choices (SPEC §4 is silent on them):
 - Tags are envelope metadata: they never appear in the message. Empty tags are ignored and
   repeated ones kept once.
 - Recipients: To, then Cc, then Bcc, de-duplicated case-insensitively (first spelling wins),
-  at most 100 (SPEC §3). Bcc is in the envelope only.
+  at most 100 (SPEC §3, reported on ``to``). Bcc is in the envelope only. A value with a bad
+  address gets one problem naming that address.
 
 Cost: building is CPU work proportional to the body (quoted-printable is pure Python); for
 bodies of megabytes, call :func:`compose` through ``trio.to_thread.run_sync``.
@@ -401,8 +407,8 @@ class _Checker:
         self._check_from(required=whole and "from" not in reported)
         self._check_recipients(required=whole and not reported & {"to", "cc", "bcc"})
         self._check_subject()
-        files = {"text", "html", "attachment", "attachments", "inline"}
-        self._check_bodies(required=whole and not reported & files)
+        content = {"text", "html", "attachment", "attachments", "inline"}
+        self._check_bodies(required=whole and not reported & content)
         self._check_headers()
         self._check_tags()
         self._check_files()
@@ -417,7 +423,7 @@ class _Checker:
             if required:
                 self.add("from", "required: send one address, such as 'Ann <ann@example.com>'")
             return
-        addresses = self._addresses("from", value)
+        addresses = self._addresses("from", value, max_length=MAX_LINE)
         if addresses is not None and len(addresses) != 1:
             self.add("from", f"{_quote(value)} must be exactly one address")
         elif addresses:
@@ -430,7 +436,9 @@ class _Checker:
             for i, value in enumerate(values):
                 if self._parsed_addresses > _MAX_ADDRESSES_PARSED:
                     break  # reported below as too many recipients
-                addresses = self._addresses(f"{name}[{i}]", value)
+                addresses = self._addresses(
+                    f"{name}[{i}]", value, max_length=_MAX_ADDRESS_VALUE, counted=True
+                )
                 if addresses is None:  # reported; "no recipient at all" would be noise
                     required = False
                 found.extend(addresses or ())
@@ -452,17 +460,23 @@ class _Checker:
             )
         self.parts.recipients = tuple(envelope)
 
-    def _addresses(self, field: str, value: str) -> list[Address] | None:
-        """The mailboxes in one comma-separated value, or None after reporting a problem."""
+    def _addresses(
+        self, field: str, value: str, *, max_length: int, counted: bool = False
+    ) -> list[Address] | None:
+        """The mailboxes in one comma-separated value, or None after reporting a problem.
+
+        ``counted`` values (recipients) share the request's parsing budget; once it is spent
+        this returns None and the caller reports too many recipients.
+        """
         if (problem := _single_line_problem(value)) is not None:
             self.add(field, problem)
             return None
-        if len(value) > _MAX_ADDRESS_VALUE:
-            self.add(field, f"longer than {_MAX_ADDRESS_VALUE} characters; send fewer addresses")
+        if len(value) > max_length:
+            self.add(field, f"longer than {max_length} characters; send fewer addresses")
             return None
         found: list[Address] = []
         for piece in _split_address_list(value):
-            self._parsed_addresses += 1
+            self._parsed_addresses += counted
             if self._parsed_addresses > _MAX_ADDRESSES_PARSED:
                 return None
             address = _parse_mailbox(piece)
@@ -534,14 +548,17 @@ class _Checker:
             try:
                 date = parsedate_to_datetime(value)
             except (ValueError, TypeError, IndexError, OverflowError):
+                date = None
+            if date is None or date.year < 1900:  # RFC 5322 §3.3: year is 1900 or later
                 self.add(field, "must be an RFC 5322 date such as 'Tue, 1 Jul 2025 10:00:00 +0200'")
             else:
                 self.parts.date = date
         elif key in ("reply-to", "sender"):
-            addresses = self._addresses(field, value)
-            wanted = range(1, 2) if key == "sender" else range(1, MAX_RECIPIENTS + 1)
-            if addresses is not None and len(addresses) not in wanted:
-                self.add(field, f"send 1 to {wanted.stop - 1} addresses")
+            addresses = self._addresses(field, value, max_length=MAX_LINE)
+            if addresses == []:
+                self.add(field, "send an address such as 'Help <help@example.com>'")
+            elif addresses is not None and key == "sender" and len(addresses) > 1:
+                self.add(field, "Sender is exactly one address (RFC 5322 §3.6.2)")
             elif addresses:
                 self.parts.headers.append((name, addresses))
         else:
@@ -557,7 +574,11 @@ class _Checker:
             if not tag:
                 continue
             if not (_is_unicode(tag) and tag.isprintable()):
-                self.add(f"{field}[{i}]", "contains control characters or line breaks; remove them")
+                self.add(
+                    f"{field}[{i}]",
+                    "contains characters that do not print (controls, line breaks, separators "
+                    "other than space); remove them",
+                )
             elif len(tag) > MAX_TAG_CHARS:
                 self.add(f"{field}[{i}]", f"longer than {MAX_TAG_CHARS} characters; shorten it")
         self.parts.tags = tuple(dict.fromkeys(tags))
@@ -674,7 +695,8 @@ def _parse_mailbox(piece: str) -> Address | str:
     try:
         header = _POLICY.header_factory("to", piece)
         addresses, groups, defects = header.addresses, header.groups, header.defects
-    except (email_errors.HeaderParseError, ValueError, IndexError):
+    except (email_errors.HeaderParseError, ValueError, IndexError, AttributeError):
+        # The stdlib parser is not total: ':;a' raises AttributeError (CPython 3.13.0).
         addresses, groups, defects = (), (), (email_errors.HeaderParseError(),)
     # Obsolete syntax (RFC 5322 §4) is fine: the header is written anew from the parts.
     tolerated = (email_errors.ObsoleteHeaderDefect, email_errors.NonASCIILocalPartDefect)
