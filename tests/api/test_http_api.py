@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import trio
 
+from tests.conftest import free_port
 from tests.delivery.harness import Running, base_config, running_dispatch
 from tests.relays.sinks import StartSink
 
@@ -292,3 +294,24 @@ async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     assert result.returncode == 0, output[-4000:]
     assert "Tested: 3" in output  # every operation was exercised
     assert "Fuzzing" in output
+
+
+async def test_https_port_when_tls_is_enabled(tmp_path: Path) -> None:
+    tls_port = free_port()
+    overrides = {"api": {"tls_enabled": True, "tls_port": tls_port}}
+    async with api(tmp_path, **overrides) as (dispatch, plain, key):
+        cert = dispatch.root / "data" / "tls" / "selfsigned-cert.pem"
+        context = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{tls_port}",
+            verify=context,
+            timeout=10,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as secure:
+            over_tls = await secure.post(
+                "/api/v1/messages",
+                json={"from": "a@example.com", "to": "b@example.org", "text": "over TLS"},
+            )
+        over_plain = await plain.get("/api/v1/messages")
+    assert over_tls.status_code == 202
+    assert over_plain.status_code == 200  # api.http_enabled stays on beside it
