@@ -1,13 +1,16 @@
 """``/debug/profile`` and ``/debug/memory``: a sampling CPU profile and the top allocations.
 
-CPU: :func:`cpu_profile` runs pyinstrument's sampling profiler on the Trio thread for N
-seconds while the event loop goes on serving everything else. pyinstrument samples the stack
-of the thread that started it, whichever task is running there, so the profile shows where
-the whole daemon spends its Trio-thread time. ``async_mode="disabled"`` is what makes that
-true: in the other modes pyinstrument follows only the *calling* task's async context and
-books the time other tasks run as ``[await]`` in the caller — the caller here just sleeps, so
-the profile would be empty. Work in worker threads (``trio.to_thread``: disk, database,
-password hashing) is not sampled; it shows as the waiting task's time at most.
+CPU: :func:`cpu_profile` arms a ``SIGPROF`` interval timer (``ITIMER_PROF``: it ticks with
+the process's CPU time, so idle waiting is never sampled) for N seconds; the Python-level
+handler runs on the Trio thread between two bytecodes and records the frame it interrupted,
+which is the stack of whichever task was running. The event loop goes on serving everything
+else meanwhile. Two approaches that failed here: pyinstrument only ever saw the scheduler's
+``epoll.poll`` frame under load, and a sampling *thread* barely got the GIL while the Trio
+thread was busy (it re-takes the GIL at every I/O check), so its samples clustered in the
+I/O waits. CPU burnt by worker threads (disk, database, password hashing) is charged to
+whatever the Trio thread runs when the tick is delivered. Output: an HTML page with the
+functions that take the most samples (self and inclusive) and the hottest stacks, or
+speedscope's JSON ("sampled" profile) for https://www.speedscope.app.
 
 Memory: :func:`memory_top` uses :mod:`tracemalloc`, started on demand by the first call
 (tracing costs memory and some speed, so it is off until an operator asks). Only allocations
@@ -17,13 +20,17 @@ made after it started are seen: the first page says so; reload it later to see w
 
 from __future__ import annotations
 
+import html
+import json
 import linecache
+import signal
+import time
 import tracemalloc
-from typing import Final, Literal
+from collections import Counter
+from types import FrameType
+from typing import Any, Final, Literal
 
 import trio
-from pyinstrument import Profiler
-from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
 
 ProfileFormat = Literal["html", "speedscope"]
 
@@ -32,12 +39,10 @@ MAX_SECONDS: Final = 60.0
 """A profile lasts 1 to 60 s: shorter has too few samples, longer is an unreadable page and a
 browser request that proxies time out."""
 
-SAMPLE_INTERVAL: Final = 0.001
-"""Seconds between samples for short profiles: 1 ms gives a readable profile of a second."""
+SAMPLE_INTERVAL: Final = 0.005
+"""Seconds between samples: 200 a second is plenty to rank functions and cheap for the loop."""
 
-MAX_SAMPLES: Final = 10_000
-"""Longer profiles sample less often so that one never exceeds this many samples: rendering
-costs about 10 ms per 1,000 samples here and runs on the Trio thread (see cpu_profile)."""
+MAX_DEPTH: Final = 80  # frames kept per sample, innermost first
 
 CONTENT_TYPES: Final[dict[str, str]] = {
     "html": "text/html; charset=utf-8",
@@ -49,10 +54,44 @@ MEMORY_FRAMES: Final = 1
 
 
 class ProfilerBusyError(Exception):
-    """A CPU profile is already being taken; pyinstrument samples one profiler per thread."""
+    """A CPU profile is already being taken; one at a time keeps the cost predictable."""
 
 
 _cpu_profile_running = False
+
+Frame = tuple[str, str, int]  # function, file, first line
+Stack = tuple[Frame, ...]  # outermost first
+
+
+def _stack(frame: FrameType | None) -> Stack:
+    frames: list[Frame] = []
+    while frame is not None and len(frames) < MAX_DEPTH:
+        code = frame.f_code
+        frames.append((code.co_qualname, code.co_filename, code.co_firstlineno))
+        frame = frame.f_back
+    frames.reverse()
+    return tuple(frames)
+
+
+class _Sampler:
+    """Owns the samples and, while running, the ``SIGPROF`` handler and timer (the previous
+    handler is restored by :meth:`stop`). Must be started and stopped on the main thread."""
+
+    def __init__(self) -> None:
+        self.samples: Counter[Stack] = Counter()
+        self._previous: Any = None
+
+    def _tick(self, signum: int, frame: FrameType | None) -> None:
+        self.samples[_stack(frame)] += 1
+
+    def start(self) -> None:
+        self._previous = signal.signal(signal.SIGPROF, self._tick)
+        signal.setitimer(signal.ITIMER_PROF, SAMPLE_INTERVAL, SAMPLE_INTERVAL)
+
+    def stop(self) -> Counter[Stack]:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, self._previous)
+        return self.samples
 
 
 def clamp_seconds(seconds: float) -> float:
@@ -65,13 +104,8 @@ def clamp_seconds(seconds: float) -> float:
 async def cpu_profile(seconds: float, fmt: ProfileFormat = "html") -> tuple[bytes, str]:
     """Sample the Trio thread for ``seconds`` (clamped to 1..60); return body and content type.
 
-    Samples every :data:`SAMPLE_INTERVAL` s, or less often for long profiles (at most
-    :data:`MAX_SAMPLES` samples).
-
-    ``fmt`` is ``"html"`` (pyinstrument's interactive page) or ``"speedscope"`` (JSON for
-    https://www.speedscope.app). Raises :class:`ProfilerBusyError` if a profile is already
-    running, ``ValueError`` for another format. Cancellation stops the profiler and
-    propagates; nothing is rendered.
+    Raises :class:`ProfilerBusyError` if a profile is already running, ``ValueError`` for an
+    unknown format. Cancellation stops the sampler and propagates; nothing is rendered.
     """
     global _cpu_profile_running
     if fmt not in CONTENT_TYPES:
@@ -79,25 +113,101 @@ async def cpu_profile(seconds: float, fmt: ProfileFormat = "html") -> tuple[byte
     if _cpu_profile_running:
         raise ProfilerBusyError("a CPU profile is already running; try again when it is done")
     _cpu_profile_running = True
+    duration = clamp_seconds(seconds)
+    sampler = _Sampler()
+    started = time.time()
+    sampler.start()
     try:
-        duration = clamp_seconds(seconds)
-        interval = max(SAMPLE_INTERVAL, duration / MAX_SAMPLES)
-        profiler = Profiler(interval=interval, async_mode="disabled")
-        profiler.start()
-        try:
-            await trio.sleep(duration)
-        finally:
-            session = profiler.stop()
+        await trio.sleep(duration)
     finally:
+        samples = sampler.stop()
         _cpu_profile_running = False
-    renderer = HTMLRenderer() if fmt == "html" else SpeedscopeRenderer()
-    # Rendered on the Trio thread, deliberately: at most MAX_SAMPLES samples is a stall of
-    # about 0.1 s. A worker thread would not help: measured here (CPython 3.13), a pure-Python
-    # thread gets almost no GIL time while the Trio thread is busy (it releases and retakes
-    # the GIL at every I/O check, which resets the waiter's switch request), and a busy Trio
-    # thread is exactly when one takes a profile: a 0.1 s render took 25 s that way.
-    text = renderer.render(session)
-    return text.encode("utf-8"), CONTENT_TYPES[fmt]
+    if fmt == "speedscope":
+        return _speedscope(samples, duration).encode(), CONTENT_TYPES[fmt]
+    return _html(samples, duration, started).encode(), CONTENT_TYPES[fmt]
+
+
+def _short(path: str) -> str:
+    for marker in ("/site-packages/", "/dispatch/", "/lib/python3"):
+        if marker in path:
+            return path[path.index(marker) + 1 :]
+    return path
+
+
+def _label(frame: Frame) -> str:
+    return f"{frame[0]} ({_short(frame[1])}:{frame[2]})"
+
+
+def _html(samples: Counter[Stack], duration: float, started: float) -> str:
+    total = sum(samples.values()) or 1
+    own: Counter[Frame] = Counter()
+    inclusive: Counter[Frame] = Counter()
+    for stack, count in samples.items():
+        if stack:
+            own[stack[-1]] += count
+        for frame in set(stack):
+            inclusive[frame] += count
+
+    def rows(counter: Counter[Frame], limit: int) -> str:
+        return "".join(
+            f"<tr><td>{count / total * 100:5.1f}%</td><td>{count}</td>"
+            f"<td><code>{html.escape(_label(frame))}</code></td></tr>"
+            for frame, count in counter.most_common(limit)
+        )
+
+    stacks = "".join(
+        f"<li>{count / total * 100:.1f}% — <code>"
+        + html.escape(" → ".join(frame[0] for frame in stack[-12:]))
+        + "</code></li>"
+        for stack, count in samples.most_common(25)
+    )
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))
+    return (
+        "<!doctype html><meta charset=utf-8><title>CPU profile</title>"
+        "<style>body{font-family:sans-serif}td{padding:0 .6em}</style>"
+        f"<h1>CPU profile of the Trio thread</h1><p>{when}Z, {duration:.1f} s, "
+        f"{sum(samples.values())} samples, one per {SAMPLE_INTERVAL * 1000:.0f} ms of CPU. "
+        "Percentages are of samples: CPU time spent in a function (self) or below it "
+        "(inclusive); idle time is not sampled.</p>"
+        f"<h2>Self</h2><table><tr><th>%</th><th>samples</th><th>function</th></tr>"
+        f"{rows(own, 40)}</table>"
+        f"<h2>Inclusive</h2><table><tr><th>%</th><th>samples</th><th>function</th></tr>"
+        f"{rows(inclusive, 60)}</table><h2>Hottest stacks (innermost last)</h2><ol>{stacks}</ol>"
+    )
+
+
+def _speedscope(samples: Counter[Stack], duration: float) -> str:
+    index: dict[Frame, int] = {}
+    frames: list[dict[str, object]] = []
+    stacks: list[list[int]] = []
+    weights: list[float] = []
+    for stack, count in samples.items():
+        ids = []
+        for frame in stack:
+            if frame not in index:
+                index[frame] = len(frames)
+                frames.append({"name": frame[0], "file": frame[1], "line": frame[2]})
+            ids.append(index[frame])
+        stacks.append(ids)
+        weights.append(count * SAMPLE_INTERVAL)
+    document = {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": "dispatch",
+        "name": "Dispatch CPU profile",
+        "shared": {"frames": frames},
+        "profiles": [
+            {
+                "type": "sampled",
+                "name": "Trio thread",
+                "unit": "seconds",
+                "startValue": 0,
+                "endValue": duration,
+                "samples": stacks,
+                "weights": weights,
+            }
+        ],
+    }
+    return json.dumps(document)
 
 
 def memory_top(limit: int = 30) -> str:
