@@ -38,3 +38,14 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
     session.install("-e", ".[typecheck]")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against real peers; rewrites docs/benchmarks.md (`-- --full`: the long run).
+
+    Needs root on Debian: installs postfix (smtp-source, smtp-sink) and unpacks opensmtpd if
+    they are missing. Everything it starts listens on 127.0.0.1 and is stopped at the end.
+    """
+    session.install("-e", ".", "aiosmtpd>=1.4.6,<2")
+    session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,104 @@
+"""Postfix's ``smtp-source`` as the independent load generator, timed from outside.
+
+smtp-source reports nothing about time itself, so a run is timed around the process. With
+``-c`` it prints a counter after each message; when a run hits its time limit the process is
+stopped and the last counter says how many messages were done, so a slow peer costs bounded
+time instead of stalling the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import LOOPBACK
+
+MAIL_FROM = "a@example.test"
+RCPT_TO = "b@example.test"
+MESSAGE_BYTES = 5120
+SESSIONS = 20
+RESET_RETRIES = 20
+"""``-C 20``: retry a connection the server resets up to 20 times (a full listen queue)."""
+
+_COUNTER = re.compile(rb"(\d+)\r")
+
+
+@dataclass
+class SourceRun:
+    """One smtp-source run: messages completed, wall time, generator CPU, and any failure."""
+
+    messages: int
+    seconds: float
+    cpu_seconds: float
+    error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+def command(port: int, messages: int, *, reuse: bool, sessions: int = SESSIONS) -> list[str]:
+    argv = [
+        "smtp-source",
+        "-c",
+        "-C",
+        str(RESET_RETRIES),
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(MESSAGE_BYTES),
+        "-f",
+        MAIL_FROM,
+        "-t",
+        RCPT_TO,
+    ]
+    if reuse:
+        argv.append("-d")  # keep each connection for the next message
+    return [*argv, f"{LOOPBACK}:{port}"]
+
+
+def run_source(
+    port: int, messages: int, *, reuse: bool, timeout: float, log_path: Path
+) -> SourceRun:
+    """Send ``messages`` with 20 concurrent sessions; stop at ``timeout`` seconds."""
+    argv = command(port, messages, reuse=reuse)
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    error = ""
+    with log_path.open("wb") as out:
+        began = time.monotonic()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            code = 0
+            error = f"stopped at the {timeout:.0f} s limit"
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        seconds = time.monotonic() - began
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    output = log_path.read_bytes()
+    counters = _COUNTER.findall(output)
+    done = int(counters[-1]) if counters else 0
+    if code != 0:
+        tail = output.decode(errors="replace").replace("\r", "\n").strip().splitlines()
+        error = f"exit {code}: {tail[-1] if tail else ''}"
+    cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
+    return SourceRun(messages=done, seconds=seconds, cpu_seconds=cpu, error=error)
