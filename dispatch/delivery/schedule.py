@@ -9,6 +9,10 @@ from typing import Final
 JITTER: Final = 0.1
 """Up to 10 % added to each delay, so messages that failed together do not retry in lockstep."""
 
+_SHARED_RNG: Final = random.Random()
+"""Seeded once: a schedule is built per attempt, and seeding from the OS each time showed up
+in the benchmark's profile. Jitter needs no secrecy."""
+
 
 class RetrySchedule:
     """Delays before retry 1, 2, …; the last delay repeats. ``max_retries`` after the first try."""
@@ -20,7 +24,7 @@ class RetrySchedule:
             raise ValueError("retry_delays_seconds needs at least one delay")
         self.delays = tuple(delays)
         self.max_retries = max_retries
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED_RNG
 
     def exhausted(self, attempts: int) -> bool:
         """After ``attempts`` attempts (the first one included), may we try again?"""
