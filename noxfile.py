@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -49,3 +51,26 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".", "aiosmtpd>=1.4.6,<2")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """The fault and abuse suite alone (docs/reliability.md); `-- --long` for the long variants.
+
+    The long variants kill the daemon 180 times instead of 36, fuzz each target for 10
+    minutes instead of 20 s and run the spool state machine ten times longer (about 45
+    minutes in all). Every scenario's figures go to `.nox/reliability-report.jsonl`, which is
+    where docs/reliability.md takes its numbers from. Needs root (tmpfs and bind mounts) and
+    Postfix's smtp-sink (Debian package postfix), like `nox -s tests` in CI.
+    """
+    session.install("-e", ".[test]")
+    args = list(session.posargs)
+    env = {"DISPATCH_RELIABILITY_REPORT": str(Path(".nox/reliability-report.jsonl").absolute())}
+    Path(env["DISPATCH_RELIABILITY_REPORT"]).unlink(missing_ok=True)
+    if "--long" in args:
+        args.remove("--long")
+        env["DISPATCH_RELIABILITY_LONG"] = "1"
+    suites = sorted(str(p) for p in Path("tests/system").glob("test_reliability_*.py"))
+    suites += sorted(str(p) for p in Path("tests/system").glob("test_abuse_*.py"))
+    suites += ["tests/fuzz", "tests/spool/test_spool_stateful.py"]
+    session.run("pytest", "-s", *suites, *args, env=env)

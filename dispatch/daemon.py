@@ -205,6 +205,7 @@ class Runtime:
             health=self._health_sources(),
             allowed_cidrs=allowed,
             metrics=lambda accept: render(self.metrics, accept),
+            stats=self.stats,
         )
 
     async def run_monitoring(

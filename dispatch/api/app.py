@@ -141,6 +141,10 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
             body = await request.get_data(cache=False)
             try:
                 document = json.loads(body)
+            except RecursionError:
+                # Nesting deeper than the interpreter's stack, e.g. 100 KB of "[" (found by
+                # tests/fuzz/fuzz_api_compose.py): a client error, not a 500 with a traceback.
+                return error(400, "invalid JSON", "nested too deeply")
             except ValueError as exc:
                 return error(400, "invalid JSON", str(exc))
             return ComposeRequest.from_json(document)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -28,7 +28,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.registry import RelayUnavailable
-from dispatch.spool import Envelope, RecipientResult, Spool
+from dispatch.spool import Envelope, RecipientResult, Spool, SpoolFullError
 from dispatch.spool.envelope import ResultStatus
 from dispatch.storage.events import EventKind, MessageEvent
 
@@ -97,7 +97,9 @@ class DeliveryAttempt:
                 trace.error("attempt cut short; claim released")
                 with trio.CancelScope(shield=True):
                     merged = {**envelope.recipient_results, **results}
-                    await self._spool.release(attrs.evolve(envelope, recipient_results=merged))
+                    await self._move_on(
+                        self._spool.release, attrs.evolve(envelope, recipient_results=merged)
+                    )
                 raise
             await self._settle(envelope, results, errors)
             if errors:
@@ -231,7 +233,7 @@ class DeliveryAttempt:
                 failed = envelope.after_attempt(
                     next_attempt_at=0.0, error=error or "permanently refused", results=results
                 )
-                await self._spool.mark_failed(failed)
+                await self._move_on(self._spool.mark_failed, failed)
                 log.warning("%s failed: some recipients were refused permanently", envelope.id)
             else:
                 await self._spool.remove(envelope.id)
@@ -240,7 +242,7 @@ class DeliveryAttempt:
             failed = envelope.after_attempt(
                 next_attempt_at=0.0, error=f"retries exhausted: {error}", results=results
             )
-            await self._spool.mark_failed(failed)
+            await self._move_on(self._spool.mark_failed, failed)
             self._record(self._event(envelope, "failed", left, response=failed.last_error or ""))
             log.warning("%s failed after %d attempts: %s", envelope.id, attempts, error)
             return
@@ -248,9 +250,24 @@ class DeliveryAttempt:
         retry = envelope.after_attempt(
             next_attempt_at=time.time() + delay, error=error, results=results
         )
-        await self._spool.release(retry)
+        await self._move_on(self._spool.release, retry)
         self._record(self._event(envelope, "retried", left, response=error or ""))
         log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
+
+    @staticmethod
+    async def _move_on(move: Callable[..., Awaitable[None]], envelope: Envelope) -> None:
+        """Release or fail a claimed message; on a full disk without writing its envelope.
+
+        The move itself is a rename and needs no space. Without this fallback a full disk
+        left the message claimed until a restart, so no worker could free space by
+        delivering it and intake never recovered (found by tests/system/
+        test_reliability_disk_full.py).
+        """
+        try:
+            await move(envelope)
+        except SpoolFullError:
+            log.warning("%s: the spool's disk is full; this attempt is kept in memory", envelope.id)
+            await move(envelope, rewrite=False)
 
     @staticmethod
     def _event(

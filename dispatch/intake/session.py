@@ -123,6 +123,7 @@ class SmtpSession:
         self.started = time.monotonic()
         self._out = bytearray()
         self._transaction: _Transaction | None = None
+        self._waiting_since = 0.0  # trio time the wait for the next command began
 
     @property
     def tls_active(self) -> bool:
@@ -148,6 +149,7 @@ class SmtpSession:
             stats.smtp_session_seconds.observe(time.monotonic() - self.started)
 
     async def _serve(self) -> None:
+        self._waiting_since = trio.current_time()
         while not self.conn.closed:
             event = self.conn.next_event()
             if event is NEED_DATA:
@@ -157,16 +159,23 @@ class SmtpSession:
                 if self.conn.state is not State.STARTTLS:
                     raise AssertionError("paused with every reply sent")  # a core bug
                 await self._start_tls()
+                self._waiting_since = trio.current_time()
             elif isinstance(event, ConnectionClosed | PipelinedAfterStartTls):
                 if isinstance(event, PipelinedAfterStartTls):
                     log.warning("plaintext pipelined after STARTTLS from %s: closed", self.peer_ip)
                 break
             else:
                 await self._handle(event)
+                self._waiting_since = trio.current_time()
         await self._flush()
 
     async def _receive(self) -> None:
-        with trio.move_on_after(self.settings.connection_timeout_seconds) as idle:
+        # The per-command timeout runs from the last complete command (or line of message
+        # data), not from the last byte: a client dripping one byte every few seconds
+        # (slowloris) used to keep its connection slot until the session deadline, 30 min
+        # (found by tests/system/test_abuse_smtp.py).
+        deadline = self._waiting_since + self.settings.connection_timeout_seconds
+        with trio.move_on_at(deadline) as idle:
             try:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

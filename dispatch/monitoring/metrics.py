@@ -248,6 +248,7 @@ class MetricsCollector:
             ("messages_received", "dispatch_messages_received", s.messages_received, "source"),
             ("spool_writes", "dispatch_spool_writes", s.spool_writes, "result"),
             ("api_denied", "dispatch_api_denied_requests", s.api_denied, "reason"),
+            ("webui_denied", "dispatch_webui_denied_requests", s.webui_denied, "reason"),
             ("api_auth", "dispatch_api_auth", s.api_auth, "result"),
         )
         for key, name, counter_map, label in simple:

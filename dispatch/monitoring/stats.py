@@ -107,6 +107,11 @@ class Stats:
         self.api_denied = CounterMap(
             "dispatch/api/deniedCount", "API requests refused at the allow-list", "reason"
         )
+        self.webui_denied = CounterMap(
+            "dispatch/webui/deniedCount",
+            "dashboard-port requests (/health, /metrics) refused at the allow-list",
+            "reason",
+        )
         self.api_auth = CounterMap(
             "dispatch/api/authResults", "API key checks and rate-limit decisions", "result"
         )

@@ -10,6 +10,12 @@ has been sent yet, so this costs no duplicate. A connection idle for more than
 never holds more connections than ``max_inflight``: one is only opened by a delivery holding
 a token, when none is idle.
 
+Suspension: a connection that times out (connect, greeting, EHLO, TLS) marks the upstream
+as hung. For the next ``timeout_seconds`` its deliveries fail fast (``transient``, retried on
+schedule) instead of each holding a delivery worker for a whole timeout; after that one trial
+connection at a time goes through until one succeeds. So a hung upstream ties up at most one
+worker at a time, and other routes keep delivering.
+
 Ownership and stopping: the relay owns its idle connections. :meth:`SmtpRelayClient.aclose`
 QUITs them (bounded) and stops pooling; deliveries still running then close their connection
 when done. Cancelling a delivery drops its connection without QUIT (a half-sent message must
@@ -103,6 +109,10 @@ class SmtpRelayClient:
         self._limiter = trio.CapacityLimiter(settings.max_inflight)
         self._idle: list[SmtpClientSession] = []  # most recently used last
         self._closed = False
+        self._timeout = settings.timeout_seconds
+        self._suspension = ""  # why connections are suspended (see _suspend); "" when not
+        self._suspended_until = 0.0
+        self._probing = False
         tls = _TLS_MODES[settings.tls]
         if tls != "none" and ssl_context is None:
             try:
@@ -142,6 +152,9 @@ class SmtpRelayClient:
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
         """One delivery attempt over a pooled connection (see the module docstring)."""
+        if (why := self._suspended()) is not None:  # not even waiting for a token
+            self.failed += 1
+            return DeliveryResult.all(request, "transient", why)
         async with self._limiter:
             self.inflight += 1
             try:
@@ -153,12 +166,47 @@ class SmtpRelayClient:
         self.failed += failed
         return result
 
+    def _suspended(self) -> str | None:
+        """Why deliveries fail fast right now, or None (see `_suspend`)."""
+        if not self._suspension:
+            return None
+        if trio.current_time() < self._suspended_until:
+            return f"relay {self.name}: delivery suspended after: {self._suspension}"
+        if self._probing:
+            return f"relay {self.name}: a trial connection is under way after: {self._suspension}"
+        return None
+
+    def _suspend(self, reason: str) -> None:
+        """A connection timed out: for ``timeout_seconds`` fail the relay's deliveries fast,
+        then let one trial connection through at a time until one works.
+
+        Without this, every worker could sit in a hung upstream's timeout at once and no
+        other route delivered meanwhile (found by tests/system/test_reliability_upstreams.py).
+        A refused connection costs nothing and suspends nothing.
+        """
+        if not self._suspension:
+            log.warning("relay %s: suspended for %g s: %s", self.name, self._timeout, reason)
+        self._suspension = reason
+        self._suspended_until = trio.current_time() + self._timeout
+
     async def _deliver(self, request: DeliveryRequest) -> DeliveryResult:
+        if (why := self._suspended()) is not None:
+            return DeliveryResult.all(request, "transient", why)
+        probe = bool(self._suspension)
+        self._probing = self._probing or probe
         try:
             session = await self._session()
         except SessionError as exc:
             log.info("%s", exc.text)
+            if exc.outcome == "transient" and "timed out" in exc.detail:
+                self._suspend(exc.text)
             return DeliveryResult.all(request, exc.outcome, exc.text)
+        finally:
+            if probe:
+                self._probing = False
+        if self._suspension:
+            log.info("relay %s: connected again; suspension lifted", self.name)
+            self._suspension = ""
         done = False
         try:
             sent = await session.send(

@@ -224,18 +224,24 @@ class Spool:
                 self._unreserve(entry.id)
         return [e.envelope for e in batch if e.id not in errors]
 
-    async def release(self, envelope: Envelope) -> None:
+    async def release(self, envelope: Envelope, *, rewrite: bool = True) -> None:
         """Return a claimed message to ``incoming/`` with its updated envelope (a retry).
 
         ``envelope`` is the claimed one after :meth:`Envelope.after_attempt`; only the
         delivery fields may differ (else :class:`ValueError`).
+
+        ``rewrite=False`` only renames: the disk keeps the envelope it had and the index takes
+        ``envelope``. It needs no free space, so a full disk (where ``rewrite=True`` raises
+        :class:`SpoolFullError`) cannot strand a claimed message; a restart forgets the
+        delivery bookkeeping of the attempts made that way, nothing else.
         """
-        await self._move_claimed(envelope, INCOMING, "release")
+        await self._move_claimed(envelope, INCOMING, "release", rewrite=rewrite)
         self._notify_due()
 
-    async def mark_failed(self, envelope: Envelope) -> None:
-        """Move a claimed message to ``failed/`` with its final envelope."""
-        await self._move_claimed(envelope, FAILED, "mark as failed")
+    async def mark_failed(self, envelope: Envelope, *, rewrite: bool = True) -> None:
+        """Move a claimed message to ``failed/`` with its final envelope (``rewrite``: see
+        :meth:`release`)."""
+        await self._move_claimed(envelope, FAILED, "mark as failed", rewrite=rewrite)
 
     async def remove(self, message_id: str) -> None:
         """Delete a claimed message after it was delivered (envelope first; see transitions)."""
@@ -315,7 +321,9 @@ class Spool:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _move_claimed(self, envelope: Envelope, dst: MessageState, action: str) -> None:
+    async def _move_claimed(
+        self, envelope: Envelope, dst: MessageState, action: str, *, rewrite: bool
+    ) -> None:
         entry = self._reserve(envelope.id, action, PROCESSING)
         try:
             if not entry.envelope.same_message(envelope):
@@ -326,7 +334,7 @@ class Spool:
                 envelope.id,
                 PROCESSING,
                 dst,
-                envelope=envelope.to_json(),
+                envelope=envelope.to_json() if rewrite else None,
             )
             await self._run(work, f"{action} message {envelope.id}")
             self._index.put(SpoolEntry(dst, envelope))
@@ -388,6 +396,9 @@ def _return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]
             logger.error("spool: could not return claimed %s: %s", message_id, exc)
         else:
             returned.append(message_id)
-    fsync_dir(layout.state_dirs[INCOMING])
-    fsync_dir(layout.state_dirs[PROCESSING])
+    try:
+        fsync_dir(layout.state_dirs[INCOMING])
+        fsync_dir(layout.state_dirs[PROCESSING])
+    except OSError as exc:  # the claims are back all the same; start-up returns them anyway
+        logger.warning("spool: returned claims may not survive a power cut (%s)", exc)
     return returned

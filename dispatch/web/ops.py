@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 
 from dispatch.config.types import Cidr
 from dispatch.monitoring.health import HealthSources, check_health
+from dispatch.monitoring.stats import Stats
 from dispatch.security.allowlist import is_allowed
 
 log = logging.getLogger("dispatch.web")
@@ -32,6 +33,7 @@ class OpsSources:
     health: HealthSources
     allowed_cidrs: Callable[[], tuple[Cidr, ...]]
     metrics: Callable[[str], tuple[bytes, str]]  # Accept header → (body, content type)
+    stats: Stats | None = None  # counts refusals (dispatch_webui_denied_requests_total)
 
 
 def create_ops_app(
@@ -51,6 +53,8 @@ def create_ops_app(
         log.warning(
             "denied %s %s from %s: not in webui.allowed_cidrs", request.method, request.path, peer
         )
+        if sources.stats is not None:
+            sources.stats.webui_denied.add("allowlist")
         response = jsonify(
             error="forbidden",
             detail=f"{peer} is not in webui.allowed_cidrs; ask the operator to add it",

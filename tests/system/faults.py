@@ -1,0 +1,577 @@
+"""Shared machinery of the reliability and abuse suites (``test_reliability_*``, ``test_abuse_*``).
+
+These suites attack a real ``python -m dispatch`` subprocess (the ``start_daemon`` fixture)
+the way an outage or an attacker would, and count what went in and what came out:
+
+- :func:`base_config` / :func:`dump`: a configuration with every listener on a free loopback
+  port, built as a dict and written with tomli-w, so each test states only what it changes.
+- :class:`Senders`: threads pushing mail continuously through SMTP (smtplib) and the HTTP API
+  (httpx); every message carries a unique ``X-Fault-Token`` header, and every acknowledgement
+  (``250``/``202`` with its queue id) is kept in a ledger.
+- :class:`TokenSink`: an aiosmtpd upstream that records each (token, recipient) it accepted,
+  with the time, and fails on demand: ``reject…`` recipients always get ``550``; others get
+  ``451`` at RCPT or after DATA with a configurable probability.
+- :class:`Ops`: ``/health`` and ``/metrics`` over HTTPS on the dashboard port, verified
+  against the daemon's generated certificate.
+
+``DISPATCH_RELIABILITY_LONG=1`` (set by ``nox -s reliability -- --long``) makes the suites
+run longer variants: more kills, more messages, longer fuzzing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import random
+import re
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import httpx
+import tomli_w
+from aiosmtpd.controller import Controller
+
+from dispatch.spool import Envelope
+from tests.conftest import Daemon, free_port
+
+LONG: Final = os.environ.get("DISPATCH_RELIABILITY_LONG") == "1"
+TOKEN_HEADER: Final = "X-Fault-Token"
+_TOKEN: Final = re.compile(rb"^X-Fault-Token: (\S+)\r?$", re.MULTILINE | re.IGNORECASE)
+STATES: Final = ("incoming", "processing", "failed")
+DISPATCH: Final = (sys.executable, "-m", "dispatch")
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Print a scenario's figures; also append them to ``$DISPATCH_RELIABILITY_REPORT`` (JSON
+    lines) when set, which is where docs/reliability.md takes its numbers from."""
+    print(f"{name}: {json.dumps(figures)}")
+    target = os.environ.get("DISPATCH_RELIABILITY_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"scenario": name, **figures}) + "\n")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {what or condition}")
+        time.sleep(0.05)
+
+
+def log_so_far(daemon: Daemon) -> str:
+    """Every log line the daemon wrote until now (``Daemon.lines`` only grows in wait_for)."""
+    while True:
+        try:
+            line = daemon._new.get_nowait()
+        except queue.Empty:
+            break
+        if line is None:
+            daemon._new.put(None)  # keep the end marker for wait_exit
+            break
+        daemon.lines.append(line)
+    return daemon.log
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ports:
+    smtp: int
+    api: int
+    webui: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port())
+
+
+def base_config(root: Path, ports: Ports, **sections: Any) -> dict[str, Any]:
+    """Everything on 127.0.0.1, spool and data under ``root``; ``sections`` merge into it."""
+    config: dict[str, Any] = {
+        "data_dir": str(root / "data"),
+        "listener": {"ports": [ports.smtp], "bind_address": "127.0.0.1"},
+        "spool": {"directory": str(root / "spool")},
+        "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
+        "webui": {"port": ports.webui, "bind_address": "127.0.0.1"},
+        "api": {"port": ports.api, "bind_address": "127.0.0.1", "rate_limit_per_key": 1_000_000},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def smtp_relay(name: str, port: int, **keys: Any) -> dict[str, Any]:
+    relay = {"name": name, "kind": "smtp", "host": "127.0.0.1", "port": port, "tls": "none"}
+    relay.update({"timeout_seconds": 5, **keys})
+    return relay
+
+
+def dump(config: dict[str, Any]) -> str:
+    # tomli-w writes tables after plain keys, as TOML requires.
+    return tomli_w.dumps(config)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> str:
+    text = dump(config)
+    path.write_text(text)
+    return text
+
+
+def create_api_key(config_path: Path) -> str:
+    """``python -m dispatch api-key create --json`` before the daemon starts; the key."""
+    done = subprocess.run(
+        [
+            *DISPATCH,
+            "api-key",
+            "create",
+            "--name",
+            "faults",
+            "--json",
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = json.loads(done.stdout)["key"]
+    assert isinstance(key, str)
+    return key
+
+
+# --- the spool on disk ------------------------------------------------------------------------
+
+
+def spool_ids(spool: Path, state: str) -> set[str]:
+    """Ids whose envelope is in ``state`` (a directory listing: tests only)."""
+    return {p.stem for p in (spool / state).glob("*.json")}
+
+
+def spool_busy(spool: Path) -> int:
+    return len(spool_ids(spool, "incoming")) + len(spool_ids(spool, "processing"))
+
+
+def envelopes(spool: Path, state: str) -> dict[str, Envelope]:
+    found: dict[str, Envelope] = {}
+    for path in (spool / state).glob("*.json"):
+        envelope = Envelope.from_json(path.read_bytes(), path=path)
+        found[envelope.id] = envelope
+    return found
+
+
+def assert_spool_whole(spool: Path) -> None:
+    """Every message is a .json + .eml pair in one state directory; tmp/ holds nothing."""
+    leftovers = [p.name for p in (spool / "tmp").iterdir() if not p.name.startswith(".health")]
+    assert leftovers == [], f"half-written files in tmp/: {leftovers}"
+    for state in STATES:
+        jsons = {p.stem for p in (spool / state).glob("*.json")}
+        emls = {p.stem for p in (spool / state).glob("*.eml")}
+        assert jsons == emls, f"{state}/: envelopes without body {jsons - emls}, bodies "
+        f"without envelope {emls - jsons}"
+
+
+# --- HTTPS ops port -----------------------------------------------------------------------------
+
+
+class Ops:
+    """``/health`` and ``/metrics`` over HTTPS, trusting the daemon's self-signed certificate."""
+
+    def __init__(self, port: int, data_dir: Path, *, source: str | None = None) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.source = source
+
+    def client(self) -> httpx.Client:
+        cert = self.data_dir / "tls" / "selfsigned-cert.pem"
+        context = ssl.create_default_context(cafile=str(cert))
+        transport = httpx.HTTPTransport(verify=context, local_address=self.source)
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.port}", transport=transport, timeout=10
+        )
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        with self.client() as client:
+            response = client.get("/health")
+        return response.status_code, response.json()
+
+    def metrics(self) -> str:
+        with self.client() as client:
+            response = client.get("/metrics")
+        response.raise_for_status()
+        return response.text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text; 0 when the series is absent."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        base, _, rest = series.partition("{")
+        if base != name:
+            continue
+        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if found == wanted:
+            return float(value)
+    return 0.0
+
+
+# --- the upstream -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Delivery:
+    token: str
+    recipient: str
+    at: float  # time.monotonic() when the sink accepted it (before its 250 went out)
+
+
+class TokenSink:
+    """An aiosmtpd upstream in a thread; see the module docstring.
+
+    ``rcpt_4xx`` / ``data_4xx``: probability of a ``451`` for an ordinary recipient / for the
+    whole message after DATA. Change them at any time (``calm()`` sets both to 0).
+    """
+
+    def __init__(
+        self, *, port: int | None = None, seed: int = 1, rcpt_4xx: float = 0, data_4xx: float = 0
+    ):
+        self.rcpt_4xx = rcpt_4xx
+        self.data_4xx = data_4xx
+        self.deliveries: list[Delivery] = []
+        self.refused = Counter[str]()
+        self.unmarked = 0  # accepted messages without a token
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.port = port or free_port()
+        self._controller = Controller(
+            self,
+            hostname="127.0.0.1",
+            port=self.port,
+            decode_data=False,
+            data_size_limit=33_554_432,
+            server_hostname="sink.test",
+        )
+        self._controller.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._controller.stop()
+
+    def calm(self) -> None:
+        self.rcpt_4xx = self.data_4xx = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("reject"):
+            self.refused["rcpt 550"] += 1
+            return "550 5.1.1 no such user"
+        if self._random.random() < self.rcpt_4xx:
+            self.refused["rcpt 451"] += 1
+            return "451 4.3.0 try later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self._random.random() < self.data_4xx:
+            self.refused["data 451"] += 1
+            return "451 4.3.0 try later"
+        content = bytes(envelope.original_content)
+        found = _TOKEN.search(content)
+        now = time.monotonic()
+        with self._lock:
+            if found is None:
+                self.unmarked += 1
+            else:
+                token = found.group(1).decode()
+                self.deliveries.extend(Delivery(token, r, now) for r in envelope.rcpt_tos)
+        return f"250 2.0.0 Ok: queued as S{len(self.deliveries)}"
+
+    def delivered(self) -> dict[str, dict[str, list[float]]]:
+        """token -> recipient -> acceptance times."""
+        result: dict[str, dict[str, list[float]]] = {}
+        with self._lock:
+            for d in self.deliveries:
+                result.setdefault(d.token, {}).setdefault(d.recipient, []).append(d.at)
+        return result
+
+
+class PostfixSink:
+    """Postfix's ``smtp-sink`` on a loopback port, misbehaving as its flags say (STACK.md);
+    every transaction it completes is dumped to a file of :attr:`dump_dir`."""
+
+    BINARY: Final = "/usr/sbin/smtp-sink"
+
+    def __init__(self, dump_dir: Path, *flags: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.flags = flags
+        self.dump_dir = dump_dir
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.BINARY, "-u", "root", "-d", f"{dump_dir}/%H%M%S.", *flags, self.address, "256"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._listening, timeout=10, what=f"smtp-sink {flags} listening")
+
+    def _listening(self) -> bool:
+        assert self.process.poll() is None, f"smtp-sink {self.flags} exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def delivered(self) -> dict[str, list[str]]:
+        """token -> recipients, one entry per recipient per transaction."""
+        found: dict[str, list[str]] = {}
+        for path in self.dump_dir.iterdir():
+            data = path.read_bytes()
+            token = _TOKEN.search(data)
+            if token is None:
+                continue
+            rcpts = re.findall(rb"^X-Rcpt-Args: <([^>]*)>", data, re.MULTILINE)
+            found.setdefault(token.group(1).decode(), []).extend(r.decode() for r in rcpts)
+        return found
+
+
+class HungServer:
+    """A port that accepts TCP connections (the kernel completes the handshake into the
+    backlog) and never says a word: an upstream that hangs before its greeting."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", port or 0))
+        self.socket.listen(128)
+        self.port: int = self.socket.getsockname()[1]
+
+    def stop(self) -> None:
+        self.socket.close()
+
+
+# --- the senders ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ack:
+    token: str
+    message_id: str
+    source: str
+    recipients: tuple[str, ...]
+    at: float
+
+
+Recipients = Callable[[random.Random], tuple[str, ...]]
+
+
+def ordinary_recipients(rng: random.Random) -> tuple[str, ...]:
+    return tuple(f"user{rng.randrange(10_000)}@example.org" for _ in range(rng.choice((1, 1, 2))))
+
+
+def token_message(token: str, size: int = 2048) -> bytes:
+    head = f"From: a@example.com\r\nSubject: fault {token}\r\n{TOKEN_HEADER}: {token}\r\n\r\n"
+    line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
+    return head.encode() + line * max(1, size // len(line))
+
+
+@attrs.define
+class SenderFigures:
+    attempts: Counter[str] = attrs.Factory(Counter)  # messages offered, by source
+    acknowledged: Counter[str] = attrs.Factory(Counter)
+    refused: Counter[str] = attrs.Factory(Counter)  # answers that were not an ack, by code
+    broken: Counter[str] = attrs.Factory(Counter)  # transactions cut by a dead connection
+    unreachable: Counter[str] = attrs.Factory(Counter)  # no connection at all (daemon down)
+
+
+class Senders:
+    """SMTP and API senders in threads until :meth:`stop`; the ledger is :attr:`acks`."""
+
+    def __init__(
+        self,
+        ports: Ports,
+        api_key: str | None,
+        *,
+        recipients: Recipients = ordinary_recipients,
+        smtp_threads: int = 2,
+        api_threads: int = 1,
+        size: int = 2048,
+        pause: float = 0.0,
+        seed: int = 7,
+    ) -> None:
+        self.ports = ports
+        self.api_key = api_key
+        self.recipients = recipients
+        self.size = size
+        self.pause = pause
+        self.acks: dict[str, Ack] = {}
+        self.figures = SenderFigures()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._serial = 0
+        self._threads = [
+            threading.Thread(target=self._smtp, args=(seed + i,), daemon=True)
+            for i in range(smtp_threads)
+        ]
+        if api_key is not None:
+            self._threads += [
+                threading.Thread(target=self._api, args=(seed + 100 + i,), daemon=True)
+                for i in range(api_threads)
+            ]
+
+    def __enter__(self) -> Senders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "a sender thread did not stop"
+
+    def _token(self, source: str) -> str:
+        with self._lock:
+            self._serial += 1
+            self.figures.attempts[source] += 1
+            return f"{source}-{self._serial:06d}"
+
+    def _acknowledged(
+        self, token: str, message_id: str, source: str, rcpts: tuple[str, ...]
+    ) -> None:
+        with self._lock:
+            self.acks[token] = Ack(token, message_id, source, rcpts, time.monotonic())
+            self.figures.acknowledged[source] += 1
+
+    def _count(self, counter: Counter[str], key: str) -> None:
+        with self._lock:
+            counter[key] += 1
+
+    def _smtp(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", self.ports.smtp, timeout=10) as client:
+                    client.ehlo()
+                    while not self._stop.is_set():
+                        self._smtp_one(client, rng)
+                        time.sleep(self.pause)
+            except ConnectionRefusedError:
+                self._count(self.figures.unreachable, "smtp")
+                time.sleep(0.05)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.05)
+
+    def _smtp_one(self, client: smtplib.SMTP, rng: random.Random) -> None:
+        token, rcpts = self._token("smtp"), self.recipients(rng)
+        try:
+            code, _ = client.mail("sender@example.com")
+            if code != 250:
+                self._count(self.figures.refused, f"smtp {code}")
+                raise smtplib.SMTPResponseException(code, b"MAIL refused")
+            accepted = tuple(r for r in rcpts if client.rcpt(r)[0] == 250)
+            if accepted != rcpts:
+                self._count(self.figures.refused, "smtp rcpt")
+                client.rset()
+                return
+            code, text = client.data(token_message(token, self.size))
+        except smtplib.SMTPDataError as exc:
+            self._count(self.figures.refused, f"smtp {exc.smtp_code}")
+            raise
+        except (OSError, smtplib.SMTPServerDisconnected):
+            self._count(self.figures.broken, "smtp")
+            raise
+        if code == 250:
+            self._acknowledged(token, text.split()[-1].decode(), "smtp", rcpts)
+        else:
+            self._count(self.figures.refused, f"smtp {code}")
+
+    def _api(self, seed: int) -> None:
+        rng = random.Random(seed)
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{self.ports.api}", headers=headers, timeout=10
+        ) as client:
+            while not self._stop.is_set():
+                token, rcpts = self._token("api"), self.recipients(rng)
+                body = {
+                    "from": "sender@example.com",
+                    "to": list(rcpts),
+                    "subject": f"fault {token}",
+                    "text": "The quick brown fox jumps over the lazy dog.\n" * (self.size // 46),
+                    "headers": {TOKEN_HEADER: token},
+                }
+                try:
+                    response = client.post("/api/v1/messages", json=body)
+                except httpx.ConnectError:
+                    self._count(self.figures.unreachable, "api")
+                    time.sleep(0.05)
+                    continue
+                except httpx.TransportError:
+                    self._count(self.figures.broken, "api")
+                    time.sleep(0.05)
+                    continue
+                if response.status_code == 202:
+                    self._acknowledged(token, response.json()["id"], "api", rcpts)
+                else:
+                    self._count(self.figures.refused, f"api {response.status_code}")
+                    time.sleep(0.05)
+                time.sleep(self.pause)
+
+
+# --- the message log --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LogRow:
+    message_id: str | None
+    event: str
+    at: float
+    attempt: int | None
+    relay: str | None
+    response: str | None
+
+
+def log_rows(db: Path) -> list[LogRow]:
+    """Every message_log row, oldest first."""
+    connection = sqlite3.connect(db)
+    try:
+        rows = connection.execute(
+            "SELECT message_id, event, at, attempt, relay, response FROM message_log ORDER BY id"
+        )
+        return [LogRow(*row) for row in rows]
+    finally:
+        connection.close()
+
+
+def sample(items: Iterable[str | None], n: int = 5) -> list[str]:
+    """A few of ``items``, for a failure message."""
+    return sorted(str(item) for item in items)[:n]

@@ -1,0 +1,136 @@
+"""Scenario 2, the full disk: the spool's file system fills up while mail keeps coming.
+
+The spool lives on a 256 KiB tmpfs and the upstream is down, so accepted mail piles up until
+the disk is full. SMTP and API senders keep pushing 5 KiB messages throughout. What must hold:
+
+- intake refuses what it cannot write — ``452``/``451`` on SMTP, ``507`` on the API — and
+  never acknowledges a message that is not whole on disk;
+- ``/health`` goes ``critical`` (503) while the spool cannot be written;
+- nothing half-written stays in ``tmp/`` or ``incoming/``;
+- when the upstream returns, delivery frees the space and intake resumes by itself (no
+  restart), ``/health`` recovers, and every acknowledged message reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, fill, free_port
+from tests.system.faults import (
+    Ops,
+    Ports,
+    Senders,
+    TokenSink,
+    assert_spool_whole,
+    base_config,
+    create_api_key,
+    log_so_far,
+    report,
+    sample,
+    smtp_relay,
+    spool_busy,
+    spool_ids,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Daemon]
+
+FULL_SECONDS = 3.0
+
+
+def test_full_spool_disk_refuses_cleanly_and_recovers_by_itself(
+    start_daemon: Start, tmp_path: Path, small_fs: Path
+) -> None:
+    ports = Ports.pick()
+    upstream_port = free_port()  # nothing listens there yet: the upstream is down
+    spool = small_fs / "spool"
+    config = base_config(
+        tmp_path,
+        ports,
+        spool={"directory": str(spool), "max_retries": 100_000, "retry_delays_seconds": [0.5]},
+        health={"disk_warning_bytes": 128 * 1024, "disk_critical_bytes": 32 * 1024},
+        default_relay="upstream",
+        relays=[smtp_relay("upstream", upstream_port)],
+    )
+    text = write_config(tmp_path / "dispatch.toml", config)
+    api_key = create_api_key(tmp_path / "dispatch.toml")
+    daemon = start_daemon(text)
+    daemon.wait_for("all components ready")
+    ops = Ops(ports.webui, tmp_path / "data")
+    status, body = ops.health()
+    assert status == 200, body
+
+    began = time.monotonic()
+    with Senders(ports, api_key, size=5 * 1024, seed=3) as filling:
+        wait_until(
+            lambda: (
+                filling.figures.refused["smtp 452"] >= 3 and filling.figures.refused["api 507"] >= 3
+            ),
+            timeout=60,
+            what="both intakes refusing for lack of space",
+        )
+        # Whatever intake left free (less than one message) goes too, as when another
+        # program fills the disk: now even rewriting an envelope after a failed attempt fails.
+        fill(small_fs / "filler", leave_pages=0)
+        time.sleep(FULL_SECONDS)  # retries come due while the disk is full
+        status, body = ops.health()
+    assert status == 503, body
+    assert body["status"] == "critical"
+    full_after = time.monotonic() - began
+
+    # Every acknowledgement is a whole message on disk; every refusal left nothing behind.
+    assert_spool_whole(spool)
+    on_disk = spool_ids(spool, "incoming") | spool_ids(spool, "processing")
+    acked = {a.message_id for a in filling.acks.values()}
+    assert acked <= on_disk, f"acknowledged but not on disk: {sample(acked - on_disk)}"
+    assert on_disk <= acked | set(), "a message on disk that nobody was told about"
+    for ack in filling.acks.values():
+        place = "incoming" if ack.message_id in spool_ids(spool, "incoming") else "processing"
+        assert ack.token.encode() in (spool / place / f"{ack.message_id}.eml").read_bytes()
+
+    # The upstream returns: delivery frees the disk and intake resumes without a restart.
+    sink = TokenSink(port=upstream_port)
+    try:
+        with Senders(ports, api_key, size=5 * 1024, seed=4, pause=0.05) as resumed:
+            wait_until(
+                lambda: (
+                    resumed.figures.acknowledged["smtp"] >= 20
+                    and resumed.figures.acknowledged["api"] >= 10
+                ),
+                timeout=60,
+                what="intake to resume on its own",
+            )
+        wait_until(lambda: spool_busy(spool) == 0, timeout=60, what="the spool to drain")
+        status, body = ops.health()
+        assert status == 200, body
+        delivered = sink.delivered()
+        every = {**filling.acks, **resumed.acks}
+        lost = [a.message_id for a in every.values() if a.token not in delivered]
+        assert not lost, f"acknowledged, never delivered: {sample(lost)}"
+    finally:
+        sink.stop()
+        Path("/tmp/df.log").write_text(log_so_far(daemon))
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    Path("/tmp/df.log").write_text(daemon.log)
+    assert_spool_whole(spool)
+    figures = filling.figures
+    report(
+        "disk full",
+        {
+            "seconds to fill": round(full_after, 1),
+            "offered while filling": dict(figures.attempts),
+            "acknowledged while filling": dict(figures.acknowledged),
+            "refused while filling": dict(figures.refused),
+            "acknowledged after space returned": dict(resumed.figures.acknowledged),
+            "delivered": len(every),
+        },
+    )
