@@ -27,9 +27,10 @@ Every hop starts by comparing the file at the path with the one the connection h
 - *missing and never opened*: a new file is created (mode 0600, parent directories 0700)
   and the schema applied.
 
-A write also compares after its commit: if the file was deleted or replaced during the
-transaction, the rows may have gone into the old file, so the write is reported as failed
-(the log writer journals and replays it; replays are idempotent).
+A write also compares after its commit. If the file was deleted during the transaction,
+the rows are in the open connection and are copied back with the rest, so the write
+succeeds. If it was replaced, the rows went into the old file, so the write is reported as
+failed (the log writer journals and replays it; replays are idempotent).
 
 Errors: "database is locked" (another process holds the write lock longer than
 :data:`BUSY_TIMEOUT`), "readonly", "disk is full", "unable to open", I/O errors and schema
@@ -174,8 +175,8 @@ class _Connection:
                 cursor.execute("COMMIT" if write else "ROLLBACK")
             finally:
                 cursor.close()
-            if write and _identity(self._path) != self._identity:
-                raise _FileMovedError("the database file was deleted or replaced during a write")
+            if write:
+                self._check_file_after_write(conn)
         except (sqlite3.Error, OSError, SchemaTooNewError, _FileMovedError) as exc:
             self._after_error(exc)
             if isinstance(exc, sqlite3.Error) and type(exc) not in (
@@ -188,6 +189,19 @@ class _Connection:
             self._rollback()
             raise
         return result
+
+    def _check_file_after_write(self, conn: sqlite3.Connection) -> None:
+        """Make sure the rows just committed are in the file at the path.
+
+        Deleted during the write: the rows are in the open connection, which is copied back
+        into place now. Replaced by another file: they are not in it, and the write fails
+        (the caller journals the rows and writes them again, idempotently, later).
+        """
+        found = _identity(self._path)
+        if found is None:
+            self._restore_deleted_file(conn)
+        elif found != self._identity:
+            raise _FileMovedError("the database file was replaced during a write")
 
     def _rollback(self) -> None:
         if self._conn is not None and self._conn.in_transaction:

@@ -16,12 +16,15 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
 from dispatch.storage import MessageEvent, Store
+from dispatch.storage.database import DatabaseUnavailableError, SqlCursor
+from dispatch.storage.sqlite import SqliteDatabase
 from tests.conftest import fill
 from tests.storage.conftest import (
     Watchdog,
@@ -238,3 +241,39 @@ async def test_reachability_is_known_without_any_traffic(tmp_path: Path) -> None
         await until(lambda: store.log.database_reachable)  # retried with nothing to write
         assert store.log.last_error is None
     assert row_count(blocker / "dispatch.db") == 0  # opened and migrated, nothing written
+
+
+def insert_then(change: Callable[[], None]) -> Callable[[SqlCursor], None]:
+    """A write that inserts one row, then changes the file under the open transaction."""
+
+    def work(cursor: SqlCursor) -> None:
+        cursor.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+        cursor.execute("INSERT INTO t VALUES (1)")
+        change()
+
+    return work
+
+
+async def test_database_deleted_during_a_write_keeps_the_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "dispatch.db"
+    database = SqliteDatabase(db)
+    await database.write(insert_then(lambda: None))
+    old_inode = db.stat().st_ino
+    await database.write(insert_then(lambda: delete_file_and_wal(db)))  # succeeds
+    await database.aclose()
+    assert db.stat().st_ino != old_inode
+    assert row_count(db, "t") == 2
+    assert "was deleted while in use: restored it" in caplog.text
+
+
+async def test_database_replaced_during_a_write_fails_the_write(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()
+    database = SqliteDatabase(db)
+    await database.write(insert_then(lambda: None))
+    with pytest.raises(DatabaseUnavailableError, match="replaced during a write"):
+        await database.write(insert_then(lambda: other.replace(db)))
+    await database.aclose()

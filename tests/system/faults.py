@@ -434,6 +434,7 @@ class Senders:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._serial = 0
+        self._run = seed  # in every token: two Senders of one test never share a token
         self._threads = [
             threading.Thread(target=self._smtp, args=(seed + i,), daemon=True)
             for i in range(smtp_threads)
@@ -462,7 +463,7 @@ class Senders:
         with self._lock:
             self._serial += 1
             self.figures.attempts[source] += 1
-            return f"{source}-{self._serial:06d}"
+            return f"{source}-{self._run}-{self._serial:06d}"
 
     def _acknowledged(
         self, token: str, message_id: str, source: str, rcpts: tuple[str, ...]

@@ -213,4 +213,6 @@ def test_failing_upstreams_retry_on_schedule_and_lose_nothing(
     }
     report("failing upstreams", figures)
     assert worst_lateness < 3 * HUNG_TIMEOUT  # late only by queueing behind busy workers
-    assert longest_pause < HUNG_TIMEOUT + 1.0
+    # Bounded by about one timeout (the first wave, before any attempt has timed out), not by
+    # the number of hung messages: without the relay's suspension this was 3 x the timeout.
+    assert longest_pause < 2 * HUNG_TIMEOUT
