@@ -243,7 +243,7 @@ async def test_reachability_is_known_without_any_traffic(tmp_path: Path) -> None
     assert row_count(blocker / "dispatch.db") == 0  # opened and migrated, nothing written
 
 
-def insert_then(change: Callable[[], None]) -> Callable[[SqlCursor], None]:
+def insert_then(change: Callable[[], object]) -> Callable[[SqlCursor], None]:
     """A write that inserts one row, then changes the file under the open transaction."""
 
     def work(cursor: SqlCursor) -> None:
