@@ -28,6 +28,8 @@ from dispatch.delivery.routing import Router
 from dispatch.delivery.scanner import DeliveryScanner
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.intake.listener import SmtpListener
+from dispatch.intake.ports import bind_smtp_ports
+from dispatch.intake.processes import IntakeWorkers
 from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
 from dispatch.monitoring.health import HealthSources
@@ -133,8 +135,27 @@ class Runtime:
             record=self.store.log.record,
             tracer=self.tracer,
         )
-        self.smtp = SmtpListener(context, current.ports, current.bind_address)
-        await self.smtp.run(shutdown, task_status=task_status)
+        self.smtp = SmtpListener(
+            context, current.ports, current.bind_address, processes=current.processes
+        )
+        if current.processes == 1:
+            await self.smtp.run(shutdown, task_status=task_status)
+            return
+        listeners, self.smtp.ports = await bind_smtp_ports(current.ports, current.bind_address)
+        workers = IntakeWorkers(
+            current.processes - 1,
+            settings=lambda: self.settings.current,
+            spool=self.spool,
+            stats=self.stats,
+            record=self.store.log.record,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(workers.run, listeners, shutdown)
+                await self.smtp.serve(listeners, shutdown, task_status=task_status)
+        finally:
+            for listener in listeners:
+                await listener.aclose()
 
     def _plan(self) -> DeliveryPlan:
         current = self.settings.current

@@ -87,10 +87,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_options: tuple[LogFormat, str] = ("text", "INFO")
+
+
+def logging_options() -> tuple[LogFormat, str]:
+    """The format and level given to :func:`configure_logging` (an intake worker process
+    is started with the same)."""
+    return _options
+
+
 def configure_logging(
     log_format: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None
 ) -> None:
     """Send the ``dispatch`` loggers (and hypercorn's) to ``stream`` (default stderr)."""
+    global _options
+    _options = (log_format, level)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_ContextFilter())

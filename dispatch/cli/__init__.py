@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dispatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon (the default)")
+    worker = commands.add_parser("intake-worker")  # started by the main process only
+    worker.add_argument("--number", type=int, required=True)
+    worker.add_argument("--link-fd", type=int, required=True)
+    worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--log-format", choices=("text", "json"), default="text")
+    worker.add_argument("--log-level", default="info")
     check = commands.add_parser(
         "check-config",
         parents=[common],
@@ -206,8 +212,19 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
         return None
 
 
+def _intake_worker(args: argparse.Namespace) -> int:
+    from dispatch.intake.worker import run_worker
+
+    configure_logging(args.log_format, args.log_level)
+    fds = [int(fd) for fd in args.listen_fds.split(",")]
+    trio.run(run_worker, args.number, args.link_fd, fds)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "intake-worker":
+        return _intake_worker(args)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "hash-password":

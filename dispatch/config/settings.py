@@ -67,6 +67,7 @@ class ListenerSettings:
     session_timeout_seconds: PositiveFloat = live(PositiveFloat(1800.0))
     max_connections: PositiveInt = live(PositiveInt(100))
     users: tuple[SmtpUser, ...] = live(())
+    processes: PositiveInt = PositiveInt(1)
 
 
 @attrs.frozen

@@ -42,16 +42,34 @@ REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
 class SmtpListener:
     """See the module docstring. ``ports`` is ``None`` until the listener is ready."""
 
-    def __init__(self, context: IntakeContext, ports: tuple[int, ...], addresses: tuple[str, ...]):
+    def __init__(
+        self,
+        context: IntakeContext,
+        ports: tuple[int, ...],
+        addresses: tuple[str, ...],
+        *,
+        processes: int = 1,
+    ) -> None:
         self.context = context
         self.configured_ports = ports
         self.addresses = addresses
+        self.processes = processes  # max_connections is shared out among the processes
         self.ports: ListeningPorts | None = None
         self.open_sessions = 0
         self._session_scopes: set[trio.CancelScope] = set()
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         listeners, self.ports = await bind_smtp_ports(self.configured_ports, self.addresses)
+        await self.serve(listeners, shutdown, task_status=task_status)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        shutdown: Shutdown,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on ``listeners`` (bound already) until ``shutdown``; then drain and close."""
         task_status.started()
         async with trio.open_nursery() as sessions:
             try:
@@ -108,7 +126,7 @@ class SmtpListener:
             self.context.record(events.denied("smtp", peer_ip, "listener.allowed_cidrs"))
             await self._refuse(stream, "allowlist", replies.ACCESS_DENIED)
             return
-        if self.open_sessions >= settings.max_connections:
+        if self.open_sessions >= -(-settings.max_connections // self.processes):
             log.warning("refused connection from %s: max_connections reached", peer_ip)
             await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS)
             return

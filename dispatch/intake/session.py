@@ -23,7 +23,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -61,7 +61,7 @@ from dispatch.smtp.events import (
     Vrfy,
     WrongProtocol,
 )
-from dispatch.spool import IncomingMessage, Spool, SpoolFullError, SpoolWriteError
+from dispatch.spool import IncomingMessage, SpoolFullError, SpoolWriteError
 from dispatch.storage.events import MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
@@ -81,12 +81,19 @@ class SessionEnded(Exception):
     """The peer went away or broke the transport; nothing more can be said to it."""
 
 
+class MessageSpool(Protocol):
+    """Where sessions start messages: the :class:`~dispatch.spool.Spool` in the main process,
+    a :class:`~dispatch.spool.SpoolEntrance` in an intake worker process."""
+
+    def begin(self) -> IncomingMessage: ...
+
+
 @attrs.frozen
 class IntakeContext:
     """What every session shares: owned by the listener, read-only to sessions."""
 
     settings: Callable[[], ListenerSettings]
-    spool: Spool
+    spool: MessageSpool
     stats: Stats
     auth_throttle: FailureThrottle
     tls: ssl.SSLContext | None

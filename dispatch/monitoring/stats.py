@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Any, Final
 
 MAX_LABEL_VALUES: Final = 200
 """Distinct values one map keeps; later ones are counted under ``"other"`` (bounded memory)."""
@@ -29,6 +29,13 @@ class Counter:
 
     def add(self, amount: int = 1) -> None:
         self.value += amount
+
+    def take(self) -> int:
+        value, self.value = self.value, 0
+        return value
+
+    def merge(self, value: int) -> None:
+        self.value += value
 
 
 class CounterMap:
@@ -48,6 +55,14 @@ class CounterMap:
     def __getitem__(self, key: str) -> int:
         return self.values.get(key, 0)
 
+    def take(self) -> dict[str, int]:
+        values, self.values = dict(self.values), defaultdict(int)
+        return values
+
+    def merge(self, values: dict[str, int]) -> None:
+        for key, amount in values.items():
+            self.add(key, amount)
+
 
 class Histogram:
     """Observations in fixed buckets (upper bounds, seconds), as Prometheus exposes them."""
@@ -64,6 +79,17 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1
+
+    def take(self) -> tuple[list[int], float, int]:
+        taken = (self.counts, self.sum, self.count)
+        self.counts, self.sum, self.count = [0] * len(self.counts), 0.0, 0
+        return taken
+
+    def merge(self, taken: tuple[list[int], float, int]) -> None:
+        counts, total, count = taken
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.sum += total
+        self.count += count
 
     def cumulative(self) -> Iterator[tuple[float, int]]:
         """``(upper bound, observations <= bound)`` pairs, ending with ``(inf, count)``."""
@@ -130,3 +156,16 @@ class Stats:
         for value in vars(self).values():
             if isinstance(value, Counter | CounterMap | Histogram):
                 yield value
+
+    def take(self) -> dict[str, Any]:
+        """Every figure counted since the last ``take``, by name; the counts start over.
+
+        An intake worker process takes its figures every second and sends them to the main
+        process, which adds them to its own with :meth:`merge` (see ``intake/processes.py``).
+        """
+        return {metric.name: metric.take() for metric in self.all()}
+
+    def merge(self, taken: dict[str, Any]) -> None:
+        for metric in self.all():
+            if metric.name in taken:
+                metric.merge(taken[metric.name])

@@ -37,7 +37,7 @@ from dispatch.spool.index import SpoolCounts, SpoolEntry
 from dispatch.spool.layout import MessageState
 from dispatch.spool.recovery import BODY_MISSING, RecoveryReport
 from dispatch.spool.spool import Spool
-from dispatch.spool.writer import SPILL_THRESHOLD, IncomingMessage
+from dispatch.spool.writer import SPILL_THRESHOLD, IncomingMessage, SpoolEntrance
 
 __all__ = [
     "BODY_MISSING",
@@ -51,6 +51,7 @@ __all__ = [
     "RecoveryReport",
     "Spool",
     "SpoolCounts",
+    "SpoolEntrance",
     "SpoolEntry",
     "SpoolError",
     "SpoolFullError",

@@ -26,6 +26,7 @@ import trio
 
 from dispatch.spool.envelope import Envelope
 from dispatch.spool.errors import (
+    CorruptEnvelopeError,
     MessageBusyError,
     UnknownMessageError,
     WrongStateError,
@@ -33,7 +34,7 @@ from dispatch.spool.errors import (
 )
 from dispatch.spool.ids import is_valid_id, new_id
 from dispatch.spool.index import SpoolCounts, SpoolEntry, SpoolIndex
-from dispatch.spool.layout import EML, MessageState, SpoolLayout, fsync_dir
+from dispatch.spool.layout import EML, JSON, MessageState, SpoolLayout, fsync_dir
 from dispatch.spool.recovery import RecoveryReport, recover
 from dispatch.spool.transitions import capture_message, move_message, remove_message
 from dispatch.spool.writer import SPILL_THRESHOLD, IncomingMessage
@@ -44,6 +45,9 @@ logger = logging.getLogger("dispatch.spool")
 # the disk can overlap; 16 keeps the disk busy without letting the spool take every thread
 # of Trio's default limiter (40) away from the rest of the daemon.
 DEFAULT_MAX_THREADS: Final = 16
+
+UNANNOUNCED_SETTLE: Final = 5.0
+"""Seconds an unknown envelope in ``incoming/`` must stay unannounced to be adopted."""
 
 INCOMING: Final = MessageState.INCOMING
 PROCESSING: Final = MessageState.PROCESSING
@@ -78,6 +82,7 @@ class Spool:
         self._limiter = limiter
         self._spill_threshold = spill_threshold
         self._busy: set[str] = set()
+        self._rescued: set[str] = set()  # see adopt_unannounced
         self._due_changed = trio.Event()
         self.recovery_report: Final = report
 
@@ -131,6 +136,45 @@ class Spool:
     def _committed(self, envelope: Envelope) -> None:
         self._index.put(SpoolEntry(INCOMING, envelope))
         self._notify_due()
+
+    # -- messages committed by intake worker processes ----------------------------------
+    #
+    # A worker process writes into incoming/ itself (a SpoolEntrance) and announces each
+    # commit over its link. A worker that dies may have committed a message it never
+    # announced: adopt_unannounced finds those on disk. The two paths must not both index a
+    # message (it could be delivered, removed, then indexed again), hence ``_rescued``.
+
+    def adopt(self, envelope: Envelope) -> None:
+        """Index a message a worker process committed to ``incoming/`` and announced."""
+        if envelope.id in self._rescued:
+            self._rescued.discard(envelope.id)  # found on disk first; indexed then
+            return
+        self._committed(envelope)
+
+    async def adopt_unannounced(self, settle_seconds: float = UNANNOUNCED_SETTLE) -> int:
+        """Index messages in ``incoming/`` that no worker announced; return how many.
+
+        Called after a worker process ended. A message another (live) worker has just
+        committed is announced within milliseconds, so only ids still unknown after
+        ``settle_seconds`` are read from disk and indexed.
+        """
+        unknown = await self._unknown_incoming()
+        if unknown:
+            await trio.sleep(settle_seconds)
+            unknown = await self._unknown_incoming()
+        if not unknown:
+            return 0
+        loaded = await self._run(partial(_read_envelopes, self._layout, unknown), "read envelopes")
+        for envelope in loaded:
+            if envelope.id not in self._index and envelope.id not in self._busy:
+                self._rescued.add(envelope.id)
+                self._committed(envelope)
+                logger.warning("spool: %s, committed by a worker that ended, queued", envelope.id)
+        return len(loaded)
+
+    async def _unknown_incoming(self) -> list[str]:
+        ids = await self._run(partial(_incoming_ids, self._layout), "list incoming/")
+        return [i for i in ids if i not in self._index and i not in self._busy]
 
     # -- queries (in memory, never touch the disk) -----------------------------------------
 
@@ -402,3 +446,27 @@ def _return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]
     except OSError as exc:  # the claims are back all the same; start-up returns them anyway
         logger.warning("spool: returned claims may not survive a power cut (%s)", exc)
     return returned
+
+
+def _incoming_ids(layout: SpoolLayout) -> list[str]:
+    """Ids of the envelopes in ``incoming/`` (the envelope is a message's commit point)."""
+    ids = []
+    with os.scandir(layout.state_dirs[INCOMING]) as listing:
+        for item in listing:
+            stem, _, suffix = item.name.rpartition(".")
+            if suffix == "json" and is_valid_id(stem):
+                ids.append(stem)
+    return ids
+
+
+def _read_envelopes(layout: SpoolLayout, message_ids: Iterable[str]) -> list[Envelope]:
+    """The readable envelopes of these incoming messages (gone or corrupt ones are skipped:
+    start-up recovery deals with those)."""
+    envelopes = []
+    for message_id in message_ids:
+        path = layout.path(INCOMING, message_id, JSON)
+        try:
+            envelopes.append(Envelope.from_json(path.read_bytes(), path=path))
+        except (OSError, CorruptEnvelopeError) as exc:
+            logger.warning("spool: cannot adopt %s: %s", message_id, exc)
+    return envelopes

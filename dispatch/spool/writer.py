@@ -51,6 +51,7 @@ import trio
 
 from dispatch.spool.envelope import Envelope, Source
 from dispatch.spool.errors import SpoolError, translate_os_error
+from dispatch.spool.ids import new_id
 from dispatch.spool.layout import (
     EML,
     FILE_MODE,
@@ -286,3 +287,28 @@ def _commit_sync(
             with contextlib.suppress(OSError):
                 fsync_dir(incoming_dir)
         raise
+
+
+class SpoolEntrance:
+    """Where a process that does not own the spool starts messages: an intake worker.
+
+    Writes only into ``tmp/`` and ``incoming/`` exactly as :meth:`Spool.begin` does;
+    ``on_commit`` is called with each committed envelope (the worker announces it to the
+    main process, whose :class:`Spool` indexes it). No background task, nothing to close.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        on_commit: Callable[[Envelope], None],
+        *,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self._layout = SpoolLayout(directory)
+        self._on_commit = on_commit
+        self._limiter = limiter
+
+    def begin(self) -> IncomingMessage:
+        return IncomingMessage(
+            self._layout, new_id(), limiter=self._limiter, on_commit=self._on_commit
+        )
