@@ -1,0 +1,142 @@
+"""``listener.processes = 2``: a second SMTP process on the same port, end to end.
+
+The daemon runs as ``python -m dispatch`` with one intake worker process beside the main one.
+Mail sent over many connections is accepted by both processes (their log lines say which),
+delivered to a real upstream, counted once in ``/metrics`` and logged once in the database.
+A worker killed with SIGKILL is started again, and a message it committed without getting to
+announce it is found on disk and delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dispatch.spool import MessageState, new_id
+from dispatch.spool.envelope import Envelope
+from tests.conftest import Daemon
+from tests.system.faults import (
+    Ops,
+    Ports,
+    TokenSink,
+    base_config,
+    log_rows,
+    metric,
+    smtp_relay,
+    token_message,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Daemon]
+
+MESSAGES = 120
+
+
+def config(tmp_path: Path, ports: Ports, sink: TokenSink) -> dict[str, object]:
+    return base_config(
+        tmp_path,
+        ports,
+        listener={"ports": [ports.smtp], "bind_address": "127.0.0.1", "processes": 2},
+        default_relay="upstream",
+        relays=[smtp_relay("upstream", sink.port)],
+    )
+
+
+def send_one(port: int, token: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail("app@example.com", [f"{token}@example.net"], token_message(token))
+
+
+def worker_pids(daemon: Daemon) -> list[int]:
+    tasks = Path(f"/proc/{daemon.process.pid}/task")
+    pids = [int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()]
+    return [p for p in pids if b"intake-worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_daemon: Start) -> None:
+    ports, sink = Ports.pick(), TokenSink()
+    try:
+        daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
+        daemon.wait_for("all components ready")
+        assert len(worker_pids(daemon)) == 1
+        tokens = [f"tok{i:04d}" for i in range(MESSAGES)]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            list(pool.map(lambda t: send_one(ports.smtp, t), tokens))
+        wait_until(lambda: len(sink.delivered()) == MESSAGES, what="every message delivered")
+        assert set(sink.delivered()) == set(tokens)
+
+        ops = Ops(ports.webui, tmp_path / "data")
+        wait_until(  # worker counters arrive every second
+            lambda: (
+                metric(ops.metrics(), "dispatch_messages_received_total", source="smtp") == MESSAGES
+            ),
+            what="/metrics to count every message",
+        )
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit() == 0, daemon.log
+    finally:
+        sink.stop()
+    queued = [line for line in daemon.lines if " queued spl_" in line]
+    by_worker = [line for line in queued if "worker=2" in line]
+    assert len(queued) == MESSAGES
+    assert 0 < len(by_worker) < MESSAGES, "both processes accepted connections"
+    rows = log_rows(tmp_path / "data" / "dispatch.db")
+    received = [r.message_id for r in rows if r.event == "received"]
+    assert len(received) == len(set(received)) == MESSAGES
+    assert "intake worker 2 ended" not in daemon.log
+
+
+def plant_committed_message(spool: Path, token: str) -> str:
+    """What a worker leaves when it dies between its commit and its announcement."""
+    message_id = new_id()
+    envelope = Envelope(
+        id=message_id,
+        mail_from="app@example.com",
+        recipients=(f"{token}@example.net",),
+        source="smtp",
+        peer_ip="127.0.0.1",
+        auth_identity=None,
+        tags=(),
+        received_at=time.time(),
+        size=0,
+        attempts=0,
+        next_attempt_at=time.time(),
+    )
+    incoming = spool / MessageState.INCOMING.value
+    (incoming / f"{message_id}.eml").write_bytes(token_message(token))
+    (incoming / f"{message_id}.json").write_bytes(envelope.to_json())
+    return message_id
+
+
+def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
+    tmp_path: Path, start_daemon: Start
+) -> None:
+    ports, sink = Ports.pick(), TokenSink()
+    try:
+        daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
+        daemon.wait_for("all components ready")
+        (first,) = worker_pids(daemon)
+        plant_committed_message(tmp_path / "spool", "orphan")
+        os.kill(first, signal.SIGKILL)
+        daemon.wait_for("intake worker 2 ended")
+        wait_until(lambda: len(worker_pids(daemon)) == 1 and worker_pids(daemon) != [first])
+        wait_until(lambda: "orphan" in sink.delivered(), what="the unannounced message")
+        daemon.wait_for("committed by a worker that ended, queued")
+        for i in range(10):  # and the restarted pair serves as before
+            send_one(ports.smtp, f"after{i}")
+        wait_until(lambda: len(sink.delivered()) == 11, what="the later messages")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit() == 0, daemon.log
+    finally:
+        sink.stop()
+    assert len(sink.delivered()["orphan"]["orphan@example.net"]) == 1
