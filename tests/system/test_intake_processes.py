@@ -57,6 +57,12 @@ def send_one(port: int, token: str) -> None:
         client.sendmail("app@example.com", [f"{token}@example.net"], token_message(token))
 
 
+def advertised_size(port: int) -> str:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("reload.test")
+        return client.esmtp_features["size"]
+
+
 def worker_pids(daemon: Daemon) -> list[int]:
     tasks = Path(f"/proc/{daemon.process.pid}/task")
     pids = [int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()]
@@ -82,6 +88,15 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
             ),
             what="/metrics to count every message",
         )
+        # A live key reloaded by SIGHUP reaches the worker too: every connection sees it.
+        reloaded = config(tmp_path, ports, sink)
+        reloaded["listener"] = {**reloaded["listener"], "max_message_bytes": 123_456}  # type: ignore[dict-item]
+        write_config(tmp_path / "dispatch.toml", reloaded)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("configuration reloaded")
+        # Within about a second; twelve connections in a row all land somewhere.
+        wait_until(lambda: {advertised_size(ports.smtp) for _ in range(12)} == {"123456"})
+
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit() == 0, daemon.log
     finally:
