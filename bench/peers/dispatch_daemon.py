@@ -18,6 +18,8 @@ from bench.peers.base import SERVER_NAME, Peer, RelayMode, Server
 from bench.procs import LOOPBACK, Launcher, free_port
 
 READY_LINE = "all components ready"
+PROCESSES = 2
+"""``listener.processes`` of the Dispatch measured: one per core of the benchmark machine."""
 STARTUP_TIMEOUT = 300.0  # a 100,000-message spool is read before "ready"
 
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -29,6 +31,7 @@ class DispatchOptions:
     """The knobs a figure may turn; everything else is Dispatch's default."""
 
     max_connections: int = 200
+    processes: int = 1  # listener.processes
     connection_timeout_seconds: int = 60
     spool_dir: Path | None = None  # None: <directory>/spool
 
@@ -73,6 +76,7 @@ ports = [{ports["smtp"]}]
 bind_address = "{LOOPBACK}"
 server_name = "{SERVER_NAME}"
 max_connections = {options.max_connections}
+processes = {options.processes}
 connection_timeout_seconds = {options.connection_timeout_seconds}
 
 [spool]
@@ -136,16 +140,20 @@ def start_dispatch(
     )
 
 
-def dispatch_peer() -> Peer:
+def dispatch_peer(processes: int = PROCESSES, name: str = "Dispatch") -> Peer:
+    """Dispatch with ``listener.processes`` = ``processes``, otherwise on its defaults."""
     from dispatch import __version__
 
     def start(launcher: Launcher, directory: Path, mode: RelayMode, relay_port: int) -> Server:
-        return start_dispatch(launcher, directory, mode, relay_port)
+        options = DispatchOptions(processes=processes)
+        server = start_dispatch(launcher, directory, mode, relay_port, options)
+        server.name = name
+        return server
 
     return Peer(
-        name="Dispatch",
+        name=name,
         tool=Tool("Dispatch", version=f"{__version__} (Python {sys.version.split()[0]})"),
         start=start,
-        config_note="defaults (4 delivery workers, relay max_inflight 8), SQLite message log, "
-        "INFO logging to a file",
+        config_note=f"listener.processes = {processes}, otherwise defaults (4 delivery "
+        "workers, relay max_inflight 8), SQLite message log, INFO logging to a file",
     )
