@@ -103,6 +103,7 @@ def run(plan: Plan, out: Path, *, only: set[str], keep: bool, command: str) -> i
                 return 1
             peers: list[Peer] = [
                 dispatch_peer(),
+                dispatch_peer(processes=1, name="Dispatch, 1 process"),
                 aiosmtpd_peer(),
                 postfix_peer(postfix_tool),
                 opensmtpd_peer(ensure_opensmtpd()),

@@ -8,8 +8,9 @@ and the child it started, and nothing from the network is ever put on it uncheck
 What travels (see ``intake/processes.py`` and ``intake/worker.py``):
 
 - main → worker: the settings (``Settings``) at start and after every reload;
-- worker → main: ``("ready",)``, each committed envelope, each message-log event, and the
-  worker's counters every second.
+- worker → main: lists of ``("ready",)``, each committed envelope, each message-log event,
+  and the worker's counters every second (a list: whatever queued up while the last frame
+  was being sent).
 
 :meth:`Link.receive` returns ``None`` at end of stream: the other process has gone.
 """

@@ -179,24 +179,28 @@ class IntakeWorkers:
     async def _serve_link(self, link: Link, state: _LinkState) -> None:
         """Apply what the worker sends until the link ends."""
         try:
-            while (message := await link.receive()) is not None:
-                match message:
-                    case ("committed", bytes() as envelope):  # its file's bytes
-                        self._spool.adopt(Envelope.from_json(envelope))
-                    case ("event", MessageEvent() as event):
-                        self._record(event)
-                    case ("stats", dict() as taken):
-                        self._stats.merge(taken)
-                    case ("ready",):
-                        state.ready = True
-                        state.changed.set()
-                    case _:
-                        log.error("intake worker sent something unexpected: %.100r", message)
+            while (batch := await link.receive()) is not None:
+                for message in batch if isinstance(batch, list) else [("not a list", batch)]:
+                    self._apply(message, state)
         except (trio.BrokenResourceError, LinkBroken) as exc:
             log.error("link to an intake worker broke: %s", exc)
         finally:
             state.ended.set()
             state.changed.set()
+
+    def _apply(self, message: object, state: _LinkState) -> None:
+        match message:
+            case ("committed", bytes() as envelope):  # its file's bytes
+                self._spool.adopt(Envelope.from_json(envelope))
+            case ("event", MessageEvent() as event):
+                self._record(event)
+            case ("stats", dict() as taken):
+                self._stats.merge(taken)
+            case ("ready",):
+                state.ready = True
+                state.changed.set()
+            case _:
+                log.error("intake worker sent something unexpected: %.100r", message)
 
     async def _push_settings(self, link: Link) -> None:
         sent: Settings | None = None

@@ -118,10 +118,20 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
 
 
 async def _forward(outbox: trio.MemoryReceiveChannel[tuple[object, ...]], link: Link) -> None:
-    """The only sender on the link: never cancelled half-way through a frame."""
+    """The only sender on the link: never cancelled half-way through a frame.
+
+    Sends whatever has queued up as one frame (a list): under load one write carries the
+    commits and events of many sessions.
+    """
     async with outbox:
         async for message in outbox:
+            batch = [message]
+            while True:
+                try:
+                    batch.append(outbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             try:
-                await link.send(message)
+                await link.send(batch)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the main process has gone; start-up will find the messages
