@@ -135,13 +135,8 @@ class Runtime:
             record=self.store.log.record,
             tracer=self.tracer,
         )
-        self.smtp = SmtpListener(
-            context, current.ports, current.bind_address, processes=current.processes
-        )
-        if current.processes == 1:
-            await self.smtp.run(shutdown, task_status=task_status)
-            return
-        listeners, self.smtp.ports = await bind_smtp_ports(current.ports, current.bind_address)
+        listeners, ports = await bind_smtp_ports(current.ports, current.bind_address)
+        self.smtp = SmtpListener(context, ports, processes=current.processes)
         workers = IntakeWorkers(
             current.processes - 1,
             settings=lambda: self.settings.current,

@@ -1,8 +1,9 @@
 """The SMTP listener component: accepting connections and running a session for each.
 
-Owns the listening sockets, the nursery of sessions and the count of open sessions. It
-starts (``task_status.started()``) once at least one port is bound, and records the
-configured vs listening ports for ``/health``. At connect it applies the live
+Serves listening sockets its caller bound with :func:`~dispatch.intake.ports.bind_smtp_ports`
+(the daemon, which may hand the same sockets to intake worker processes too) and keeps the
+configured vs listening ports for ``/health``. Owns the nursery of sessions and the count of
+open sessions; ready (``task_status.started()``) at once. At connect it applies the live
 ``listener.allowed_cidrs`` (``554``, logged with the IP, counted as denied) and
 ``listener.max_connections`` (``421``).
 
@@ -23,7 +24,7 @@ from typing import Final
 import trio
 
 from dispatch.intake import events
-from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
+from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext, SmtpSession
 from dispatch.logs import log_context
 from dispatch.security.allowlist import is_allowed
@@ -40,27 +41,16 @@ REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
 
 
 class SmtpListener:
-    """See the module docstring. ``ports`` is ``None`` until the listener is ready."""
+    """See the module docstring. ``ports``: what :func:`bind_smtp_ports` bound."""
 
     def __init__(
-        self,
-        context: IntakeContext,
-        ports: tuple[int, ...],
-        addresses: tuple[str, ...],
-        *,
-        processes: int = 1,
+        self, context: IntakeContext, ports: ListeningPorts, *, processes: int = 1
     ) -> None:
         self.context = context
-        self.configured_ports = ports
-        self.addresses = addresses
+        self.ports = ports
         self.processes = processes  # max_connections is shared out among the processes
-        self.ports: ListeningPorts | None = None
         self.open_sessions = 0
         self._session_scopes: set[trio.CancelScope] = set()
-
-    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
-        listeners, self.ports = await bind_smtp_ports(self.configured_ports, self.addresses)
-        await self.serve(listeners, shutdown, task_status=task_status)
 
     async def serve(
         self,

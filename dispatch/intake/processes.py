@@ -38,14 +38,17 @@ from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
 from dispatch.spool import Envelope, Spool
 from dispatch.storage.events import MessageEvent
-from dispatch.supervisor import Shutdown
+from dispatch.supervisor import (
+    RESTART_BACKOFF_FIRST,
+    RESTART_BACKOFF_MAX,
+    RESTART_BACKOFF_RESET_AFTER,
+    Shutdown,
+)
 
 log = logging.getLogger("dispatch.smtp")
 
 READY_SECONDS: Final = 30.0
 SETTINGS_POLL_SECONDS: Final = 1.0
-RESTART_BACKOFF_FIRST: Final = 0.5
-RESTART_BACKOFF_MAX: Final = 30.0
 
 
 class WorkerStartError(Exception):
@@ -84,6 +87,10 @@ class IntakeWorkers:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:
+            if self.count:
+                # After a restart of this component its killed workers may have left
+                # commits nobody indexed (at the first start there are none: recovery ran).
+                nursery.start_soon(self._spool.adopt_unannounced)
             for number in range(2, self.count + 2):
                 await nursery.start(self._keep_running, number, listeners, shutdown)
             task_status.started()
@@ -100,6 +107,7 @@ class IntakeWorkers:
         backoff = RESTART_BACKOFF_FIRST
         async with trio.open_nursery() as rescues:
             while True:
+                started = trio.current_time()
                 try:
                     code: int | str = await self._run_once(number, listeners, shutdown, task_status)
                 except WorkerStartError as exc:
@@ -109,6 +117,8 @@ class IntakeWorkers:
                 task_status = trio.TASK_STATUS_IGNORED  # ready was said the first time
                 if shutdown.requested.is_set():
                     return
+                if trio.current_time() - started > RESTART_BACKOFF_RESET_AFTER:
+                    backoff = RESTART_BACKOFF_FIRST  # a rare crash, not a crash loop
                 log.error(
                     "intake worker %d ended (%s); starting it again in %.1f s",
                     number,

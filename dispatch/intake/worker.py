@@ -38,6 +38,7 @@ import trio
 from dispatch.config.settings import Settings
 from dispatch.intake.link import Link
 from dispatch.intake.listener import SmtpListener
+from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
@@ -82,7 +83,8 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         for fd in listen_fds
     ]
-    listener = SmtpListener(context, (), (), processes=settings.listener.processes)
+    ports = ListeningPorts(configured=(), listening=())  # the main process reports them
+    listener = SmtpListener(context, ports, processes=settings.listener.processes)
     shutdown = Shutdown(grace_seconds=DRAIN_GRACE)
 
     async def take_settings() -> None:

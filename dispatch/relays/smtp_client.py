@@ -412,7 +412,7 @@ class SmtpClientSession:
                 f"{ext.size} bytes {display} accepts (RFC 1870)",
             )
         try:
-            message = await trio.to_thread.run_sync(message_path.open, "rb")
+            message, first = await trio.to_thread.run_sync(_open_message, message_path)
         except OSError as exc:
             return TransactionResult.all(
                 recipients, "transient", f"{self.options.label}: cannot read the message: {exc}"
@@ -427,7 +427,7 @@ class SmtpClientSession:
         final: Reply | None = None
         self.transactions += 1
         try:
-            final = await self._transaction(mail, recipients, message, outcomes)
+            final = await self._transaction(mail, recipients, (message, first), outcomes)
         except SessionError as exc:
             for i, recipient in enumerate(recipients):
                 if outcomes[i] is None:
@@ -444,7 +444,7 @@ class SmtpClientSession:
         self,
         mail: Mail,
         recipients: Sequence[str],
-        message: BinaryIO,
+        message: tuple[BinaryIO, bytes],
         outcomes: list[RecipientOutcome | None],
     ) -> Reply | None:
         """MAIL, RCPT..., DATA, the message; fills ``outcomes`` as the replies come in."""
@@ -495,14 +495,21 @@ class SmtpClientSession:
             await self._write(self._conn.end_data(), t.data_block, "ending an empty DATA")
             await self._read(t.data_end, "waiting for the reply to an empty DATA")
             return None
-        await self._send_message(message)
+        await self._send_message(*message)
         final = await self._read(t.data_end, "waiting for the reply to the end of data")
         self._expect_final(final, "the end of data")
         _decide(outcomes, recipients, accepted, final)
         return final
 
-    async def _send_message(self, message: BinaryIO) -> None:
-        while True:
+    async def _send_message(self, message: BinaryIO, first: bytes) -> None:
+        """Send the message, starting with ``first`` (its first block, read on opening)."""
+        block = first
+        while block:
+            wire = self._conn.data_chunk(block)
+            if wire:
+                await self._write(wire, self.timeouts.data_block, "sending the message")
+            if len(block) < MESSAGE_BLOCK_BYTES:
+                break  # a short read of a regular file is its end: no thread hop to learn it
             try:
                 block = await trio.to_thread.run_sync(message.read, MESSAGE_BLOCK_BYTES)
             except OSError as exc:
@@ -512,11 +519,6 @@ class SmtpClientSession:
                 raise SessionError(
                     "transient", self.options.label, f"cannot read the message: {exc}"
                 ) from None
-            if not block:
-                break
-            wire = self._conn.data_chunk(block)
-            if wire:
-                await self._write(wire, self.timeouts.data_block, "sending the message")
         await self._write(self._conn.end_data(), self.timeouts.data_block, "ending the message")
 
     def _expect_final(self, reply: Reply, what: str) -> None:
@@ -656,3 +658,13 @@ def _why_not_connected(exc: OSError) -> str:
     if isinstance(first, OSError) and first.strerror:
         return f"failed: {first.strerror}"
     return f"failed: {first}"
+
+
+def _open_message(path: Path) -> tuple[BinaryIO, bytes]:
+    """Open the spooled message and read its first block: one thread hop for most mail."""
+    message = path.open("rb")
+    try:
+        return message, message.read(MESSAGE_BLOCK_BYTES)
+    except BaseException:
+        message.close()
+        raise

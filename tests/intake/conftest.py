@@ -16,6 +16,7 @@ import trustme
 from dispatch.config import parse_settings
 from dispatch.config.settings import ListenerSettings
 from dispatch.intake.listener import SmtpListener
+from dispatch.intake.ports import bind_smtp_ports
 from dispatch.intake.session import IntakeContext
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
@@ -93,10 +94,11 @@ async def smtpd(
         tracer=Tracer(),
     )
     port = free_port()
-    listener = SmtpListener(context, (port,), ("127.0.0.1",))
+    listeners, ports = await bind_smtp_ports((port,), ("127.0.0.1",))
+    listener = SmtpListener(context, ports)
     shutdown = Shutdown(grace_seconds=5)
     async with trio.open_nursery() as nursery:
-        await nursery.start(listener.run, shutdown)
+        await nursery.start(listener.serve, listeners, shutdown)
         yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live, events)
         shutdown.request()
 
