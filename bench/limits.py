@@ -20,12 +20,15 @@ def cpu_line(name: str, window: CpuWindow, cores: int) -> str:
     if window.threads is not None:
         main = window.thread_cores("main")
         other = window.thread_cores("other")
-        text += f" (Trio thread {main:.2f}, worker threads {other:.2f})"
+        process = main + other
+        others = window.cores - process  # intake worker processes (listener.processes > 1)
+        text += f" (main process {process:.2f}: Trio thread {main:.2f}, worker threads {other:.2f}"
+        text += f"; intake worker processes {others:.2f})" if others >= 0.05 else ")"
         if main >= SATURATED:
-            text += " — the Trio thread is saturated: CPU-bound on one core"
-        elif window.cores >= SATURATED:
+            text += " — the main Trio thread is saturated: CPU-bound on one core"
+        elif process >= SATURATED:
             text += (
-                " — the process as a whole is at one core: the Trio thread and the worker "
+                " — the main process as a whole is at one core: the Trio thread and the worker "
                 "threads share one interpreter lock, so Python CPU time is the limit, split "
                 "between the event loop and the work handed to threads"
             )

@@ -156,10 +156,14 @@ COMMON_METHOD = """\
   the envelope and the `incoming/` directory (three fsyncs per message, by design); the
   Python peer the file and the directory; Postfix its queue file (and not the directory);
   OpenSMTPD its message file and its envelope.
+- Dispatch runs with `listener.processes = 2` (one SMTP process per core: the main
+  process and one intake worker process sharing the port); "Dispatch, 1 process" is the
+  same build with intake in the main process only, measured beside it in every round.
 - CPU figures are the servers' own (every process of the server, from `/proc`); for
-  Dispatch they are split into the Trio thread and the worker threads. Profiles come from
-  Dispatch's `/debug/profile` (pyinstrument on the Trio thread; worker threads doing
-  fsync and SQLite are not sampled), taken in an extra run that is not counted.
+  Dispatch they are split into the main process's Trio thread, its worker threads and the
+  intake worker processes. Profiles come from Dispatch's `/debug/profile` (pyinstrument on
+  the main process's Trio thread; worker threads doing fsync and SQLite, and the intake
+  worker process, are not sampled), taken in an extra run that is not counted.
 - Other work on the machine during the run (other engineers' test suites) adds noise; the
   spreads show how much.
 """

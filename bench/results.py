@@ -13,8 +13,10 @@ from bench.profile import ProfileSummary
 from bench.stats import EN_DASH, TIMES, fmt, median, spread
 
 DISPATCH = "Dispatch"
-PYTHON_SERVERS = frozenset({DISPATCH, "aiosmtpd+fsync"})
-"""Servers that are one Python process (one interpreter lock)."""
+DISPATCH_ONE_PROCESS = "Dispatch, 1 process"
+PYTHON_SERVERS = frozenset({DISPATCH_ONE_PROCESS, "aiosmtpd+fsync"})
+"""Servers that are one Python process (one interpreter lock). Dispatch itself runs
+``listener.processes`` = 2 (its delivery still runs in the main process alone)."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ from bench.peers.postfix import postfix_peer
 from bench.peers.python_peer import aiosmtpd_peer
 from bench.plan import Plan
 from bench.procs import Launcher, free_port, interrupt_on_sigterm, run_quiet
-from bench.results import Figure, NotMeasured
+from bench.results import DISPATCH_ONE_PROCESS, Figure, NotMeasured
 
 FIGURES = ("intake", "latency", "e2e", "health", "idle", "scale")
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def run(plan: Plan, out: Path, *, only: set[str], keep: bool, command: str) -> i
                 return 1
             peers: list[Peer] = [
                 dispatch_peer(),
-                dispatch_peer(processes=1, name="Dispatch, 1 process"),
+                dispatch_peer(processes=1, name=DISPATCH_ONE_PROCESS),
                 aiosmtpd_peer(),
                 postfix_peer(postfix_tool),
                 opensmtpd_peer(ensure_opensmtpd()),
