@@ -155,26 +155,32 @@ class Spool:
         """Index messages in ``incoming/`` that no worker announced; return how many.
 
         Called after a worker process ended. A message another (live) worker has just
-        committed is announced within milliseconds, so only ids still unknown after
-        ``settle_seconds`` are read from disk and indexed.
+        committed is announced within milliseconds, so only ids that are unknown in two
+        listings ``settle_seconds`` apart are read from disk and indexed.
         """
         unknown = await self._unknown_incoming()
         if unknown:
             await trio.sleep(settle_seconds)
-            unknown = await self._unknown_incoming()
+            unknown = await self._unknown_incoming(among=set(unknown))
         if not unknown:
             return 0
         loaded = await self._run(partial(_read_envelopes, self._layout, unknown), "read envelopes")
+        queued = 0
         for envelope in loaded:
             if envelope.id not in self._index and envelope.id not in self._busy:
                 self._rescued.add(envelope.id)
                 self._committed(envelope)
+                queued += 1
                 logger.warning("spool: %s, committed by a worker that ended, queued", envelope.id)
-        return len(loaded)
+        return queued
 
-    async def _unknown_incoming(self) -> list[str]:
+    async def _unknown_incoming(self, among: set[str] | None = None) -> list[str]:
         ids = await self._run(partial(_incoming_ids, self._layout), "list incoming/")
-        return [i for i in ids if i not in self._index and i not in self._busy]
+        return [
+            i
+            for i in ids
+            if i not in self._index and i not in self._busy and (among is None or i in among)
+        ]
 
     # -- queries (in memory, never touch the disk) -----------------------------------------
 

@@ -69,3 +69,24 @@ async def test_an_announcement_during_the_settle_time_wins(tmp_path: Path) -> No
     (claimed,) = await spool.claim_due(10)
     await spool.remove(claimed.id)
     assert spool.counts().incoming == 0
+
+
+async def test_a_commit_made_during_the_settle_time_is_left_to_its_announcement(
+    tmp_path: Path,
+) -> None:
+    """Only ids unknown in both listings are adopted: a fresh commit is a live worker's."""
+    spool = await Spool.open(tmp_path)
+    orphan = await commit_elsewhere(tmp_path)
+    fresh: list[Envelope] = []
+
+    async def commit_meanwhile() -> None:
+        await trio.sleep(0.05)
+        fresh.append(await commit_elsewhere(tmp_path))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit_meanwhile)
+        assert await spool.adopt_unannounced(settle_seconds=0.2) == 1
+    assert spool.get(orphan.id).state is MessageState.INCOMING
+    assert fresh[0].id not in {e.id for e in spool.entries()}
+    spool.adopt(fresh[0])  # its announcement
+    assert spool.counts().incoming == 2
