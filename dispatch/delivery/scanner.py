@@ -15,7 +15,6 @@ returned to ``incoming/`` by the next start-up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -25,18 +24,6 @@ from dispatch.spool import Envelope, Spool
 from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.delivery")
-
-
-async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as any of ``waits`` returns; cancel the others."""
-    async with trio.open_nursery() as nursery:
-
-        async def run(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(run, wait)
 
 
 class DeliveryScanner:
@@ -61,22 +48,30 @@ class DeliveryScanner:
                 await self._scan(send, shutdown)
 
     async def _scan(self, send: trio.MemorySendChannel[Envelope], shutdown: Shutdown) -> None:
-        stopping = shutdown.requested
-        while not stopping.is_set():
-            await first_of(self._spool.wait_until_due, stopping.wait)
-            if stopping.is_set():
-                return
-            for envelope in await self._spool.claim_due(limit=1):
-                handed = False
+        """Claim due messages and hand them to workers until the stop request cancels it.
 
-                async def hand_over(envelope: Envelope = envelope) -> None:
-                    nonlocal handed
-                    await send.send(envelope)
-                    handed = True
+        One cancel scope for the whole loop rather than a race per message: the stop request
+        cancels the scan wherever it waits. A claim is a shielded hop, so a cancel never
+        interrupts one; a message claimed but not yet taken by a worker is released.
+        """
+        claimed: Envelope | None = None
+        async with trio.open_nursery() as nursery:
 
-                await first_of(hand_over, stopping.wait)
-                if not handed:  # claimed but no worker took it before the stop: put it back
-                    await self._spool.release(envelope)
+            async def stop_when_requested() -> None:
+                await shutdown.requested.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_requested)
+            try:
+                while True:
+                    await self._spool.wait_until_due()
+                    for claimed in await self._spool.claim_due(limit=1):
+                        await send.send(claimed)
+                        claimed = None
+            finally:
+                if claimed is not None:  # claimed, but no worker took it before the stop
+                    with trio.CancelScope(shield=True):
+                        await self._spool.release(claimed)
 
     async def _work(self, receive: trio.MemoryReceiveChannel[Envelope]) -> None:
         async with receive:

@@ -2,10 +2,15 @@
 
 Theory of operation: each :meth:`SmtpRelayClient.deliver` borrows one of ``max_inflight``
 tokens of a :class:`trio.CapacityLimiter`, takes the most recently used idle connection from
-the pool (or opens one), runs one transaction on it and gives it back. A reused connection
-is sent RSET first (RFC 5321 §4.1.1.5), which also proves the server has not dropped it while
-idle; if that fails the next idle connection, or a new one, is tried — nothing of the message
-has been sent yet, so this costs no duplicate. A connection idle for more than
+the pool (or opens one), runs one transaction on it and gives it back. A connection whose
+transaction ended with the reply to its data less than ``FRESH_SECONDS`` ago is reused at
+once (a completed transaction leaves the server ready for the next MAIL, RFC 5321 §4.1.4);
+any other is sent
+RSET first (§4.1.1.5), which proves the server has not dropped it while idle, and if that
+fails the next idle connection, or a new one, is tried. If a connection reused without RSET
+turns out dead — not one reply to the transaction's commands — the transaction is run once
+more on another: the message only goes after a 354, so the dead one cannot have taken it and
+this costs no duplicate. A connection idle for more than
 ``IDLE_SECONDS`` is closed (QUIT) at the next delivery instead of being reused. The pool
 never holds more connections than ``max_inflight``: one is only opened by a delivery holding
 a token, when none is idle.
@@ -43,6 +48,7 @@ from dispatch.relays.smtp_client import (
     SmtpClientSession,
     Timeouts,
     TlsMode,
+    TransactionResult,
 )
 
 __all__ = ["IDLE_SECONDS", "SmtpRelayClient", "count_outcomes", "tls_client_context"]
@@ -52,6 +58,8 @@ log = logging.getLogger("dispatch.relays.smtp")
 # A pooled connection idle for longer is closed rather than reused: well under the 5 minutes
 # a server waits for the next command (RFC 5321 §4.5.3.2.7), so it is rarely already gone.
 IDLE_SECONDS: Final = 60.0
+FRESH_SECONDS: Final = 2.0
+"""A pooled connection idle for less than this is reused without an RSET round trip."""
 
 _TLS_MODES: Final[dict[str, TlsMode]] = {
     "none": "none",
@@ -207,6 +215,22 @@ class SmtpRelayClient:
         if self._suspension:
             log.info("relay %s: connected again; suspension lifted", self.name)
             self._suspension = ""
+        sent = await self._send(session, request)
+        if not sent.answered and not session.checked_at_reuse:
+            # A connection reused without RSET was dead: nothing of the message went out
+            # (see TransactionResult.answered), so it is safe to try once more on another.
+            log.info("relay %s: a reused connection did not answer; trying another", self.name)
+            try:
+                session = await self._session(check=True)
+            except SessionError as exc:
+                return DeliveryResult.all(request, exc.outcome, exc.text)
+            sent = await self._send(session, request)
+        return sent.delivery_result()
+
+    async def _send(
+        self, session: SmtpClientSession, request: DeliveryRequest
+    ) -> TransactionResult:
+        """One transaction on ``session``, which then goes back to the pool or is closed."""
         done = False
         try:
             sent = await session.send(
@@ -221,13 +245,23 @@ class SmtpRelayClient:
             if not done:  # cancelled, or a bug: the dialogue is in an unknown state
                 await session.abort()
         await self._release(session)
-        return sent.delivery_result()
+        return sent
 
-    async def _session(self) -> SmtpClientSession:
-        """An idle connection that answers RSET, else a new one (`SessionError` if that fails)."""
+    async def _session(self, *, check: bool = False) -> SmtpClientSession:
+        """An idle connection, else a new one (`SessionError` if that fails).
+
+        A connection whose last transaction ended with the reply to its data less than
+        ``FRESH_SECONDS`` ago is reused as it is (unless ``check``); any other must answer
+        RSET first, which proves the server has not dropped it meanwhile.
+        """
         await self._close_expired()
+        now = trio.current_time()
         while self._idle:
             session = self._idle.pop()  # the most recently used: the likeliest to be alive
+            fresh = session.ended_cleanly and now - session.idle_since < FRESH_SECONDS
+            session.checked_at_reuse = check or not fresh
+            if not session.checked_at_reuse:
+                return session
             try:
                 reset = await session.reset()
             except BaseException:  # cancelled: the RSET may be half-way

@@ -178,6 +178,9 @@ class TransactionResult:
     outcomes: tuple[RecipientOutcome, ...]
     final_reply: Reply | None = None
     remote_id: str | None = None
+    answered: bool = True
+    """Whether the server replied to any command of the transaction. If not, no byte of the
+    message was sent (it only goes after a 354), so the server cannot have taken it."""
 
     def delivery_result(self) -> DeliveryResult:
         return DeliveryResult(self.outcomes, self.remote_id)
@@ -209,6 +212,11 @@ class SmtpClientSession:
         self.usable = True
         self.tls_active = False
         self.transactions = 0
+        self.replies = 0  # replies read to our commands (unsolicited 421s not counted)
+        self.checked_at_reuse = True  # False: taken from the pool without RSET (relays/smtp.py)
+        # The last transaction ended with the reply to its data: the server is ready for the
+        # next MAIL without RSET (RFC 5321 §4.1.4). Not after a transaction that stopped short.
+        self.ended_cleanly = False
         self.idle_since = 0.0
         self._conn = ClientConnection(options.limits)
         self._stream: trio.abc.Stream | None = None
@@ -426,6 +434,8 @@ class SmtpClientSession:
         outcomes: list[RecipientOutcome | None] = [None] * len(recipients)
         final: Reply | None = None
         self.transactions += 1
+        self.ended_cleanly = False
+        replies_before = self.replies
         try:
             final = await self._transaction(mail, recipients, (message, first), outcomes)
         except SessionError as exc:
@@ -438,7 +448,7 @@ class SmtpClientSession:
         done = tuple(o for o in outcomes if o is not None)
         assert len(done) == len(recipients)
         remote_id = remote_id_of(final) if final is not None and final.is_positive else None
-        return TransactionResult(done, final, remote_id)
+        return TransactionResult(done, final, remote_id, answered=self.replies > replies_before)
 
     async def _transaction(
         self,
@@ -498,6 +508,7 @@ class SmtpClientSession:
         await self._send_message(*message)
         final = await self._read(t.data_end, "waiting for the reply to the end of data")
         self._expect_final(final, "the end of data")
+        self.ended_cleanly = True
         _decide(outcomes, recipients, accepted, final)
         return final
 
@@ -615,6 +626,7 @@ class SmtpClientSession:
                     if event.reply.code == 421:
                         self._closing_reply = event.reply
                         self.usable = False
+                    self.replies += 1
                     return event.reply
 
     def _closed_error(self) -> SessionError:

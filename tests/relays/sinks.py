@@ -264,7 +264,9 @@ class ScriptedSmtp:
     ``ehlo`` is the whole reply to EHLO; ``data_reply`` the reply to DATA (354 unless told);
     ``replies`` overrides the reply to a verb (after a 421 the server hangs up).
     With ``hold_until_data`` the replies to MAIL and RCPT are held back until DATA arrives:
-    a client that waits for each reply (no PIPELINING) then never gets one.
+    a client that waits for each reply (no PIPELINING) then never gets one. With
+    ``hang_up_after_message`` the server closes the connection, without a word, right after
+    its reply to a message.
     """
 
     def __init__(
@@ -274,8 +276,10 @@ class ScriptedSmtp:
         data_reply: bytes = b"354 go ahead\r\n",
         hold_until_data: bool = False,
         replies: dict[bytes, bytes] | None = None,
+        hang_up_after_message: bool = False,
     ) -> None:
         self.replies = replies or {}
+        self.hang_up_after_message = hang_up_after_message
         self.ehlo = ehlo
         self.data_reply = data_reply
         self.hold_until_data = hold_until_data
@@ -318,6 +322,9 @@ class ScriptedSmtp:
                 if not self.data_reply.startswith(b"354"):
                     continue
                 self.messages.append(await until(b"\r\n.\r\n") + b"\r\n")
+                if self.hang_up_after_message:
+                    await stream.send_all(b"250 ok id=mini-1\r\n")
+                    return
                 reply = b"250 ok id=mini-1\r\n"
             else:
                 reply = b"250 ok\r\n"

@@ -542,3 +542,31 @@ async def test_idle_connections_expire(
     assert sink.connections == 2
     assert sink.handler.quits == 1  # the expired one was closed politely
     await relay.aclose()
+
+
+async def test_a_connection_just_used_is_reused_without_rset(eml: Path) -> None:
+    script = ScriptedSmtp()
+    async with raw_server(script) as server:
+        relay = make_relay(server.port)
+        for _ in range(3):
+            assert outcomes(await relay.deliver(request(eml))) == ["delivered"]
+        await relay.aclose()
+    assert server.connections == 1
+    assert not [c for c in script.commands if c.upper().startswith(b"RSET")]
+    assert len(script.messages) == 3
+
+
+async def test_a_reused_connection_found_dead_is_replaced_and_the_message_sent_once(
+    eml: Path,
+) -> None:
+    """The server hangs up after each message; the client sees it only on reuse (no RSET):
+    not one reply, so nothing was sent, and the message goes over a new connection."""
+    script = ScriptedSmtp(hang_up_after_message=True)
+    async with raw_server(script) as server:
+        relay = make_relay(server.port)
+        assert outcomes(await relay.deliver(request(eml))) == ["delivered"]
+        assert relay.idle_connections == 1  # the hang-up is not seen yet
+        assert outcomes(await relay.deliver(request(eml))) == ["delivered"]
+        await relay.aclose()
+    assert server.connections == 2
+    assert len(script.messages) == 2
