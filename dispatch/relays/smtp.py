@@ -5,12 +5,11 @@ tokens of a :class:`trio.CapacityLimiter`, takes the most recently used idle con
 the pool (or opens one), runs one transaction on it and gives it back. A connection whose
 transaction ended with the reply to its data less than ``FRESH_SECONDS`` ago is reused at
 once (a completed transaction leaves the server ready for the next MAIL, RFC 5321 §4.1.4);
-any other is sent
-RSET first (§4.1.1.5), which proves the server has not dropped it while idle, and if that
-fails the next idle connection, or a new one, is tried. If a connection reused without RSET
-turns out dead — not one reply to the transaction's commands — the transaction is run once
-more on another: the message only goes after a 354, so the dead one cannot have taken it and
-this costs no duplicate. A connection idle for more than
+any other is sent RSET first (§4.1.1.5), which proves the server has not dropped it while
+idle, and if that fails the next idle connection, or a new one, is tried. If a connection
+reused without RSET turns out dead — not one reply to the transaction's commands — the
+transaction is run once more on another: the message only goes after a 354, so the dead one
+cannot have taken it and this costs no duplicate. A connection idle for more than
 ``IDLE_SECONDS`` is closed (QUIT) at the next delivery instead of being reused. The pool
 never holds more connections than ``max_inflight``: one is only opened by a delivery holding
 a token, when none is idle.
@@ -59,7 +58,8 @@ log = logging.getLogger("dispatch.relays.smtp")
 # a server waits for the next command (RFC 5321 §4.5.3.2.7), so it is rarely already gone.
 IDLE_SECONDS: Final = 60.0
 FRESH_SECONDS: Final = 2.0
-"""A pooled connection idle for less than this is reused without an RSET round trip."""
+"""A pooled connection whose last transaction ended cleanly less than this long ago is reused
+without an RSET round trip."""
 
 _TLS_MODES: Final[dict[str, TlsMode]] = {
     "none": "none",
