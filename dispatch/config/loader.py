@@ -364,6 +364,16 @@ def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
     listener = settings.listener
     if not listener.ports:
         yield ConfigProblem("listener.ports", "is empty; list at least one SMTP port")
+    for port in sorted(set(listener.tls_ports) & set(listener.ports)):
+        yield ConfigProblem(
+            "listener.tls_ports",
+            f"{port} is also in listener.ports; a port speaks either implicit TLS or plain SMTP",
+        )
+    for port in sorted(set(listener.submission_ports) - {*listener.ports, *listener.tls_ports}):
+        yield ConfigProblem(
+            "listener.submission_ports",
+            f"{port} is in neither listener.ports nor listener.tls_ports; add it to one of them",
+        )
     names: list[str] = []
     for i, relay in enumerate(settings.relays):
         if not relay.name:

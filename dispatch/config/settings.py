@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from dispatch.config.types import (
+    LOOPBACK,
     PRIVATE_AND_LOOPBACK,
     BindAddresses,
     Cidr,
@@ -46,6 +47,10 @@ def _private_and_loopback() -> tuple[Cidr, ...]:
     return PRIVATE_AND_LOOPBACK
 
 
+def _loopback() -> tuple[Cidr, ...]:
+    return LOOPBACK
+
+
 @attrs.frozen
 class SmtpUser:
     """One SMTP AUTH account; the hash comes from ``python -m dispatch hash-password``."""
@@ -66,8 +71,11 @@ class ListenerSettings:
     connection_timeout_seconds: PositiveFloat = live(PositiveFloat(60.0))
     session_timeout_seconds: PositiveFloat = live(PositiveFloat(1800.0))
     max_connections: PositiveInt = live(PositiveInt(100))
+    max_connections_per_ip: PositiveInt = live(PositiveInt(50))
     users: tuple[SmtpUser, ...] = live(())
     processes: PositiveInt = PositiveInt(1)
+    submission_ports: tuple[Port, ...] = live(())
+    tls_ports: tuple[Port, ...] = ()
 
 
 @attrs.frozen
@@ -97,6 +105,9 @@ class ApiSettings:
     allowed_cidrs: tuple[Cidr, ...] = live(factory=_private_and_loopback)
     max_message_bytes: PositiveInt = live(PositiveInt(26_214_400))
     rate_limit_per_key: PositiveInt = live(PositiveInt(100))
+    max_concurrent_requests: PositiveInt = live(PositiveInt(16))
+    max_concurrent_requests_per_ip: PositiveInt = live(PositiveInt(8))
+    request_timeout_seconds: PositiveFloat = live(PositiveFloat(120.0))
 
 
 @attrs.frozen
@@ -132,6 +143,7 @@ class HealthSettings:
 @attrs.frozen
 class MonitoringSettings:
     address: HostPort = HostPort("")
+    allowed_cidrs: tuple[Cidr, ...] = live(factory=_loopback)
 
 
 # --- relays (SPEC §6): one class per kind, chosen by the `kind` key -----------------------

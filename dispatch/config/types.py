@@ -63,9 +63,11 @@ class Secret:
 
 REDACTED: Final = "<redacted>"
 
+LOOPBACK: Final[tuple[Cidr, ...]] = (Cidr("127.0.0.0/8"), Cidr("::1/128"))
+"""The default allow-list of the monitoring server: it shows configuration and internals."""
+
 PRIVATE_AND_LOOPBACK: Final[tuple[Cidr, ...]] = (
-    Cidr("127.0.0.0/8"),
-    Cidr("::1/128"),
+    *LOOPBACK,
     Cidr("10.0.0.0/8"),
     Cidr("172.16.0.0/12"),
     Cidr("192.168.0.0/16"),
