@@ -4,6 +4,12 @@ Every line carries the context of the task that wrote it (``component``, ``sessi
 ``message`` …). The context lives in a :class:`contextvars.ContextVar`; Trio runs each task
 in a copy of its parent's context, so :func:`bind` at the top of a task labels everything
 that task and its children log, and nothing else.
+
+Log lines carry values a peer chose (request paths, verbs, EHLO names, header values, file
+names). :func:`printable` is the one place such text is made safe: both formatters pass every
+message and context value through it, and so do traces (:mod:`dispatch.monitoring.traces`),
+so a peer can neither start a forged line (CR, LF, U+2028) nor send escape sequences to an
+operator's terminal, whatever call site logged the value.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +31,34 @@ _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 _context: Final[contextvars.ContextVar[Mapping[str, str]]] = contextvars.ContextVar(
     "dispatch_log_context", default=_EMPTY
 )
+
+
+# C0 controls (CR, LF, NUL, ESC, TAB …), DEL, C1 controls (0x9b is a one-byte CSI on some
+# terminals), the Unicode line and paragraph separators, and the bidirectional overrides and
+# isolates (which can make a line read differently from what it holds).
+_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED: Final = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\0": "\\0"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every control, line-breaking and bidi character written as an escape.
+
+    A carriage return becomes ``\r`` (a backslash, then ``r``), ESC ``\x1b``: visible, on
+    one line.
+    Text without such characters is returned as it is (the common case costs one search).
+    """
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def bind(**fields: str) -> None:
@@ -61,13 +96,16 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         context: Mapping[str, str] = getattr(record, "dispatch_context", {})
-        tags = " ".join(f"{k}={v}" for k, v in context.items() if k != "component")
-        component = context.get("component", record.name.removeprefix("dispatch."))
+        tags = " ".join(f"{k}={printable(v)}" for k, v in context.items() if k != "component")
+        component = printable(context.get("component", record.name.removeprefix("dispatch.")))
         line = f"{_timestamp(record)} {record.levelname:<7} {component}"
         line += f" [{tags}] " if tags else " "
-        line += record.getMessage()
+        line += printable(record.getMessage())
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # Indented, so that not even an exception message with a line break in it can
+            # start a line that looks like a log line of its own.
+            trace = self.formatException(record.exc_info).split("\n")
+            line += "".join("\n  " + printable(part) for part in trace)
         return line
 
 
@@ -79,9 +117,10 @@ class JsonFormatter(logging.Formatter):
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": printable(record.getMessage()),
         }
-        entry.update(getattr(record, "dispatch_context", {}))
+        context: Mapping[str, str] = getattr(record, "dispatch_context", {})
+        entry.update((k, printable(v)) for k, v in context.items())
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

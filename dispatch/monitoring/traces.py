@@ -35,6 +35,8 @@ from typing import Final
 import attrs
 import trio
 
+from dispatch.logs import printable
+
 FAMILIES: Final = ("smtp.session", "delivery", "api.request", "health")
 """The families Dispatch traces; :class:`Tracer` refuses others (a typo is a bug)."""
 
@@ -290,6 +292,8 @@ class Tracer:
 
 
 def _cut(text: str) -> str:
-    if len(text) <= MAX_MESSAGE_CHARS:
-        return text
-    return text[:MAX_MESSAGE_CHARS] + f"… ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+    """Cut to :data:`MAX_MESSAGE_CHARS`, then escape what a peer may have put in it."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        more = len(text) - MAX_MESSAGE_CHARS
+        text = text[:MAX_MESSAGE_CHARS] + f"… ({more} more characters)"
+    return printable(text)

@@ -1,0 +1,148 @@
+"""Peer-chosen text in log lines and traces: escaped by one helper, in both log formats.
+
+A refused client could forge a log line by putting ``%0D%0A`` and a timestamp in the path of
+a request (issue 11, item 5); the formatters now escape every message and context value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import signal
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatch.logs import configure_logging, log_context, printable
+from dispatch.monitoring.traces import Tracer
+from tests.conftest import Daemon, free_port
+from tests.system.faults import Ports, base_config, write_config
+
+RAW = frozenset("\r\n\0\x1b\x7f\x9b\u2028\u202e")
+HOSTILE = "a\rb\nc\0d\x1b[31me\x7ff\x9bg\u2028h\u202ei\tj"
+FORGED = "\r\n2026-12-03T17:00:00.000Z INFO  api forged line"
+LINE_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR)")
+
+
+def test_printable_escapes_every_dangerous_character() -> None:
+    escaped = printable(HOSTILE)
+    assert escaped == "a\\rb\\nc\\0d\\x1b[31me\\x7ff\\x9bg\\u2028h\\u202ei\\tj"
+    assert escaped.isprintable()
+
+
+def test_printable_leaves_ordinary_text_alone() -> None:
+    text = "GET /api/v1/messages?x=é ü 東京 \\r"
+    assert printable(text) is text
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    previous = logging.getLogger().handlers[:], logging.getLogger().level
+    stream = io.StringIO()
+    yield stream
+    logging.getLogger().handlers[:], level = previous
+    logging.getLogger().setLevel(level)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_formatters_escape_messages_context_and_tracebacks(
+    captured: io.StringIO, log_format: str
+) -> None:
+    configure_logging("json" if log_format == "json" else "text", "INFO", captured)
+    log = logging.getLogger("dispatch.test")
+    with log_context(peer=HOSTILE):
+        log.warning("denied GET %s", "/x" + FORGED + HOSTILE)
+        try:
+            raise ValueError("bad" + FORGED)
+        except ValueError:
+            log.exception("failed")
+    lines = captured.getvalue().splitlines()
+    for line in lines:
+        assert not RAW & set(line), line
+    if log_format == "json":
+        entries = [json.loads(line) for line in lines]  # every line one object
+        assert len(entries) == 2
+        assert "\\r\\n2026-12-03T17:00:00.000Z" in entries[0]["msg"]
+        assert entries[0]["peer"] == printable(HOSTILE)
+    else:
+        starts = [line for line in lines if LINE_START.match(line)]
+        assert len(starts) == 2, lines  # the forged timestamp never starts a line
+        assert "\\r\\n2026-12-03T17:00:00.000Z INFO  api forged line" in lines[0]
+        assert f"peer={printable(HOSTILE)}" in lines[0]
+
+
+def test_traces_escape_titles_and_events() -> None:
+    tracer = Tracer()
+    trace = tracer.start("api.request", "GET /x" + FORGED)
+    trace.event("C: EHLO " + HOSTILE)
+    trace.error("S: 500 " + HOSTILE)
+    trace.finish()
+    assert not RAW & set(trace.title)
+    for event in trace.events():
+        assert event.message.isprintable()
+
+
+# --- the running daemon: every HTTP listener refuses a hostile path and logs it safely -----
+
+
+def _raw_http(port: int, target: str, *, tls: bool = False) -> bytes:
+    """Send one request with ``target`` exactly as given (no client-side normalising)."""
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+        if tls:
+            sock = stack.enter_context(context.wrap_socket(sock))
+        sock.sendall(request.encode())
+        answer = b""
+        with contextlib.suppress(ssl.SSLEOFError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+HOSTILE_PATH = (
+    "/api/v1/%0D%0A2026-12-03T17:00:00.000Z%20INFO%20%20api%20forged%00%1B%5B31m%E2%80%A8"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_refused_requests_cannot_forge_log_lines(
+    start_daemon: Callable[..., Daemon], tmp_path: Path, log_format: str
+) -> None:
+    ports = Ports.pick()
+    monitoring = free_port()
+    outsider_only = ["127.0.0.2/32"]
+    config = base_config(
+        tmp_path,
+        ports,
+        api={"allowed_cidrs": outsider_only},
+        webui={"allowed_cidrs": outsider_only},
+        monitoring={"address": f"127.0.0.1:{monitoring}", "allowed_cidrs": outsider_only},
+    )
+    write_config(tmp_path / "dispatch.toml", config)
+    daemon = start_daemon(
+        None, "--config", str(tmp_path / "dispatch.toml"), "--log-format", log_format
+    )
+    daemon.wait_for("all components ready")
+    for port, tls in ((ports.api, False), (ports.webui, True), (monitoring, False)):
+        assert b" 403 " in _raw_http(port, HOSTILE_PATH, tls=tls).split(b"\r\n", 1)[0]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0  # every line written, and read
+    denied = [line for line in daemon.lines if "denied" in line]
+    assert len(denied) >= 3, daemon.log
+    for line in daemon.lines:
+        assert not RAW & set(line), line
+        text = json.loads(line)["msg"] if log_format == "json" else line
+        assert "forged" not in text or "\\r\\n2026-12-03T17:00:00.000Z" in text, line
+        if log_format == "text":
+            assert LINE_START.match(line) or line.startswith(" "), line
