@@ -136,6 +136,13 @@ def test_refused_requests_cannot_forge_log_lines(
     daemon.wait_for("all components ready")
     for port, tls in ((ports.api, False), (ports.webui, True), (monitoring, False)):
         assert b" 403 " in _raw_http(port, HOSTILE_PATH, tls=tls).split(b"\r\n", 1)[0]
+    with socket.create_connection(("127.0.0.1", ports.smtp), timeout=10) as smtp:
+        smtp.sendall(
+            b"EHLO a\x1b[31m\x00b\r\nMAIL FROM:<x\x1b[2J@y.test>\r\nXY\x1bZ\x9b\r\n"
+            b"AUTH PLAIN AHVcdTIwMjgAcA==\r\nQUIT\r\n"
+        )
+        while smtp.recv(65536):
+            pass
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0  # every line written, and read
     denied = [line for line in daemon.lines if "denied" in line]
