@@ -129,12 +129,39 @@ class SmtpSession:
         self.messages = 0
         self.started = time.monotonic()
         self._out = bytearray()
-        self._transaction: _Transaction | None = None
+        self._current: _Transaction | None = None
+        # Messages of transactions that were replaced or cleared, still to be aborted: see
+        # the `_transaction` setter.
+        self._dropped: list[IncomingMessage] = []
         self._waiting_since = 0.0  # trio time the wait for the next command began
 
     @property
     def tls_active(self) -> bool:
         return self.conn.tls_active
+
+    @property
+    def _transaction(self) -> _Transaction | None:
+        """The open mail transaction, if any."""
+        return self._current
+
+    @_transaction.setter
+    def _transaction(self, new: _Transaction | None) -> None:
+        # The one place a transaction is replaced or cleared (RSET, EHLO, HELO, STARTTLS, the
+        # end of the data, the end of the session ...). A message still open in the old one
+        # is queued here and aborted by `_abort_dropped` before the session reads on, so no
+        # path that abandons a transaction can leave its spool file and descriptor behind.
+        old = self._current
+        if old is not None and old is not new and old.message is not None:
+            self._dropped.append(old.message)
+            old.message = None
+        self._current = new
+
+    async def _abort_dropped(self) -> None:
+        """Abort the messages of abandoned transactions (closes their descriptors and removes
+        their ``tmp/`` files). Shielded: it also runs while the session is being cancelled."""
+        with trio.CancelScope(shield=True):
+            while self._dropped:
+                await self._dropped.pop().abort()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -150,7 +177,8 @@ class SmtpSession:
         except SessionEnded:
             pass
         finally:
-            await self._discard_message()
+            self._transaction = None
+            await self._abort_dropped()
             stats = self.context.stats
             stats.smtp_sessions.add("tls" if self.tls_active else "plain")
             stats.smtp_session_seconds.observe(time.monotonic() - self.started)
@@ -158,6 +186,8 @@ class SmtpSession:
     async def _serve(self) -> None:
         self._waiting_since = trio.current_time()
         while not self.conn.closed:
+            if self._dropped:
+                await self._abort_dropped()
             event = self.conn.next_event()
             if event is NEED_DATA:
                 await self._flush()
@@ -258,7 +288,6 @@ class SmtpSession:
             case DataEnd():
                 await self._end_data(event)
             case Rset():
-                await self._discard_message()
                 self._transaction = None
                 self._reply(replies.OK)
             case Noop():
@@ -413,6 +442,7 @@ class SmtpSession:
             stats.spool_writes.add("ok")
             stats.messages_received.add("smtp")
             self.messages += 1
+            transaction.message = None  # committed: nothing left to abort
             self._transaction = None
             self.trace.event(f"queued {envelope.id} ({envelope.size} bytes)")
             log.info(
@@ -426,10 +456,12 @@ class SmtpSession:
         self.context.record(events.received(envelope, subject=transaction.loops.subject))
 
     async def _discard_message(self) -> None:
+        """Abort the open transaction's message, keeping the transaction itself."""
         transaction = self._transaction
         if transaction is not None and transaction.message is not None:
-            message, transaction.message = transaction.message, None
-            await message.abort()
+            self._dropped.append(transaction.message)
+            transaction.message = None
+        await self._abort_dropped()
 
     # --- STARTTLS --------------------------------------------------------------------------
 
