@@ -3,14 +3,21 @@
 The protocol core only frames the exchange (a 334 makes the next line an ``AuthResponse``);
 this module decides the replies. Passwords are checked against argon2 hashes in a worker
 thread. An unknown user costs the same hash verification as a known one, so timing does not
-reveal which accounts exist. Failures are counted per peer IP in a shared
-:class:`~dispatch.security.throttle.FailureThrottle`; a throttled peer gets ``454`` without
-its password being looked at.
+reveal which accounts exist.
+
+Failures are counted in a shared :class:`~dispatch.security.throttle.FailureThrottle` twice:
+per peer IP (whatever the username) and per username (whatever the address). When either
+has had ``max_failures`` failures within the window, the attempt gets ``454`` without its
+password being looked at; so a throttled address is refused for every user, and a throttled
+username from every address. A success as user U from address A forgives only the failures
+at U from A: never guesses at another user from A, nor guesses at U from elsewhere. Unknown
+usernames are counted like known ones, so the throttle does not reveal which accounts exist.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from typing import Final
 
@@ -29,6 +36,11 @@ MECHANISMS: Final = ("PLAIN", "LOGIN")
 THROTTLED: Final = Reply.of(
     454, "Too many failed authentications, try again later", enhanced="4.7.0"
 )
+
+
+def username_key(username: str) -> str:
+    """The throttle key of a username: fixed size, however long the name a client sent."""
+    return "user:" + hashlib.sha256(username.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @functools.cache
@@ -85,7 +97,8 @@ class SmtpAuthenticator:
             if self._mechanism == "PLAIN":
                 credentials = sasl.decode_plain(line)
                 if credentials.authzid not in ("", credentials.username):
-                    return await self._finish(None, None)  # no acting on behalf of others
+                    # No acting on behalf of others; a failure at this username all the same.
+                    return await self._finish(credentials.username, None)
                 return await self._finish(credentials.username, credentials.password)
             if self._username is None:
                 self._username = sasl.decode_login(line)
@@ -96,25 +109,25 @@ class SmtpAuthenticator:
             self.failures += 1
             return exc.reply
 
-    async def _finish(self, username: str | None, password: str | None) -> Reply:
+    async def _finish(self, username: str, password: str | None) -> Reply:
         self._mechanism = None
+        address, user = self._peer_ip, username_key(username)
         # Checked again here, and the attempt counted as a failure *before* the slow hash
         # check: otherwise guesses sent at once on many connections all passed the check in
         # `start` and were all verified (20 parallel guesses got 20 answers where the
         # throttle allows 5; found by tests/system/test_abuse_smtp.py).
-        if self._throttle.retry_after(self._peer_ip) > 0:
-            log.warning("AUTH refused: too many failures from %s", self._peer_ip)
+        if self._throttle.retry_after(address) > 0 or self._throttle.retry_after(user) > 0:
+            log.warning("AUTH refused: too many failures from %s or at this user", address)
             return THROTTLED
-        self._throttle.record_failure(self._peer_ip)
-        ok = (
-            username is not None
-            and password is not None
-            and await _check(self._users, username, password)
-        )
+        self._throttle.record_failure(address, detail=user)
+        self._throttle.record_failure(user, detail=address)
+        ok = password is not None and await _check(self._users, username, password)
         if ok:
-            self._throttle.record_success(self._peer_ip)
+            # Forgives this user's failures from this address only (see the module docstring).
+            self._throttle.record_success(address, detail=user)
+            self._throttle.record_success(user, detail=address)
             self.identity = username
             return replies.AUTH_SUCCEEDED
         self.failures += 1
-        log.warning("AUTH failed from %s", self._peer_ip)
+        log.warning("AUTH failed from %s", address)
         return replies.AUTH_FAILED

@@ -1,8 +1,14 @@
 """Throttling repeated failures (SPEC §11): SMTP AUTH, dashboard logins, API keys.
 
-A key (usually the peer IP) that fails :attr:`FailureThrottle.max_failures` times within
+A key (a peer IP, or a username) that fails :attr:`FailureThrottle.max_failures` times within
 :attr:`FailureThrottle.window` seconds is refused for the rest of that window, whatever it
 sends: a brute-force attempt gets a handful of guesses per window instead of thousands.
+
+Each failure may carry a *detail*: what else the failure was about. SMTP AUTH records every
+failed attempt twice, under the peer IP with the username as detail and under the username
+with the peer IP as detail; a success forgives only the failures with the same pair
+(:meth:`FailureThrottle.record_success`). So a valid login as one user never forgives guesses
+at another user from the same address, nor guesses at the same user from other addresses.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from collections.abc import Callable
 from typing import Final
 
 MAX_TRACKED_KEYS: Final = 10_000  # bounded memory under a spray of source addresses
+KEPT_PER_KEY: Final = 4
+"""Failures kept per key, in multiples of ``max_failures``: more than the throttle needs, so
+that forgiving one detail's failures never drops the count of another below what it was."""
 
 
 class FailureThrottle:
@@ -27,14 +36,14 @@ class FailureThrottle:
         self.max_failures = max_failures
         self.window = window
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
 
-    def _recent(self, key: str) -> deque[float]:
+    def _recent(self, key: str) -> deque[tuple[float, str]]:
         failures = self._failures.get(key)
         if failures is None:
             return deque()
         horizon = self._clock() - self.window
-        while failures and failures[0] <= horizon:
+        while failures and failures[0][0] <= horizon:
             failures.popleft()
         if not failures:
             del self._failures[key]
@@ -45,14 +54,28 @@ class FailureThrottle:
         failures = self._recent(key)
         if len(failures) < self.max_failures:
             return 0.0
-        return max(0.0, failures[-self.max_failures] + self.window - self._clock())
+        return max(0.0, failures[-self.max_failures][0] + self.window - self._clock())
 
-    def record_failure(self, key: str) -> None:
-        failures = self._failures.setdefault(key, deque(maxlen=self.max_failures))
-        failures.append(self._clock())
+    def record_failure(self, key: str, detail: str = "") -> None:
+        """Count one failure of ``key``; ``detail`` says what else it was about (see above)."""
+        failures = self._failures.get(key)
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.max_failures * KEPT_PER_KEY)
+        failures.append((self._clock(), detail))
         self._failures.move_to_end(key)
         while len(self._failures) > MAX_TRACKED_KEYS:
             self._failures.popitem(last=False)
 
-    def record_success(self, key: str) -> None:
-        self._failures.pop(key, None)
+    def record_success(self, key: str, detail: str = "") -> None:
+        """Forgive the failures of ``key`` recorded with this same ``detail``, no others.
+
+        Without details (as the API records them) that is every failure of ``key``.
+        """
+        failures = self._failures.get(key)
+        if failures is None:
+            return
+        kept = deque((f for f in failures if f[1] != detail), maxlen=failures.maxlen)
+        if kept:
+            self._failures[key] = kept
+        else:
+            del self._failures[key]

@@ -96,6 +96,19 @@ def test_throttle_blocks_after_max_failures_for_the_window() -> None:
     assert throttle.retry_after("1.2.3.4") == 0
 
 
+def test_throttle_success_forgives_only_failures_with_the_same_detail() -> None:
+    throttle = FailureThrottle(max_failures=3, window=60, clock=lambda: 1000.0)
+    throttle.record_failure("1.2.3.4", detail="user:alice")
+    throttle.record_failure("1.2.3.4", detail="user:alice")
+    throttle.record_failure("1.2.3.4", detail="user:bob")
+    throttle.record_success("1.2.3.4", detail="user:bob")
+    assert throttle.retry_after("1.2.3.4") == 0  # bob's own failure forgiven
+    throttle.record_success("1.2.3.4", detail="user:carol")
+    throttle.record_success("1.2.3.4")  # a success without detail forgives none of them
+    throttle.record_failure("1.2.3.4", detail="user:alice")
+    assert throttle.retry_after("1.2.3.4") == pytest.approx(60)  # alice's stayed counted
+
+
 async def test_password_hashes_verify_off_the_event_loop() -> None:
     hashed = await trio.to_thread.run_sync(hash_password, "correct horse battery")
     assert hashed.startswith("$argon2id$")
