@@ -7,9 +7,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from dispatch.control.commands import SEND_TEST_WAIT_SECONDS
 from dispatch.control.server import SOCKET_NAME
 
-TIMEOUT_SECONDS = 30.0
+TIMEOUT_SECONDS = SEND_TEST_WAIT_SECONDS + 30.0
+"""How long to wait for an answer: send-test waits up to its relay's answer before replying."""
 
 
 class DaemonUnreachable(Exception):
@@ -27,7 +29,12 @@ def request(data_dir: Path, command: str, args: dict[str, Any]) -> dict[str, Any
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
+    except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as exc:
         raise DaemonUnreachable(f"no daemon answers on {path}") from exc
-    answer: dict[str, Any] = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise DaemonUnreachable(f"the daemon on {path} sent no answer that makes sense")
     return answer

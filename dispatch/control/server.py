@@ -5,17 +5,22 @@ One request per connection: the client writes one JSON object and a newline
 (``{"ok": true, "result": …}`` or ``{"ok": false, "error": "…"}``) and closes. The socket is
 mode 600 in the private data directory: only the daemon's user can steer it.
 
+A malformed request (empty, not JSON, not an object, an unknown command or argument, a line
+too long or too slow, a client that half-closes early) gets ``{"ok": false, "error": …}``
+like any refused command; no connection can stop the server (see :meth:`ControlServer._serve`
+and :mod:`dispatch.control.protocol`).
+
 Owns the listening socket and the per-request tasks; starts when bound, stops (removing the
 socket file) on the stop request; a request in progress is cancelled with the component.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +29,14 @@ import trio
 
 from dispatch.config import Settings
 from dispatch.control import commands
+from dispatch.control.protocol import (
+    MAX_REQUEST_BYTES,
+    BadRequestError,
+    Request,
+    check_request,
+    encode_answer,
+    parse_line,
+)
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.spool import Spool
 from dispatch.supervisor import Shutdown
@@ -31,8 +44,13 @@ from dispatch.supervisor import Shutdown
 log = logging.getLogger("dispatch.control")
 
 SOCKET_NAME: Final = "control.sock"
-MAX_REQUEST_BYTES: Final = 65_536
-REQUEST_SECONDS: Final = 30.0
+READ_SECONDS: Final = 10.0
+"""How long a client has to send its request line: the CLI writes it at once, so only a
+stuck or hostile client takes longer, and it must not hold a connection slot for long."""
+SEND_SECONDS: Final = 10.0
+MAX_CONNECTIONS: Final = 32
+"""Requests served at once; beyond, a client is told to try again (only the daemon's own user
+can connect at all, so this bounds mistakes and runaway scripts, not strangers)."""
 
 
 @attrs.frozen
@@ -59,27 +77,28 @@ class Operations:
 
 
 async def handle(ops: Operations, request: Any) -> dict[str, Any]:
-    """Run one request; every failure a user can cause becomes ``{"ok": false, …}``."""
-    spool = ops.spool
-    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-        return {"ok": False, "error": 'expected {"command": "...", "args": {...}}'}
-    args = request.get("args") or {}
-    if not isinstance(args, dict):
-        return {"ok": False, "error": "args must be an object"}
+    """Run one decoded request; every failure a user can cause becomes ``{"ok": false, …}``."""
+    try:
+        checked = check_request(request)
+    except BadRequestError as exc:
+        return {"ok": False, "error": str(exc)}
+    return await run(ops, checked)
+
+
+async def run(ops: Operations, request: Request) -> dict[str, Any]:
+    """Run a checked request (see :mod:`dispatch.control.protocol` for its arguments)."""
+    spool, args = ops.spool, request.args
     handlers: dict[str, Callable[[], Awaitable[Any] | Any]] = {
         "spool.list": lambda: commands.spool_list(
             spool, args.get("state"), args.get("limit", 1000)
         ),
-        "spool.show": lambda: commands.spool_show(spool, args.get("id")),
-        "spool.retry": lambda: commands.spool_retry(spool, args.get("id")),
-        "spool.delete": lambda: commands.spool_delete(spool, args.get("id")),
+        "spool.show": lambda: commands.spool_show(spool, args["id"]),
+        "spool.retry": lambda: commands.spool_retry(spool, args["id"]),
+        "spool.delete": lambda: commands.spool_delete(spool, args["id"]),
         "send-test": lambda: ops.send_test(args),
     }
-    handler = handlers.get(request["command"])
-    if handler is None:
-        return {"ok": False, "error": f"unknown command {request['command']!r}"}
     try:
-        result = handler()
+        result = handlers[request.command]()
         if isinstance(result, Awaitable):
             result = await result
     except commands.CommandError as exc:
@@ -90,9 +109,13 @@ async def handle(ops: Operations, request: Any) -> dict[str, Any]:
 class ControlServer:
     """See the module docstring."""
 
-    def __init__(self, data_dir: Path, ops: Operations) -> None:
+    def __init__(
+        self, data_dir: Path, ops: Operations, *, read_seconds: float = READ_SECONDS
+    ) -> None:
         self.path = data_dir / SOCKET_NAME
         self._ops = ops
+        self._read_seconds = read_seconds
+        self._connections = 0
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -109,32 +132,89 @@ class ControlServer:
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._accept, listener, nursery)
+                # serve_listeners rides out EMFILE and friends instead of crashing.
+                nursery.start_soon(
+                    partial(trio.serve_listeners, self._serve, [listener], handler_nursery=nursery)
+                )
                 await shutdown.requested.wait()
                 nursery.cancel_scope.cancel()
         finally:
             await listener.aclose()
             self.path.unlink(missing_ok=True)
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            stream = await listener.accept()
-            nursery.start_soon(self._serve, stream)
-
     async def _serve(self, stream: trio.SocketStream) -> None:
+        """One connection: read one request line, answer it, close.
+
+        Whatever the client sends (or fails to send), it gets one answer line and the
+        connection ends; no exception leaves this task, so one connection can never take the
+        component down. Reading is bounded in size (:data:`MAX_REQUEST_BYTES`) and time
+        (:data:`READ_SECONDS` by default); the command itself is not cut short (send-test
+        waits for its relay), and cancellation (the component stopping) ends it unanswered.
+        """
         async with stream:
-            with trio.move_on_after(REQUEST_SECONDS):
-                data = b""
-                while b"\n" not in data and len(data) < MAX_REQUEST_BYTES:
-                    chunk = await stream.receive_some(MAX_REQUEST_BYTES)
-                    if not chunk:
-                        break
-                    data += chunk
-                try:
-                    request = json.loads(data.split(b"\n", 1)[0] or b"null")
-                except ValueError:
-                    answer: dict[str, Any] = {"ok": False, "error": "the request is not JSON"}
+            self._connections += 1
+            try:
+                if self._connections > MAX_CONNECTIONS:
+                    answer: dict[str, Any] = {
+                        "ok": False,
+                        "error": f"{MAX_CONNECTIONS} control requests are running; try again",
+                    }
                 else:
-                    answer = await handle(self._ops, request)
-                    log.info("control: %s -> %s", request.get("command"), answer["ok"])
-                await stream.send_all(json.dumps(answer).encode() + b"\n")
+                    answer = await self._answer(stream)
+                with trio.move_on_after(SEND_SECONDS):
+                    await stream.send_all(encode_answer(answer))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("control: the client left before its answer")
+            except Exception:
+                log.exception("control: a request failed")
+            finally:
+                self._connections -= 1
+
+    async def _answer(self, stream: trio.SocketStream) -> dict[str, Any]:
+        try:
+            line = await _read_line(stream, self._read_seconds)
+            request = parse_line(line)
+        except BadRequestError as exc:
+            log.info("control: bad request: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        try:
+            answer = await run(self._ops, request)
+        except Exception as exc:
+            # A fault of ours (or of the disk), not of the request: answer, and log it once
+            # with its traceback; the server goes on serving.
+            log.exception("control: %s failed", request.command)
+            return {
+                "ok": False,
+                "error": f"{request.command} failed: {type(exc).__name__}; see the daemon log",
+            }
+        log.info("control: %s -> %s", request.command, "ok" if answer["ok"] else "refused")
+        return answer
+
+
+async def _read_line(stream: trio.SocketStream, read_seconds: float) -> bytes:
+    """The first line the client sends (or all it sent before half-closing).
+
+    Raises :class:`BadRequestError` for a line longer than :data:`MAX_REQUEST_BYTES` or one
+    not complete within ``read_seconds``.
+    """
+    data = bytearray()
+    with trio.move_on_after(read_seconds):
+        while True:
+            end = data.find(b"\n")
+            if end >= 0:
+                data = data[:end]
+                break
+            if len(data) > MAX_REQUEST_BYTES:
+                break
+            chunk = await stream.receive_some(MAX_REQUEST_BYTES)
+            if not chunk:  # end of file: the client half-closed (or sent nothing)
+                break
+            data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            raise BadRequestError(
+                f"the request is longer than {MAX_REQUEST_BYTES} bytes; send one short JSON line"
+            )
+        return bytes(data)
+    raise BadRequestError(
+        f"no complete request line within {read_seconds:g} s; send one JSON line ending in \\n"
+    )
