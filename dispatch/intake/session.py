@@ -200,6 +200,7 @@ class SmtpSession:
             elif isinstance(event, ConnectionClosed | PipelinedAfterStartTls):
                 if isinstance(event, PipelinedAfterStartTls):
                     log.warning("plaintext pipelined after STARTTLS from %s: closed", self.peer_ip)
+                    self.context.stats.smtp_violations.add("pipelining_after_starttls")
                 break
             else:
                 await self._handle(event)
@@ -312,6 +313,7 @@ class SmtpSession:
                 self._reply(reply)
             case BareLineEnding(reply):
                 log.warning("bare CR or LF in message data from %s: closed", self.peer_ip)
+                self.context.stats.smtp_violations.add("bare_line_ending")
                 await self._discard_message()
                 self._reply(reply)
             case CommandError(reply=reply) | UnknownCommand(reply=reply):
@@ -404,6 +406,9 @@ class SmtpSession:
     async def _end_data(self, end: DataEnd) -> None:
         transaction = self._transaction
         if end.error is not None or transaction is None or transaction.message is None:
+            if end.error is replies.NUL_IN_DATA:
+                log.warning("NUL in message data from %s: message refused", self.peer_ip)
+                self.context.stats.smtp_violations.add("nul_in_data")
             await self._discard_message()
             self._transaction = None  # the core has ended the transaction too
             self._reply(end.error or replies.BAD_SEQUENCE)

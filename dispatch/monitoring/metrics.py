@@ -54,7 +54,15 @@ most this old, and the database answers three indexed queries each time."""
 # Label values that exist before anything happened, so rate() and alerts have a series.
 _KNOWN_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "smtp_sessions": ("plain", "tls"),
-    "smtp_auth": ("success", "failure", "throttled"),
+    "smtp_auth": ("success", "failure", "throttled", "busy"),
+    # counted by dispatch/intake/session.py (see docs/smtp.md)
+    "smtp_violations": (
+        "before_greeting",
+        "pipelining_after_data",
+        "pipelining_after_starttls",
+        "bare_line_ending",
+        "nul_in_data",
+    ),
     "messages_received": ("smtp", "api"),
     "spool_writes": ("ok", "full", "error"),
 }
@@ -243,6 +251,7 @@ class MetricsCollector:
             ("smtp_replies", "dispatch_smtp_replies", s.smtp_replies, "code"),
             ("smtp_sessions", "dispatch_smtp_sessions", s.smtp_sessions, "tls"),
             ("smtp_wrong_protocol", "dispatch_smtp_wrong_protocol", s.smtp_wrong_protocol, "verb"),
+            ("smtp_violations", "dispatch_smtp_protocol_violations", s.smtp_violations, "kind"),
             ("smtp_denied", "dispatch_smtp_denied_connections", s.smtp_denied, "reason"),
             ("smtp_auth", "dispatch_smtp_auth", s.smtp_auth, "result"),
             ("messages_received", "dispatch_messages_received", s.messages_received, "source"),

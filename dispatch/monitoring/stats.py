@@ -117,6 +117,11 @@ class Stats:
             p + "wrongProtoCount", "commands of other protocols (e.g. HTTP) on SMTP", "verb"
         )
         self.smtp_loops = Counter(p + "loopsDetected", "messages refused as mail loops")
+        self.smtp_violations = CounterMap(
+            p + "protocolViolations",
+            "SMTP sessions closed or messages refused for breaking the protocol",
+            "kind",
+        )
         self.smtp_denied = CounterMap(
             p + "deniedCount", "SMTP connections refused at connect", "reason"
         )

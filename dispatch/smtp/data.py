@@ -12,8 +12,14 @@ Server side (`BodyReader`). The reader takes whole lines out of the receive buff
   §4.5.3.1.6) does not stop the reading: the rest of the line is dropped as it arrives, the
   message is marked bad, and the reader goes on to the terminator; `DataEnd.error` then says
   500 5.5.6. Likewise a message that grows past `max_message_bytes` (552 5.3.4).
+- A NUL anywhere in the data (RFC 2045 §2.7-2.8: text never holds NUL, and Dispatch offers no
+  BINARYMIME) does not stop the reading either: the message is marked bad and `DataEnd.error`
+  says 554 5.6.0 (`replies.NUL_IN_DATA`). The framing is intact, so the session goes on;
+  only the message is refused. Of a line that is both too long and holds a NUL, the length
+  is reported.
 - What is emitted does not depend on how the bytes were split into packets: the `DataChunk`s
-  are the message up to the first bad line, cut at `max_message_bytes`.
+  are the message up to the first bad line (too long, or holding a NUL), cut at
+  `max_message_bytes`.
 
 BDAT (RFC 3030) uses the same reader with the chunk's octet count instead of a terminator and
 no dot-unstuffing. Dispatch applies the same line rules there: BDAT framing cannot be
@@ -228,13 +234,19 @@ class BodyReader:
 
     def _accept(self, text: bytes) -> None:
         bad = self._lines.feed(text)
-        good = text if bad == -1 else text[:bad]
+        nul = _nul_line(text)
+        ends = [offset for offset in (bad, nul) if offset != -1]
+        good = text[: min(ends)] if ends else text
         if good and self._error is None:
             self._emit(good)
         if self._lines.bare_line_ending:
             self._fail_bare()
-        elif bad != -1 and self._error is None:
+        elif self._error is not None:
+            pass  # the first error stands
+        elif bad != -1 and (nul == -1 or bad <= nul):
             self._error = replies.TEXT_LINE_TOO_LONG
+        elif nul != -1:
+            self._error = replies.NUL_IN_DATA
 
     def _emit(self, text: bytes) -> None:
         if not self._chunked:
@@ -254,6 +266,16 @@ class BodyReader:
     def _fail_bare(self) -> None:
         self._fatal = True
         self._ready.append(BareLineEnding())
+
+
+def _nul_line(text: bytes) -> int:
+    """Where the first line holding a NUL starts in `text` (0 if it started in an earlier
+    piece), or -1 if there is no NUL."""
+    nul = text.find(b"\0")
+    if nul == -1:
+        return -1
+    crlf = text.rfind(_CRLF, 0, nul)
+    return 0 if crlf == -1 else crlf + 2
 
 
 class DataEncoder:

@@ -312,7 +312,8 @@ class DataEnd:
     `last` is True at the end of DATA and of `BDAT ... LAST`: the message is complete. If
     `error` is None the application spools it and answers `replies.queued(id)` (or, for a
     BDAT chunk that is not the last, `replies.chunk_received(n)`); otherwise it discards
-    what it received and answers `error` (552 too big, 500 line too long).
+    what it received and answers `error` (552 too big, 500 line too long, 554 NUL in the
+    data).
     """
 
     last: bool = True

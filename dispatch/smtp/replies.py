@@ -193,6 +193,12 @@ ALREADY_AUTHENTICATED: Final = Reply.of(503, "Already authenticated", enhanced="
 BARE_LINE_ENDING: Final = Reply.of(
     521, "Bare CR or LF in message data is not allowed; lines must end in CRLF", enhanced="5.5.2"
 )
+# RFC 2045 §2.7-2.8: 7bit and 8bit text never hold NUL; only "binary" may (BINARYMIME, RFC 3030
+# §3), which Dispatch does not offer. A next hop that drops NULs would see other text (and
+# possibly another end of data) than Dispatch did, so such a message is refused, not relayed.
+NUL_IN_DATA: Final = Reply.of(
+    554, "NUL characters are not allowed in message data", enhanced="5.6.0"
+)
 MESSAGE_TOO_BIG: Final = Reply.of(
     552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
 )

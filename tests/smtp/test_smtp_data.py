@@ -27,7 +27,7 @@ def deliver(body: bytes, limits: Limits | None = None) -> EchoApp:
         (b"...\r\n.\r\n", b"..\r\n"),
         (b"a\r\n..b\r\n.c\r\n.\r\n", b"a\r\n.b\r\nc\r\n"),
         (b"a\r\n.. \r\n.\r\n", b"a\r\n. \r\n"),
-        (b"8bit \xe9\xff\x00 ok\r\n.\r\n", b"8bit \xe9\xff\x00 ok\r\n"),
+        (b"8bit \xe9\xff\x01 ok\r\n.\r\n", b"8bit \xe9\xff\x01 ok\r\n"),
         (b"a.\r\n.\r\n", b"a.\r\n"),
     ],
 )
@@ -88,6 +88,46 @@ def test_text_line_limit() -> None:
     assert app.messages == []
     assert app.rejected == [replies.TEXT_LINE_TOO_LONG]
     assert app.reply_codes()[-2:] == ["500 5.5.6", OK]  # the session goes on
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a\x00b\r\n.\r\n",
+        b"\x00\r\n.\r\n",
+        b"first\r\nsecond\x00\r\n.\r\n",
+        b"first\r\n\x00.\r\n.\r\n",  # a NUL in front of a would-be terminator
+        b"end\r\n.\x00\r\n.\r\n",
+    ],
+)
+def test_nul_in_data_refuses_the_message_and_the_session_goes_on(body: bytes) -> None:
+    app = deliver(body + b"NOOP\r\n")
+    assert app.messages == []
+    assert app.rejected == [replies.NUL_IN_DATA]
+    assert app.reply_codes()[-2:] == ["554 5.6.0", OK]
+    assert not app.conn.closed
+
+
+def test_nul_in_data_emits_the_message_up_to_its_line_whatever_the_packets() -> None:
+    wire = START + b"DATA\r\nfine line\r\nbad \x00 line\r\nmore\r\n.\r\n"
+    whole = run(wire)
+    single = EchoApp()
+    for byte in wire:
+        single.feed(bytes([byte]))
+    for app in (whole, single):
+        assert app.rejected == [replies.NUL_IN_DATA]
+        chunks = b"".join(e.data for e in app.events if isinstance(e, DataChunk))
+        assert chunks == b"fine line\r\n"
+
+
+def test_the_first_of_nul_and_long_line_is_reported() -> None:
+    long_line = b"x" * 999 + b"\r\n"
+    app = deliver(b"a\x00\r\n" + long_line + b".\r\n")
+    assert app.rejected == [replies.NUL_IN_DATA]
+    app = deliver(long_line + b"a\x00\r\n.\r\n")
+    assert app.rejected == [replies.TEXT_LINE_TOO_LONG]
+    app = deliver(b"\x00" + long_line + b".\r\n")  # one line, both: the length wins
+    assert app.rejected == [replies.TEXT_LINE_TOO_LONG]
 
 
 def test_dot_stuffed_line_limit_counts_the_wire_octets() -> None:
@@ -164,6 +204,20 @@ def test_bdat_bare_lf_rejected() -> None:
     assert app.reply_codes()[-1] == "521 5.5.2"
     app = run(START + b"BDAT 3 LAST\r\nab\r")  # ends in a bare CR
     assert app.reply_codes()[-1] == "521 5.5.2"
+
+
+def test_bdat_nul_refuses_the_message() -> None:
+    # In the last chunk, in a middle chunk, and split across chunks with a CRLF.
+    for stream in (
+        b"BDAT 5 LAST\r\na\x00b\r\n",
+        b"BDAT 5\r\na\x00b\r\nBDAT 4 LAST\r\nok\r\n",
+        b"BDAT 3\r\nab\rBDAT 2 LAST\r\n\n\x00",
+    ):
+        app = run(START + stream + b"NOOP\r\n")
+        assert app.messages == []
+        assert app.rejected == [replies.NUL_IN_DATA], stream
+        assert app.reply_codes()[-1] == OK  # the session goes on
+        assert "554 5.6.0" in app.reply_codes()
 
 
 def test_bdat_size_limit_across_chunks() -> None:

@@ -9,7 +9,7 @@ from tests.smtp.smtp_echo import EchoApp
 MESSAGE = (
     b"From: a@b.example\r\nTo: c@d.example\r\nSubject: dots\r\n\r\n"
     b".\r\n..\r\n.leading\r\n...\r\n"
-    b"8-bit: \xc3\xa9\xff\x80 and NUL \x00\r\n"
+    b"8-bit: \xc3\xa9\xff\x80 and DEL \x7f\r\n"
     b"trailing dot.\r\n"
     b"\r\n.\r\nnot the end\r\n"
 )
