@@ -159,7 +159,9 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(redacted(settings), indent=2))
     else:
-        print(f"# {source}: valid. Effective configuration (secrets redacted):")
+        print(
+            f"# {source}: valid. Effective configuration (secrets and passwords in URLs redacted):"
+        )
         print(redacted_toml(settings), end="")
     return EXIT_OK
 

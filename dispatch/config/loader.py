@@ -28,6 +28,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from dispatch.config.render import redact_url_credentials
 from dispatch.config.settings import RELAY_KINDS, SECRET, RelaySettings, Settings
 from dispatch.config.types import (
     BindAddresses,
@@ -414,7 +415,8 @@ def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         yield ConfigProblem(
             "database.url",
-            f"{url!r} is not a database URL; use 'sqlite:///PATH' or 'postgresql://…'",
+            f"{redact_url_credentials(repr(url))} is not a database URL; use 'sqlite:///PATH' "
+            "or 'postgresql://…'",
         )
     if settings.health.disk_critical_bytes > settings.health.disk_warning_bytes:
         yield ConfigProblem(

@@ -2,12 +2,15 @@
 
 :func:`redacted` is the one way settings leave the process (``check-config``,
 ``/debug/config``, the dashboard's Settings page): every :class:`Secret` becomes
-``"<redacted>"``. :func:`apply_reload` decides what a reload may change without a restart.
+``"<redacted>"``, and so does the password inside any URL (``database.url``, a relay's
+``base_url``; see :func:`redact_url_credentials`, which error messages naming a URL use too).
+:func:`apply_reload` decides what a reload may change without a restart.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 import attrs
 import tomli_w
@@ -15,10 +18,40 @@ import tomli_w
 from dispatch.config.settings import LIVE, Settings
 from dispatch.config.types import REDACTED, Secret
 
+_URL: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/?#\s]*)(\S*)")
+"""A URL in text: scheme, authority (``user:password@host:port``), and the rest."""
+
+_SECRET_PARAMETER: Final = re.compile(
+    r"(?i)([?&;](?:password|passwd|pwd|pass|sslpassword|secret|token|access_token|api_key"
+    r"|apikey|key)=)([^&;#\s]*)"
+)
+"""Query parameters that carry a credential (libpq takes ``?password=``, many APIs ``?key=``)."""
+
+
+def redact_url_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it (and credential query parameters) redacted.
+
+    ``postgresql://dispatch:pw@db/mail?sslpassword=x`` becomes
+    ``postgresql://dispatch:<redacted>@db/mail?sslpassword=<redacted>``. The user name stays:
+    it tells an operator which account is used and is no secret by itself.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        scheme, authority, rest = match.groups()
+        userinfo, at, host = authority.rpartition("@")  # as urllib: the last @ ends userinfo
+        user, colon, _password = userinfo.partition(":")
+        if at and colon:
+            authority = f"{user}:{REDACTED}@{host}"
+        return scheme + authority + _SECRET_PARAMETER.sub(lambda m: m.group(1) + REDACTED, rest)
+
+    return _URL.sub(one, text)
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Secret):
         return REDACTED if value else ""
+    if isinstance(value, str):
+        return redact_url_credentials(value) if "://" in value else value
     if attrs.has(type(value)):
         return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
     if isinstance(value, tuple | list):

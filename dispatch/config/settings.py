@@ -119,7 +119,9 @@ class WebUiSettings:
 
 @attrs.frozen
 class DatabaseSettings:
-    url: str = "sqlite:///./.dispatch/dispatch.db"
+    # A plain string (it names the database and is shown, its password redacted), but it may
+    # carry a password (postgresql://user:pw@host/db), so it accepts url_env / url_file too.
+    url: str = attrs.field(default="sqlite:///./.dispatch/dispatch.db", metadata={SECRET: True})
 
 
 @attrs.frozen

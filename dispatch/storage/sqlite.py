@@ -55,6 +55,7 @@ from typing import Final
 
 import trio
 
+from dispatch.config.render import redact_url_credentials
 from dispatch.storage.database import DatabaseUnavailableError, SqlCursor
 from dispatch.storage.schema import (
     CREATE_VERSION_TABLE,
@@ -89,13 +90,15 @@ def sqlite_path(url: str) -> Path:
     """
     if not url.startswith(URL_PREFIX):
         raise ValueError(
-            f"database.url {url!r}: a SQLite URL looks like sqlite:///./relative/path.db "
+            f"database.url {redact_url_credentials(repr(url))}: a SQLite URL looks like "
+            "sqlite:///./relative/path.db "
             "or sqlite:////absolute/path.db"
         )
     raw = url[len(URL_PREFIX) :]
     if not raw or "?" in raw or "#" in raw or raw == ":memory:":
         raise ValueError(
-            f"database.url {url!r}: give the path of a database file (no options, no :memory:)"
+            f"database.url {redact_url_credentials(repr(url))}: give the path of a database "
+            "file (no options, no :memory:)"
         )
     return Path(urllib.parse.unquote(raw)).absolute()
 
