@@ -16,8 +16,7 @@ from pathlib import Path
 import trio
 
 from dispatch import __version__
-from dispatch.api.app import ApiSources, create_api_app
-from dispatch.api.bodylimit import BodyLimit
+from dispatch.api.app import ApiSources, build_api
 from dispatch.config import Settings, redacted_toml
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
@@ -282,10 +281,7 @@ class Runtime:
             stats=self.stats,
             tracer=self.tracer,
         )
-        app = BodyLimit(
-            create_api_app(sources),  # type: ignore[arg-type]
-            lambda: self.settings.current.api.max_message_bytes,
-        )
+        app = build_api(sources)
         plain = [bind_spec(a, current.port) for a in current.bind_address]
         secure = [bind_spec(a, current.tls_port) for a in current.bind_address]
         if current.tls_enabled:

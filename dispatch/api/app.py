@@ -1,13 +1,15 @@
 """The HTTP ingestion API (SPEC §4): Mailgun-style sending, status lookups, the OpenAPI doc.
 
-Theory of operation: every request passes the allow-list (``api.allowed_cidrs``, live:
-``403``, logged with the IP, counted as denied), then ``api.enabled`` (``503`` when off),
-then the bearer key (``401``; ``429`` when the source is throttled for bad keys; ``503`` when
-the key store is unavailable and the key was never seen), then the per-key rate limit
-(``429`` with ``Retry-After``). ``POST /api/v1/messages`` reads the body with
-``api.max_message_bytes`` as the limit (``413`` as soon as it is exceeded, without buffering
-an unbounded body), builds the MIME message (:mod:`dispatch.api.compose`), and writes it
-through the same spool path as SMTP: ``202`` only after the fsync. Errors are JSON
+Theory of operation: :func:`build_api` returns the ASGI application the API ports serve:
+the gate (:mod:`dispatch.api.gate`) in front of the Quart app made here. The gate decides
+everything that needs no body — allow-list, ``api.enabled``, the concurrency caps, the
+bearer key, the rate limit, the media type — before one body byte is read, and streams an
+admitted ``POST /api/v1/messages`` body into the spool's ``tmp/``. The handlers here find
+its findings with :func:`~dispatch.api.gate.admitted`. Sending parses, validates and
+composes the body in a worker thread (:mod:`dispatch.api.body`; ``400`` lists at most
+:data:`~dispatch.api.compose.MAX_PROBLEMS` problems and counts the rest), re-checks the
+composed size against ``api.max_message_bytes`` (``413``) and writes the message through
+the same spool path as SMTP: ``202`` only after the fsync. Errors are JSON
 ``{"error": …, "detail": …}``. ``/health`` and ``/metrics`` are not served here (``404``).
 """
 
@@ -15,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
-from functools import partial
 from importlib import resources
 from typing import Any, Final
 
@@ -27,22 +27,21 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from dispatch.api.compose import ComposeRequest, UploadedFile, ValidationError, compose
-from dispatch.api.ratelimit import KeyRateLimiter
+from dispatch.api.body import LARGE_BODY_THREADS, BodyRefusal, prepare_in_thread
+from dispatch.api.compose import Composed
+from dispatch.api.gate import ApiGate, GateSources, admitted
 from dispatch.api.status import message_status
 from dispatch.config.settings import ApiSettings
 from dispatch.intake import events
 from dispatch.monitoring.stats import Stats
-from dispatch.monitoring.traces import Tracer
-from dispatch.security.allowlist import is_allowed
-from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
+from dispatch.monitoring.traces import Trace, Tracer
+from dispatch.security.api_keys import ApiKeyVerifier, VerifiedKey
 from dispatch.spool import Spool, SpoolFullError, SpoolWriteError
 from dispatch.storage import DatabaseUnavailableError, LogQueries, MessageEvent
 
 log = logging.getLogger("dispatch.api")
 
 QUEUED: Final = "Queued. Thank you."
-THREAD_COMPOSE_BYTES: Final = 256 * 1024
 MESSAGE_ID_DOMAIN: Final = "dispatch.invalid"
 
 
@@ -74,131 +73,63 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
+def build_api(sources: ApiSources) -> ApiGate:
+    """The API as Hypercorn serves it: the gate in front of :func:`create_api_app`."""
+    gate_sources = GateSources(
+        settings=sources.settings,
+        spool=sources.spool,
+        verifier=sources.verifier,
+        record=sources.record,
+        stats=sources.stats,
+        tracer=sources.tracer,
+    )
+    return ApiGate(create_api_app(sources), gate_sources)  # type: ignore[arg-type]
+
+
 def create_api_app(sources: ApiSources) -> QuartTrio:
+    """The routes; reachable only through :class:`~dispatch.api.gate.ApiGate`."""
     app = QuartTrio("dispatch-api")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    # BodyLimit (in front of this app) enforces api.max_message_bytes on the raw body; the
-    # framework's own limits (16 MB body, 500 KB per form field) would contradict it.
+    # The gate takes every body before the app sees the request (the app receives an empty
+    # one); the framework's own limits would only contradict api.max_message_bytes.
     app.config.update(MAX_CONTENT_LENGTH=None, MAX_FORM_MEMORY_SIZE=None)
-    limiter = KeyRateLimiter()
+    large_bodies = trio.CapacityLimiter(LARGE_BODY_THREADS)
 
-    @app.before_request
-    async def gate() -> Response | None:
-        settings = sources.settings()
-        peer = request.remote_addr or ""
-        if not is_allowed(peer, settings.allowed_cidrs):
-            log.warning(
-                "denied %s %s from %s: not in api.allowed_cidrs", request.method, request.path, peer
-            )
-            sources.stats.api_denied.add("allowlist")
-            sources.record(events.denied("api", peer, "api.allowed_cidrs"))
-            return error(403, "forbidden", f"{peer} is not in api.allowed_cidrs")
-        if not settings.enabled:
-            return error(503, "the API is disabled", "api.enabled is false on this server")
-        return None
-
-    async def authenticate() -> VerifiedKey | Response:
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return error(
-                401,
-                "unauthorized",
-                "send the key as 'Authorization: Bearer dsp_live_…'",
-                WWW_Authenticate='Bearer realm="dispatch"',
-            )
-        outcome = await sources.verifier.verify(presented.strip(), request.remote_addr or "")
-        if isinstance(outcome, Rejection):
-            sources.stats.api_auth.add(outcome.kind)
-            if outcome.kind == "throttled":
-                return error(
-                    429,
-                    "too many failed authentications",
-                    outcome.detail,
-                    Retry_After=str(outcome.retry_after),
-                )
-            if outcome.kind == "unavailable":
-                return error(503, "key store unavailable", outcome.detail, Retry_After="30")
-            return error(
-                401, "unauthorized", outcome.detail, WWW_Authenticate='Bearer realm="dispatch"'
-            )
-        wait = limiter.check(outcome.prefix, sources.settings().rate_limit_per_key)
-        if wait:
-            sources.stats.api_auth.add("rate_limited")
-            return error(
-                429,
-                "rate limit exceeded",
-                f"at most {sources.settings().rate_limit_per_key} requests per minute "
-                "per key (api.rate_limit_per_key)",
-                Retry_After=str(int(wait)),
-            )
-        sources.stats.api_auth.add("ok")
-        return outcome
-
-    async def read_request() -> ComposeRequest | Response:
-        content_type = request.mimetype
-        if content_type == "application/json":
-            body = await request.get_data(cache=False)
-            try:
-                document = json.loads(body)
-            except RecursionError:
-                # Nesting deeper than the interpreter's stack, e.g. 100 KB of "[" (found by
-                # tests/fuzz/fuzz_api_compose.py): a client error, not a 500 with a traceback.
-                return error(400, "invalid JSON", "nested too deeply")
-            except ValueError as exc:
-                return error(400, "invalid JSON", str(exc))
-            return ComposeRequest.from_json(document)
-        if content_type == "multipart/form-data":
-            form = await request.form
-            files = await request.files
-            fields = [(name, value) for name in form for value in form.getlist(name)]
-            uploads = [
-                UploadedFile(name, upload.filename or "", upload.mimetype or "", upload.read())
-                for name in files
-                for upload in files.getlist(name)
-            ]
-            return ComposeRequest.from_form(fields, uploads)
-        return error(415, "unsupported media type", "send application/json or multipart/form-data")
+    def key_of_request() -> VerifiedKey:
+        key = admitted(request.scope).key
+        if key is None:
+            raise RuntimeError(f"{request.path} was routed without a key check")
+        return key
 
     @app.post("/api/v1/messages")
     async def send() -> Response:
-        with sources.tracer.trace("api.request", "POST /api/v1/messages") as trace:
-            key = await authenticate()
-            if isinstance(key, Response):
-                trace.error(f"refused: {key.status_code}")
-                return key
-            try:
-                parsed = await read_request()
-                if isinstance(parsed, Response):
-                    trace.error(f"refused: {parsed.status_code}")
-                    return parsed
-                build = partial(
-                    compose, parsed, message_id_domain=MESSAGE_ID_DOMAIN, now=time.time()
-                )
-                # Quoted-printable is pure Python: big bodies are composed off the event loop.
-                if int(request.headers.get("Content-Length") or 0) > THREAD_COMPOSE_BYTES:
-                    composed = await trio.to_thread.run_sync(build)
-                else:
-                    composed = build()
-            except ValidationError as exc:
-                trace.error("validation failed")
-                return error(400, "validation failed", exc.detail)
-            limit = sources.settings().max_message_bytes
-            if len(composed.message) > limit:
-                return error(
-                    413,
-                    "message too large",
-                    f"the composed message has {len(composed.message)} bytes; "
-                    f"api.max_message_bytes is {limit}",
-                )
-            response = await _spool(sources, key, composed, trace)
-            return response
+        found = admitted(request.scope)
+        key, body, trace = found.key, found.body, found.trace
+        if key is None or body is None or trace is None:
+            raise RuntimeError("POST /api/v1/messages passed the gate without key or body")
+        outcome = await prepare_in_thread(
+            body,
+            request.headers.get("Content-Type", ""),
+            message_id_domain=MESSAGE_ID_DOMAIN,
+            large_bodies=large_bodies,
+        )
+        if isinstance(outcome, BodyRefusal):
+            trace.error(f"refused: {outcome.status} {outcome.error}")
+            return error(outcome.status, outcome.error, outcome.detail)
+        limit = sources.settings().max_message_bytes
+        if len(outcome.message) > limit:
+            trace.error("refused: 413 composed message too large")
+            return error(
+                413,
+                "message too large",
+                f"the composed message has {len(outcome.message)} bytes; "
+                f"api.max_message_bytes is {limit}",
+            )
+        return await _spool(sources, key, outcome, trace, found.peer)
 
     @app.get("/api/v1/messages/<message_id>")
     async def status(message_id: str) -> Response:
-        key = await authenticate()
-        if isinstance(key, Response):
-            return key
+        key = key_of_request()
         try:
             document = await message_status(sources.spool, sources.queries, message_id, key.prefix)
         except DatabaseUnavailableError:
@@ -209,9 +140,7 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
 
     @app.get("/api/v1/messages")
     async def listing() -> Response:
-        key = await authenticate()
-        if isinstance(key, Response):
-            return key
+        key = key_of_request()
         try:
             limit = int(request.args.get("limit", "50"))
         except ValueError:
@@ -259,7 +188,9 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
     return app
 
 
-async def _spool(sources: ApiSources, key: VerifiedKey, composed: Any, trace: Any) -> Response:
+async def _spool(
+    sources: ApiSources, key: VerifiedKey, composed: Composed, trace: Trace, peer: str
+) -> Response:
     try:
         async with sources.spool.begin() as message:
             await message.write(composed.message)
@@ -267,7 +198,7 @@ async def _spool(sources: ApiSources, key: VerifiedKey, composed: Any, trace: An
                 mail_from=composed.mail_from,
                 recipients=composed.recipients,
                 source="api",
-                peer_ip=request.remote_addr,
+                peer_ip=peer,
                 auth_identity=key.prefix,
                 tags=composed.tags,
             )

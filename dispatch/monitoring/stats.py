@@ -146,6 +146,12 @@ class Stats:
         self.api_auth = CounterMap(
             "dispatch/api/authResults", "API key checks and rate-limit decisions", "result"
         )
+        self.api_busy = CounterMap(
+            "dispatch/api/busyCount",
+            "API requests refused with 503: too many in progress (api.max_concurrent_requests, "
+            "api.max_concurrent_requests_per_ip)",
+            "reason",
+        )
         self.delivery_attempts = CounterMap(
             "dispatch/queue/deliverAttempts",
             "recipient groups handed to relays, by relay kind and outcome",

@@ -1,0 +1,339 @@
+"""The API's gate: every decision that needs no body, taken before one body byte is read.
+
+Theory of operation
+-------------------
+:class:`ApiGate` is the ASGI application Hypercorn serves on the API ports; the Quart app
+(:mod:`dispatch.api.app`) sits behind it. Hypercorn hands a request body to the app through
+a small bounded queue, so a body nobody receives stays in the client's socket: the gate
+decides from the request line and the headers alone, in this order, and the first refusal
+wins:
+
+1. ``api.allowed_cidrs`` (``403``; logged with the IP, counted, written to the message log);
+2. ``api.enabled`` (``503``);
+3. ``api.max_concurrent_requests`` and ``api.max_concurrent_requests_per_ip``: requests in
+   progress, across the API and from this address (``503`` with ``Retry-After``, counted in
+   ``dispatch_api_busy_requests_total``); the request holds its two slots until it ends;
+4. under ``/api/v1/messages``: the bearer key (``401``; ``429`` for a source throttled for
+   bad keys; ``503`` when the key store cannot answer), then ``api.rate_limit_per_key``
+   (``429`` with ``Retry-After``);
+5. for ``POST /api/v1/messages``: the media type (``415``) and a declared
+   ``Content-Length`` above ``api.max_message_bytes`` (``413``).
+
+A refusal is answered at once with ``Connection: close``; the unread body is never read
+into memory (see :func:`_refuse` for how the connection is released). An admitted
+``POST /api/v1/messages`` body is then streamed into a file in the spool's ``tmp/``
+(:func:`dispatch.api.body.receive_to_file`; ``413`` the moment it passes
+``api.max_message_bytes``); any other request's body may hold :data:`SMALL_BODY_BYTES`. The
+app receives an empty body and finds what the gate established in the scope
+(:func:`admitted`). The body file is removed when the request ends, whatever happened.
+
+The gate owns the in-flight counts and the per-key rate limiter; it runs in Hypercorn's
+per-request tasks and keeps no task of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import trio
+
+from dispatch.api.body import BodyTooLarge, ClientGone, ReceivedBody, media_type, receive_to_file
+from dispatch.api.ratelimit import KeyRateLimiter
+from dispatch.config.settings import ApiSettings
+from dispatch.intake import events
+from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Trace, Tracer
+from dispatch.security.allowlist import is_allowed
+from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
+from dispatch.spool import Spool
+from dispatch.storage import MessageEvent
+from dispatch.web.server import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("dispatch.api")
+
+MESSAGES_PATH: Final = "/api/v1/messages"
+SMALL_BODY_BYTES: Final = 64 * 1024
+"""Body a request other than ``POST /api/v1/messages`` may carry (they need none)."""
+BUSY_RETRY_AFTER: Final = 1
+DRAIN_SECONDS: Final = 5.0
+"""How long a refusal keeps taking Hypercorn's queued body chunks while the connection closes."""
+ADMITTED_SCOPE_KEY: Final = "dispatch.admitted"
+BODY_TYPES: Final = ("application/json", "multipart/form-data")
+
+
+@attrs.frozen
+class Admitted:
+    """What the gate established about a request it let through to the app."""
+
+    peer: str
+    key: VerifiedKey | None = None
+    body: ReceivedBody | None = None
+    trace: Trace | None = None
+
+
+def admitted(scope: Mapping[str, object]) -> Admitted:
+    """The gate's findings for this request (the app is only ever reached through it)."""
+    found = scope.get(ADMITTED_SCOPE_KEY)
+    if not isinstance(found, Admitted):
+        raise RuntimeError("the API app was called without its gate (dispatch.api.gate)")
+    return found
+
+
+@attrs.frozen
+class GateSources:
+    """What the gate reads; a subset of :class:`dispatch.api.app.ApiSources`."""
+
+    settings: Callable[[], ApiSettings]
+    spool: Spool
+    verifier: ApiKeyVerifier
+    record: Callable[[MessageEvent], None]
+    stats: Stats
+    tracer: Tracer
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, detail: object, **headers: str) -> None:
+        super().__init__(status, error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = headers
+
+
+class ApiGate:
+    """ASGI middleware in front of the API app; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, sources: GateSources) -> None:
+        self.app = app
+        self.sources = sources
+        self.limiter = KeyRateLimiter()
+        self.in_flight = 0
+        self.in_flight_by_ip: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan
+            return
+        peer = str((scope.get("client") or ("",))[0])
+        settings = self.sources.settings()
+        try:
+            self._check_address(scope, peer, settings)
+            self._check_capacity(peer, settings)
+        except _Refused as refused:
+            await _refuse(send, receive, refused)
+            return
+        self.in_flight += 1
+        self.in_flight_by_ip[peer] = self.in_flight_by_ip.get(peer, 0) + 1
+        try:
+            await self._admitted(scope, receive, send, peer, settings)
+        finally:
+            self.in_flight -= 1
+            left = self.in_flight_by_ip[peer] - 1
+            if left:
+                self.in_flight_by_ip[peer] = left
+            else:
+                del self.in_flight_by_ip[peer]
+
+    def _check_address(self, scope: Scope, peer: str, settings: ApiSettings) -> None:
+        if not is_allowed(peer, settings.allowed_cidrs):
+            log.warning(
+                "denied %s %s from %s: not in api.allowed_cidrs",
+                scope["method"],
+                scope["path"],
+                peer,
+            )
+            self.sources.stats.api_denied.add("allowlist")
+            self.sources.record(events.denied("api", peer, "api.allowed_cidrs"))
+            raise _Refused(403, "forbidden", f"{peer} is not in api.allowed_cidrs")
+        if not settings.enabled:
+            raise _Refused(503, "the API is disabled", "api.enabled is false on this server")
+
+    def _check_capacity(self, peer: str, settings: ApiSettings) -> None:
+        if self.in_flight >= settings.max_concurrent_requests:
+            self.sources.stats.api_busy.add("max_concurrent_requests")
+            raise _Refused(
+                503,
+                "too many requests in progress",
+                f"this server handles at most {settings.max_concurrent_requests} API requests "
+                "at once (api.max_concurrent_requests); try again shortly",
+                Retry_After=str(BUSY_RETRY_AFTER),
+            )
+        if self.in_flight_by_ip.get(peer, 0) >= settings.max_concurrent_requests_per_ip:
+            self.sources.stats.api_busy.add("max_concurrent_requests_per_ip")
+            raise _Refused(
+                503,
+                "too many requests in progress from this address",
+                f"at most {settings.max_concurrent_requests_per_ip} API requests at once from "
+                "one address (api.max_concurrent_requests_per_ip); try again when one ends",
+                Retry_After=str(BUSY_RETRY_AFTER),
+            )
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, peer: str, settings: ApiSettings
+    ) -> None:
+        path: str = scope["path"]
+        sending = scope["method"] == "POST" and path == MESSAGES_PATH
+        trace = (
+            self.sources.tracer.trace("api.request", f"POST {MESSAGES_PATH}") if sending else None
+        )
+        body: ReceivedBody | None = None
+        try:
+            try:
+                key = None
+                if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"):
+                    key = await self._authenticate(scope, peer, settings)
+                if sending:
+                    body = await self._receive_message_body(scope, receive, settings)
+                    replay = b""
+                else:
+                    replay = await _small_body(receive)
+            except _Refused as refused:
+                if trace is not None:
+                    trace.error(f"refused: {refused.status}")
+                await _refuse(send, receive, refused)
+                return
+            except ClientGone:
+                if trace is not None:
+                    trace.event("the client disconnected before its body was complete")
+                return
+            if trace is not None and body is not None:
+                trace.event(f"body of {body.size} bytes received")
+            scope = {**scope, ADMITTED_SCOPE_KEY: Admitted(peer, key, body, trace)}
+            await self.app(scope, _replaying(replay, receive), send)
+        finally:
+            if body is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(body.discard)
+            if trace is not None:
+                trace.finish()
+
+    async def _authenticate(self, scope: Scope, peer: str, settings: ApiSettings) -> VerifiedKey:
+        stats = self.sources.stats
+        scheme, _, presented = _header(scope, b"authorization").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise _Refused(
+                401,
+                "unauthorized",
+                "send the key as 'Authorization: Bearer dsp_live_…'",
+                WWW_Authenticate='Bearer realm="dispatch"',
+            )
+        outcome = await self.sources.verifier.verify(presented.strip(), peer)
+        if isinstance(outcome, Rejection):
+            stats.api_auth.add(outcome.kind)
+            if outcome.kind == "throttled":
+                raise _Refused(
+                    429,
+                    "too many failed authentications",
+                    outcome.detail,
+                    Retry_After=str(outcome.retry_after),
+                )
+            if outcome.kind == "unavailable":
+                raise _Refused(503, "key store unavailable", outcome.detail, Retry_After="30")
+            raise _Refused(
+                401, "unauthorized", outcome.detail, WWW_Authenticate='Bearer realm="dispatch"'
+            )
+        limit = settings.rate_limit_per_key
+        wait = self.limiter.check(outcome.prefix, limit)
+        if wait:
+            stats.api_auth.add("rate_limited")
+            raise _Refused(
+                429,
+                "rate limit exceeded",
+                f"at most {limit} requests per minute per key (api.rate_limit_per_key)",
+                Retry_After=str(int(wait)),
+            )
+        stats.api_auth.add("ok")
+        return outcome
+
+    async def _receive_message_body(
+        self, scope: Scope, receive: Receive, settings: ApiSettings
+    ) -> ReceivedBody:
+        if media_type(_header(scope, b"content-type")) not in BODY_TYPES:
+            raise _Refused(
+                415, "unsupported media type", "send application/json or multipart/form-data"
+            )
+        limit = settings.max_message_bytes
+        too_large = _Refused(413, "request too large", f"api.max_message_bytes is {limit} bytes")
+        declared = _header(scope, b"content-length")
+        if declared.strip().isdigit() and int(declared) > limit:
+            raise too_large
+        directory = self.sources.spool.directory / "tmp"
+        try:
+            return await receive_to_file(receive, directory, limit)
+        except BodyTooLarge:
+            raise too_large from None
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+async def _small_body(receive: Receive) -> bytes:
+    body = bytearray()
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body += message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if len(body) > SMALL_BODY_BYTES:
+            raise _Refused(
+                413,
+                "request too large",
+                f"only POST {MESSAGES_PATH} takes a body; at most {SMALL_BODY_BYTES} bytes here",
+            )
+    return bytes(body)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """The body already taken, as one message; then Hypercorn's own (the disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _refuse(send: Send, receive: Receive, refused: _Refused) -> None:
+    """Answer ``refused`` with ``Connection: close`` without reading the body into memory.
+
+    Hypercorn queues at most a few body chunks for the app; once that queue is full, its
+    reader waits, and so does the "disconnect" it queues when the response ends, which
+    would hold the connection and this task forever. So while the answer is sent, whatever
+    was queued is taken and dropped (a few chunks: Hypercorn closes the connection right
+    after the answer), for at most :data:`DRAIN_SECONDS`.
+    """
+    payload: dict[str, Any] = {"error": refused.error, "detail": refused.detail}
+    content = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        (b"connection", b"close"),
+    ]
+    headers += [
+        (name.replace("_", "-").lower().encode(), value.encode("latin-1"))
+        for name, value in refused.headers.items()
+    ]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drop_until_disconnect, receive)
+        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+async def _drop_until_disconnect(receive: Receive) -> None:
+    with trio.move_on_after(DRAIN_SECONDS):
+        while (await receive())["type"] != "http.disconnect":
+            pass
