@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from dispatch import __version__
 from dispatch.api.app import ApiSources, build_api
 from dispatch.config import Settings, redacted_toml
+from dispatch.config.advice import config_warnings
 from dispatch.config.live import LiveSettings
 from dispatch.config.settings import ListenerSettings
 from dispatch.config.types import Cidr
@@ -33,6 +35,7 @@ from dispatch.intake.session import IntakeContext
 from dispatch.logs import bind
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
+from dispatch.monitoring.profiling import MemoryTracing
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo
@@ -227,8 +230,10 @@ class Runtime:
         self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
     ) -> None:
         """The monitoring server on ``monitoring.address`` (plain HTTP, meant for loopback):
-        ``/debug/…`` and ``/metrics``, behind the same ``webui.allowed_cidrs``."""
+        ``/debug/…`` and ``/metrics``, behind ``monitoring.allowed_cidrs`` and the ``Host``
+        check. Also owns the task that stops ``/debug/memory``'s tracing when its time is up."""
         address = self.settings.current.monitoring.address
+        memory = MemoryTracing()
         debug = DebugSources(
             info=self.info,
             tracer=self.tracer,
@@ -237,17 +242,27 @@ class Runtime:
             spool_entries=lambda: self.spool.entries(),
             spool_counts=lambda: self.spool.counts(),
             relays=lambda: self.relays.all() if self.relays is not None else [],
+            memory=memory,
+        )
+        sources = attrs.evolve(
+            self._ops_sources(lambda: self.settings.current.monitoring.allowed_cidrs),
+            allowed_key="monitoring.allowed_cidrs",
+            denied=lambda stats: stats.monitoring_denied,
+            check_host=True,
         )
         app = create_ops_app(
-            self._ops_sources(lambda: self.settings.current.webui.allowed_cidrs),
+            sources,
             name="dispatch-monitoring",
             register_debug=lambda app: register_debug(app, debug),
         )
         config = hypercorn_config([address])
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve_app, app, config, shutdown)
-            log.info("monitoring server on %s", ", ".join(bound))
-            task_status.started()
+        async with trio.open_nursery() as tracing:
+            tracing.start_soon(memory.run)
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(serve_app, app, config, shutdown)
+                log.info("monitoring server on %s", ", ".join(bound))
+                task_status.started()
+            tracing.cancel_scope.cancel()  # the server has stopped: so does memory tracing
 
     async def run_figures(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         """Refresh the database figures /metrics shows, off the event loop, every 5 s."""
@@ -322,5 +337,7 @@ async def serve(settings: Settings, config_path: Path | None) -> None:
     """Run Dispatch until it is stopped by a signal. Raises ``ComponentStartError``."""
     bind(component="dispatch")
     log.info("Dispatch %s starting with %s", __version__, config_path or "built-in defaults")
+    for problem in config_warnings(settings):
+        log.warning("configuration: %s", problem)
     runtime = Runtime(LiveSettings(settings, config_path))
     await Supervisor(build_components(runtime), runtime.settings).run()

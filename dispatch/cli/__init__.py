@@ -31,6 +31,7 @@ from dispatch.config import (
     redacted,
     redacted_toml,
 )
+from dispatch.config.advice import config_warnings
 from dispatch.logs import configure_logging
 from dispatch.security.passwords import hash_password
 
@@ -156,6 +157,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
     source = str(path) if path else "built-in defaults"
+    for problem in config_warnings(settings):
+        print(f"{source}: warning: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps(redacted(settings), indent=2))
     else:

@@ -65,6 +65,7 @@ _KNOWN_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     ),
     "messages_received": ("smtp", "api"),
     "spool_writes": ("ok", "full", "error"),
+    "monitoring_denied": ("allowlist", "host"),
     "api_busy": ("max_concurrent_requests", "max_concurrent_requests_per_ip"),
 }
 
@@ -259,6 +260,12 @@ class MetricsCollector:
             ("spool_writes", "dispatch_spool_writes", s.spool_writes, "result"),
             ("api_denied", "dispatch_api_denied_requests", s.api_denied, "reason"),
             ("webui_denied", "dispatch_webui_denied_requests", s.webui_denied, "reason"),
+            (
+                "monitoring_denied",
+                "dispatch_monitoring_denied_requests",
+                s.monitoring_denied,
+                "reason",
+            ),
             ("api_auth", "dispatch_api_auth", s.api_auth, "result"),
             ("api_busy", "dispatch_api_busy_requests", s.api_busy, "reason"),
         )

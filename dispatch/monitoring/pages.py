@@ -41,7 +41,7 @@ DEBUG_LINKS: Final = (
     ("queue", "every spool entry"),
     ("tasks", "the live Trio task tree with stacks"),
     ("profile?seconds=10", "CPU profile of 10 seconds"),
-    ("memory", "top allocations (starts tracemalloc)"),
+    ("memory", "top allocations (traces memory for 5 minutes)"),
     ("/metrics", "Prometheus metrics"),
 )
 

@@ -12,10 +12,13 @@ whatever the Trio thread runs when the tick is delivered. Output: an HTML page w
 functions that take the most samples (self and inclusive) and the hottest stacks, or
 speedscope's JSON ("sampled" profile) for https://www.speedscope.app.
 
-Memory: :func:`memory_top` uses :mod:`tracemalloc`, started on demand by the first call
-(tracing costs memory and some speed, so it is off until an operator asks). Only allocations
-made after it started are seen: the first page says so; reload it later to see what grew.
-:func:`memory_stop` turns tracing off again.
+Memory: :class:`MemoryTracing` owns :mod:`tracemalloc` for the monitoring server. Tracing
+costs memory and speed (300 messages took 2.3 s instead of 1.3 s with it on), so it is off
+until an operator asks for ``/debug/memory``, and then on for a bounded time only
+(:data:`MEMORY_TRACE_SECONDS` by default, ``?seconds=`` up to :data:`MAX_MEMORY_TRACE_SECONDS`):
+the owner task stops it when the time is up, and when the monitoring server stops. Only
+allocations made after it started are seen: the page says so, and when tracing will stop.
+:func:`memory_top` renders the top allocations; :func:`memory_stop` turns tracing off.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ CONTENT_TYPES: Final[dict[str, str]] = {
 
 MEMORY_FRAMES: Final = 1
 """Frames tracemalloc stores per allocation: one (the allocating line) keeps tracing cheap."""
+
+MEMORY_TRACE_SECONDS: Final = 300.0
+"""How long one ``/debug/memory`` request leaves tracing on: long enough to watch a load test
+grow, short enough that a forgotten browser tab does not slow the daemon for good."""
+MAX_MEMORY_TRACE_SECONDS: Final = 3600.0
+MIN_MEMORY_TRACE_SECONDS: Final = 1.0
 
 
 class ProfilerBusyError(Exception):
@@ -210,11 +219,89 @@ def _speedscope(samples: Counter[Stack], duration: float) -> str:
     return json.dumps(document)
 
 
+class MemoryTracing:
+    """Owns tracemalloc while the monitoring server runs: on for a bounded time per request.
+
+    :meth:`page` (a ``/debug/memory`` request) starts tracing if it is off and sets when it
+    will stop; :meth:`run` is the owner task (started by the monitoring component) that
+    stops it at that time, and in any case when it is cancelled or returns. Tracing that
+    was on before (``PYTHONTRACEMALLOC``) is not ours: it is shown, never stopped.
+    """
+
+    def __init__(self) -> None:
+        self._stop_at: float | None = None  # trio clock; None while we are not tracing
+        self._started_wall = 0.0
+        self._wake = trio.Event()
+
+    @property
+    def tracing(self) -> bool:
+        """Whether tracing started by :meth:`page` is on now."""
+        return self._stop_at is not None and tracemalloc.is_tracing()
+
+    def page(self, seconds: float = MEMORY_TRACE_SECONDS, limit: int = 30) -> str:
+        """The text of ``/debug/memory``; starts bounded tracing if it is off.
+
+        Must run on the Trio thread (it reads the Trio clock). A request while tracing is on
+        shows the top allocations and does not extend the time.
+        """
+        lines: list[str] = []
+        if self._stop_at is None and tracemalloc.is_tracing():
+            lines += [
+                "tracemalloc was started outside Dispatch (PYTHONTRACEMALLOC?); it stays on.",
+                "",
+            ]
+        elif self._stop_at is None or not tracemalloc.is_tracing():
+            duration = min(max(seconds, MIN_MEMORY_TRACE_SECONDS), MAX_MEMORY_TRACE_SECONDS)
+            if not duration >= MIN_MEMORY_TRACE_SECONDS:  # NaN
+                duration = MEMORY_TRACE_SECONDS
+            tracemalloc.start(MEMORY_FRAMES)
+            self._stop_at = trio.current_time() + duration
+            self._started_wall = time.time()
+            self._wake.set()
+            lines += [
+                f"tracemalloc was not running: started it now, for {duration:g} s.",
+                "Only allocations made from now on are traced; reload this page later to see",
+                "what the daemon allocates.",
+            ]
+        if self._stop_at is not None:
+            left = max(0.0, self._stop_at - trio.current_time())
+            when = time.strftime("%H:%M:%S", time.gmtime(time.time() + left))
+            lines += [
+                f"Tracing stops by itself at {when}Z (in {left:.0f} s); after that this page",
+                "starts it again. Add ?seconds=N to trace for N seconds "
+                f"({MIN_MEMORY_TRACE_SECONDS:g} to {MAX_MEMORY_TRACE_SECONDS:g}).",
+                "",
+            ]
+        return "\n".join(lines) + memory_top(limit)
+
+    def stop(self) -> None:
+        """Stop tracing if we started it (idempotent)."""
+        if self._stop_at is not None:
+            self._stop_at = None
+            memory_stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The owner task: sleeps until tracing is started, then until its time is up."""
+        task_status.started()
+        try:
+            while True:
+                if self._stop_at is None:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                await trio.sleep_until(self._stop_at)
+                if self._stop_at is not None and trio.current_time() >= self._stop_at:
+                    self.stop()
+        finally:
+            self.stop()
+
+
 def memory_top(limit: int = 30) -> str:
     """The ``limit`` source lines holding the most traced memory, as text.
 
-    Starts tracemalloc if it is not running (and says so). Synchronous and in memory; a
-    snapshot of a large heap takes some milliseconds.
+    Starts tracemalloc if it is not running (without a bound: the monitoring server uses
+    :class:`MemoryTracing`). Synchronous and in memory; a snapshot of a large heap takes
+    some milliseconds.
     """
     limit = max(1, min(limit, 1000))
     lines: list[str] = []
@@ -223,7 +310,7 @@ def memory_top(limit: int = 30) -> str:
         lines += [
             "tracemalloc was not running: started it now.",
             "Only allocations made from now on are traced; reload this page later to see",
-            "what the daemon allocates. It stays on (with some cost) until stopped.",
+            "what the daemon allocates.",
             "",
         ]
     snapshot = tracemalloc.take_snapshot().filter_traces(

@@ -143,6 +143,12 @@ class Stats:
             "dashboard-port requests (/health, /metrics) refused at the allow-list",
             "reason",
         )
+        self.monitoring_denied = CounterMap(
+            "dispatch/monitoring/deniedCount",
+            "monitoring-server requests refused: peer not in monitoring.allowed_cidrs "
+            "(allowlist) or a Host header that is not an address (host)",
+            "reason",
+        )
         self.api_auth = CounterMap(
             "dispatch/api/authResults", "API key checks and rate-limit decisions", "result"
         )

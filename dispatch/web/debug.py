@@ -2,7 +2,8 @@
 
 Mounted on the monitoring server (``monitoring.address``: off by default, plain HTTP, meant
 for loopback). The pages read in-memory state only, except ``profile`` (which samples the
-process for the requested seconds) and ``memory`` (which starts tracemalloc on first use).
+process for the requested seconds) and ``memory`` (which turns tracemalloc on for a bounded
+time, see :class:`~dispatch.monitoring.profiling.MemoryTracing`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from dispatch.monitoring import pages
-from dispatch.monitoring.profiling import ProfilerBusyError, cpu_profile, memory_top
+from dispatch.monitoring.profiling import (
+    MEMORY_TRACE_SECONDS,
+    MemoryTracing,
+    ProfilerBusyError,
+    cpu_profile,
+)
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.tasks import task_tree_text
 from dispatch.monitoring.traces import Tracer
@@ -33,6 +39,7 @@ class DebugSources:
     spool_entries: Callable[[], Iterable[SpoolEntry]]
     spool_counts: Callable[[], SpoolCounts]
     relays: Callable[[], Iterable[RelayCounters]]
+    memory: MemoryTracing = attrs.field(factory=MemoryTracing)  # its owner task: the caller's
     flags: tuple[str, ...] = attrs.field(factory=lambda: tuple(sys.argv))
 
 
@@ -99,4 +106,8 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
 
     @app.get("/debug/memory")
     async def memory() -> Response:
-        return _html(pages.memory_page(memory_top()))
+        try:
+            seconds = float(request.args.get("seconds", str(MEMORY_TRACE_SECONDS)))
+        except ValueError:
+            return _html(pages.memory_page("seconds must be a number, e.g. ?seconds=300"), 400)
+        return _html(pages.memory_page(sources.memory.page(seconds)))

@@ -1,15 +1,21 @@
 """The ops app: ``/health`` and ``/metrics`` on the dashboard port (SPEC §9), and the same
 app with the ``/debug/`` pages on the monitoring server (SPEC §10).
 
-Every request first passes the source-address allow-list (``webui.allowed_cidrs``, live):
-outside it the answer is ``403`` and the peer's IP is logged. No login is needed for
-``/health`` and ``/metrics`` (probes and scrapers), and nothing they return identifies a
-person. The ``/debug/`` pages are only mounted on the monitoring server, which is off by
-default and meant for loopback; on the dashboard port they will sit behind the admin login.
+Every request first passes the source-address allow-list (live): ``webui.allowed_cidrs`` on
+the dashboard port, ``monitoring.allowed_cidrs`` (loopback by default) on the monitoring
+server. Outside it the answer is ``403``, the peer's IP is logged and the refusal counted.
+No login is needed for ``/health`` and ``/metrics`` (probes and scrapers), and nothing they
+return identifies a person. The ``/debug/`` pages are only mounted on the monitoring server.
+
+The monitoring server speaks plain HTTP and shows configuration and internals, so it also
+checks the ``Host`` header (:func:`host_is_address`): a page on another site that rebinds its
+own DNS name to 127.0.0.1 makes the operator's browser send ``Host: that-name``, which gets
+``421`` instead of the page. Scrapers and people address the server by IP or ``localhost``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +26,7 @@ from quart_trio import QuartTrio
 
 from dispatch.config.types import Cidr
 from dispatch.monitoring.health import HealthSources, check_health
-from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.stats import CounterMap, Stats
 from dispatch.security.allowlist import is_allowed
 
 log = logging.getLogger("dispatch.web")
@@ -28,12 +34,47 @@ log = logging.getLogger("dispatch.web")
 
 @attrs.frozen
 class OpsSources:
-    """What the ops app reads; owned by the daemon."""
+    """What the ops app reads; owned by the daemon.
+
+    ``allowed_key`` names the allow-list in messages; ``denied`` picks the counter of
+    refusals from ``stats`` (dashboard port: ``webui_denied``; monitoring server:
+    ``monitoring_denied``); ``check_host`` turns on the ``Host`` check of the monitoring
+    server.
+    """
 
     health: HealthSources
     allowed_cidrs: Callable[[], tuple[Cidr, ...]]
     metrics: Callable[[str], tuple[bytes, str]]  # Accept header → (body, content type)
     stats: Stats | None = None  # counts refusals (dispatch_webui_denied_requests_total)
+    allowed_key: str = "webui.allowed_cidrs"
+    denied: Callable[[Stats], CounterMap] = attrs.field(default=lambda stats: stats.webui_denied)
+    check_host: bool = False
+
+
+def host_is_address(host: str) -> bool:
+    """Whether a ``Host`` header names the server by address: an IPv4 literal, ``[IPv6]``, or
+    ``localhost``, each with an optional port. Names that DNS could rebind are refused."""
+    name, port = host, ""
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket:
+            return False
+        if port:
+            if not port.startswith(":"):
+                return False
+            port = port[1:]
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+    else:
+        name, _, port = host.partition(":")
+        if name.lower() != "localhost":
+            try:
+                ipaddress.IPv4Address(name)
+            except ValueError:
+                return False
+    return port == "" or (port.isdecimal() and port.isascii() and 0 < int(port) < 65536)
 
 
 def create_ops_app(
@@ -45,22 +86,38 @@ def create_ops_app(
     app = QuartTrio(name)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep SPEC §9 field order
 
+    def refuse(reason: str, status: int, detail: str) -> Response:
+        if sources.stats is not None:
+            sources.denied(sources.stats).add(reason)
+        response = jsonify(error="forbidden" if status == 403 else "misdirected", detail=detail)
+        response.status_code = status
+        return response
+
     @app.before_request
     async def allow_list() -> Response | None:
         peer = request.remote_addr or ""
-        if is_allowed(peer, sources.allowed_cidrs()):
-            return None
-        log.warning(
-            "denied %s %s from %s: not in webui.allowed_cidrs", request.method, request.path, peer
-        )
-        if sources.stats is not None:
-            sources.stats.webui_denied.add("allowlist")
-        response = jsonify(
-            error="forbidden",
-            detail=f"{peer} is not in webui.allowed_cidrs; ask the operator to add it",
-        )
-        response.status_code = 403
-        return response
+        key = sources.allowed_key
+        if not is_allowed(peer, sources.allowed_cidrs()):
+            log.warning("denied %s %s from %s: not in %s", request.method, request.path, peer, key)
+            return refuse("allowlist", 403, f"{peer} is not in {key}; ask the operator to add it")
+        host = request.headers.get("Host")
+        # No Host at all is HTTP/1.0 from a tool: browsers, the rebinding risk, always send it.
+        if sources.check_host and host is not None and not host_is_address(host):
+            log.warning(
+                "denied %s %s from %s: Host %s is not an address",
+                request.method,
+                request.path,
+                peer,
+                host,
+            )
+            return refuse(
+                "host",
+                421,
+                f"this server answers only requests addressed to it by IP address or "
+                f"localhost (e.g. http://127.0.0.1:PORT/), not by the name {host[:100]!r}: "
+                "a name could be a DNS-rebinding page in your browser",
+            )
+        return None
 
     @app.get("/health")
     async def health() -> tuple[Response, int]:
