@@ -42,6 +42,7 @@ from dispatch.monitoring.vars import ProcessInfo
 from dispatch.relays.registry import RelaySet
 from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
@@ -128,6 +129,7 @@ class Runtime:
             files = await trio.to_thread.run_sync(ensure_certificate, self.settings.current)
             self._tls = server_context(files)
         current = self.settings.current.listener
+        share_among(current.processes)  # password checks: each intake process its share
         context = IntakeContext(
             settings=self.listener_settings,
             spool=self.spool,

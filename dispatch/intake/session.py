@@ -31,6 +31,7 @@ import trio
 from dispatch.config.settings import ListenerSettings
 from dispatch.intake import events
 from dispatch.intake.received import LoopDetector, protocol_name, received_header
+from dispatch.intake.smtp_auth import BUSY as BUSY_CHECKING_PASSWORDS
 from dispatch.intake.smtp_auth import SmtpAuthenticator
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
@@ -366,6 +367,8 @@ class SmtpSession:
         if reply.code == 235:
             self.context.stats.smtp_auth.add("success")
             log.info("authenticated as %s", self.auth.identity)
+        elif reply is BUSY_CHECKING_PASSWORDS:
+            self.context.stats.smtp_auth.add("busy")
         elif reply.code == 454:
             self.context.stats.smtp_auth.add("throttled")
         elif reply.code in (535, 501):

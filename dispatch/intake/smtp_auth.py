@@ -1,30 +1,31 @@
 """SMTP AUTH on the listener (RFC 4954): the PLAIN and LOGIN exchanges against ``listener.users``.
 
 The protocol core only frames the exchange (a 334 makes the next line an ``AuthResponse``);
-this module decides the replies. Passwords are checked against argon2 hashes in a worker
-thread. An unknown user costs the same hash verification as a known one, so timing does not
-reveal which accounts exist.
+this module decides the replies. Passwords are checked against argon2 hashes by
+:func:`~dispatch.security.passwords.verify_password`, under the process-wide limit on
+concurrent verifications: when its wait queue is full the attempt gets :data:`BUSY`
+(``454 4.7.0``) at once, and is not counted as a failure. An unknown user costs the same hash
+verification as a known one, so timing does not reveal which accounts exist.
 
 Failures are counted in a shared :class:`~dispatch.security.throttle.FailureThrottle` twice:
-per peer IP (whatever the username) and per username (whatever the address). When either
-has had ``max_failures`` failures within the window, the attempt gets ``454`` without its
-password being looked at; so a throttled address is refused for every user, and a throttled
-username from every address. A success as user U from address A forgives only the failures
-at U from A: never guesses at another user from A, nor guesses at U from elsewhere. Unknown
-usernames are counted like known ones, so the throttle does not reveal which accounts exist.
+per peer IP (whatever the username; ``max_failures`` within the window) and per username
+(whatever the address; :data:`USERNAME_FAILURES_FACTOR` times as many, so that no single
+address can lock an account out, while guesses spread over many addresses are still
+stopped). Past either limit the attempt gets ``454`` without its password being looked at:
+a throttled address is refused for every user, a throttled username from every address. A
+success as user U from address A forgives only the failures at U from A: never guesses at
+another user from A, nor guesses at U from elsewhere. Unknown usernames are counted like
+known ones, so the throttle does not reveal which accounts exist.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from typing import Final
 
-import trio
-
 from dispatch.config.settings import SmtpUser
-from dispatch.security.passwords import hash_password, verify_password
+from dispatch.security.passwords import password_checks, verify_password
 from dispatch.security.throttle import FailureThrottle
 from dispatch.smtp import Reply, replies
 from dispatch.smtp import auth as sasl
@@ -36,6 +37,10 @@ MECHANISMS: Final = ("PLAIN", "LOGIN")
 THROTTLED: Final = Reply.of(
     454, "Too many failed authentications, try again later", enhanced="4.7.0"
 )
+USERNAME_FAILURES_FACTOR: Final = 4
+BUSY: Final = Reply.of(
+    454, "Too many authentications in progress, try again later", enhanced="4.7.0"
+)
 
 
 def username_key(username: str) -> str:
@@ -43,18 +48,9 @@ def username_key(username: str) -> str:
     return "user:" + hashlib.sha256(username.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-@functools.cache
-def _decoy_hash() -> str:
-    return hash_password("an account that does not exist")
-
-
 async def _check(users: tuple[SmtpUser, ...], username: str, password: str) -> bool:
     user = next((u for u in users if u.username == username), None)
-    if user is None:
-        decoy = await trio.to_thread.run_sync(_decoy_hash)
-        await verify_password(decoy, password)
-        return False
-    return await verify_password(user.password_hash.reveal(), password)
+    return await verify_password(None if user is None else user.password_hash.reveal(), password)
 
 
 class SmtpAuthenticator:
@@ -116,9 +112,16 @@ class SmtpAuthenticator:
         # check: otherwise guesses sent at once on many connections all passed the check in
         # `start` and were all verified (20 parallel guesses got 20 answers where the
         # throttle allows 5; found by tests/system/test_abuse_smtp.py).
-        if self._throttle.retry_after(address) > 0 or self._throttle.retry_after(user) > 0:
+        user_limit = self._throttle.max_failures * USERNAME_FAILURES_FACTOR
+        if self._throttle.retry_after(address) or self._throttle.retry_after(user, user_limit):
             log.warning("AUTH refused: too many failures from %s or at this user", address)
             return THROTTLED
+        if password is not None and password_checks().full():
+            # Refused before it is counted: a guess that was never checked is no failure.
+            # Nothing awaits between this test and the verification joining the queue, so
+            # the queue bound holds exactly.
+            log.info("AUTH refused: too many password checks in progress")
+            return BUSY
         self._throttle.record_failure(address, detail=user)
         self._throttle.record_failure(user, detail=address)
         ok = password is not None and await _check(self._users, username, password)

@@ -44,6 +44,7 @@ from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
@@ -65,6 +66,7 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     settings = first
     outbox_send, outbox = trio.open_memory_channel[tuple[object, ...]](math.inf)
     stats = Stats()
+    share_among(settings.listener.processes)  # password checks: this process's share
     files = await trio.to_thread.run_sync(ensure_certificate, settings)
     context = IntakeContext(
         settings=lambda: settings.listener,

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Final
 
 MAX_TRACKED_KEYS: Final = 10_000  # bounded memory under a spray of source addresses
-KEPT_PER_KEY: Final = 4
-"""Failures kept per key, in multiples of ``max_failures``: more than the throttle needs, so
-that forgiving one detail's failures never drops the count of another below what it was."""
+KEPT_PER_KEY: Final = 8
+"""Failures kept per key, in multiples of ``max_failures``: more than any limit asks (callers
+may ask for up to this multiple), so that forgiving one detail's failures never drops the
+count of another below what it was."""
 
 
 class FailureThrottle:
@@ -49,12 +50,17 @@ class FailureThrottle:
             del self._failures[key]
         return failures
 
-    def retry_after(self, key: str) -> float:
-        """Seconds until ``key`` may try again; 0 when it is not throttled."""
+    def retry_after(self, key: str, max_failures: int | None = None) -> float:
+        """Seconds until ``key`` may try again; 0 when it is not throttled.
+
+        ``max_failures``: a limit of its own for this kind of key (at most
+        ``KEPT_PER_KEY`` times :attr:`max_failures`); the throttle's own by default.
+        """
+        limit = min(max_failures or self.max_failures, self.max_failures * KEPT_PER_KEY)
         failures = self._recent(key)
-        if len(failures) < self.max_failures:
+        if len(failures) < limit:
             return 0.0
-        return max(0.0, failures[-self.max_failures][0] + self.window - self._clock())
+        return max(0.0, failures[-limit][0] + self.window - self._clock())
 
     def record_failure(self, key: str, detail: str = "") -> None:
         """Count one failure of ``key``; ``detail`` says what else it was about (see above)."""

@@ -63,14 +63,24 @@ async def test_valid_logins_as_another_user_never_forgive_guesses(users: Smtpd) 
 
 
 async def test_guesses_at_one_user_from_many_addresses_are_throttled(users: Smtpd) -> None:
+    # The username's own limit is 4 times the address limit: 12 failures here.
     def spread() -> list[int]:
-        codes = [attempt(users, ALICE, "wrong", f"127.0.0.{n}") for n in range(2, 5)]
-        codes.append(attempt(users, ALICE, ALICE_PASSWORD, "127.0.0.5"))
-        codes.append(attempt(users, BOB, BOB_PASSWORD, "127.0.0.5"))
+        codes = [attempt(users, ALICE, "wrong", f"127.0.0.{n}") for n in range(2, 14)]
+        codes.append(attempt(users, ALICE, ALICE_PASSWORD, "127.0.0.14"))
+        codes.append(attempt(users, BOB, BOB_PASSWORD, "127.0.0.14"))
         return codes
 
     # The username is throttled everywhere; the fresh address still serves other users.
-    assert await in_thread(spread) == [535, 535, 535, 454, 235]
+    assert await in_thread(spread) == [535] * 12 + [454, 235]
+
+
+async def test_one_address_alone_cannot_lock_an_account_out(users: Smtpd) -> None:
+    def lockout_attempt() -> list[int]:
+        codes = [attempt(users, ALICE, f"wrong {n}", "127.0.0.2") for n in range(5)]
+        codes.append(attempt(users, ALICE, ALICE_PASSWORD, "127.0.0.3"))
+        return codes
+
+    assert await in_thread(lockout_attempt) == [535, 535, 535, 454, 454, 235]
 
 
 async def test_a_success_forgives_only_that_users_failures_from_that_address(

@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 
 from dispatch.config import parse_settings
 from dispatch.config.types import PRIVATE_AND_LOOPBACK, Cidr
 from dispatch.security.allowlist import is_allowed
 from dispatch.security.certs import ensure_certificate, server_context
-from dispatch.security.passwords import check_password, hash_password, verify_password
+from dispatch.security.passwords import (
+    ChecksBusy,
+    PasswordChecks,
+    check_password,
+    hash_password,
+    machine_slots,
+    share_among,
+    verify_password,
+)
 from dispatch.security.throttle import FailureThrottle
 
 
@@ -115,3 +124,44 @@ async def test_password_hashes_verify_off_the_event_loop() -> None:
     assert await verify_password(hashed, "correct horse battery")
     assert not await verify_password(hashed, "wrong")
     assert not check_password("not a hash", "x")
+
+
+async def test_password_checks_run_under_the_limit_and_refuse_beyond_the_queue() -> None:
+    hashed = await trio.to_thread.run_sync(hash_password, "right")
+    checks = PasswordChecks(slots=1, queue=1)
+    seen_in_flight: list[int] = []
+    results: list[bool] = []
+
+    async def verify(password: str) -> None:
+        results.append(await checks.verify(hashed, password))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(verify, "right")
+        nursery.start_soon(verify, "wrong")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (checks.in_flight, checks.waiting) == (1, 1)
+        assert checks.full()  # a third would wait beyond the queue bound
+        while checks.in_flight or checks.waiting:
+            seen_in_flight.append(checks.in_flight)
+            await trio.sleep(0.01)
+    assert max(seen_in_flight) == 1
+    assert sorted(results) == [False, True]
+    assert not checks.full()
+    assert await checks.verify(None, "anything") is False  # no such account: a decoy check
+    assert 1 <= machine_slots() <= (os.process_cpu_count() or 1)
+
+
+async def test_verify_password_refuses_at_once_when_the_checks_are_busy() -> None:
+    hashed = await trio.to_thread.run_sync(hash_password, "right")
+    checks = share_among(10_000)  # this process's share: a single slot, a queue of 4
+    try:
+        assert (checks.slots, checks.queue) == (1, 4)
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(verify_password, hashed, "wrong")
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(ChecksBusy):
+                await verify_password(hashed, "right", refuse_when_busy=True)
+        assert await verify_password(hashed, "right", refuse_when_busy=True)
+    finally:
+        share_among(1)
