@@ -1,6 +1,7 @@
 """Figure: idle SMTP sessions held open, and the resident memory each one costs.
 
-Dispatch alone, with ``listener.max_connections`` raised above the count, a long
+Dispatch alone, with ``listener.max_connections`` and ``max_connections_per_ip`` raised above
+the count (every connection comes from one address), a long
 ``connection_timeout_seconds`` (so the sessions are not timed out while we count) and the
 open-file limit raised for it and for the client (:func:`bench.idle.raise_fd_limit`). Then
 ``tracemalloc`` (``/debug/memory``) shows which lines of code hold the memory of a smaller
@@ -37,11 +38,16 @@ def measure(ctx: Context) -> Figure:
         "banner and then staying silent; resident memory (VmRSS) of the Dispatch process is "
         "read before (after 20 warm-up sessions), with all open, and after they closed. "
         f"Memory per connection = (RSS open - RSS idle) / open. max_connections = "
-        f"{count + 100:,}, connection_timeout_seconds = 600, open-file limit {limit:,}. "
+        f"max_connections_per_ip = {count + 100:,} (every connection comes from 127.0.0.1), "
+        f"connection_timeout_seconds = 600, open-file limit {limit:,}. "
         f"N = {plan.idle_rounds}."
     )
     figure = Figure("idle", "Idle sessions and memory per connection", method)
-    options = DispatchOptions(max_connections=count + 100, connection_timeout_seconds=600)
+    options = DispatchOptions(
+        max_connections=count + 100,
+        max_connections_per_ip=count + 100,
+        connection_timeout_seconds=600,
+    )
 
     def start(launcher: Launcher, directory: Path, mode: RelayMode, port: int) -> Server:
         return start_dispatch(launcher, directory, mode, port, options)

@@ -31,6 +31,7 @@ class DispatchOptions:
     """The knobs a figure may turn; everything else is Dispatch's default."""
 
     max_connections: int = 200
+    max_connections_per_ip: int = 50  # Dispatch's default; every benchmark client is 127.0.0.1
     processes: int = 1  # listener.processes
     connection_timeout_seconds: int = 60
     spool_dir: Path | None = None  # None: <directory>/spool
@@ -76,6 +77,7 @@ ports = [{ports["smtp"]}]
 bind_address = "{LOOPBACK}"
 server_name = "{SERVER_NAME}"
 max_connections = {options.max_connections}
+max_connections_per_ip = {options.max_connections_per_ip}
 processes = {options.processes}
 connection_timeout_seconds = {options.connection_timeout_seconds}
 

@@ -4,8 +4,10 @@ Serves listening sockets its caller bound with :func:`~dispatch.intake.ports.bin
 (the daemon, which may hand the same sockets to intake worker processes too) and keeps the
 configured vs listening ports for ``/health``. Owns the nursery of sessions and the count of
 open sessions; ready (``task_status.started()``) at once. At connect it applies the live
-``listener.allowed_cidrs`` (``554``, logged with the IP, counted as denied) and
-``listener.max_connections`` (``421``).
+``listener.allowed_cidrs`` (``554``, logged with the IP, counted as denied),
+``listener.max_connections`` (``421``) and ``listener.max_connections_per_ip`` (``421 4.7.0``:
+one address cannot take every slot). With ``listener.processes`` > 1 each process enforces
+its share of both limits (rounded up), as it only sees the sessions it accepted itself.
 
 Stopping (``shutdown.requested``): the sockets close at once so no new session starts; each
 open session is cancelled, which discards a message still being received, and then told
@@ -19,6 +21,7 @@ import contextlib
 import errno
 import logging
 import secrets
+from collections import Counter
 from typing import Final
 
 import trio
@@ -38,6 +41,9 @@ log = logging.getLogger("dispatch.smtp")
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 RESOURCE_BACKOFF_SECONDS: Final = 0.1
 REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
+TOO_MANY_FROM_IP: Final = replies.Reply.of(
+    421, "Too many connections from your address, try later", enhanced="4.7.0"
+)
 
 
 class SmtpListener:
@@ -50,6 +56,7 @@ class SmtpListener:
         self.ports = ports
         self.processes = processes  # max_connections is shared out among the processes
         self.open_sessions = 0
+        self.sessions_by_ip: Counter[str] = Counter()  # only addresses with open sessions
         self._session_scopes: set[trio.CancelScope] = set()
 
     async def serve(
@@ -102,6 +109,10 @@ class SmtpListener:
             finally:
                 await trio.aclose_forcefully(stream)
 
+    def _share(self, limit: int) -> int:
+        """This process's share of a connection limit (rounded up)."""
+        return -(-limit // self.processes)
+
     async def _refuse(self, stream: trio.SocketStream, reason: str, reply: replies.Reply) -> None:
         self.context.stats.smtp_denied.add(reason)
         self.context.stats.smtp_replies.add(str(reply.code))
@@ -116,13 +127,19 @@ class SmtpListener:
             self.context.record(events.denied("smtp", peer_ip, "listener.allowed_cidrs"))
             await self._refuse(stream, "allowlist", replies.ACCESS_DENIED)
             return
-        if self.open_sessions >= -(-settings.max_connections // self.processes):
+        if self.open_sessions >= self._share(settings.max_connections):
             log.warning("refused connection from %s: max_connections reached", peer_ip)
             await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS)
+            return
+        per_ip = self._share(min(settings.max_connections_per_ip, settings.max_connections))
+        if self.sessions_by_ip[peer_ip] >= per_ip:
+            log.warning("refused connection from %s: max_connections_per_ip reached", peer_ip)
+            await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP)
             return
         trace = self.context.tracer.start("smtp.session", peer_ip)
         session = SmtpSession(stream, peer_ip, self.context, trace)
         self.open_sessions += 1
+        self.sessions_by_ip[peer_ip] += 1
         scope = trio.CancelScope()
         self._session_scopes.add(scope)
         try:
@@ -136,6 +153,9 @@ class SmtpListener:
             trace.finish()
             self._session_scopes.discard(scope)
             self.open_sessions -= 1
+            self.sessions_by_ip[peer_ip] -= 1
+            if not self.sessions_by_ip[peer_ip]:
+                del self.sessions_by_ip[peer_ip]  # memory only for addresses connected now
             if session.stream is not stream:  # upgraded to TLS: close that layer too
                 await trio.aclose_forcefully(session.stream)
             log.debug("closed after %d message(s)", session.messages)
