@@ -77,11 +77,62 @@ async def _timed(name: str, probe: Callable[[], Any], deadline: float) -> CheckR
     return CheckResult("timeout", (time.perf_counter() - started) * 1000)
 
 
+_SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")  # present while in use (WAL mode)
+
+
+def _denied_by_mode(path: Path, want: int) -> str | None:
+    """Which of ``want`` (``os.R_OK | os.W_OK | os.X_OK``) the permissions of ``path`` deny
+    this process, or None.
+
+    Not root: the kernel's own answer (``os.access`` with the effective ids, so ACLs count).
+    Root: the kernel lets root open anything, so a fresh open proves nothing and a file set
+    to mode ``000`` would look fine; the mode bits are judged instead, as the kernel judges
+    every other user (owner, else group, else other bits). Such a file breaks the daemon as
+    soon as it runs as its service user, or reopens the file after a restore.
+    """
+    names = [(os.R_OK, "read"), (os.W_OK, "write"), (os.X_OK, "search")]
+    if os.geteuid() != 0:
+        missing = [
+            n for bit, n in names if want & bit and not os.access(path, bit, effective_ids=True)
+        ]
+    else:
+        st = path.stat()
+        if st.st_uid == 0:
+            bits = st.st_mode >> 6
+        elif st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        missing = [n for bit, n in names if want & bit and not bits & bit]
+    if not missing:
+        return None
+    mode = oct(path.stat().st_mode & 0o777)[2:].rjust(3, "0")
+    return f"{path} (mode {mode}) denies {' and '.join(missing)} to the daemon's user"
+
+
 def probe_sqlite(url: str) -> None:
-    """Take and release the write lock on a connection of our own (then close it)."""
+    """Check the database as a fresh open would see it, then take and release the write lock
+    on a connection of our own (then close it).
+
+    The permission check comes first: running as root, the connection would open a file
+    whatever its mode (see :func:`_denied_by_mode`).
+    """
     path = sqlite_path(url)
     if not path.exists():
         raise OSError(f"database file {path} does not exist")
+    checks = [(path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)]
+    checks += [
+        (side, os.R_OK | os.W_OK)
+        for suffix in _SQLITE_SIDE_FILES
+        if (side := Path(f"{path}{suffix}")).exists()
+    ]
+    for checked, want in checks:
+        try:
+            problem = _denied_by_mode(checked, want)
+        except FileNotFoundError:
+            continue  # a side file removed since it was listed (a checkpoint): nothing to open
+        if problem is not None:
+            raise PermissionError(f"cannot reopen the database: {problem}; fix its permissions")
     connection = sqlite3.connect(path, timeout=DATABASE_BUSY_SECONDS, isolation_level=None)
     try:
         connection.execute("BEGIN IMMEDIATE")

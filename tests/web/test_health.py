@@ -130,6 +130,42 @@ async def test_wedged_database_answers_in_time_every_time(tmp_path: Path) -> Non
     assert after["status"] == "healthy"  # and it recovers once the lock is gone
 
 
+async def test_database_file_mode_that_forbids_opening_it_is_degraded(tmp_path: Path) -> None:
+    """Regression (issue 11, item 7): ``chmod 000`` on the database file left /health "fine".
+
+    Tests run as root, whom the kernel lets open any file: the probe judges the mode bits as
+    the kernel would judge the daemon's service user (dispatch.monitoring.health).
+    """
+    async with dashboard(tmp_path) as (dispatch, client):
+        database = dispatch.root / "data" / "dispatch.db"
+        await dispatch.runtime.store.log.wait_until_written()
+        before = (await client.get("/health")).json()
+        mode = database.stat().st_mode & 0o777
+        database.chmod(0)
+        try:
+            locked_out = (await client.get("/health")).json()
+        finally:
+            database.chmod(mode)
+        wal = database.with_name("dispatch.db-wal")
+        assert wal.exists()  # WAL mode: the side files count too
+        wal.chmod(0o200)
+        try:
+            unreadable_wal = (await client.get("/health")).json()
+        finally:
+            wal.chmod(mode)
+        after = (await client.get("/health")).json()
+    assert before["status"] == "healthy"
+    for body in (locked_out, unreadable_wal):
+        assert body["status"] == "degraded"
+        assert body["database"] == {"reachable": False, "latencyMs": None}
+        assert body["checks"]["database"]["status"] == "error"
+    assert "mode 000" in locked_out["checks"]["database"]["error"]
+    assert "denies read and write" in locked_out["checks"]["database"]["error"]
+    assert "dispatch.db-wal (mode 200) denies read" in unreadable_wal["checks"]["database"]["error"]
+    assert after["status"] == "healthy"
+    assert after["database"]["reachable"] is True
+
+
 async def test_smtp_on_fewer_ports_than_configured_is_degraded(tmp_path: Path) -> None:
     async with dashboard(tmp_path) as (dispatch, client):
         listener = dispatch.runtime.smtp
