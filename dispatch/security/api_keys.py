@@ -5,21 +5,29 @@ Theory of operation
 :meth:`ApiKeyVerifier.verify` answers :class:`VerifiedKey` or :class:`Rejection`; the first
 step that decides wins:
 
-1. The source IP failed too often lately (:class:`FailureThrottle`): ``throttled``.
-2. The text is not shaped like a key (``dsp_live_`` + 43 base64url characters, see
+1. The text is not shaped like a key (``dsp_live_`` + 43 base64url characters, see
    ``dispatch/storage/api_keys.py``): ``malformed``. The database is not asked.
-3. The row is looked up by its prefix — one indexed read, on **every** request.
-4. No row: ``unknown``. A revoked row: ``revoked``.
-5. The secret is checked. The first time, against the stored argon2id hash (~100 ms of
-   CPU, in a worker thread; concurrent first requests for one key share one check). After a
-   success the verifier keeps ``sha256(key)`` in memory for that row, and later requests
-   compare digests with :func:`hmac.compare_digest`: one lookup and one constant-time
-   compare. A mismatch: ``wrong``.
+2. The row is looked up by its prefix — one indexed read, on **every** request.
+3. No row: ``unknown``. A revoked row: ``revoked``.
+4. The secret is checked, cheaply: a key proven valid here before is compared as
+   ``sha256(key)`` with :func:`hmac.compare_digest`; otherwise against the stored hash, a
+   light argon2id (~0.07 ms, on the event loop; see ``dispatch/storage/api_keys.py`` for
+   why a key needs no slow hash). A mismatch: ``wrong``.
 
-Why a fast digest is enough once the key has been checked: argon2's cost protects
-passwords, which are guessable; a key is 256 random bits, which no guessing reaches however
-fast each guess is. The digest lives only in this process, and only for keys that proved
-valid here.
+Failures (malformed, unknown, revoked, wrong) count against the source IP
+(:class:`FailureThrottle`); a success does not clear them, or an attacker holding one valid
+key could interleave it with guesses. A **throttled** address still has every key it
+presents checked, because checking costs no more than refusing: a valid key always gets
+through (one address may be a NAT, or 127.0.0.1, shared with whoever sends junk), and
+junk from it is answered ``throttled`` (``429``) instead of ``401``.
+
+The one slow case is a key whose stored hash predates light hashes (the password profile,
+~150 ms and 64 MiB): the first use of such a key is checked in a worker thread under the
+process-wide password limit (concurrent first requests for one key share one check), and
+on success its hash is replaced by a light one, written in the background by :meth:`run`.
+From a throttled address that slow check is not made (``throttled``): junk must not buy
+slow checks, and the key works again from there once another address used it or the
+throttle window passed.
 
 Why revocation takes effect on the next request, from any node sharing the database: the
 cache answers only "is this the right secret", never "is this key still valid". Whether the
@@ -33,9 +41,6 @@ digest is cached is accepted (``VerifiedKey.degraded``), because mail is never r
 a database outage (SPEC §0); any other key gets ``unavailable`` (the API answers 503 with
 ``Retry-After``). The price: a key revoked on another node, which this node had not yet seen
 revoked when the outage began, keeps working here until the database answers again.
-
-Failures (malformed, unknown, wrong, revoked) count against the source IP; a success does
-not clear them, or an attacker holding one valid key could interleave it with guesses.
 
 ``last_used_at`` is written at most once per :data:`TOUCH_INTERVAL` per key, and never on the
 request path: :meth:`verify` notes the use and :meth:`run`, a long-lived task, writes it.
@@ -61,7 +66,15 @@ import trio
 
 from dispatch.security.passwords import verify_password
 from dispatch.security.throttle import FailureThrottle
-from dispatch.storage.api_keys import ApiKeyRecord, ApiKeyStore, is_well_formed, prefix_of
+from dispatch.storage.api_keys import (
+    ApiKeyRecord,
+    ApiKeyStore,
+    check_api_key,
+    hash_api_key,
+    is_light_hash,
+    is_well_formed,
+    prefix_of,
+)
 from dispatch.storage.database import DatabaseUnavailableError
 from dispatch.storage.events import AuditEntry
 from dispatch.storage.log_writer import StopRequest
@@ -128,6 +141,8 @@ class VerifierStats:
 
     lookups: int = 0
     argon2_verifications: int = 0
+    slow_verifications: int = 0  # of password-profile hashes, before their rehash
+    rehashed: int = 0
     cache_hits: int = 0
     accepted: int = 0
     accepted_while_unavailable: int = 0
@@ -175,6 +190,7 @@ class ApiKeyVerifier:
         self._checking: dict[str, trio.Event] = {}  # argon2 checks in flight, by prefix
         self._noted_use: dict[int, float] = {}  # key id -> last use queued for writing
         self._touches: dict[int, float] = {}  # key id -> last_used_at to write
+        self._rehashes: dict[int, tuple[str, str]] = {}  # key id -> (old hash, light hash)
         self._touch_wanted = trio.Event()
         self._touches_written = trio.Event()
         self._touches_written.set()
@@ -186,26 +202,27 @@ class ApiKeyVerifier:
 
     async def verify(self, presented: str, source_ip: str) -> VerifiedKey | Rejection:
         """Check the key a request presented (the text after ``Bearer``) from ``source_ip``."""
-        wait = self._throttle.retry_after(source_ip)
-        if wait > 0:
-            detail = "too many failed API key attempts from this address; try again later"
-            return self._rejected("throttled", detail, retry_after=math.ceil(wait))
+        throttled_for = self._throttle.retry_after(source_ip)
         if not is_well_formed(presented):
-            return self._failed(source_ip, "malformed", _INVALID)
+            return self._failed(source_ip, "malformed", _INVALID, throttled_for)
         prefix = prefix_of(presented)
         digest = hashlib.sha256(presented.encode("ascii")).digest()
         try:
             record = await self._lookup(prefix)
         except _KeyStoreUnavailable:
-            return self._verify_from_cache(prefix, digest, source_ip)
+            return self._verify_from_cache(prefix, digest, source_ip, throttled_for)
         if record is None:
             self._cache.pop(prefix, None)
-            return self._failed(source_ip, "unknown", _INVALID)
+            return self._failed(source_ip, "unknown", _INVALID, throttled_for)
         if record.revoked:
             self._cache.pop(prefix, None)
-            return self._failed(source_ip, "revoked", f"API key {prefix} has been revoked")
-        if not await self._secret_matches(record, presented, digest):
-            return self._failed(source_ip, "wrong", _INVALID)
+            detail = f"API key {prefix} has been revoked"
+            return self._failed(source_ip, "revoked", detail, throttled_for)
+        matches = await self._secret_matches(record, presented, digest, throttled_for > 0)
+        if matches is None:
+            return self._throttled(throttled_for)
+        if not matches:
+            return self._failed(source_ip, "wrong", _INVALID, throttled_for)
         self._note_use(record.id, record.last_used_at)
         self.stats.accepted += 1
         return VerifiedKey(key_id=record.id, name=record.name, prefix=record.prefix)
@@ -233,7 +250,7 @@ class ApiKeyVerifier:
         self.database_reachable = False
 
     def _verify_from_cache(
-        self, prefix: str, digest: bytes, source_ip: str
+        self, prefix: str, digest: bytes, source_ip: str, throttled_for: float
     ) -> VerifiedKey | Rejection:
         cached = self._cache.get(prefix)
         if cached is None:
@@ -241,13 +258,17 @@ class ApiKeyVerifier:
             return self._rejected("unavailable", detail, retry_after=UNAVAILABLE_RETRY_AFTER)
         self.stats.cache_hits += 1
         if not hmac.compare_digest(cached.digest, digest):
-            return self._failed(source_ip, "wrong", _INVALID)
+            return self._failed(source_ip, "wrong", _INVALID, throttled_for)
         self._note_use(cached.key_id, None)
         self.stats.accepted += 1
         self.stats.accepted_while_unavailable += 1
         return VerifiedKey(key_id=cached.key_id, name=cached.name, prefix=prefix, degraded=True)
 
-    async def _secret_matches(self, record: ApiKeyRecord, presented: str, digest: bytes) -> bool:
+    async def _secret_matches(
+        self, record: ApiKeyRecord, presented: str, digest: bytes, throttled: bool
+    ) -> bool | None:
+        """Whether ``presented`` is the key of ``record``; None when finding out would take
+        a slow check and the address is throttled (see the module docstring)."""
         prefix = record.prefix
         while (running := self._checking.get(prefix)) is not None:
             await running.wait()  # a first request for this key is being checked: reuse it
@@ -258,20 +279,45 @@ class ApiKeyVerifier:
                 self.stats.cache_hits += 1
                 return hmac.compare_digest(cached.digest, digest)
             del self._cache[prefix]  # the row was replaced since: check it afresh
-        done = self._checking[prefix] = trio.Event()
-        try:
+        if is_light_hash(stored_hash):
             self.stats.argon2_verifications += 1
-            matches = await verify_password(stored_hash, presented)
-        finally:
-            del self._checking[prefix]
-            done.set()
+            matches = check_api_key(stored_hash, presented)  # ~0.07 ms: no thread hop
+        elif throttled:
+            return None
+        else:
+            matches = await self._slow_check(record, stored_hash, presented)
         if matches:
             self._cache[prefix] = _CachedKey(record.id, record.name, stored_hash, digest)
         return matches
 
-    def _failed(self, source_ip: str, kind: RejectionKind, detail: str) -> Rejection:
+    async def _slow_check(self, record: ApiKeyRecord, stored_hash: str, presented: str) -> bool:
+        """Check a password-profile hash (a key made before light hashes); on success, queue
+        its replacement by a light hash."""
+        done = self._checking[record.prefix] = trio.Event()
+        try:
+            self.stats.argon2_verifications += 1
+            self.stats.slow_verifications += 1
+            matches = await verify_password(stored_hash, presented)
+        finally:
+            del self._checking[record.prefix]
+            done.set()
+        if matches:
+            self._rehashes[record.id] = (stored_hash, hash_api_key(presented))
+            self._wake_writer()
+        return matches
+
+    def _failed(
+        self, source_ip: str, kind: RejectionKind, detail: str, throttled_for: float
+    ) -> Rejection:
+        if throttled_for > 0:
+            # Not counted again: the window runs from the failures that caused it.
+            return self._throttled(throttled_for)
         self._throttle.record_failure(source_ip)
         return self._rejected(kind, detail)
+
+    def _throttled(self, throttled_for: float) -> Rejection:
+        detail = "too many failed API key attempts from this address; try again later"
+        return self._rejected("throttled", detail, retry_after=math.ceil(throttled_for))
 
     def _rejected(
         self, kind: RejectionKind, detail: str, *, retry_after: int | None = None
@@ -292,6 +338,9 @@ class ApiKeyVerifier:
             return
         self._noted_use[key_id] = now
         self._touches[key_id] = now
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         if self._touches_written.is_set():
             self._touches_written = trio.Event()
         self._touch_wanted.set()
@@ -302,12 +351,14 @@ class ApiKeyVerifier:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """The ``last_used_at`` writer: a supervisor component.
+        """The ``last_used_at`` (and light-hash) writer: a supervisor component.
 
-        Ready at once. Writes each noted use in the background, retrying every
-        :data:`TOUCH_RETRY_SECONDS` while the database fails. When ``shutdown.requested``
-        is set it makes one attempt of at most :data:`SAVE_TOUCHES_TIMEOUT` seconds to write
-        what is pending and returns; an unwritten use only leaves ``last_used_at`` older.
+        Ready at once. Writes each noted use and each queued rehash in the background,
+        retrying every :data:`TOUCH_RETRY_SECONDS` while the database fails. When
+        ``shutdown.requested`` is set it makes one attempt of at most
+        :data:`SAVE_TOUCHES_TIMEOUT` seconds to write what is pending and returns; an
+        unwritten use only leaves ``last_used_at`` older, an unwritten rehash is made again
+        at the key's next first use.
         """
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -318,8 +369,9 @@ class ApiKeyVerifier:
             await self._write_touches()
 
     async def wait_until_touched(self) -> None:
-        """Return once every noted use is in the database (for tests and orderly stops)."""
-        while self._touches:
+        """Return once every noted use and queued rehash is in the database (for tests and
+        orderly stops)."""
+        while self._touches or self._rehashes:
             await self._touches_written.wait()
 
     async def _write_touches_forever(self) -> None:
@@ -331,7 +383,20 @@ class ApiKeyVerifier:
                 self._touch_wanted.set()
 
     async def _write_touches(self) -> bool:
-        """Write the pending uses; return False if the database failed (they stay pending)."""
+        """Write the pending rehashes and uses; return False if the database failed (they
+        stay pending)."""
+        while self._rehashes:
+            key_id, (old_hash, new_hash) = next(iter(self._rehashes.items()))
+            try:
+                replaced = await self._store.rehash(key_id, old_hash, new_hash)
+            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+                log.debug("cannot store the light hash of API key %d yet: %s", key_id, exc)
+                return False
+            if self._rehashes.get(key_id) == (old_hash, new_hash):
+                del self._rehashes[key_id]
+            if replaced:
+                self.stats.rehashed += 1
+                log.info("API key %d: stored hash replaced by a light one", key_id)
         while self._touches:
             key_id, at = next(iter(self._touches.items()))
             try:

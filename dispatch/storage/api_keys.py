@@ -17,6 +17,14 @@ prefix is already taken (about one chance in 10^14 per key) is generated again.
 Only an argon2id hash of the whole key is stored (SPEC §11). The full key exists in memory
 at creation, is returned once by :meth:`ApiKeyStore.create`, and is never stored or logged.
 
+Key hashes use argon2id with the lightest parameters (:data:`KEY_HASH_PARAMETERS`: one pass
+over 64 KiB, ~0.07 ms), not the password profile (three passes over 64 MiB, ~150 ms and 64
+MiB of memory per check). A password's hash must be slow because passwords are guessable; a
+key is 256 random bits, which no number of guesses reaches however fast each one is, so a
+slow hash would add nothing but a way for anyone presenting junk keys to spend the server's
+CPU and memory. Keys created before this change carry a password-profile hash; the verifier
+replaces it with a light one (:meth:`ApiKeyStore.rehash`) the first time the key is used.
+
 Every method is one ``Database`` call (a worker thread) and raises
 :class:`~dispatch.storage.database.DatabaseUnavailableError` when the database cannot be
 used. The SQL is the portable subset described in ``schema.py``.
@@ -33,10 +41,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Final
 
+import argon2
 import attrs
-import trio
 
-from dispatch.security.passwords import hash_password
 from dispatch.storage.database import Database, SqlCursor
 
 KEY_PREFIX: Final = "dsp_live_"
@@ -48,6 +55,14 @@ PREFIX_LENGTH: Final = len(KEY_PREFIX) + LOOKUP_CHARS
 MAX_NAME_LENGTH: Final = 100
 # A retry per collision; ten collisions in a row would mean a broken random source.
 _CREATE_ATTEMPTS: Final = 10
+
+KEY_HASH_PARAMETERS: Final = {"time_cost": 1, "memory_cost": 64, "parallelism": 1}
+"""argon2id parameters of key hashes (memory in KiB); see the module docstring."""
+_KEY_HASHER: Final = argon2.PasswordHasher(
+    time_cost=KEY_HASH_PARAMETERS["time_cost"],
+    memory_cost=KEY_HASH_PARAMETERS["memory_cost"],
+    parallelism=KEY_HASH_PARAMETERS["parallelism"],
+)
 
 _SECRET_SHAPE: Final = re.compile(rf"[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
 _PREFIX_SHAPE: Final = re.compile(re.escape(KEY_PREFIX) + rf"[A-Za-z0-9_-]{{{LOOKUP_CHARS}}}")
@@ -74,6 +89,36 @@ def is_well_formed(presented: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == secret
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of ``key``: an argon2id hash with :data:`KEY_HASH_PARAMETERS`."""
+    return _KEY_HASHER.hash(key)
+
+
+def is_light_hash(key_hash: str) -> bool:
+    """Whether ``key_hash`` is cheap to check (made by :func:`hash_api_key`, or lighter)."""
+    try:
+        parameters = argon2.extract_parameters(key_hash)
+    except argon2.exceptions.InvalidHashError:
+        return False
+    return (
+        parameters.time_cost <= KEY_HASH_PARAMETERS["time_cost"]
+        and parameters.memory_cost <= KEY_HASH_PARAMETERS["memory_cost"]
+        and parameters.parallelism <= KEY_HASH_PARAMETERS["parallelism"]
+    )
+
+
+def check_api_key(key_hash: str, key: str) -> bool:
+    """Whether ``key`` matches ``key_hash`` (argon2's own constant-time compare).
+
+    Blocking for as long as the hash's parameters say: call it on the event loop only for
+    an :func:`is_light_hash`.
+    """
+    try:
+        return _KEY_HASHER.verify(key_hash, key)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
 
 
 def prefix_of(key: str) -> str:
@@ -178,14 +223,14 @@ class ApiKeyStore:
     async def create(self, name: str, *, now: float | None = None) -> tuple[ApiKeyRecord, str]:
         """Store a new key named ``name``; return its record and the full key.
 
-        The full key is returned here and nowhere else, ever. Hashing (~100 ms of CPU) runs
-        in a worker thread. Raises :class:`ValueError` for an empty or unprintable name.
+        The full key is returned here and nowhere else, ever. Raises :class:`ValueError`
+        for an empty or unprintable name.
         """
         name = _name(name)
         created_at = time.time() if now is None else now
         for _ in range(_CREATE_ATTEMPTS):
             key = new_api_key()
-            key_hash = await trio.to_thread.run_sync(hash_password, key)
+            key_hash = hash_api_key(key)  # light: see the module docstring
             row = (name, prefix_of(key), key_hash, created_at)
             key_id = await self._database.write(partial(_insert_unless_taken, row=row))
             if key_id is not None:
@@ -244,6 +289,19 @@ class ApiKeyStore:
         if row is None:
             raise UnknownApiKeyError(value)  # the prefix, never a full key given here
         return _record(row), changed
+
+    async def rehash(self, key_id: int, old_hash: str, new_hash: str) -> bool:
+        """Replace the key's hash, unless it changed since ``old_hash`` was read; whether
+        it was replaced. Used to move keys from the password profile to a light hash."""
+
+        def work(cursor: SqlCursor) -> bool:
+            cursor.execute(
+                "UPDATE api_keys SET hash = ? WHERE id = ? AND hash = ?",
+                (new_hash, key_id, old_hash),
+            )
+            return bool(cursor.rowcount > 0)
+
+        return await self._database.write(work)
 
     async def touch(self, key_id: int, at: float) -> None:
         """Set ``last_used_at`` to ``at``, unless it is already later (another node's use).

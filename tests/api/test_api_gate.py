@@ -63,11 +63,11 @@ async def test_refusals_come_before_the_body_and_close_the_connection(tmp_path: 
         port = dispatch.runtime.settings.current.api.port
         wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBA")
         cases = {
-            "outsider": dict(source="127.0.0.2", key=key),
-            "no key": dict(key=None),
-            "wrong key": dict(key=wrong),
-            "text/plain": dict(key=key, content_type="text/plain"),
-            "declared too large": dict(key=key),
+            "outsider": {"source": "127.0.0.2", "key": key},
+            "no key": {"key": None},
+            "wrong key": {"key": wrong},
+            "text/plain": {"key": key, "content_type": "text/plain"},
+            "declared too large": {"key": key},
         }
         answers = {}
         for name, how in cases.items():
@@ -117,3 +117,22 @@ async def test_an_admitted_body_streams_to_a_file_and_caps_answer_503(tmp_path: 
     assert status_of(free_again) == 401
     assert busy == {"max_concurrent_requests_per_ip": 1, "max_concurrent_requests": 1}
     assert dispatch.runtime.spool.counts().total == 0
+
+
+async def test_junk_keys_from_an_address_do_not_lock_out_a_valid_key(tmp_path: Path) -> None:
+    """Regression (issue 11, item 2): after 5 junk keys from 127.0.0.1, a valid key from
+    127.0.0.1 used to get 429 for 300 s."""
+    async with api(tmp_path) as (_, client, _key):
+        junk = [
+            (await client.get("/api/v1/messages", headers={"Authorization": f"Bearer {bad}"}))
+            for bad in ["dsp_live_nonsense"] * 6
+        ]
+        valid = await client.get("/api/v1/messages")
+        still_junk = await client.get(
+            "/api/v1/messages", headers={"Authorization": "Bearer dsp_live_nonsense"}
+        )
+    assert [r.status_code for r in junk][:5] == [401] * 5
+    assert junk[-1].status_code == 429
+    assert valid.status_code == 200
+    assert still_junk.status_code == 429
+    assert int(still_junk.headers["Retry-After"]) > 0

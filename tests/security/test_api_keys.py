@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
+from dispatch.security.passwords import hash_password
 from dispatch.security.throttle import FailureThrottle
 from dispatch.storage import ApiKeyStore, AuditEntry, SqlCursor, SqliteDatabase
-from dispatch.storage.api_keys import PREFIX_LENGTH, new_api_key, prefix_of
+from dispatch.storage.api_keys import PREFIX_LENGTH, is_light_hash, new_api_key, prefix_of
 from dispatch.supervisor import Shutdown
 
 BASE = 1_800_000_000.0
@@ -200,18 +201,90 @@ async def test_create_and_revoke_are_audited_and_revoke_empties_the_cache(keys: 
     assert all(key[PREFIX_LENGTH:] not in entry.message for entry in keys.audit)
 
 
-async def test_failures_throttle_the_source_ip(keys: Keys) -> None:
+async def throttle(keys: Keys, key: str, ip: str) -> None:
+    """Three failures of three kinds from ``ip``: the throttle's limit in these tests."""
+    rejected(await keys.verifier.verify(other_secret(key), ip), "wrong")
+    rejected(await keys.verifier.verify(new_api_key(), ip), "unknown")
+    rejected(await keys.verifier.verify("nonsense", ip), "malformed")
+
+
+async def test_junk_from_a_throttled_address_gets_429_without_a_database_query(
+    keys: Keys,
+) -> None:
     key = await keys.create()
-    rejected(await keys.verifier.verify(other_secret(key), IP), "wrong")
-    rejected(await keys.verifier.verify(new_api_key(), IP), "unknown")
-    rejected(await keys.verifier.verify("nonsense", IP), "malformed")
+    await throttle(keys, key, IP)
     calls = keys.database.calls
-    answer = rejected(await keys.verifier.verify(key, IP), "throttled")
+    answer = rejected(await keys.verifier.verify("nonsense", IP), "throttled")
     assert answer.http_status == 429
     assert answer.retry_after is not None
     assert 0 < answer.retry_after <= 60
-    assert keys.database.calls == calls  # a throttled address costs nothing
+    assert keys.database.calls == calls  # malformed junk costs nothing
+    for junk in (new_api_key(), other_secret(key)):
+        rejected(await keys.verifier.verify(junk, IP), "throttled")
     accepted(await keys.verifier.verify(key, OTHER_IP))
+
+
+async def test_a_valid_key_gets_through_from_a_throttled_address(keys: Keys) -> None:
+    """Regression (issue 11, item 2): junk from a shared address (a NAT, 127.0.0.1) used to
+    lock every valid key out of it for the throttle window."""
+    key = await keys.create("first use from the throttled address")
+    used = await keys.create("used before")
+    accepted(await keys.verifier.verify(used, IP))
+    await throttle(keys, key, IP)
+    assert accepted(await keys.verifier.verify(key, IP)).prefix == prefix_of(key)
+    accepted(await keys.verifier.verify(used, IP))
+    rejected(await keys.verifier.verify(other_secret(key), IP), "throttled")  # still junk
+    assert keys.verifier.stats.slow_verifications == 0
+
+
+def store_password_profile_hash(keys: Keys, key: str) -> None:
+    """Give the key the hash keys had before light hashes: argon2's password profile."""
+    with closing(sqlite3.connect(keys.path)) as connection, connection:
+        connection.execute(
+            "UPDATE api_keys SET hash = ? WHERE prefix = ?", (hash_password(key), prefix_of(key))
+        )
+
+
+async def test_new_keys_get_a_light_hash(keys: Keys) -> None:
+    key = await keys.create()
+    record = await keys.store.find_by_prefix(prefix_of(key))
+    assert record is not None
+    assert record.key_hash is not None
+    assert record.key_hash.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+    assert is_light_hash(record.key_hash)
+
+
+async def test_an_old_slow_hash_is_replaced_at_the_first_use(keys: Keys) -> None:
+    key = await keys.create()
+    store_password_profile_hash(keys, key)
+    shutdown = Shutdown(grace_seconds=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(keys.verifier.run, shutdown)
+        accepted(await keys.verifier.verify(key, IP))
+        assert keys.verifier.stats.slow_verifications == 1
+        await keys.verifier.wait_until_touched()
+        shutdown.request()
+    assert keys.verifier.stats.rehashed == 1
+    record = await keys.store.find_by_prefix(prefix_of(key))
+    assert record is not None
+    assert record.key_hash is not None
+    assert is_light_hash(record.key_hash)
+    fresh = ApiKeyVerifier(keys.store, keys.audit.append)  # a restart: nothing cached
+    accepted(await fresh.verify(key, IP))
+    rejected(await fresh.verify(other_secret(key), IP), "wrong")
+    assert fresh.stats.slow_verifications == 0
+
+
+async def test_a_throttled_address_buys_no_slow_check_of_an_old_hash(keys: Keys) -> None:
+    key = await keys.create()
+    store_password_profile_hash(keys, key)
+    await throttle(keys, key, IP)
+    assert keys.verifier.stats.slow_verifications == 1  # the wrong secret, before the throttle
+    for presented in (other_secret(key), key):
+        rejected(await keys.verifier.verify(presented, IP), "throttled")
+    assert keys.verifier.stats.slow_verifications == 1
+    accepted(await keys.verifier.verify(key, OTHER_IP))
+    accepted(await keys.verifier.verify(key, IP))  # proven elsewhere: compared by digest now
 
 
 @contextmanager
