@@ -11,6 +11,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -309,7 +310,12 @@ class Runtime:
             config = hypercorn_config(plain)
         async with trio.open_nursery() as nursery:
             await nursery.start(verifier.run, shutdown)
-            bound = await nursery.start(serve_app, app, config, shutdown)
+            serve = partial(
+                serve_app,
+                request_timeout=lambda: self.settings.current.api.request_timeout_seconds,
+                request_timeout_setting="api.request_timeout_seconds",
+            )
+            bound = await nursery.start(serve, app, config, shutdown)
             log.info("HTTP API on %s", ", ".join(bound))
             task_status.started()
 
