@@ -98,12 +98,13 @@ class SmtpListener:
         """Owns ``stream`` until it is closed; never lets an exception escape to the nursery."""
         try:
             peer_ip = str(stream.socket.getpeername()[0])
+            local_port = int(stream.socket.getsockname()[1])  # the port decides the policy
         except OSError:
             await trio.aclose_forcefully(stream)
             return
         with log_context(session=secrets.token_hex(4), peer=peer_ip):
             try:
-                await self._serve(stream, peer_ip)
+                await self._serve(stream, peer_ip, local_port)
             except Exception:
                 log.exception("session failed")
             finally:
@@ -120,7 +121,7 @@ class SmtpListener:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(reply.serialise())
 
-    async def _serve(self, stream: trio.SocketStream, peer_ip: str) -> None:
+    async def _serve(self, stream: trio.SocketStream, peer_ip: str, local_port: int) -> None:
         settings = self.context.settings()
         if not is_allowed(peer_ip, settings.allowed_cidrs):
             log.warning("denied connection from %s: not in listener.allowed_cidrs", peer_ip)
@@ -137,7 +138,7 @@ class SmtpListener:
             await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP)
             return
         trace = self.context.tracer.start("smtp.session", peer_ip)
-        session = SmtpSession(stream, peer_ip, self.context, trace)
+        session = SmtpSession(stream, peer_ip, self.context, trace, local_port=local_port)
         self.open_sessions += 1
         self.sessions_by_ip[peer_ip] += 1
         scope = trio.CancelScope()

@@ -112,16 +112,30 @@ class _Transaction:
 
 
 class SmtpSession:
-    """One SMTP connection from ``peer_ip`` (see the module docstring for ownership)."""
+    """One SMTP connection from ``peer_ip`` (see the module docstring for ownership).
+
+    ``local_port``: the listening port the client connected to, which decides its policy;
+    ``implicit_tls``: ``stream`` is already TLS (a ``listener.tls_ports`` port, RFC 8314).
+    """
 
     def __init__(
-        self, stream: trio.abc.Stream, peer_ip: str, context: IntakeContext, trace: Trace
+        self,
+        stream: trio.abc.Stream,
+        peer_ip: str,
+        context: IntakeContext,
+        trace: Trace,
+        *,
+        local_port: int = 0,
+        implicit_tls: bool = False,
     ) -> None:
         self.stream = stream
         self.trace = trace
         self.peer_ip = peer_ip
         self.context = context
         self.settings = context.settings()
+        # The submission policy (docs/smtp.md): on listener.submission_ports and on every
+        # implicit-TLS port, AUTH before MAIL (RFC 6409 §4.3) and TLS before AUTH (RFC 8314).
+        self.submission = implicit_tls or local_port in self.settings.submission_ports
         self.conn = ServerConnection(Limits(max_message_bytes=self.settings.max_message_bytes))
         self.auth = SmtpAuthenticator(self.settings.users, context.auth_throttle, peer_ip)
         self.helo = ""
@@ -343,7 +357,7 @@ class SmtpSession:
         ]
         if self.context.tls and not self.tls_active:
             keywords.append("STARTTLS")
-        if self.settings.users and (self.tls_active or self.settings.allow_unsecure_auth):
+        if self.settings.users and (self.tls_active or self._plaintext_auth_allowed):
             keywords.append("AUTH PLAIN LOGIN")
         return keywords
 
@@ -351,14 +365,18 @@ class SmtpSession:
         self.helo, self.esmtp = helo, esmtp
         self._transaction = None  # EHLO resets the transaction (RFC 5321 §4.1.4)
 
+    @property
+    def _plaintext_auth_allowed(self) -> bool:
+        return self.settings.allow_unsecure_auth and not self.submission
+
     def _mail(self, command: Mail) -> Reply:
-        if self.settings.require_auth and self.auth.identity is None:
+        if (self.settings.require_auth or self.submission) and self.auth.identity is None:
             return replies.AUTH_REQUIRED
         self._transaction = _Transaction(command.reverse_path)
         return SENDER_OK
 
     async def _auth_start(self, command: Auth) -> None:
-        if not (self.tls_active or self.settings.allow_unsecure_auth):
+        if not (self.tls_active or self._plaintext_auth_allowed):
             self._reply(replies.ENCRYPTION_REQUIRED)
             return
         self._auth_result(await self.auth.start(command))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Smtpd:
     ca: trustme.CA
     settings: dict[str, Any]
     events: list[MessageEvent]
+    ports: dict[str, int] = attrs.Factory(dict)  # every port it serves, by name
 
     def configure(self, **listener: Any) -> None:
         """Change live listener keys, as a SIGHUP reload would."""
@@ -71,14 +73,18 @@ def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "spool"
 
 
-@pytest.fixture
-async def smtpd(
-    spool_dir: Path, tls_files: tuple[trustme.CA, CertificateFiles]
+@asynccontextmanager
+async def running_smtpd(
+    spool_dir: Path,
+    tls_files: tuple[trustme.CA, CertificateFiles],
+    live: dict[str, Any],
+    ports: dict[str, int],
 ) -> AsyncIterator[Smtpd]:
+    """A listener on 127.0.0.1 serving ``ports`` (name → number; the first is ``Smtpd.port``)
+    with the listener settings ``live`` (changed by ``Smtpd.configure``), until the block ends."""
     ca, files = tls_files
     spool = await Spool.open(spool_dir)
     stats = Stats()
-    live: dict[str, Any] = {"connection_timeout_seconds": 10}
     events: list[MessageEvent] = []
 
     def settings() -> ListenerSettings:
@@ -93,14 +99,25 @@ async def smtpd(
         record=events.append,
         tracer=Tracer(),
     )
-    port = free_port()
-    listeners, ports = await bind_smtp_ports((port,), ("127.0.0.1",))
-    listener = SmtpListener(context, ports)
+    current = settings()
+    listeners, bound = await bind_smtp_ports(current.ports, ("127.0.0.1",))
+    listener = SmtpListener(context, bound)
     shutdown = Shutdown(grace_seconds=5)
+    port = next(iter(ports.values()))
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.serve, listeners, shutdown)
-        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live, events)
+        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live, events, ports)
         shutdown.request()
+
+
+@pytest.fixture
+async def smtpd(
+    spool_dir: Path, tls_files: tuple[trustme.CA, CertificateFiles]
+) -> AsyncIterator[Smtpd]:
+    port = free_port()
+    live: dict[str, Any] = {"connection_timeout_seconds": 10, "ports": [port]}
+    async with running_smtpd(spool_dir, tls_files, live, {"smtp": port}) as running:
+        yield running
 
 
 Blocking = Callable[[], Any]
