@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import ssl
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from dispatch.smtp.events import (
     Rset,
     StartTls,
     UnknownCommand,
+    UnsynchronisedPipelining,
     Vrfy,
     WrongProtocol,
 )
@@ -136,7 +138,11 @@ class SmtpSession:
         # The submission policy (docs/smtp.md): on listener.submission_ports and on every
         # implicit-TLS port, AUTH before MAIL (RFC 6409 §4.3) and TLS before AUTH (RFC 8314).
         self.submission = implicit_tls or local_port in self.settings.submission_ports
-        self.conn = ServerConnection(Limits(max_message_bytes=self.settings.max_message_bytes))
+        self.conn = ServerConnection(
+            Limits(max_message_bytes=self.settings.max_message_bytes),
+            forbid_unauth_pipelining=True,  # see _greet and docs/smtp.md
+            tls_active=implicit_tls,
+        )
         self.auth = SmtpAuthenticator(self.settings.users, context.auth_throttle, peer_ip)
         self.helo = ""
         self.esmtp = False
@@ -183,7 +189,7 @@ class SmtpSession:
     async def run(self) -> None:
         """Serve the session until it ends; see the module docstring for cancellation."""
         try:
-            self._reply(replies.greeting(self.settings.server_name))
+            await self._greet()
             with trio.move_on_after(self.settings.session_timeout_seconds) as deadline:
                 await self._serve()
             if deadline.cancelled_caught:
@@ -197,6 +203,28 @@ class SmtpSession:
             stats = self.context.stats
             stats.smtp_sessions.add("tls" if self.tls_active else "plain")
             stats.smtp_session_seconds.observe(time.monotonic() - self.started)
+
+    async def _greet(self) -> None:
+        """Owe the greeting, or refuse a client that talked before it (RFC 5321 §4.3.1).
+
+        Bytes that can be read before the greeting is written were sent before the client
+        could have seen it. A zero-timeout poll of the socket, right before the greeting is
+        queued and with no await between it and the write, finds them; they are read (at
+        once: they are there) and fed to the core, which reports `UnsynchronisedPipelining`
+        ("CONNECT") while the client is unauthenticated. The poll adds one system call and no
+        wait, so a correct client sees no change in latency and can never be refused; a client
+        whose early bytes arrive just after the poll is not caught (Postfix's postscreen
+        delays the greeting to catch those; Dispatch does not). Not done on a TLS stream: what
+        is readable there is TLS records, not commands.
+        """
+        self._waiting_since = trio.current_time()
+        if _readable_now(self.stream):
+            await self._receive()
+        event = self.conn.next_event()
+        if isinstance(event, UnsynchronisedPipelining):
+            await self._handle(event)
+        else:
+            self._reply(replies.greeting(self.settings.server_name))
 
     async def _serve(self) -> None:
         self._waiting_since = trio.current_time()
@@ -331,6 +359,17 @@ class SmtpSession:
                 self.context.stats.smtp_violations.add("bare_line_ending")
                 await self._discard_message()
                 self._reply(reply)
+            case UnsynchronisedPipelining(after, octets, reply):
+                # Unauthenticated only (the core's rule); BDAT is exempt. See docs/smtp.md.
+                log.warning(
+                    "%d octets sent without waiting for the reply to %s from %s: closed",
+                    octets,
+                    after,
+                    self.peer_ip,
+                )
+                kind = "before_greeting" if after == "CONNECT" else "pipelining_after_data"
+                self.context.stats.smtp_violations.add(kind)
+                self._reply(reply)
             case CommandError(reply=reply) | UnknownCommand(reply=reply):
                 self._reply(reply)
             case _:
@@ -339,7 +378,7 @@ class SmtpSession:
     def _count_command(self, event: Event) -> None:
         if isinstance(event, UnknownCommand | CommandError | WrongProtocol):
             verb = event.verb
-        elif isinstance(event, DataChunk | DataEnd | AuthResponse):
+        elif isinstance(event, DataChunk | DataEnd | AuthResponse | UnsynchronisedPipelining):
             return  # not commands
         else:
             verb = type(event).__name__.upper()
@@ -508,3 +547,12 @@ class SmtpSession:
         self.conn.tls_established()
         self._transaction = None
         self.helo = ""
+
+
+def _readable_now(stream: trio.abc.Stream) -> bool:
+    """Whether bytes (or an EOF) can be read from a plain TCP stream without waiting."""
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

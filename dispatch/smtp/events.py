@@ -7,7 +7,8 @@ core detected itself, and the end of the session.
 
 Which events the server application must answer with exactly one `Reply` (in order):
 every command event except `Bdat` (whose reply is owed at the `DataEnd` that closes its chunk),
-plus `DataEnd`, `CommandError`, `UnknownCommand`, `WrongProtocol` and `BareLineEnding`.
+plus `DataEnd`, `CommandError`, `UnknownCommand`, `WrongProtocol`, `BareLineEnding` and
+`UnsynchronisedPipelining`.
 `DataChunk`, `Bdat`, `PipelinedAfterStartTls` and `ConnectionClosed` are not answered.
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "ServerReply",
     "StartTls",
     "UnknownCommand",
+    "UnsynchronisedPipelining",
     "Vrfy",
     "WrongProtocol",
 ]
@@ -365,6 +367,24 @@ class BareLineEnding:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsynchronisedPipelining:
+    """The client did not wait for a reply it must wait for; reported only when the
+    connection forbids it (`forbid_unauth_pipelining`) and the client is not authenticated.
+
+    `after` is what the client should have waited after, in Postfix's words: "CONNECT" (bytes
+    arrived before the greeting was sent, RFC 5321 §4.3.1) or "DATA" (bytes followed the DATA
+    line in the same flight instead of waiting for the 354, RFC 2920 §3.1). `octets` is how
+    many were waiting. Answer `reply` (554 5.5.0; for "CONNECT" it takes the place of the
+    greeting); the session then closes. Without this, a body pipelined after a DATA that is
+    refused (no valid recipient) would be read as commands.
+    """
+
+    after: str
+    octets: int
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class PipelinedAfterStartTls:
     """Plaintext followed the STARTTLS command before the TLS handshake.
 
@@ -390,6 +410,7 @@ Event = (
     | UnknownCommand
     | WrongProtocol
     | BareLineEnding
+    | UnsynchronisedPipelining
     | PipelinedAfterStartTls
     | ConnectionClosed
 )
@@ -398,6 +419,7 @@ Event = (
 AWAITS_REPLY: Final = (
     Ehlo, Helo, Mail, Rcpt, Data, Rset, Noop, Quit, Help, Vrfy, StartTls, Auth, AuthResponse,
     DataEnd, CommandError, UnknownCommand, WrongProtocol, BareLineEnding,
+    UnsynchronisedPipelining,
 )  # fmt: skip
 
 # --- Client side ---------------------------------------------------------------------------

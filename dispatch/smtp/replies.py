@@ -199,6 +199,19 @@ BARE_LINE_ENDING: Final = Reply.of(
 NUL_IN_DATA: Final = Reply.of(
     554, "NUL characters are not allowed in message data", enhanced="5.6.0"
 )
+# RFC 5321 §4.3.1 (the client waits for the greeting) and RFC 2920 §3.1 (DATA ends a pipelined
+# group: the client waits for the 354). Postfix's smtpd_forbid_unauth_pipelining answers
+# "554 5.5.0 Error: SMTP protocol synchronization"; these say which wait was skipped.
+SYNC_BEFORE_GREETING: Final = Reply.of(
+    554,
+    "Error: SMTP protocol synchronization: data sent before the greeting; wait for the 220",
+    enhanced="5.5.0",
+)
+SYNC_AFTER_DATA: Final = Reply.of(
+    554,
+    "Error: SMTP protocol synchronization: data sent after DATA before the 354; wait for it",
+    enhanced="5.5.0",
+)
 MESSAGE_TOO_BIG: Final = Reply.of(
     552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
 )

@@ -62,6 +62,7 @@ from .events import (
     Rset,
     StartTls,
     UnknownCommand,
+    UnsynchronisedPipelining,
     Vrfy,
     WrongProtocol,
 )
@@ -76,7 +77,7 @@ _STEPS: Final[dict[type, Step]] = {
     Bdat: Step.BDAT, Rset: Step.RSET, Noop: Step.NEUTRAL, Help: Step.NEUTRAL,
     Vrfy: Step.NEUTRAL, Quit: Step.QUIT, StartTls: Step.STARTTLS, Auth: Step.AUTH,
     AuthResponse: Step.AUTH_RESPONSE, CommandError: Step.ERROR, UnknownCommand: Step.ERROR,
-    WrongProtocol: Step.FATAL, BareLineEnding: Step.FATAL,
+    WrongProtocol: Step.FATAL, BareLineEnding: Step.FATAL, UnsynchronisedPipelining: Step.FATAL,
 }  # fmt: skip
 # Replies that end the session whatever they answer: RFC 5321 §3.8 (421, "may be sent at any
 # time") and RFC 7504 (521, "does not accept mail").
@@ -101,11 +102,29 @@ class ServerConnection:
     the client authenticated; and the open transaction (recipients accepted, SMTPUTF8, the
     DATA/BDAT reader). Raises only `LocalProtocolError`, for misuse by the caller; whatever the
     client sends becomes an event.
+
+    Unsynchronised pipelining (as Postfix's ``smtpd_forbid_unauth_pipelining``): with
+    `forbid_unauth_pipelining`, while the client is not authenticated, bytes that were already
+    buffered when the greeting is owed (fed before it was sent) or that follow a DATA line in
+    the buffer become `UnsynchronisedPipelining` instead of being served. The verdict depends
+    on what had arrived when the core looked, i.e. on packet boundaries: a client that sends
+    DATA and its message in separate flights close together may get through; one that sends
+    them in one write never does. Correct clients are never refused. BDAT is exempt (its
+    data is framed by its length, RFC 3030), as is everything after a 235 to AUTH.
     """
 
-    def __init__(self, limits: Limits | None = None, *, tls_active: bool = False) -> None:
-        """`tls_active`: the connection is already TLS (implicit TLS, port 465)."""
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        tls_active: bool = False,
+        forbid_unauth_pipelining: bool = False,
+    ) -> None:
+        """`tls_active`: the connection is already TLS (implicit TLS, port 465).
+        `forbid_unauth_pipelining`: see the class docstring."""
         self.limits = limits or Limits()
+        self._forbid_unauth_pipelining = forbid_unauth_pipelining
+        self._early_reported = False  # the "CONNECT" violation was reported
         self._buffer = ReceiveBuffer()
         self._state = State.CONNECTED
         self._owed: deque[_Owed] = deque([_Owed(Step.GREETING, State.CONNECTED, None, True)])
@@ -170,6 +189,12 @@ class ServerConnection:
         """The next event, NEED_DATA, or PAUSED while a reply that matters is owed."""
         if self._state is State.CLOSED:
             return ConnectionClosed()
+        if self._talked_before_greeting():
+            # Answered by the reply owed for the greeting (a failure closes, RFC 5321 §3.1).
+            self._early_reported = True
+            return UnsynchronisedPipelining(
+                "CONNECT", len(self._buffer), replies.SYNC_BEFORE_GREETING
+            )
         if self._owed and self._owed[-1].blocks:
             return PAUSED
         if self._state is State.STARTTLS:
@@ -248,7 +273,24 @@ class ServerConnection:
             return self._owe(Step.AUTH_RESPONSE, AuthResponse(line[:-2].decode("ascii", "replace")))
         if line is LINE_TOO_LONG:
             return self._owe(Step.ERROR, CommandError("unknown", replies.LINE_TOO_LONG))
-        return self._sequence(parse_command(line[:-2], self.limits, smtputf8=self._smtputf8))
+        command = parse_command(line[:-2], self.limits, smtputf8=self._smtputf8)
+        if isinstance(command, Data) and self._buffer and self._forbids_pipelining():
+            # RFC 2920 §3.1: DATA ends a pipelined group, accepted or not. If it is refused
+            # (no valid recipient), what follows would otherwise be read as commands.
+            violation = UnsynchronisedPipelining("DATA", len(self._buffer), replies.SYNC_AFTER_DATA)
+            return self._owe(Step.FATAL, violation)
+        return self._sequence(command)
+
+    def _forbids_pipelining(self) -> bool:
+        return self._forbid_unauth_pipelining and not self._authenticated
+
+    def _talked_before_greeting(self) -> bool:
+        return (
+            self._state is State.CONNECTED
+            and bool(self._buffer)
+            and not self._early_reported
+            and self._forbids_pipelining()
+        )
 
     def _sequence(self, event: Event) -> Event:
         """Check a parsed command against the state; turn it into an error if it cannot be

@@ -29,6 +29,16 @@ def raw(port: int) -> socket.socket:
     return sock
 
 
+def until_354(sock: socket.socket) -> bytes:
+    """The replies up to the 354 to DATA (a client must wait for it, RFC 2920 §3.1)."""
+    data = b""
+    while b"354 " not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection."""
     data = b""
@@ -208,6 +218,7 @@ async def test_smtp_smuggling_is_refused_and_closed(smtpd: Smtpd, ending: bytes)
     def smuggle() -> bytes:
         with raw(smtpd.port) as sock:
             sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+            until_354(sock)
             sock.sendall(
                 b"Subject: one\r\n\r\nfirst" + ending + b"MAIL FROM:<evil@x.test>\r\n"
                 b"RCPT TO:<victim@y.test>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n"
@@ -299,7 +310,7 @@ async def test_idle_client_is_timed_out(smtpd: Smtpd) -> None:
 async def test_three_error_replies_end_the_session(smtpd: Smtpd) -> None:
     def errors() -> bytes:
         with raw(smtpd.port) as sock:
-            sock.sendall(b"BOGUS\r\nRCPT TO:<a@b.test>\r\nDATA\r\nNOOP\r\n")
+            sock.sendall(b"BOGUS\r\nRCPT TO:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n")
             return read_all(sock)
 
     lines = (await in_thread(errors)).splitlines()
@@ -344,9 +355,11 @@ async def test_shutdown_says_421_and_discards_the_partial_message(smtpd: Smtpd) 
     try:
         await in_thread(
             lambda: sock.sendall(
-                b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: half"
+                b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
             )
         )
+        await in_thread(lambda: until_354(sock))
+        await in_thread(lambda: sock.sendall(b"Subject: half"))
         await trio.sleep(0.2)  # the DATA is being received
         smtpd.shutdown.request()
         answer = await in_thread(lambda: read_all(sock))

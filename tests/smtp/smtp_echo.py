@@ -31,6 +31,7 @@ from dispatch.smtp.events import (
     Rset,
     StartTls,
     UnknownCommand,
+    UnsynchronisedPipelining,
     Vrfy,
     WrongProtocol,
 )
@@ -55,8 +56,14 @@ class EchoApp:
     handshake succeeded (call `tls_established`).
     """
 
-    def __init__(self, limits: Limits | None = None, *, handshake: bool = True) -> None:
-        self.conn = ServerConnection(limits)
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        handshake: bool = True,
+        forbid_unauth_pipelining: bool = False,
+    ) -> None:
+        self.conn = ServerConnection(limits, forbid_unauth_pipelining=forbid_unauth_pipelining)
         self.handshake = handshake
         self.out = bytearray(self.conn.send(replies.greeting("test.example")))
         self.events: list[Event] = []
@@ -140,7 +147,11 @@ class EchoApp:
                 return None
             case CommandError(reply=reply) | UnknownCommand(reply=reply):
                 return reply
-            case WrongProtocol(reply=reply) | BareLineEnding(reply=reply):
+            case (
+                WrongProtocol(reply=reply)
+                | BareLineEnding(reply=reply)
+                | UnsynchronisedPipelining(reply=reply)
+            ):
                 return reply
         raise AssertionError(f"unexpected event {event!r}")
 
