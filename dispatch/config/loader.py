@@ -28,6 +28,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from dispatch.config import toml_errors
 from dispatch.config.render import redact_url_credentials
 from dispatch.config.settings import RELAY_KINDS, SECRET, RelaySettings, Settings
 from dispatch.config.types import (
@@ -471,5 +472,5 @@ def load_settings(path: Path | None) -> Settings:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"is not valid TOML: {exc}")]) from None
+        raise ConfigError(str(path), [ConfigProblem(*toml_errors.explain(exc, text))]) from None
     return parse_settings(raw, str(path))
