@@ -70,7 +70,7 @@ class SmtpAuthenticator:
         """Answer ``AUTH mechanism [initial-response]``."""
         if command.mechanism not in MECHANISMS or not self._users:
             return replies.AUTH_MECHANISM_UNSUPPORTED
-        if self._throttle.retry_after(self._peer_ip) > 0:
+        if await self._throttled(self._peer_ip):
             log.warning("AUTH refused: too many failures from %s", self._peer_ip)
             return THROTTLED
         self._mechanism = command.mechanism
@@ -105,15 +105,27 @@ class SmtpAuthenticator:
             self.failures += 1
             return exc.reply
 
+    async def _throttled(self, address: str, user: str | None = None) -> bool:
+        """Whether the address (or the username) is past its limit. While attempts still
+        being checked are what puts it there, wait for their verdicts and look again: the
+        right password among them forgives its own, so concurrent logins of one application
+        are not refused, while concurrent guesses still get no more checks than the limit."""
+        throttle = self._throttle
+        user_limit = throttle.max_failures * USERNAME_FAILURES_FACTOR
+        while throttle.retry_after(address) or (user and throttle.retry_after(user, user_limit)):
+            if not (throttle.in_flight(address) or (user and throttle.in_flight(user))):
+                return True
+            await throttle.wait_for_verdict()
+        return False
+
     async def _finish(self, username: str, password: str | None) -> Reply:
         self._mechanism = None
         address, user = self._peer_ip, username_key(username)
-        # Checked again here, and the attempt counted as a failure *before* the slow hash
-        # check: otherwise guesses sent at once on many connections all passed the check in
+        # Checked again here, and the attempt counted as a failure from its start until its
+        # verdict: otherwise guesses sent at once on many connections all passed the check in
         # `start` and were all verified (20 parallel guesses got 20 answers where the
         # throttle allows 5; found by tests/system/test_abuse_smtp.py).
-        user_limit = self._throttle.max_failures * USERNAME_FAILURES_FACTOR
-        if self._throttle.retry_after(address) or self._throttle.retry_after(user, user_limit):
+        if await self._throttled(address, user):
             log.warning("AUTH refused: too many failures from %s or at this user", address)
             return THROTTLED
         if password is not None and password_checks().full():
@@ -122,13 +134,16 @@ class SmtpAuthenticator:
             # the queue bound holds exactly.
             log.info("AUTH refused: too many password checks in progress")
             return BUSY
-        self._throttle.record_failure(address, detail=user)
-        self._throttle.record_failure(user, detail=address)
-        ok = password is not None and await _check(self._users, username, password)
+        self._throttle.begin_attempt(address, detail=user)
+        self._throttle.begin_attempt(user, detail=address)
+        ok = False
+        try:
+            ok = password is not None and await _check(self._users, username, password)
+        finally:
+            # A success forgives this user's failures from this address only (module doc).
+            self._throttle.end_attempt(address, detail=user, success=ok)
+            self._throttle.end_attempt(user, detail=address, success=ok)
         if ok:
-            # Forgives this user's failures from this address only (see the module docstring).
-            self._throttle.record_success(address, detail=user)
-            self._throttle.record_success(user, detail=address)
             self.identity = username
             return replies.AUTH_SUCCEEDED
         self.failures += 1

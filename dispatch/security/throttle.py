@@ -9,14 +9,24 @@ failed attempt twice, under the peer IP with the username as detail and under th
 with the peer IP as detail; a success forgives only the failures with the same pair
 (:meth:`FailureThrottle.record_success`). So a valid login as one user never forgives guesses
 at another user from the same address, nor guesses at the same user from other addresses.
+
+An attempt whose check takes time (a password hash) is counted as a failure from its start
+(:meth:`FailureThrottle.begin_attempt`) until its verdict (:meth:`FailureThrottle.end_attempt`),
+so guesses sent at once cannot all pass the throttle before the first is known to be wrong.
+A caller that finds a key throttled only by attempts still in flight may wait for their
+verdicts (:meth:`FailureThrottle.wait_for_verdict`) instead of refusing: a pool of correct
+logins made at once then goes through, while parallel guesses still get no more checks than
+the limit.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Final
+
+import trio
 
 MAX_TRACKED_KEYS: Final = 10_000  # bounded memory under a spray of source addresses
 KEPT_PER_KEY: Final = 8
@@ -38,6 +48,8 @@ class FailureThrottle:
         self.window = window
         self._clock = clock
         self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
+        self._in_flight: Counter[str] = Counter()  # attempts begun and not yet ended, per key
+        self._verdict = trio.Event()  # set (and replaced) whenever an attempt ends
 
     def _recent(self, key: str) -> deque[tuple[float, str]]:
         failures = self._failures.get(key)
@@ -85,3 +97,27 @@ class FailureThrottle:
             self._failures[key] = kept
         else:
             del self._failures[key]
+
+    def begin_attempt(self, key: str, detail: str = "") -> None:
+        """Count an attempt being checked as a failure until :meth:`end_attempt`."""
+        self.record_failure(key, detail)
+        self._in_flight[key] += 1
+
+    def end_attempt(self, key: str, detail: str = "", *, success: bool) -> None:
+        """The verdict of an attempt :meth:`begin_attempt` counted (also call it when the
+        check was cancelled: ``success=False`` keeps the failure)."""
+        if success:
+            self.record_success(key, detail)
+        self._in_flight[key] -= 1
+        if self._in_flight[key] <= 0:
+            del self._in_flight[key]
+        self._verdict.set()
+        self._verdict = trio.Event()
+
+    def in_flight(self, key: str) -> int:
+        """Attempts of ``key`` begun and not yet ended."""
+        return self._in_flight[key]
+
+    async def wait_for_verdict(self) -> None:
+        """Until the next :meth:`end_attempt`, of any key."""
+        await self._verdict.wait()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import threading
 
 import pytest
 
@@ -99,3 +100,29 @@ async def test_a_success_forgives_only_that_users_failures_from_that_address(
     assert await in_thread(typo_then_login) == [535, 535, 235, 535, 235, 535, 235]
     assert await in_thread(lambda: attempt(users, ALICE, "guess 3")) == 535
     assert await in_thread(lambda: attempt(users, BOB, BOB_PASSWORD)) == 454
+
+
+async def test_concurrent_correct_logins_from_one_address_all_get_in(users: Smtpd) -> None:
+    """An application's pool logging in at once: more attempts in flight than the limit
+    allows failures, all with the right password. Those beyond the limit wait for the
+    verdicts of those in flight instead of being refused."""
+    ready = threading.Barrier(8)
+
+    def login(codes: list[int]) -> None:
+        with users.client() as client:
+            client.ehlo()
+            plain = base64.b64encode(f"\0{BOB}\0{BOB_PASSWORD}".encode()).decode()
+            ready.wait()
+            codes.append(client.docmd("AUTH PLAIN", plain)[0])
+
+    def pool() -> list[int]:
+        codes: list[int] = []
+        threads = [threading.Thread(target=login, args=(codes,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return codes
+
+    assert await in_thread(pool) == [235] * 8
+    assert await in_thread(lambda: attempt(users, ALICE, "guess")) == 535  # nothing left over
