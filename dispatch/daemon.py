@@ -140,7 +140,9 @@ class Runtime:
             record=self.store.log.record,
             tracer=self.tracer,
         )
-        listeners, ports = await bind_smtp_ports(current.ports, current.bind_address)
+        listeners, ports = await bind_smtp_ports(
+            current.ports, current.bind_address, current.tls_ports
+        )
         self.smtp = SmtpListener(context, ports, processes=current.processes)
         workers = IntakeWorkers(
             current.processes - 1,
@@ -194,7 +196,8 @@ class Runtime:
 
     def _health_sources(self) -> HealthSources:
         def smtp_ports() -> tuple[tuple[int, ...], tuple[int, ...]]:
-            configured = self.settings.current.listener.ports
+            listener = self.settings.current.listener
+            configured = (*listener.ports, *listener.tls_ports)  # implicit-TLS ports too
             ports = self.smtp.ports if self.smtp is not None else None
             return configured, ports.listening if ports is not None else ()
 

@@ -9,6 +9,13 @@ open sessions; ready (``task_status.started()``) at once. At connect it applies 
 one address cannot take every slot). With ``listener.processes`` > 1 each process enforces
 its share of both limits (rounded up), as it only sees the sessions it accepted itself.
 
+On an implicit-TLS port (``listener.tls_ports``, RFC 8314) the connection is wrapped in TLS
+with the STARTTLS certificate before the session starts, under the STARTTLS handshake
+deadline; a failed handshake is logged at info and the connection closed. Refusals at
+connect on such a port close without a reply (the client is waiting for a TLS handshake and
+could not read a plaintext one); they are counted all the same. Each session is told its
+local port, which decides its policy (``listener.submission_ports``, ``tls_ports``).
+
 Stopping (``shutdown.requested``): the sockets close at once so no new session starts; each
 open session is cancelled, which discards a message still being received, and then told
 ``421``. A session in the middle of committing a message finishes that first (the commit and
@@ -28,7 +35,7 @@ import trio
 
 from dispatch.intake import events
 from dispatch.intake.ports import ListeningPorts
-from dispatch.intake.session import IntakeContext, SmtpSession
+from dispatch.intake.session import TLS_HANDSHAKE_SECONDS, IntakeContext, SmtpSession
 from dispatch.logs import log_context
 from dispatch.security.allowlist import is_allowed
 from dispatch.smtp import replies
@@ -114,8 +121,12 @@ class SmtpListener:
         """This process's share of a connection limit (rounded up)."""
         return -(-limit // self.processes)
 
-    async def _refuse(self, stream: trio.SocketStream, reason: str, reply: replies.Reply) -> None:
+    async def _refuse(
+        self, stream: trio.SocketStream, reason: str, reply: replies.Reply, *, tls: bool
+    ) -> None:
         self.context.stats.smtp_denied.add(reason)
+        if tls:
+            return  # a client that starts with a TLS handshake cannot read a plaintext reply
         self.context.stats.smtp_replies.add(str(reply.code))
         with trio.move_on_after(REFUSAL_SECONDS):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -123,33 +134,42 @@ class SmtpListener:
 
     async def _serve(self, stream: trio.SocketStream, peer_ip: str, local_port: int) -> None:
         settings = self.context.settings()
+        tls = local_port in settings.tls_ports  # not live: always the ports that were bound
         if not is_allowed(peer_ip, settings.allowed_cidrs):
             log.warning("denied connection from %s: not in listener.allowed_cidrs", peer_ip)
             self.context.record(events.denied("smtp", peer_ip, "listener.allowed_cidrs"))
-            await self._refuse(stream, "allowlist", replies.ACCESS_DENIED)
+            await self._refuse(stream, "allowlist", replies.ACCESS_DENIED, tls=tls)
             return
         if self.open_sessions >= self._share(settings.max_connections):
             log.warning("refused connection from %s: max_connections reached", peer_ip)
-            await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS)
+            await self._refuse(stream, "max_connections", replies.TOO_MANY_CONNECTIONS, tls=tls)
             return
         per_ip = self._share(min(settings.max_connections_per_ip, settings.max_connections))
         if self.sessions_by_ip[peer_ip] >= per_ip:
             log.warning("refused connection from %s: max_connections_per_ip reached", peer_ip)
-            await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP)
+            await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP, tls=tls)
             return
         trace = self.context.tracer.start("smtp.session", peer_ip)
-        session = SmtpSession(stream, peer_ip, self.context, trace, local_port=local_port)
         self.open_sessions += 1
         self.sessions_by_ip[peer_ip] += 1
         scope = trio.CancelScope()
         self._session_scopes.add(scope)
+        transport: trio.abc.Stream = stream
+        session: SmtpSession | None = None
         try:
             log.debug("connected")
             with scope:
+                if tls:
+                    transport = await self._implicit_tls(stream, peer_ip)
+                session = SmtpSession(
+                    transport, peer_ip, self.context, trace, local_port=local_port, implicit_tls=tls
+                )
                 await session.run()
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and session is not None:
                 trace.event("shutting down")
                 await session.say_goodbye(replies.SHUTTING_DOWN)
+        except _HandshakeFailed:
+            trace.event("TLS handshake failed")
         finally:
             trace.finish()
             self._session_scopes.discard(scope)
@@ -157,6 +177,34 @@ class SmtpListener:
             self.sessions_by_ip[peer_ip] -= 1
             if not self.sessions_by_ip[peer_ip]:
                 del self.sessions_by_ip[peer_ip]  # memory only for addresses connected now
-            if session.stream is not stream:  # upgraded to TLS: close that layer too
-                await trio.aclose_forcefully(session.stream)
-            log.debug("closed after %d message(s)", session.messages)
+            if session is not None:
+                transport = session.stream
+            if transport is not stream:  # a TLS layer (implicit or STARTTLS): close it too
+                await trio.aclose_forcefully(transport)
+            log.debug("closed after %d message(s)", session.messages if session else 0)
+
+    async def _implicit_tls(
+        self, stream: trio.SocketStream, peer_ip: str
+    ) -> trio.SSLStream[trio.SocketStream]:
+        """RFC 8314 §3.3: the TLS handshake first, under the same deadline as STARTTLS's.
+
+        A client that fails it (or never starts it) is logged at info and dropped: a port
+        scanner or a plaintext client on 465 is routine, not an error of Dispatch's."""
+        if self.context.tls is None:
+            log.error("no TLS context for the implicit-TLS port; closing")
+            raise _HandshakeFailed
+        tls_stream = trio.SSLStream(
+            stream, self.context.tls, server_side=True, https_compatible=True
+        )
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_SECONDS):
+                await tls_stream.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("implicit TLS handshake with %s failed: %s", peer_ip, exc.__cause__ or exc)
+            await trio.aclose_forcefully(tls_stream)
+            raise _HandshakeFailed from exc
+        return tls_stream
+
+
+class _HandshakeFailed(Exception):
+    """The implicit-TLS handshake did not complete; the connection is closed, nothing said."""

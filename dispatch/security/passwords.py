@@ -26,9 +26,10 @@ _HASHER: Final = argon2.PasswordHasher()
 MEMORY_SHARE: Final = 4
 """Verifications may use at most 1/4 of the memory available at start: the rest is the
 daemon's (spool buffers, sessions, the database) and the machine's."""
-QUEUE_PER_SLOT: Final = 4
-"""Waiting attempts allowed per slot: at ~150 ms each, the last in the queue waits under a
-second on a free machine, well inside any client's AUTH timeout."""
+QUEUE_PER_SLOT: Final = 8
+"""Waiting attempts allowed per slot: at 150-250 ms each, the last in the queue waits about
+two seconds, well inside any client's AUTH timeout, and a pool of a few connections of one
+application logging in at once is never refused."""
 
 
 def hash_password(password: str) -> str:

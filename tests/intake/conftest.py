@@ -100,7 +100,7 @@ async def running_smtpd(
         tracer=Tracer(),
     )
     current = settings()
-    listeners, bound = await bind_smtp_ports(current.ports, ("127.0.0.1",))
+    listeners, bound = await bind_smtp_ports(current.ports, ("127.0.0.1",), current.tls_ports)
     listener = SmtpListener(context, bound)
     shutdown = Shutdown(grace_seconds=5)
     port = next(iter(ports.values()))

@@ -17,6 +17,7 @@ from dispatch.config.types import PRIVATE_AND_LOOPBACK, Cidr
 from dispatch.security.allowlist import is_allowed
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.passwords import (
+    QUEUE_PER_SLOT,
     ChecksBusy,
     PasswordChecks,
     check_password,
@@ -153,11 +154,11 @@ async def test_password_checks_run_under_the_limit_and_refuse_beyond_the_queue()
 
 async def test_verify_password_refuses_at_once_when_the_checks_are_busy() -> None:
     hashed = await trio.to_thread.run_sync(hash_password, "right")
-    checks = share_among(10_000)  # this process's share: a single slot, a queue of 4
+    checks = share_among(10_000)  # this process's share: a single slot and its queue
     try:
-        assert (checks.slots, checks.queue) == (1, 4)
+        assert (checks.slots, checks.queue) == (1, QUEUE_PER_SLOT)
         async with trio.open_nursery() as nursery:
-            for _ in range(5):
+            for _ in range(1 + QUEUE_PER_SLOT):
                 nursery.start_soon(verify_password, hashed, "wrong")
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(ChecksBusy):
