@@ -22,6 +22,13 @@ three faults fixed (docs/upstream-notes.md has the upstream reports):
   queue. :class:`AppQueue` never blocks for the disconnect, and drops what arrives after it
   or after the app has returned.
 
+One more change closes a door nothing here uses: no listener serves WebSockets, and
+Hypercorn's HTTP/1.1 WebSocket path had its own two-writers fault (a byte after an
+``Upgrade: websocket`` request made the reader answer ``400`` while the app was answering
+too; h11's ``LocalProtocolError`` escaped the connection just the same), so
+:class:`HttpOnlyH11` serves such a request as the plain HTTP request it also is (RFC 9110
+§7.8 lets a server ignore ``Upgrade``).
+
 Whatever else goes wrong inside one connection stays there: :func:`dispatch.web.server`'s
 accept loop catches it per connection.
 """
@@ -32,10 +39,12 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import h11
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import AppWrapper, ConnectionState
@@ -131,6 +140,40 @@ class AppTaskGroup(TaskGroup):
         return queue.put
 
 
+class HttpOnlyH11(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol with the WebSocket upgrade left out."""
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        headers = [(n, v) for n, v in request.headers.raw_items() if n.lower() != b"upgrade"]
+        plain = h11.Request(
+            method=request.method,
+            target=request.target,
+            headers=headers,
+            http_version=request.http_version,
+        )
+        await super()._create_stream(plain)
+
+
+class HttpOnlyProtocol(ProtocolWrapper):
+    """Hypercorn's protocol switch, speaking :class:`HttpOnlyH11` for HTTP/1.x (h2, by ALPN,
+    prior knowledge or ``Upgrade: h2c``, is Hypercorn's own)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if isinstance(self.protocol, H11Protocol):
+            self.protocol = HttpOnlyH11(
+                self.app,
+                self.config,
+                self.context,
+                self.task_group,
+                self.state,
+                self.ssl,
+                self.client,
+                self.server,
+                self.send,
+            )
+
+
 class Connection(TCPServer):
     """Owns one accepted stream from the TLS handshake (if any) to its close.
 
@@ -142,7 +185,7 @@ class Connection(TCPServer):
     """
 
     async def run(self) -> None:
-        # TCPServer.run with AppTaskGroup in place of Hypercorn's TaskGroup.
+        # TCPServer.run with AppTaskGroup and HttpOnlyProtocol in place of Hypercorn's own.
         try:
             try:
                 with trio.fail_after(self.config.ssl_handshake_timeout):
@@ -162,7 +205,7 @@ class Connection(TCPServer):
             server = parse_socket_addr(socket.family, socket.getsockname())
             async with AppTaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = ProtocolWrapper(
+                self.protocol = HttpOnlyProtocol(
                     self.app,
                     self.config,
                     self.context,

@@ -4,8 +4,9 @@
   byte made Hypercorn write an error reply while the response was still being written;
   ``trio.BusyResourceError`` escaped and the API listener crashed ("api crashed; restarting",
   every connection in flight dropped, the port refused connections while it restarted). The
-  dashboard port logged the same race as an ``ERROR`` traceback. Each port now gets the
-  reproducer in a loop, with an ordinary request after each one that must be answered.
+  dashboard port logged the same race as an ``ERROR`` traceback. A WebSocket upgrade request
+  followed by any byte did the same through Hypercorn's WebSocket path. Each port now gets
+  the reproducers in a loop, with an ordinary request after each one that must be answered.
 - A body dripped one byte at a time held an API connection for as long as the client liked;
   ``api.request_timeout_seconds`` now ends it with ``408``.
 """
@@ -37,6 +38,11 @@ pytestmark = pytest.mark.slow
 Start = Callable[..., Daemon]
 ROUNDS = 200
 REPRODUCER = b"GET /api/v1/openapi.json HTTP/1.0\r\n\r\nX"
+# The same two-writers fault on Hypercorn's WebSocket path: any byte after an upgrade request.
+WEBSOCKET_REPRODUCER = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nX"
+)
 # What a contained or uncontained connection fault, or an early disconnect, used to log.
 FAULT_MARKS = (
     "crashed",
@@ -101,8 +107,8 @@ def test_a_stray_byte_after_a_closing_request_never_takes_a_listener_down(
     unanswered: list[str] = []
 
     def attack(name: str, port: int, context: ssl.SSLContext | None, request: bytes) -> None:
-        for _ in range(ROUNDS):
-            exchange(port, REPRODUCER, tls=context)
+        for i in range(ROUNDS):
+            exchange(port, WEBSOCKET_REPRODUCER if i % 4 == 3 else REPRODUCER, tls=context)
             try:
                 answer = exchange(port, request, tls=context)
             except OSError as error:  # refused or cut: the listener was down

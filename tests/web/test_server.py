@@ -4,12 +4,14 @@ up shutdown for the whole grace period."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config
 from quart import request
@@ -279,3 +281,29 @@ def test_dripped_request_headers_are_dropped_after_the_keep_alive_time() -> None
     assert server.stop(10)
     assert received == b""  # closed without an answer: the request never completed
     assert took < 15
+
+
+WEBSOCKET_UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_a_websocket_upgrade_followed_by_more_bytes_is_served_as_plain_http(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Hypercorn's WebSocket path answered 400 from the reader while the app answered too;
+    h11's LocalProtocolError escaped the connection and, before containment, the listener.
+    No listener here serves WebSockets: the request is answered as the GET it also is."""
+    port = free_port()
+    server = ServerThread(tiny_app(), short_config(port))
+    caplog.set_level(logging.INFO)
+    follow_up = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(WEBSOCKET_UPGRADE + follow_up)
+        received = read_response(sock, 10)
+    assert server.stop(10)
+    assert server.errors == []
+    assert received.count(b"HTTP/1.1 200 ") == 2, received
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
