@@ -3,8 +3,9 @@
 ``check-config``, ``hash-password``, ``api-key create|list|revoke``,
 ``spool list|show|retry|delete``, ``route simulate``.
 
-Exit codes: 0 success, 1 the daemon could not start (one line on stderr says why),
-2 the configuration or the command line is invalid (every problem listed).
+Exit codes: 0 success, 1 the daemon could not start or a command failed (one line on
+stderr says why), 2 the configuration or the command line is invalid (every problem listed),
+130 interrupted by Ctrl-C at a prompt.
 """
 
 from __future__ import annotations
@@ -37,8 +38,25 @@ from dispatch.security.passwords import hash_password
 
 EXIT_OK: Final = 0
 EXIT_CANNOT_START: Final = 1
+EXIT_FAILED: Final = 1
 EXIT_BAD_CONFIG: Final = 2
+EXIT_INTERRUPTED: Final = 130  # what a shell reports for a command ended by Ctrl-C
 MIN_PASSWORD_LENGTH: Final = 12
+
+EXAMPLES: Final = """\
+examples:
+  python -m dispatch --config dispatch.toml           run the daemon
+  python -m dispatch check-config dispatch.toml       validate a file, print the result
+  python -m dispatch hash-password                    hash an SMTP AUTH password
+  python -m dispatch api-key create --name billing    make an HTTP API key
+  python -m dispatch spool list --state failed        messages that failed, and why
+  python -m dispatch spool retry --all                deliver all waiting mail now
+  python -m dispatch route simulate a@example.com b@example.org
+                                                      which relay would take this mail
+  python -m dispatch COMMAND --help                   more about one command
+
+docs/ explains each command; the configuration keys are in docs/configuration.md.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,16 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="dispatch",
         parents=[common],
         description="Dispatch: a self-hosted mail relay daemon. Without a command, runs it.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dispatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon (the default)")
-    worker = commands.add_parser("intake-worker")  # started by the main process only
-    worker.add_argument("--number", type=int, required=True)
-    worker.add_argument("--link-fd", type=int, required=True)
-    worker.add_argument("--listen-fds", required=True)
-    worker.add_argument("--log-format", choices=("text", "json"), default="text")
-    worker.add_argument("--log-level", default="info")
     check = commands.add_parser(
         "check-config",
         parents=[common],
@@ -86,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     hashpw = commands.add_parser(
         "hash-password",
         parents=[common],
-        help="hash a password for listener.users (reads it from the terminal or stdin)",
+        help=f"hash a password for listener.users (at least {MIN_PASSWORD_LENGTH} characters; "
+        "read from the terminal or stdin)",
+        description=f"Print an argon2id hash of a password for listener.users[].password_hash. "
+        f"The password needs at least {MIN_PASSWORD_LENGTH} characters. On a terminal it is "
+        "asked twice without echo; otherwise the first line of stdin is read.",
     )
     hashpw.add_argument(
         "--stdin", action="store_true", help="read the password from stdin, not the terminal"
@@ -149,10 +167,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_parser() -> argparse.ArgumentParser:
+    """``intake-worker``: started by the main process only, so absent from ``--help``."""
+    worker = argparse.ArgumentParser(prog="dispatch intake-worker")
+    worker.add_argument("--number", type=int, required=True)
+    worker.add_argument("--link-fd", type=int, required=True)
+    worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--log-format", choices=("text", "json"), default="text")
+    worker.add_argument("--log-level", default="info")
+    return worker
+
+
 def _check_config(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else find_config_file(getattr(args, "config", None))
     try:
-        settings = load_settings(path)
+        settings = load_settings(path, unreadable_hint="check the path" if args.path else None)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -169,14 +198,36 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_password(from_stdin: bool) -> str | None:
+    """The password typed twice at the terminal, or stdin's first line; None if they differ.
+
+    Raises EOFError when stdin ends first (Ctrl-D at the prompt, or an empty stdin).
+    """
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    return password if getpass.getpass("Again: ") == password else None
+
+
 def _hash_password(args: argparse.Namespace) -> int:
-    if args.stdin or not sys.stdin.isatty():
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("dispatch: the two passwords differ; nothing hashed", file=sys.stderr)
-            return EXIT_BAD_CONFIG
+    from_stdin = args.stdin or not sys.stdin.isatty()
+    try:
+        password = _read_password(from_stdin)
+    except (EOFError, KeyboardInterrupt) as exc:
+        # At a prompt the cursor still stands after "Password: ": end that line first.
+        start = "" if from_stdin else "\n"
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"{start}dispatch: interrupted; nothing hashed", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        source = "on stdin" if from_stdin else "given"
+        print(f"{start}dispatch: no password {source}; nothing hashed", file=sys.stderr)
+        return EXIT_FAILED
+    if password is None:
+        print("dispatch: the two passwords differ; nothing hashed", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if len(password) < MIN_PASSWORD_LENGTH:
         print(
             f"dispatch: the password has {len(password)} characters; use at least "
@@ -227,9 +278,10 @@ def _intake_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "intake-worker":
-        return _intake_worker(args)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["intake-worker"]:
+        return _intake_worker(_worker_parser().parse_args(arguments[1:]))
+    args = _parser().parse_args(arguments)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "hash-password":

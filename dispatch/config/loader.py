@@ -452,20 +452,25 @@ def find_config_file(explicit: str | None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_settings(path: Path | None) -> Settings:
-    """Read and validate ``path`` (``None``: the built-in defaults)."""
+def load_settings(path: Path | None, *, unreadable_hint: str | None = None) -> Settings:
+    """Read and validate ``path`` (``None``: the built-in defaults).
+
+    ``unreadable_hint`` ends the message for a file that cannot be read (default: check the
+    path given to --config, or to $DISPATCH_CONFIG when that named it).
+    """
     if path is None:
         return parse_settings({}, "built-in defaults")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
+        if unreadable_hint is None:
+            named_by = "--config"
+            if os.environ.get(CONFIG_ENV) == str(path):
+                named_by = f"${CONFIG_ENV}"
+            unreadable_hint = f"check the path given to {named_by}"
         raise ConfigError(
             str(path),
-            [
-                ConfigProblem(
-                    "", f"cannot read the file: {exc.strerror}; check the path given to --config"
-                )
-            ],
+            [ConfigProblem("", f"cannot read the file: {exc.strerror}; {unreadable_hint}")],
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), [ConfigProblem("", "is not UTF-8 text")]) from None
