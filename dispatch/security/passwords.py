@@ -70,13 +70,20 @@ def _available_memory() -> int | None:
 
 
 def machine_slots() -> int:
-    """Concurrent verifications this machine affords: min(cores, available memory /
-    (4 x the memory one verification takes)), at least 1."""
+    """Concurrent verifications this machine affords, at least 1: min(cores / the threads one
+    verification runs, available memory / (4 x the memory one verification takes)).
+
+    Both per verification are those of argon2-cffi's default profile (4 threads, 64 MiB),
+    which ``hash-password`` uses. One verification already keeps 4 cores busy, so running
+    more at once than cores / 4 would not check passwords faster; it would only take CPU
+    time from the event loop (and ``/health``).
+    """
     cores = os.process_cpu_count() or 1
+    by_cpu = cores // _HASHER.parallelism
     memory = _available_memory()
     per_check = _HASHER.memory_cost * 1024  # KiB → bytes
-    by_memory = cores if memory is None else memory // (MEMORY_SHARE * per_check)
-    return max(1, min(cores, by_memory))
+    by_memory = by_cpu if memory is None else memory // (MEMORY_SHARE * per_check)
+    return max(1, min(by_cpu, by_memory))
 
 
 class ChecksBusy(Exception):
