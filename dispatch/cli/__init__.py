@@ -131,10 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     spool_actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = spool_actions.add_parser("list", parents=[common], help="list spooled messages")
-    listing.add_argument("--state", choices=("incoming", "processing", "failed"))
+    listing.add_argument(
+        "--state",
+        choices=("incoming", "processing", "failed", "captured"),
+        help="only these; captured: the Local inbox (mail the local relay delivered)",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     for action, text in (
-        ("show", "show one message's envelope and per-recipient results"),
+        ("show", "show one message's envelope, per-recipient results and file path"),
         ("retry", "move a failed message back to incoming, attempts reset"),
         ("delete", "delete a message that is not being delivered"),
     ):

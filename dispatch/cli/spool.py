@@ -51,6 +51,9 @@ def _when(timestamp: float) -> str:
 
 def _print_list(result: dict[str, Any]) -> None:
     counts = result["counts"]
+    if "captured" in counts:
+        _print_captured(result)
+        return
     print(
         f"{counts['incoming']} incoming ({counts['retrying']} retrying), "
         f"{counts['processing']} processing, {counts['failed']} failed"
@@ -64,10 +67,25 @@ def _print_list(result: dict[str, Any]) -> None:
         )
 
 
+def _print_captured(result: dict[str, Any]) -> None:
+    counts, entries = result["counts"], result["entries"]
+    shown = "" if len(entries) == counts["captured"] else f", the newest {len(entries)} shown"
+    print(f"{counts['captured']} captured in {result['directory']}{shown}")
+    if counts["unreadable"]:
+        print(f"{counts['unreadable']} captured envelope(s) could not be read", file=sys.stderr)
+    for entry in entries:
+        print(
+            f"{entry['id']}  captured   {_when(entry['captured_at'])}  "
+            f"<{entry['mail_from']}> → {len(entry['recipients'])} recipient(s)  {entry['path']}"
+        )
+
+
 def _print_show(entry: dict[str, Any]) -> None:
     for key in ("id", "state", "mail_from", "source", "peer_ip", "auth_identity", "size"):
         print(f"{key:<16} {entry.get(key)}")
     print(f"{'received':<16} {_when(entry['received_at'])}")
+    if "captured_at" in entry:
+        print(f"{'captured':<16} {_when(entry['captured_at'])}")
     print(f"{'attempts':<16} {entry['attempts']}")
     print(f"{'next attempt':<16} {_when(entry['next_attempt_at'])}")
     print(f"{'last error':<16} {entry.get('last_error') or '-'}")
@@ -77,10 +95,12 @@ def _print_show(entry: dict[str, Any]) -> None:
         outcome = (
             f"{result['status']} via {result['relay']}: {result['response']}"
             if result
-            else ("pending")
+            else ("captured" if entry["state"] == "captured" else "pending")
         )
         print(f"{'recipient':<16} {recipient}  {outcome}")
     print(f"{'file':<16} {entry['path']}")
+    if "captured_path" in entry:
+        print(f"{'captured copy':<16} {entry['captured_path']}")
 
 
 def main(

@@ -3,6 +3,10 @@
 Each command takes the open :class:`~dispatch.spool.Spool` and plain JSON arguments and
 returns plain JSON data; errors a user can cause raise :class:`CommandError` with a message
 that names the message id and what to do.
+
+Captured mail (the Local inbox, ``<spool>/captured/``) is not in the spool's index: the
+``local`` relay delivered it. ``spool list --state captured`` and ``spool show ID`` read it
+from that folder, in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ import email.message
 import email.policy
 import email.utils
 import json
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Final
 
 import trio
 
 from dispatch.config import Settings
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.spool import (
+    CorruptEnvelopeError,
+    Envelope,
     MessageBusyError,
     MessageState,
     Spool,
@@ -28,6 +36,10 @@ from dispatch.spool import (
     WrongStateError,
     is_valid_id,
 )
+from dispatch.spool.layout import SpoolLayout
+
+CAPTURED: Final = "captured"
+"""The pseudo-state of a message in the Local inbox (captured/), for list and show."""
 
 
 class CommandError(Exception):
@@ -53,13 +65,15 @@ def _entry(spool: Spool, message_id: object) -> SpoolEntry:
         ) from None
 
 
-def spool_list(spool: Spool, state: str | None = None, limit: int = 1000) -> dict[str, Any]:
+async def spool_list(spool: Spool, state: str | None = None, limit: int = 1000) -> dict[str, Any]:
+    if state == CAPTURED:
+        return await captured_list(spool, limit)
     wanted = None
     if state is not None:
         try:
             wanted = MessageState(state)
         except ValueError:
-            choices = ", ".join(s.value for s in MessageState)
+            choices = ", ".join([*(s.value for s in MessageState), CAPTURED])
             raise CommandError(f"{state!r} is not a spool state; use one of: {choices}") from None
     entries: list[dict[str, Any]] = []
     for entry in spool.entries(wanted):
@@ -78,10 +92,77 @@ def spool_list(spool: Spool, state: str | None = None, limit: int = 1000) -> dic
     }
 
 
-def spool_show(spool: Spool, message_id: object) -> dict[str, Any]:
-    entry = _entry(spool, message_id)
+async def spool_show(spool: Spool, message_id: object) -> dict[str, Any]:
+    """A spooled message, else a captured one; a message in both shows its captured copy's
+    path as ``captured_path``."""
+    try:
+        entry = _entry(spool, message_id)
+    except CommandError:
+        if not is_valid_id(message_id):
+            raise
+        assert isinstance(message_id, str)
+        captured = await trio.to_thread.run_sync(_read_captured, _captured_dir(spool), message_id)
+        if captured is None:
+            raise
+        return captured
     data = entry_data(entry)
     data["path"] = str(spool.message_path(entry.envelope.id))
+    copy = _captured_dir(spool) / f"{entry.envelope.id}.eml"
+    if await trio.Path(copy).exists():
+        data["captured_path"] = str(copy)
+    return data
+
+
+def _captured_dir(spool: Spool) -> Path:
+    return SpoolLayout(spool.directory).captured
+
+
+async def captured_list(spool: Spool, limit: int) -> dict[str, Any]:
+    """The newest ``limit`` captured messages, oldest first, and how many there are."""
+    directory = _captured_dir(spool)
+    return await trio.to_thread.run_sync(_list_captured, directory, limit)
+
+
+def _list_captured(directory: Path, limit: int) -> dict[str, Any]:
+    """Blocking: list ``directory`` (a listing of names, then ``limit`` envelopes read)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        names = []
+    # Ids sort in arrival order; the envelope is written last, so it marks a whole copy.
+    ids = sorted(n[:-5] for n in names if n.endswith(".json") and is_valid_id(n[:-5]))
+    entries = []
+    unreadable = 0
+    for message_id in ids[-limit:]:
+        try:
+            data = _read_captured(directory, message_id)
+        except CommandError:
+            unreadable += 1
+            continue
+        if data is not None:  # None: purged since the listing
+            entries.append(data)
+    return {
+        "directory": str(directory),
+        "counts": {CAPTURED: len(ids), "unreadable": unreadable},
+        "entries": entries,
+    }
+
+
+def _read_captured(directory: Path, message_id: str) -> dict[str, Any] | None:
+    """Blocking: one captured message's envelope and paths; None if it is not there."""
+    path = directory / f"{message_id}.json"
+    try:
+        envelope = Envelope.from_json(path.read_bytes(), path=path)
+        captured_at = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except (OSError, CorruptEnvelopeError) as exc:
+        raise CommandError(f"captured message {message_id} cannot be read: {exc}") from None
+    data: dict[str, Any] = json.loads(envelope.to_json())
+    data["state"] = CAPTURED
+    data["retrying"] = False
+    data["captured_at"] = captured_at
+    data["path"] = str(directory / f"{message_id}.eml")
     return data
 
 

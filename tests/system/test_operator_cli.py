@@ -73,11 +73,11 @@ def smtp_port(config: Path) -> int:
     return int(text.split("ports = [")[1].split("]")[0])
 
 
-def queue_id(config: Path) -> str:
+def queue_id(config: Path, recipient: str = "someone@example.org") -> str:
     with smtplib.SMTP("127.0.0.1", smtp_port(config), timeout=10) as client:
         client.ehlo()
         client.mail("a@example.com")
-        client.rcpt("someone@example.org")
+        client.rcpt(recipient)
         code, text = client.data(MESSAGE)
         assert code == 250
         return text.split()[-1].decode()
@@ -144,6 +144,46 @@ def test_spool_commands_with_and_without_the_daemon(
     offline = cli(config, "send-test", "--relay", "upstream", "--to", "x@example.org")
     assert offline.returncode == 1
     assert "needs the running daemon" in offline.stderr
+
+
+def test_captured_mail_is_listed_and_shown_with_its_path(
+    start_daemon: Start, tmp_path: Path
+) -> None:
+    # Issue 13, item 6: `--state captured` was an invalid choice and `show` said "not in the
+    # spool" for mail the local relay had captured.
+    config = write_config(tmp_path, free_port())
+    daemon = start_daemon(config.read_text())
+    daemon.wait_for("all components ready")
+    ids = [queue_id(config, "ops@mail.internal") for _ in range(2)]  # routed to the inbox
+    captured = tmp_path / "spool" / "captured"
+    wait_until(lambda: all((captured / f"{i}.json").exists() for i in ids))
+    wait_until(lambda: not list((tmp_path / "spool" / "processing").glob("*.json")))
+
+    def check_list_and_show() -> None:
+        listed = cli(config, "spool", "list", "--state", "captured")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[0] == f"2 captured in {captured}"
+        for message_id, line in zip(ids, lines[1:], strict=True):
+            assert line.startswith(f"{message_id}  captured ")
+            assert line.endswith(f"<a@example.com> → 1 recipient(s)  {captured / message_id}.eml")
+        shown = cli(config, "spool", "show", ids[0])
+        assert shown.returncode == 0, shown.stderr
+        fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if " " in line)
+        assert fields["state"] == "captured"
+        assert fields["file"] == f"{captured / ids[0]}.eml"
+        assert fields["recipient"] == "ops@mail.internal  captured"
+        data = json.loads(cli(config, "spool", "show", ids[1], "--json").stdout)
+        assert data["state"] == "captured"
+        assert Path(data["path"]).read_bytes().endswith(MESSAGE)
+
+    check_list_and_show()  # through the daemon's control socket
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    check_list_and_show()  # no daemon: the command line reads the folder itself
+    unknown = cli(config, "spool", "show", "spl_01J00000000000000000000000")
+    assert unknown.returncode == 1
+    assert "no message spl_01J00000000000000000000000 in the spool" in unknown.stderr
 
 
 def test_send_test_reports_the_relay_answer(
