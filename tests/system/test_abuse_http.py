@@ -30,6 +30,7 @@ from tests.system.faults import (
     base_config,
     create_api_key,
     log_so_far,
+    wait_until,
     write_config,
 )
 
@@ -182,3 +183,6 @@ def test_an_api_body_dripped_past_the_request_timeout_gets_408_and_the_connectio
     # Closed at the deadline: the body would have needed 1000 s; 30 s is the socket timeout.
     assert took < 30
     daemon.wait_for("api.request_timeout_seconds (2 s) passed; answered 408", timeout=10)
+    # The part of the body that had arrived (spooled to tmp/ as it came) is gone with it.
+    leftovers = tmp_path / "spool" / "tmp"
+    wait_until(lambda: not list(leftovers.glob("api-*")), timeout=10, what="tmp/ emptied")
