@@ -27,6 +27,8 @@ cancelled :func:`receive_to_file` removes its file before the cancellation propa
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 import os
 import secrets
 import tempfile
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import attrs
 import trio
@@ -54,6 +56,8 @@ LARGE_BODY_THREADS: Final = 1
 so a second thread would only share the same core under the GIL, while each composition
 holds about six copies of its body (JSON text, decoded strings, encoded lines, the message:
 ~160 MiB for a 25 MiB body, measured)."""
+MAX_JSON_MEMBERS: Final = 1000
+"""Members of one JSON object; a valid request has at most 9 fields and 100 headers."""
 MAX_FORM_PARTS: Final = 1000
 """Parts of one multipart body (Quart's own default); a message has at most 100 files."""
 _READ_CHUNK: Final = 64 * 1024
@@ -191,14 +195,60 @@ def prepare(
 def _read_json(path: Path) -> ComposeRequest | BodyRefusal:
     try:
         with open(path, "rb") as file:
-            document = json.load(file)
+            raw = file.read()
+        document = _interruptible_decoder().decode(raw.decode(json.detect_encoding(raw)))
     except RecursionError:
         # Nesting deeper than the interpreter's stack, e.g. 100 KB of "[" (found by
         # tests/fuzz/fuzz_api_compose.py): a client error, not a 500 with a traceback.
         return BodyRefusal(400, "invalid JSON", "nested too deeply")
-    except ValueError as exc:
+    except _TooManyMembers:
+        return BodyRefusal(
+            400,
+            "invalid JSON",
+            f"an object with more than {MAX_JSON_MEMBERS} members; a request has at most "
+            "9 fields and 100 custom headers",
+        )
+    except ValueError as exc:  # UnicodeDecodeError included
         return BodyRefusal(400, "invalid JSON", str(exc))
     return ComposeRequest.from_json(document)
+
+
+class _TooManyMembers(Exception):
+    pass
+
+
+def _bounded_object(
+    s_and_end: tuple[str, int], strict: bool, scan_once: Callable[[str, int], Any], *rest: Any
+) -> tuple[Any, int]:
+    """The standard library's JSON object parser, stopped past :data:`MAX_JSON_MEMBERS`
+    members: building a dict of a million keys is C work that holds the GIL for seconds."""
+    members = 0
+
+    def counted(text: str, index: int) -> Any:  # called once per member, for its value
+        nonlocal members
+        members += 1
+        if members > MAX_JSON_MEMBERS:
+            raise _TooManyMembers
+        return scan_once(text, index)
+
+    parsed: tuple[Any, int] = json.decoder.JSONObject(s_and_end, strict, counted, *rest)  # type: ignore[attr-defined]
+    return parsed
+
+
+def _interruptible_decoder() -> json.JSONDecoder:
+    """A JSON decoder whose structure is parsed in Python bytecode, strings in C.
+
+    The C scanner holds the GIL for a whole document: 25 MiB holding a million object keys
+    took 2 s, during which the event loop (another thread of this process) could not run
+    and ``/health`` missed its deadline. Python bytecode lets the GIL go every few
+    milliseconds, so a hostile body costs only its own worker thread's time. Honest bodies
+    are a few values around long strings, which the C string scanner still reads (a 20 MiB
+    message: 0.07 s). A new decoder per call: the scanner's key memo is not thread-safe.
+    """
+    decoder = json.JSONDecoder()
+    decoder.parse_object = _bounded_object  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder
 
 
 def _read_multipart(body: ReceivedBody, content_type: str) -> ComposeRequest | BodyRefusal:

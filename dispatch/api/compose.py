@@ -9,7 +9,10 @@ Pure: no I/O, no clock (the caller passes ``now``). The web layer parses the JSO
 Field paths in problems: ``from``, ``subject``, ``text``, ``html``; ``to[i]``/``cc[i]``/``bcc[i]``
 is the i-th value sent (a JSON list item or a repeated form field; a JSON string counts as
 ``[0]``), and one value may hold several comma-separated addresses; ``tags[i]`` / ``o:tag[i]``;
-``headers.<Name>`` / ``h:<Name>``; ``attachment[i]`` and ``inline[i]``. In JSON, ``to``,
+``headers.<Name>`` / ``h:<Name>``; ``attachment[i]`` and ``inline[i]``. At most
+:data:`MAX_PROBLEMS` problems are listed; the others are only counted, and the list ends with
+one ``{"field": "(more)"}`` entry saying how many there were (a hostile body may hold
+millions: each would cost memory and time to describe). In JSON, ``to``,
 ``cc``, ``bcc`` and ``tags`` may be a string or a list of strings, ``headers`` an object of
 strings; files come only in multipart requests. Unknown fields are refused, Mailgun's other
 ``o:``/``v:`` options included, rather than silently ignored.
@@ -70,6 +73,7 @@ import attrs
 from dispatch.smtp.addresses import PathError, parse_path, valid_domain
 
 __all__ = [
+    "MAX_PROBLEMS",
     "MAX_RECIPIENTS",
     "ComposeRequest",
     "Composed",
@@ -81,6 +85,8 @@ __all__ = [
 
 # SPEC §3 caps a transaction at 100 recipients; the API keeps the same promise.
 MAX_RECIPIENTS: Final = 100
+# Problems described in full; beyond this they are only counted (see the module docstring).
+MAX_PROBLEMS: Final = 20
 # Hostile input may list a million addresses; parsing stops after this many (the count
 # problem is reported anyway).
 _MAX_ADDRESSES_PARSED: Final = 10 * MAX_RECIPIENTS
@@ -167,22 +173,79 @@ class Problem:
 
 
 class ValidationError(Exception):
-    """The request cannot become a message; ``problems`` lists every reason (never empty).
+    """The request cannot become a message; ``problems`` lists the reasons (never empty).
 
-    The API answers ``400 {"error": "validation failed", "detail": error.detail}``.
+    At most :data:`MAX_PROBLEMS` are described; ``more`` counts the others. The API answers
+    ``400 {"error": "validation failed", "detail": error.detail}``.
     """
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], more: int = 0, unchecked: int = 0) -> None:
         if not problems:
             raise ValueError("a ValidationError needs at least one problem")
         self.problems = tuple(problems)
-        super().__init__(
-            "validation failed: " + "; ".join(f"{p.field}: {p.problem}" for p in self.problems)
-        )
+        self.more = more
+        self.unchecked = unchecked
+        listed = "; ".join(f"{p.field}: {p.problem}" for p in self.problems)
+        super().__init__(f"validation failed: {listed}" + (f"; and {more} more" if more else ""))
 
     @property
     def detail(self) -> list[dict[str, str]]:
-        return [p.as_dict() for p in self.problems]
+        described = [p.as_dict() for p in self.problems]
+        if self.more or self.unchecked:
+            words = [f"{self.more} more problem{'s' if self.more != 1 else ''} not listed"]
+            if self.unchecked:
+                words.append(
+                    f"{self.unchecked} more value{'s' if self.unchecked != 1 else ''} not checked"
+                )
+            described.append(
+                {
+                    "field": "(more)",
+                    "problem": f"{' and '.join(words)} (at most {MAX_PROBLEMS} problems are "
+                    "described); fix these and send again",
+                }
+            )
+        return described
+
+
+class _Problems:
+    """The problems of one request: the first :data:`MAX_PROBLEMS` kept, the rest counted.
+
+    ``fields`` holds the top-level field of every problem, listed or not, so that a field
+    already reported is never also reported missing.
+    """
+
+    def __init__(self, initial: Iterable[Problem] = (), more: int = 0) -> None:
+        self.kept: list[Problem] = []
+        self.more = more
+        self.fields: set[str] = set()
+        for problem in initial:
+            self.append(problem)
+
+    @property
+    def full(self) -> bool:
+        """Whether further problems are only counted."""
+        return len(self.kept) >= MAX_PROBLEMS
+
+    def add(self, field: str, problem: str) -> None:
+        if self.full:
+            self.skip(field, 1)
+        else:
+            self.append(Problem(field, problem))
+
+    def append(self, problem: Problem) -> None:
+        if self.full:
+            self.skip(problem.field, 1)
+        else:
+            self.fields.add(problem.field.partition("[")[0].partition(".")[0])
+            self.kept.append(problem)
+
+    def skip(self, field: str, count: int) -> None:
+        """Count ``count`` problems of ``field`` without describing them."""
+        self.fields.add(field.partition("[")[0].partition(".")[0])
+        self.more += count
+
+    def __bool__(self) -> bool:
+        return bool(self.kept)
 
 
 @attrs.frozen
@@ -204,7 +267,8 @@ class ComposeRequest:
     """The fields of one request, normalised but not yet validated.
 
     ``problems`` are what the constructors found wrong with the shape of the input (a JSON
-    number where a string belongs, an unknown field, a repeated ``from``); :func:`compose`
+    number where a string belongs, an unknown field, a repeated ``from``), at most
+    :data:`MAX_PROBLEMS` of them, ``more_problems`` the count of the others; :func:`compose`
     reports them together with its own. A field of the wrong type is dropped.
     """
 
@@ -220,20 +284,21 @@ class ComposeRequest:
     tags: tuple[str, ...] = ()
     files: tuple[UploadedFile, ...] = ()
     problems: tuple[Problem, ...] = ()
+    more_problems: int = 0  # found beyond MAX_PROBLEMS, not described
 
     @classmethod
     def from_json(cls, document: object) -> ComposeRequest:
         """Read a decoded ``application/json`` body (whatever ``json.loads`` returned)."""
         if not isinstance(document, dict):
             return cls("json", problems=(Problem("(body)", "send a JSON object of fields"),))
-        problems: list[Problem] = []
+        problems = _Problems()
         strings: dict[str, str | None] = {}
         for name in ("from", "subject", "text", "html"):
             value = document.get(name)
             if value is None or isinstance(value, str):
                 strings[name] = value
             else:
-                problems.append(Problem(name, "must be a string"))
+                problems.add(name, "must be a string")
         lists = {name: _json_strings(document.get(name), name, problems) for name in _LISTS}
         tags = _json_strings(document.get("tags"), "tags", problems)
         headers: list[tuple[str, str]] = []
@@ -243,15 +308,15 @@ class ComposeRequest:
                 if isinstance(value, str):
                     headers.append((str(name), value))
                 else:
-                    problems.append(Problem(f"headers.{_clip(str(name))}", "must be a string"))
+                    problems.add(f"headers.{_clip(str(name))}", "must be a string")
         elif raw_headers is not None:
-            problems.append(Problem("headers", 'must be an object such as {"X-Foo": "bar"}'))
+            problems.add("headers", 'must be an object such as {"X-Foo": "bar"}')
         for key in document:
             if key in ("attachment", "attachments", "inline"):
-                problems.append(Problem(str(key), _FILES_ONLY_IN_FORMS))
+                problems.add(str(key), _FILES_ONLY_IN_FORMS)
             elif key not in _JSON_FIELDS:
                 known = ", ".join(_JSON_FIELDS)
-                problems.append(Problem(_clip(str(key)), f"unknown field; the fields are {known}"))
+                problems.add(_clip(str(key)), f"unknown field; the fields are {known}")
         return cls(
             "json",
             from_=strings.get("from"),
@@ -263,7 +328,8 @@ class ComposeRequest:
             html=strings.get("html"),
             headers=tuple(headers),
             tags=tags,
-            problems=tuple(problems),
+            problems=tuple(problems.kept),
+            more_problems=problems.more,
         )
 
     @classmethod
@@ -271,7 +337,7 @@ class ComposeRequest:
         cls, fields: Iterable[tuple[str, str]], files: Iterable[UploadedFile] = ()
     ) -> ComposeRequest:
         """Read ``multipart/form-data`` (or urlencoded) fields, in order, and uploaded files."""
-        problems: list[Problem] = []
+        problems = _Problems()
         single: dict[str, str] = {}
         repeats: dict[str, int] = {}
         lists: dict[str, list[str]] = {name: [] for name in _LISTS}
@@ -290,25 +356,19 @@ class ComposeRequest:
             elif name.startswith("h:"):
                 headers.append((name[2:], value))
             elif name in ("attachment", "inline"):
-                problems.append(
-                    Problem(name, "must be a file upload, not a text field (curl: -F name=@path)")
-                )
+                problems.add(name, "must be a file upload, not a text field (curl: -F name=@path)")
             elif name.startswith("o:"):
-                problems.append(Problem(_clip(name), "unsupported option; only o:tag is"))
+                problems.add(_clip(name), "unsupported option; only o:tag is")
             else:
-                problems.append(
-                    Problem(_clip(name), f"unknown field; the fields are {_FORM_FIELDS}")
-                )
+                problems.add(_clip(name), f"unknown field; the fields are {_FORM_FIELDS}")
         for name, count in repeats.items():
-            problems.append(Problem(name, f"sent {count} times; send it once"))
+            problems.add(name, f"sent {count} times; send it once")
         kept: list[UploadedFile] = []
         for upload in files:
             if upload.field in ("attachment", "inline"):
                 kept.append(upload)
             else:
-                problems.append(
-                    Problem(_clip(upload.field), "files are accepted as `attachment` or `inline`")
-                )
+                problems.add(_clip(upload.field), "files are accepted as `attachment` or `inline`")
         return cls(
             "form",
             from_=single.get("from"),
@@ -321,7 +381,8 @@ class ComposeRequest:
             headers=tuple(headers),
             tags=tuple(tags),
             files=tuple(kept),
-            problems=tuple(problems),
+            problems=tuple(problems.kept),
+            more_problems=problems.more,
         )
 
 
@@ -358,7 +419,7 @@ def compose(request: ComposeRequest, *, message_id_domain: str, now: float) -> C
     checker = _Checker(request)
     parts = checker.run()
     if checker.problems:
-        raise ValidationError(checker.problems)
+        raise ValidationError(checker.problems.kept, checker.problems.more, checker.unchecked)
     message_id = parts.message_id or f"<{secrets.token_hex(16)}@{message_id_domain}>"
     date = parts.date or datetime.fromtimestamp(now, UTC)
     message = _build(parts, message_id=message_id, date=date)
@@ -396,13 +457,14 @@ class _Checker:
 
     def __init__(self, request: ComposeRequest) -> None:
         self.request = request
-        self.problems: list[Problem] = list(request.problems)
+        self.problems = _Problems(request.problems, request.more_problems)
+        self.unchecked = 0  # values left unchecked once the problems were full
         self.parts = _Parts()
         self._parsed_addresses = 0
 
     def run(self) -> _Parts:
         # A field already reported (wrong type, or the whole body) is not "missing" as well.
-        reported = {re.split(r"[\[.]", p.field, maxsplit=1)[0] for p in self.problems}
+        reported = set(self.problems.fields)
         whole = "(body)" not in reported
         self._check_from(required=whole and "from" not in reported)
         self._check_recipients(required=whole and not reported & {"to", "cc", "bcc"})
@@ -415,7 +477,7 @@ class _Checker:
         return self.parts
 
     def add(self, field: str, problem: str) -> None:
-        self.problems.append(Problem(field, problem))
+        self.problems.add(field, problem)
 
     def _check_from(self, *, required: bool) -> None:
         value = self.request.from_
@@ -436,6 +498,11 @@ class _Checker:
             for i, value in enumerate(values):
                 if self._parsed_addresses > _MAX_ADDRESSES_PARSED:
                     break  # reported below as too many recipients
+                if self.problems.full:
+                    # No message will be built: checking the rest would only cost time.
+                    self.unchecked += len(values) - i
+                    required = False
+                    break
                 addresses = self._addresses(
                     f"{name}[{i}]", value, max_length=_MAX_ADDRESS_VALUE, counted=True
                 )
@@ -610,21 +677,23 @@ class _Checker:
                 self.parts.files.append((upload, *_attachment_type(upload)))
 
 
-def _json_strings(value: object, name: str, problems: list[Problem]) -> tuple[str, ...]:
+def _json_strings(value: object, name: str, problems: _Problems) -> tuple[str, ...]:
     """A JSON string or list of strings as a tuple; anything else is a problem."""
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, list):
-        problems.append(Problem(name, "must be a string or a list of strings"))
+        problems.add(name, "must be a string or a list of strings")
         return ()
-    kept: list[str] = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            kept.append(item)
-        else:
-            problems.append(Problem(f"{name}[{i}]", "must be a string"))
+    kept = [item for item in value if isinstance(item, str)]
+    wrong = len(value) - len(kept)
+    # Hostile lists hold millions of items: describe the first few, count the rest.
+    for n, i in enumerate(i for i, item in enumerate(value) if not isinstance(item, str)):
+        if problems.full:
+            problems.skip(name, wrong - n)
+            break
+        problems.add(f"{name}[{i}]", "must be a string")
     return tuple(kept)
 
 
