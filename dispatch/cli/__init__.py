@@ -139,11 +139,29 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     for action, text in (
         ("show", "show one message's envelope, per-recipient results and file path"),
-        ("retry", "move a failed message back to incoming, attempts reset"),
+        ("retry", "move a failed message back to incoming, attempts reset; --all: flush"),
         ("delete", "delete a message that is not being delivered"),
     ):
         one = spool_actions.add_parser(action, parents=[common], help=text)
-        one.add_argument("id", help="message id (spl_…)")
+        if action == "retry":
+            one.description = (
+                "retry ID: move a failed message back to incoming, due now, attempts reset. "
+                "retry --all: make every waiting message due now and move failed ones back to "
+                "incoming (like postqueue -f), e.g. after an upstream was fixed; needs the "
+                "running daemon."
+            )
+            one.add_argument("id", nargs="?", help="message id (spl_…), or --all")
+            one.add_argument(
+                "--all", dest="all_messages", action="store_true", help="every message"
+            )
+            one.add_argument("--relay", help="with --all: only mail routed through this relay")
+            one.add_argument(
+                "--state",
+                choices=("incoming", "failed"),
+                help="with --all: only waiting (incoming) or only failed messages",
+            )
+        else:
+            one.add_argument("id", help="message id (spl_…)")
         one.add_argument("--json", action="store_true", help="print JSON")
     send_test = commands.add_parser(
         "send-test",
@@ -281,11 +299,23 @@ def _intake_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_retry(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``spool retry``: an id or --all, not both; --relay and --state only with --all."""
+    if args.command != "spool" or args.action != "retry":
+        return
+    if args.all_messages == (args.id is not None):
+        parser.error("spool retry: give a message id or --all (not both)")
+    if not args.all_messages and (args.relay or args.state):
+        parser.error("spool retry: --relay and --state go with --all")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["intake-worker"]:
         return _intake_worker(_worker_parser().parse_args(arguments[1:]))
-    args = _parser().parse_args(arguments)
+    parser = _parser()
+    args = parser.parse_args(arguments)
+    _check_retry(parser, args)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "hash-password":
@@ -312,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "id", None),
             getattr(args, "state", None),
             args.json,
+            all_messages=getattr(args, "all_messages", False),
+            relay=getattr(args, "relay", None),
         )
     return _run(args)
 

@@ -1,5 +1,7 @@
 """``dispatch spool list|show|retry|delete`` and ``send-test``: through the running daemon.
 
+``spool retry --all`` (the ``spool.flush`` command) makes all waiting mail due now.
+
 With a daemon running, the command goes over its control socket, so the daemon's in-memory
 index and the files never disagree. Without one, the command takes the spool lock (so no
 daemon can start meanwhile), opens the spool itself and acts on the files.
@@ -103,13 +105,35 @@ def _print_show(entry: dict[str, Any]) -> None:
         print(f"{'captured copy':<16} {entry['captured_path']}")
 
 
+def _print_flush(result: dict[str, Any]) -> None:
+    count = result["made_due"]
+    print(
+        f"{count} message{'' if count == 1 else 's'} made due ({result['incoming']} waiting, "
+        f"{result['failed']} failed back to incoming)"
+    )
+    if result["already_due"]:
+        print(f"{result['already_due']} more were due already")
+    if result["busy"]:
+        print(f"{result['busy']} being delivered or changed right now, left alone")
+
+
 def main(
-    settings: Settings, action: str, message_id: str | None, state: str | None, as_json: bool
+    settings: Settings,
+    action: str,
+    message_id: str | None,
+    state: str | None,
+    as_json: bool,
+    *,
+    all_messages: bool = False,
+    relay: str | None = None,
 ) -> int:
     args: dict[str, Any] = {"id": message_id} if message_id else {}
     if state:
         args["state"] = state
-    answer = execute(settings, f"spool.{action}", args)
+    if relay:
+        args["relay"] = relay
+    command = "spool.flush" if all_messages else f"spool.{action}"
+    answer = execute(settings, command, args)
     if not answer.get("ok"):
         print(f"dispatch: {answer.get('error')}", file=sys.stderr)
         return 1
@@ -120,6 +144,8 @@ def main(
         _print_list(result)
     elif action == "show":
         _print_show(result)
+    elif all_messages:
+        _print_flush(result)
     elif action == "retry":
         print(f"{result['id']}: moved back to incoming, due now")
     else:

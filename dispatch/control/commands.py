@@ -16,7 +16,9 @@ import email.message
 import email.policy
 import email.utils
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +26,7 @@ import trio
 
 from dispatch.config import Settings
 from dispatch.delivery.attempt import DeliveryAttempt
+from dispatch.delivery.routing import Router
 from dispatch.spool import (
     CorruptEnvelopeError,
     Envelope,
@@ -37,6 +40,8 @@ from dispatch.spool import (
     is_valid_id,
 )
 from dispatch.spool.layout import SpoolLayout
+
+log = logging.getLogger("dispatch.control")
 
 CAPTURED: Final = "captured"
 """The pseudo-state of a message in the Local inbox (captured/), for list and show."""
@@ -171,13 +176,101 @@ async def spool_retry(spool: Spool, message_id: object) -> dict[str, Any]:
     if entry.state is not MessageState.FAILED:
         raise CommandError(
             f"message {entry.envelope.id} is {entry.state.value}, not failed: only failed "
-            "messages can be retried (incoming ones are retried on their own)"
+            "messages can be retried one by one (incoming ones are retried on their own; "
+            "`spool retry --all` makes all waiting mail due now)"
         )
     try:
         envelope = await spool.retry_failed(entry.envelope.id)
     except (WrongStateError, MessageBusyError) as exc:
         raise CommandError(str(exc)) from None
     return {"id": envelope.id, "state": "incoming"}
+
+
+FLUSH_STATES: Final = (MessageState.INCOMING.value, MessageState.FAILED.value)
+
+
+def _undelivered(envelope: Envelope) -> list[str]:
+    results = envelope.recipient_results
+    return [r for r in envelope.recipients if r not in results or results[r].status != "delivered"]
+
+
+async def spool_flush(
+    spool: Spool,
+    settings: Settings,
+    relay: object = None,
+    state: object = None,
+    *,
+    who: str,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Make waiting mail due now: ``spool retry --all``, the ``postqueue -f`` of Dispatch.
+
+    Incoming messages waiting for a retry become due at once (attempts kept, see
+    :meth:`Spool.make_due`); failed ones go back to incoming with their attempts reset, as
+    ``spool retry ID`` does. ``state`` limits it to one of the two; ``relay`` to messages
+    with an undelivered recipient that the current routes send through that relay (first or
+    failover). Messages being delivered are left alone. Logged at INFO with ``who`` asked.
+    """
+    if state is not None and state not in FLUSH_STATES:
+        raise CommandError(
+            f"--state {state!r} cannot be flushed; use incoming or failed (or neither: both)"
+        )
+    names = [r.name for r in settings.relays]
+    if relay is not None and relay not in names:
+        raise CommandError(f"relay {relay!r} is not configured; configured: {', '.join(names)}")
+    router = Router(settings.routes, settings.default_relay)
+
+    def wanted(envelope: Envelope) -> bool:
+        return relay is None or any(
+            relay in router.route(envelope.mail_from, rcpt).relays
+            for rcpt in _undelivered(envelope)
+        )
+
+    now = time.time() if now is None else now
+    made_due = already_due = retried = busy = 0
+    if state in (None, MessageState.INCOMING.value):
+        for entry in spool.entries(MessageState.INCOMING):
+            if not wanted(entry.envelope):
+                continue
+            if entry.envelope.next_attempt_at <= now:
+                already_due += 1
+            elif spool.make_due(entry.id, now=now):
+                made_due += 1
+            else:
+                busy += 1
+    if state in (None, MessageState.FAILED.value):
+        for entry in spool.entries(MessageState.FAILED):  # a snapshot: the loop awaits
+            if not wanted(entry.envelope):
+                continue
+            try:
+                await spool.retry_failed(entry.id, now=now)
+            except (UnknownMessageError, WrongStateError, MessageBusyError):
+                busy += 1  # deleted, retried or claimed meanwhile
+            else:
+                retried += 1
+    result = {
+        "made_due": made_due + retried,
+        "incoming": made_due,
+        "failed": retried,
+        "already_due": already_due,
+        "busy": busy,
+        "relay": relay,
+        "state": state,
+    }
+    # There is no audit log yet: until there is, this line is the record of who flushed what.
+    log.info(
+        "spool flush by %s (relay %s, state %s): %d messages made due (%d waiting, %d failed "
+        "back to incoming), %d due already, %d busy",
+        who,
+        relay or "any",
+        state or "incoming and failed",
+        made_due + retried,
+        made_due,
+        retried,
+        already_due,
+        busy,
+    )
+    return result
 
 
 async def spool_delete(spool: Spool, message_id: object) -> dict[str, Any]:

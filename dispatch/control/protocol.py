@@ -33,6 +33,7 @@ COMMANDS: Final[dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
     "spool.list": {"state": (_STR, False), "limit": ((int,), False)},
     "spool.show": {"id": (_STR, True)},
     "spool.retry": {"id": (_STR, True)},
+    "spool.flush": {"relay": (_STR, False), "state": (_STR, False)},
     "spool.delete": {"id": (_STR, True)},
     "send-test": {"relay": (_STR, True), "to": (_STR, True), "from": (_STR, False)},
 }

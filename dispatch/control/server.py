@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -75,6 +76,17 @@ class Operations:
             args.get("from", "dispatch-test@localhost"),
         )
 
+    async def flush(self, args: dict[str, Any], who: str) -> dict[str, Any]:
+        if self.attempt is None:
+            raise commands.CommandError(
+                "spool retry --all needs the running daemon (it makes mail due for the "
+                "daemon's delivery); start it with `python -m dispatch`, or retry one failed "
+                "message with `spool retry ID`"
+            )
+        return await commands.spool_flush(
+            self.spool, self.settings(), args.get("relay"), args.get("state"), who=who
+        )
+
 
 async def handle(ops: Operations, request: Any) -> dict[str, Any]:
     """Run one decoded request; every failure a user can cause becomes ``{"ok": false, …}``."""
@@ -85,8 +97,11 @@ async def handle(ops: Operations, request: Any) -> dict[str, Any]:
     return await run(ops, checked)
 
 
-async def run(ops: Operations, request: Request) -> dict[str, Any]:
-    """Run a checked request (see :mod:`dispatch.control.protocol` for its arguments)."""
+async def run(
+    ops: Operations, request: Request, *, who: str = "this command line"
+) -> dict[str, Any]:
+    """Run a checked request (see :mod:`dispatch.control.protocol` for its arguments);
+    ``who`` names the client in the log lines of commands that change many messages."""
     spool, args = ops.spool, request.args
     handlers: dict[str, Callable[[], Awaitable[Any] | Any]] = {
         "spool.list": lambda: commands.spool_list(
@@ -94,6 +109,7 @@ async def run(ops: Operations, request: Request) -> dict[str, Any]:
         ),
         "spool.show": lambda: commands.spool_show(spool, args["id"]),
         "spool.retry": lambda: commands.spool_retry(spool, args["id"]),
+        "spool.flush": lambda: ops.flush(args, who),
         "spool.delete": lambda: commands.spool_delete(spool, args["id"]),
         "send-test": lambda: ops.send_test(args),
     }
@@ -178,7 +194,7 @@ class ControlServer:
             log.info("control: bad request: %s", exc)
             return {"ok": False, "error": str(exc)}
         try:
-            answer = await run(self._ops, request)
+            answer = await run(self._ops, request, who=peer_of(stream))
         except Exception as exc:
             # A fault of ours (or of the disk), not of the request: answer, and log it once
             # with its traceback; the server goes on serving.
@@ -189,6 +205,18 @@ class ControlServer:
             }
         log.info("control: %s -> %s", request.command, "ok" if answer["ok"] else "refused")
         return answer
+
+
+def peer_of(stream: trio.SocketStream) -> str:
+    """The client's process and user as the kernel reports them (SO_PEERCRED)."""
+    try:
+        data = stream.socket.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+    except OSError:
+        return "a local client"
+    pid, uid, _gid = struct.unpack("3i", data)
+    return f"uid {uid} (pid {pid})"
 
 
 async def _read_line(stream: trio.SocketStream, read_seconds: float) -> bytes:

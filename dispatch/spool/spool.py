@@ -354,6 +354,32 @@ class Spool:
         self._notify_due()
         return envelope
 
+    def make_due(self, message_id: str, *, now: float | None = None) -> bool:
+        """Make a waiting incoming message due at ``now`` (an operator's flush).
+
+        Returns True if its time moved; False if it is not incoming, is due already, or is
+        busy (being claimed or changed right now). Attempts are kept: the retry count and
+        delays go on from where they were.
+
+        In memory only, like :meth:`release` with ``rewrite=False``: the envelope on disk
+        keeps its ``next_attempt_at``, so a restart before the attempt forgets the flush and
+        the message waits for its old time (nothing else is lost); the attempt that follows
+        writes its envelope as usual. That makes a flush of thousands of messages cost no
+        disk work at all.
+        """
+        entry = self._index.get(message_id)
+        now = time.time() if now is None else now
+        if (
+            entry is None
+            or entry.state is not INCOMING
+            or message_id in self._busy
+            or entry.envelope.next_attempt_at <= now
+        ):
+            return False
+        self._index.put(SpoolEntry(INCOMING, attrs.evolve(entry.envelope, next_attempt_at=now)))
+        self._notify_due()
+        return True
+
     async def delete(self, message_id: str) -> None:
         """Delete an incoming or failed message for good (a claimed one cannot be deleted)."""
         await self._remove(message_id, "delete", (INCOMING, FAILED))

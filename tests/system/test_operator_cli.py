@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import subprocess
@@ -22,7 +23,9 @@ Start = Callable[..., Daemon]
 MESSAGE = b"Subject: cli\r\n\r\nhello\r\n"
 
 
-def write_config(tmp_path: Path, relay_port: int, **spool: object) -> Path:
+def write_config(
+    tmp_path: Path, relay_port: int, *, delays: tuple[float, ...] = (0.2,), **spool: object
+) -> Path:
     extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in spool.items())
     path = tmp_path / "dispatch.toml"
     path.write_text(f"""
@@ -39,7 +42,7 @@ port = {free_port()}
 bind_address = "127.0.0.1"
 [spool]
 directory = "{tmp_path / "spool"}"
-retry_delays_seconds = [0.2]
+retry_delays_seconds = {json.dumps(list(delays))}
 {extra}
 [[relays]]
 name = "upstream"
@@ -144,6 +147,99 @@ def test_spool_commands_with_and_without_the_daemon(
     offline = cli(config, "send-test", "--relay", "upstream", "--to", "x@example.org")
     assert offline.returncode == 1
     assert "needs the running daemon" in offline.stderr
+
+
+def attempts_of(spool: Path, message_id: str) -> tuple[str, int] | None:
+    """(state, attempts) of a message as its envelope on disk says, or None if it is gone."""
+    for state in ("incoming", "processing", "failed"):
+        try:
+            envelope = json.loads((spool / state / f"{message_id}.json").read_bytes())
+        except (FileNotFoundError, ValueError):  # absent, or replaced right now
+            continue
+        return state, int(envelope["attempts"])
+    return None
+
+
+def test_spool_retry_all_delivers_waiting_mail_now(
+    start_daemon: Start, tmp_path: Path, start_sink: StartSink
+) -> None:
+    # Issue 13, item 5: after an upstream is fixed, waiting mail waited for its retry delay
+    # (up to 30 minutes by default); `spool retry --all` makes it due at once.
+    upstream_port, backup_port = free_port(), free_port()  # both down at first
+    config = write_config(tmp_path, upstream_port, delays=(3600.0,), max_retries=1)
+    with config.open("a") as file:
+        file.write(f"""
+[[relays]]
+name = "backup"
+kind = "smtp"
+host = "127.0.0.1"
+port = {backup_port}
+tls = "none"
+timeout_seconds = 10
+[[routes]]
+recipient_domain = "backup.test"
+relay = "backup"
+""")
+    daemon = start_daemon(config.read_text())
+    daemon.wait_for("all components ready")
+    spool = tmp_path / "spool"
+    via_upstream = [queue_id(config) for _ in range(2)]
+    via_backup = queue_id(config, "someone@backup.test")
+    everyone = [*via_upstream, via_backup]
+    wait_until(lambda: all(attempts_of(spool, i) == ("incoming", 1) for i in everyone))
+
+    # Flushing while the upstream is still down: the second attempt comes at once and, with
+    # max_retries = 1, fails them; the message for the backup relay is not touched.
+    flushed = cli(config, "spool", "retry", "--all", "--relay", "upstream", "--state", "incoming")
+    assert flushed.returncode == 0, flushed.stderr
+    assert (
+        flushed.stdout.splitlines()[0]
+        == "2 messages made due (2 waiting, 0 failed back to incoming)"
+    )
+    wait_until(lambda: all(attempts_of(spool, i) == ("failed", 2) for i in via_upstream))
+    assert attempts_of(spool, via_backup) == ("incoming", 1)
+
+    sink = start_sink(port=upstream_port)  # the upstream is fixed
+    started = time.monotonic()
+    flushed = cli(config, "spool", "retry", "--all", "--state", "failed")
+    assert (
+        flushed.stdout.splitlines()[0]
+        == "2 messages made due (0 waiting, 2 failed back to incoming)"
+    )
+    wait_until(lambda: len(sink.messages) == 2)
+    assert time.monotonic() - started < 20  # command and delivery; not the retry delay (1 h)
+    assert {_id_of(m.content) for m in sink.messages} == set(via_upstream)
+    assert attempts_of(spool, via_backup) == ("incoming", 1)
+
+    backup = start_sink(port=backup_port)
+    flushed = cli(config, "spool", "retry", "--all")
+    assert (
+        flushed.stdout.splitlines()[0]
+        == "1 message made due (1 waiting, 0 failed back to incoming)"
+    )
+    wait_until(lambda: len(backup.messages) == 1)
+    assert _id_of(backup.messages[0].content) == via_backup
+    assert list(spool.glob("*/*.json")) == []
+
+    logged = daemon.wait_for("spool flush by uid")
+    assert f"uid {os.getuid()} (pid " in logged
+    assert "(relay upstream, state incoming): 2 messages made due" in logged
+    again = json.loads(cli(config, "spool", "retry", "--all", "--json").stdout)
+    assert again["made_due"] == 0
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    offline = cli(config, "spool", "retry", "--all")
+    assert offline.returncode == 1
+    assert "spool retry --all needs the running daemon" in offline.stderr
+    for wrong in (
+        ["spool", "retry"],
+        ["spool", "retry", everyone[0], "--all"],
+        ["spool", "retry", everyone[0], "--relay", "upstream"],
+    ):
+        refused = cli(config, *wrong)
+        assert refused.returncode == 2
+        assert "spool retry: " in refused.stderr
 
 
 def test_captured_mail_is_listed_and_shown_with_its_path(
