@@ -115,7 +115,16 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
         )
         if isinstance(outcome, BodyRefusal):
             trace.error(f"refused: {outcome.status} {outcome.error}")
-            return error(outcome.status, outcome.error, outcome.detail)
+            if outcome.retry_after is None:
+                return error(outcome.status, outcome.error, outcome.detail)
+            if outcome.status == 507:
+                sources.stats.spool_writes.add("full")
+            return error(
+                outcome.status,
+                outcome.error,
+                outcome.detail,
+                Retry_After=str(outcome.retry_after),
+            )
         limit = sources.settings().max_message_bytes
         if len(outcome.message) > limit:
             trace.error("refused: 413 composed message too large")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import json.decoder
 import json.scanner
+import logging
 import os
 import secrets
 import tempfile
@@ -45,8 +46,12 @@ from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
 
 from dispatch.api.compose import Composed, ComposeRequest, UploadedFile, ValidationError, compose
+from dispatch.spool import SpoolFullError
+from dispatch.spool.errors import translate_os_error
 from dispatch.spool.layout import unlink_quietly
 from dispatch.web.server import Receive
+
+log = logging.getLogger("dispatch.api")
 
 FLUSH_BYTES: Final = 256 * 1024
 """Bytes of a body held in memory before they are written to its file."""
@@ -86,18 +91,30 @@ class ReceivedBody:
 
 @attrs.frozen
 class BodyRefusal:
-    """Why a body cannot become a message: the status and the JSON error fields."""
+    """Why a body cannot become a message: the status, the JSON error fields and, for a
+    temporary failure, ``Retry-After`` seconds."""
 
     status: int
     error: str
     detail: object
+    retry_after: int | None = None
+
+
+def disk_refusal(exc: OSError, action: str) -> BodyRefusal:
+    """The answer when the spool's disk failed us: ``507`` when full, else ``503``."""
+    error = translate_os_error(exc, action)
+    if isinstance(error, SpoolFullError):
+        return BodyRefusal(507, "insufficient storage", "the spool is full; try again later", 60)
+    log.error("API request body: %s", error)
+    return BodyRefusal(503, "temporarily unable to queue", "try again later", 30)
 
 
 async def receive_to_file(receive: Receive, directory: Path, limit: int) -> ReceivedBody:
     """Receive the rest of the request body into a new file in ``directory``.
 
-    Raises :class:`BodyTooLarge` past ``limit`` bytes and :class:`ClientGone` on a
-    disconnect; in both cases (and on cancellation) the file is removed first.
+    Raises :class:`BodyTooLarge` past ``limit`` bytes, :class:`ClientGone` on a
+    disconnect, :class:`OSError` when the file cannot be written (see :func:`disk_refusal`);
+    in every case (and on cancellation) the file is removed first.
     """
     path = directory / f"api-{secrets.token_hex(12)}.body"
     fd = await trio.to_thread.run_sync(_create, path)
@@ -177,9 +194,15 @@ def prepare(
     """Parse, validate and compose the body in ``body`` (blocking: call it in a thread)."""
     kind = media_type(content_type)
     if kind == "application/json":
-        parsed = _read_json(body.path)
+        try:
+            parsed = _read_json(body.path)
+        except OSError as exc:
+            return disk_refusal(exc, "read the body of an API request")
     elif kind == "multipart/form-data":
-        parsed = _read_multipart(body, content_type)
+        try:
+            parsed = _read_multipart(body, content_type)
+        except OSError as exc:  # the uploaded files' temporary files, in the spool's tmp/
+            return disk_refusal(exc, "store the uploaded files of an API request")
     else:
         return BodyRefusal(
             415, "unsupported media type", "send application/json or multipart/form-data"
@@ -304,6 +327,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientGone",
     "ReceivedBody",
+    "disk_refusal",
     "media_type",
     "prepare",
     "prepare_in_thread",

@@ -41,7 +41,14 @@ from typing import Any, Final
 import attrs
 import trio
 
-from dispatch.api.body import BodyTooLarge, ClientGone, ReceivedBody, media_type, receive_to_file
+from dispatch.api.body import (
+    BodyTooLarge,
+    ClientGone,
+    ReceivedBody,
+    disk_refusal,
+    media_type,
+    receive_to_file,
+)
 from dispatch.api.ratelimit import KeyRateLimiter
 from dispatch.config.settings import ApiSettings
 from dispatch.intake import events
@@ -266,6 +273,16 @@ class ApiGate:
             return await receive_to_file(receive, directory, limit)
         except BodyTooLarge:
             raise too_large from None
+        except OSError as exc:  # the spool's disk: full, or failing
+            refusal = disk_refusal(exc, "store the body of an API request")
+            full = refusal.status == 507
+            self.sources.stats.spool_writes.add("full" if full else "error")
+            raise _Refused(
+                refusal.status,
+                refusal.error,
+                refusal.detail,
+                Retry_After=str(refusal.retry_after),
+            ) from None
 
 
 def _header(scope: Scope, name: bytes) -> str:
