@@ -22,12 +22,18 @@ three faults fixed (docs/upstream-notes.md has the upstream reports):
   queue. :class:`AppQueue` never blocks for the disconnect, and drops what arrives after it
   or after the app has returned.
 
-One more change closes a door nothing here uses: no listener serves WebSockets, and
-Hypercorn's HTTP/1.1 WebSocket path had its own two-writers fault (a byte after an
-``Upgrade: websocket`` request made the reader answer ``400`` while the app was answering
-too; h11's ``LocalProtocolError`` escaped the connection just the same), so
-:class:`HttpOnlyH11` serves such a request as the plain HTTP request it also is (RFC 9110
-§7.8 lets a server ignore ``Upgrade``).
+Two doors nothing here uses are closed: :class:`HttpOnlyH11` speaks HTTP/1.x only.
+
+- No listener serves WebSockets, and Hypercorn's HTTP/1.1 WebSocket path had its own
+  two-writers fault (a byte after an ``Upgrade: websocket`` request made the reader answer
+  ``400`` while the app was answering too; h11's ``LocalProtocolError`` escaped the
+  connection just the same). Such a request is served as the plain HTTP request it also is
+  (RFC 9110 §7.8 lets a server ignore ``Upgrade``).
+- No listener needs HTTP/2, and Hypercorn's HTTP/2 path waits for the client's flow-control
+  window inside the app's (shielded) ``send``: a client that opens no window held its
+  connection and every shutdown for ever. ``Upgrade: h2c`` is ignored like any upgrade, the
+  prior-knowledge preface (``PRI * HTTP/2.0``) is answered ``505`` and the connection
+  closed, and TLS offers only ``http/1.1`` by ALPN (:func:`dispatch.web.server.hypercorn_config`).
 
 Whatever else goes wrong inside one connection stays there: :func:`dispatch.web.server`'s
 accept loop catches it per connection.
@@ -141,7 +147,15 @@ class AppTaskGroup(TaskGroup):
 
 
 class HttpOnlyH11(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol with the WebSocket upgrade left out."""
+    """Hypercorn's HTTP/1.1 protocol without its switches to WebSocket and HTTP/2."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        # Hypercorn switches to HTTP/2 here (h2c upgrade, prior knowledge); we do not.
+        if event.http_version != b"1.1" and event.http_version != b"1.0":
+            raise h11.RemoteProtocolError(
+                f"HTTP/{event.http_version.decode()} is not spoken here",
+                error_status_hint=505,
+            )
 
     async def _create_stream(self, request: h11.Request) -> None:
         headers = [(n, v) for n, v in request.headers.raw_items() if n.lower() != b"upgrade"]
@@ -153,10 +167,20 @@ class HttpOnlyH11(H11Protocol):
         )
         await super()._create_stream(plain)
 
+    async def _handle_events(self) -> None:
+        try:
+            await super()._handle_events()
+        except h11.RemoteProtocolError as error:
+            # Raised by _check_protocol, past the point where Hypercorn answers h11's own
+            # errors: answer it the same way (status, Connection: close) and close.
+            if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                await self._send_error_response(error.error_status_hint)
+            await self.send(Closed())
+
 
 class HttpOnlyProtocol(ProtocolWrapper):
-    """Hypercorn's protocol switch, speaking :class:`HttpOnlyH11` for HTTP/1.x (h2, by ALPN,
-    prior knowledge or ``Upgrade: h2c``, is Hypercorn's own)."""
+    """Hypercorn's protocol switch, always speaking :class:`HttpOnlyH11` (ALPN never selects
+    ``h2`` here, and HttpOnlyH11 never raises the errors that switch to it)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

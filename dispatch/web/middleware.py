@@ -2,8 +2,9 @@
 
 - :class:`ShieldedSend`: Hypercorn's ``send`` always completes, even in a cancelled task
   (Quart-Trio cancels its request task on ``http.disconnect`` while Hypercorn's ``send`` is
-  still doing connection bookkeeping inside it; STACK.md). Each write underneath is bounded
-  by the connection's write timeout (:mod:`dispatch.web.connection`), so the shield cannot hang.
+  still doing connection bookkeeping inside it; STACK.md), but never takes for ever: each
+  write underneath is bounded by the connection's write timeout
+  (:mod:`dispatch.web.connection`), and the shield itself by a backstop.
 - :class:`QuietDisconnect`: a client that goes away before its answer is written is an
   ordinary event, one debug line, not an ``ERROR`` with a traceback.
 - :class:`RequestDeadline`: an HTTP request is answered within a deadline counted from its
@@ -39,15 +40,32 @@ def peer(scope: Scope) -> str:
 
 
 class ShieldedSend:
-    """Hypercorn's ``send`` always completes, even in a cancelled task."""
+    """Hypercorn's ``send`` always completes, even in a cancelled task; within ``bound`` s.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The bound is a backstop: every wait under ``send`` has a deadline of its own (writes get
+    the read timeout). Should one ever be missing, the send is abandoned after ``bound``
+    seconds with a warning and :class:`ConnectionAbortedError` (which Quart turns into a
+    client disconnect), rather than holding its connection and every shutdown for ever.
+    """
+
+    def __init__(self, app: ASGIApp, bound: float) -> None:
         self.app = app
+        self.bound = bound
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def shielded(message: Message) -> None:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True) as guard:
+                guard.deadline = trio.current_time() + self.bound
                 await send(message)
+            if guard.cancelled_caught:
+                log.warning(
+                    "answer to %s %s from %s: a send took over %g s; connection abandoned",
+                    scope.get("method", scope["type"]),
+                    scope.get("path", ""),
+                    peer(scope),
+                    self.bound,
+                )
+                raise ConnectionAbortedError(f"send took over {self.bound:g} s")
 
         await self.app(scope, receive, shielded)
 

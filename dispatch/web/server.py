@@ -59,7 +59,7 @@ KEEP_ALIVE_SECONDS: Final = 5.0  # also bounds a request line and headers sent s
 TLS_HANDSHAKE_SECONDS: Final = 10.0  # Hypercorn's default is 60
 HEADER_BYTES: Final = 16 * 1024  # request line and headers (h11_max_incomplete_size)
 APP_QUEUE_MESSAGES: Final = 4  # body chunks (up to 64 KiB each) queued for a slow app
-H2_STREAMS: Final = 16  # concurrent requests on one HTTP/2 connection
+SEND_BOUND_SECONDS: Final = 2 * READ_TIMEOUT_SECONDS  # see ShieldedSend
 
 
 def bind_spec(address: str, port: int) -> str:
@@ -81,7 +81,7 @@ def hypercorn_config(
     config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
     config.h11_max_incomplete_size = HEADER_BYTES
     config.max_app_queue_size = APP_QUEUE_MESSAGES
-    config.h2_max_concurrent_streams = H2_STREAMS
+    config.alpn_protocols = ["http/1.1"]  # no HTTP/2: dispatch.web.connection says why
     config.accesslog = None
     config.errorlog = logging.getLogger("dispatch.web.hypercorn")
     return config
@@ -108,7 +108,8 @@ async def serve_app(
     inner = app
     if request_timeout is not None:
         inner = RequestDeadline(inner, request_timeout, request_timeout_setting)
-    wrapped = wrap_app(ShieldedSend(QuietDisconnect(inner)), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    outer = ShieldedSend(QuietDisconnect(inner), SEND_BOUND_SECONDS)
+    wrapped = wrap_app(outer, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)

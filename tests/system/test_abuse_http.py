@@ -131,6 +131,14 @@ def test_a_stray_byte_after_a_closing_request_never_takes_a_listener_down(
     assert faults == [], "\n".join(faults[:20])
     # One reproducer more, and the API still serves a normal client.
     assert status(exchange(ports.api, ordinary("/api/v1/openapi.json", ports.api))) == 200
+    # HTTP/2 is not offered (dispatch/web/connection.py says why).
+    alpn = tls_context()
+    alpn.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", ports.webui), timeout=10) as raw,
+        alpn.wrap_socket(raw) as sock,
+    ):
+        assert sock.selected_alpn_protocol() == "http/1.1"
 
 
 def test_an_api_body_dripped_past_the_request_timeout_gets_408_and_the_connection_closes(

@@ -11,6 +11,9 @@ import time
 from functools import partial
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.settings
 import pytest
 import trio
 from hypercorn.config import Config
@@ -307,3 +310,39 @@ def test_a_websocket_upgrade_followed_by_more_bytes_is_served_as_plain_http(
     assert received.count(b"HTTP/1.1 200 ") == 2, received
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+def test_http2_is_not_spoken_so_a_client_opening_no_window_cannot_hold_a_shutdown() -> None:
+    """Hypercorn's HTTP/2 path waits inside the app's shielded send until the client's
+    flow-control window opens; a client that opens none held its connection and every
+    shutdown for ever. No listener here speaks HTTP/2: prior knowledge gets 505."""
+    port = free_port()
+    server = ServerThread(big_app(), short_config(port))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    stream = client.get_next_available_stream_id()
+    headers = [(":method", "GET"), (":scheme", "http"), (":path", "/big"), (":authority", "x")]
+    client.send_headers(stream, headers, end_stream=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        time.sleep(0.5)  # the request is in
+        stopped = server.stop(10)
+        received = read_response(sock, 5)
+    assert stopped, "shutdown waited for an HTTP/2 client that opens no window"
+    assert received.startswith(b"HTTP/1.1 505 "), received[:100]
+
+
+def test_an_h2c_upgrade_is_answered_in_http_1_1() -> None:
+    port = free_port()
+    server = ServerThread(tiny_app(), short_config(port))
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(upgrade)
+        received = read_response(sock, 10)
+    assert server.stop(10)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:100]
+    assert b"101" not in received.split(b"\r\n", 1)[0]
