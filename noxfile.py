@@ -1,4 +1,4 @@
-"""Developer and CI entry points; the README's two commands are `nox -s serve`, `nox -s tests`."""
+"""Developer and CI entry points; the README runs them through `./dev` (`./dev tests`)."""
 
 from __future__ import annotations
 
