@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import random
@@ -178,15 +179,33 @@ def envelopes(spool: Path, state: str) -> dict[str, Envelope]:
     return found
 
 
-def assert_spool_whole(spool: Path) -> None:
-    """Every message is a .json + .eml pair in one state directory; tmp/ holds nothing."""
-    leftovers = [p.name for p in (spool / "tmp").iterdir() if not p.name.startswith(".health")]
-    assert leftovers == [], f"half-written files in tmp/: {leftovers}"
+def spool_problems(spool: Path) -> list[str]:
+    """What makes the spool not whole right now: files in tmp/, halves of a message."""
+    problems = [
+        f"half-written file in tmp/: {p.name}"
+        for p in (spool / "tmp").iterdir()
+        if not p.name.startswith(".health")
+    ]
     for state in STATES:
         jsons = {p.stem for p in (spool / state).glob("*.json")}
         emls = {p.stem for p in (spool / state).glob("*.eml")}
-        assert jsons == emls, f"{state}/: envelopes without body {jsons - emls}, bodies "
-        f"without envelope {emls - jsons}"
+        problems += [f"{state}/: envelope without body {i}" for i in sorted(jsons - emls)]
+        problems += [f"{state}/: body without envelope {i}" for i in sorted(emls - jsons)]
+    return problems
+
+
+def assert_spool_whole(spool: Path, settle: float = 5.0) -> None:
+    """Every message is a .json + .eml pair in one state directory; tmp/ holds nothing.
+
+    A running daemon moves a message with two renames (body, then envelope) and writes in
+    tmp/ while it commits, so one look can catch a move half done. A real leftover stays:
+    the spool must be whole at some look within ``settle`` seconds.
+    """
+    deadline = time.monotonic() + settle
+    while problems := spool_problems(spool):
+        if time.monotonic() > deadline:
+            raise AssertionError("spool not whole: " + "; ".join(problems[:10]))
+        time.sleep(0.05)
 
 
 # --- HTTPS ops port -----------------------------------------------------------------------------
@@ -576,3 +595,32 @@ def log_rows(db: Path) -> list[LogRow]:
 def sample(items: Iterable[str | None], n: int = 5) -> list[str]:
     """A few of ``items``, for a failure message."""
     return sorted(str(item) for item in items)[:n]
+
+
+class HealthProber:
+    """Probes ``/health`` on a new TLS connection every ``every`` seconds until stopped."""
+
+    def __init__(self, port: int, every: float = 0.1) -> None:
+        self.port = port
+        self.every = every
+        self.latencies: list[float] = []
+        self.statuses: Counter[int] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection each time
+        with httpx.Client(verify=False, timeout=10, limits=limits) as client:  # noqa: S501
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = client.get(f"https://127.0.0.1:{self.port}/health").status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.latencies.append(time.monotonic() - started)
+                self.statuses[status] += 1
+                self.stop.wait(self.every)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]

@@ -13,7 +13,6 @@ some attempts got the busy ``454``, and a real user still gets in afterwards.
 from __future__ import annotations
 
 import base64
-import math
 import signal
 import smtplib
 import threading
@@ -27,14 +26,13 @@ import pytest
 
 from dispatch.security.passwords import QUEUE_PER_SLOT, hash_password, machine_slots
 from tests.conftest import Daemon
-from tests.system.faults import Ports, base_config, metric, report, write_config
+from tests.system.faults import HealthProber, Ports, base_config, metric, report, write_config
 
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., Daemon]
 PASSWORD = "correct horse battery staple"
 HEALTH_TIMEOUT = 2.0  # health.timeout_seconds, the default
-PROBE_EVERY = 0.1
 MIB = 1 << 20
 ARGON2_MEMORY = 64 * MIB  # argon2-cffi's default profile, which hash-password uses
 MARGIN = 150 * MIB  # threads, TLS, buffers of 60+ sessions
@@ -51,34 +49,6 @@ def vm_kib(pid: int, field: str) -> int:
 def source_addresses(count: int) -> list[str]:
     """127.0.0.2, 127.0.0.3, … (all of 127/8 is loopback on Linux)."""
     return [f"127.0.{(n + 2) // 256}.{(n + 2) % 256}" for n in range(count)]
-
-
-class HealthProber:
-    """Probes ``/health`` on a new TLS connection every :data:`PROBE_EVERY` s until stopped."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.latencies: list[float] = []
-        self.statuses: Counter[int] = Counter()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection each time
-        with httpx.Client(verify=False, timeout=10, limits=limits) as client:  # noqa: S501
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    status = client.get(f"https://127.0.0.1:{self.port}/health").status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.latencies.append(time.monotonic() - started)
-                self.statuses[status] += 1
-                self.stop.wait(PROBE_EVERY)
-
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 def test_auth_flood_keeps_memory_bounded_and_health_answering(
@@ -172,7 +142,7 @@ def test_auth_flood_keeps_memory_bounded_and_health_answering(
             "slowest AUTH reply (s)": round(max(t for _, _, t in replies.values()), 3),
             "slowest busy 454 (s)": round(max(t for _, _, t in busy), 3),
             "health probes": len(prober.latencies),
-            "health p99 (s)": round(prober.p99(), 3),
+            "health p99 (s)": round(prober.quantile(0.99), 3),
             "health max (s)": round(max(prober.latencies), 3),
             "RSS before (MiB)": before_kib // 1024,
             "peak RSS, VmHWM (MiB)": peak_kib // 1024,

@@ -18,11 +18,9 @@ small answer; the honest message is queued; nothing is left in the spool's ``tmp
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import pytest
 from dispatch.api.compose import MAX_PROBLEMS
 from tests.conftest import Daemon
 from tests.system.faults import (
+    HealthProber,
     Ports,
     assert_spool_whole,
     base_config,
@@ -45,7 +44,6 @@ pytestmark = pytest.mark.slow
 
 Start = Callable[..., Daemon]
 HEALTH_TIMEOUT = 2.0  # health.timeout_seconds, the default
-PROBE_EVERY = 0.1
 SENDERS = 2  # below api.max_concurrent_requests_per_ip (8): every body is taken in
 ROUNDS = 2
 MAX_ANSWER = 16 * 1024
@@ -114,34 +112,6 @@ def honest_body() -> bytes:
     line = "x" * 70 + "\n"
     text = line * ((20 * MIB) // len(line))
     return json.dumps({"from": "a@example.com", "to": "b@example.org", "text": text}).encode()
-
-
-class HealthProber:
-    """Probes ``/health`` on a new TLS connection every :data:`PROBE_EVERY` s until stopped."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.latencies: list[float] = []
-        self.statuses: Counter[int] = Counter()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection each time
-        with httpx.Client(verify=False, timeout=10, limits=limits) as client:  # noqa: S501
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    status = client.get(f"https://127.0.0.1:{self.port}/health").status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.latencies.append(time.monotonic() - started)
-                self.statuses[status] += 1
-                self.stop.wait(PROBE_EVERY)
-
-    def quantile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 def test_hostile_bodies_leave_health_within_its_deadline(
