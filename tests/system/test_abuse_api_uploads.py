@@ -171,6 +171,10 @@ def test_uploads_from_refused_keyless_and_valid_senders_keep_memory_bounded(
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     assert_spool_whole(spool)
+    queued = len(
+        {p.stem for state in ("incoming", "processing") for p in (spool / state).glob("*.json")}
+        | {p.stem for p in (spool / "captured").glob("*.eml")}
+    )
 
     # (a) Refused: 403 for everyone (or a reset if the close beat the answer), nothing read.
     assert set(refused) <= {"403", "reset"}, refused
@@ -180,14 +184,16 @@ def test_uploads_from_refused_keyless_and_valid_senders_keep_memory_bounded(
     assert set(keyless) <= {"401", "503", "reset"}, keyless
     assert keyless["401"] >= 1, keyless
     assert keyless_growth < GROWTH_BOUND, keyless_growth // MIB
-    # (c) A valid key: the admitted ones are queued, the others told to come back.
-    assert set(keyed) <= {"202", "503"}, keyed
+    # (c) A valid key: the admitted ones are queued, the others told to come back (or reset:
+    # the 503 closes a connection whose client is still sending, as in (a) and (b)).
+    assert set(keyed) <= {"202", "503", "reset"}, keyed
     assert keyed["202"] >= 1, keyed
-    assert keyed["202"] + keyed["503"] == UPLOADS
+    assert queued >= keyed["202"]  # every 202 is a message in the spool
     busy = metric(
         metrics, "dispatch_api_busy_requests_total", reason="max_concurrent_requests_per_ip"
     )
-    assert busy == keyless["503"] + keyed["503"]
+    told_busy = keyless["503"] + keyed["503"]
+    assert told_busy <= busy <= told_busy + keyless["reset"] + keyed["reset"]
     # Admitted bodies go to disk; composing them takes turns (LARGE_BODY_THREADS).
     assert keyed_growth < GROWTH_BOUND + LARGE_BODY_THREADS * 8 * BODY_BYTES, keyed_growth // MIB
 
