@@ -33,6 +33,7 @@ from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import bind_smtp_ports
 from dispatch.intake.processes import IntakeWorkers
 from dispatch.intake.session import IntakeContext
+from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
@@ -48,7 +49,7 @@ from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
 from dispatch.storage import Store, open_store
-from dispatch.supervisor import Component, Shutdown, Supervisor
+from dispatch.supervisor import Supervisor
 from dispatch.web.debug import DebugSources, register_debug
 from dispatch.web.ops import OpsSources, create_ops_app
 from dispatch.web.server import bind_spec, hypercorn_config, serve_app

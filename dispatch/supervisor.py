@@ -24,52 +24,18 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import Final
 
-import attrs
 import trio
 
 from dispatch.config.live import LiveSettings
+from dispatch.lifecycle import Component, RestartBackoff, Shutdown
 from dispatch.logs import bind
 
 log = logging.getLogger("dispatch.supervisor")
 
-RESTART_BACKOFF_FIRST: Final = 0.5
-RESTART_BACKOFF_MAX: Final = 30.0
-# A component that ran this long before crashing is considered healthy again: the back-off
-# starts over, so a rare crash does not inherit the delay of an old crash loop.
-RESTART_BACKOFF_RESET_AFTER: Final = 60.0
 DEFAULT_GRACE_SECONDS: Final = 10.0
-
-
-class Shutdown:
-    """The stop request every component watches; owned by the :class:`Supervisor`."""
-
-    def __init__(self, grace_seconds: float) -> None:
-        self.requested = trio.Event()
-        self.grace_seconds = grace_seconds
-
-    def request(self) -> None:
-        self.requested.set()
-
-
-class ComponentRun(Protocol):
-    def __call__(
-        self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
-    ) -> Awaitable[None]: ...
-
-
-@attrs.frozen
-class Component:
-    """A named long-lived task.
-
-    ``run(shutdown, task_status=...)`` must call ``task_status.started()`` once it is ready,
-    then run until ``shutdown.requested`` is set, finish its work and return.
-    """
-
-    name: str
-    run: ComponentRun
 
 
 class ComponentStartError(Exception):
@@ -202,7 +168,7 @@ class Supervisor:
 
     async def _keep_running(self, component: Component, task_status: trio.TaskStatus[None]) -> None:
         shutdown = self._stops[component.name]
-        backoff = RESTART_BACKOFF_FIRST
+        backoff = RestartBackoff()
         ever_started = False
         while True:
             started_at = math.inf
@@ -223,15 +189,11 @@ class Supervisor:
                 if crash is not None:
                     log.error("crashed while stopping", exc_info=crash)
                 return
-            if trio.current_time() - started_at > RESTART_BACKOFF_RESET_AFTER:
-                backoff = RESTART_BACKOFF_FIRST
+            delay = backoff.delay(trio.current_time() - started_at)
             if crash is not None:
-                log.error("crashed; restarting in %.1f s", backoff, exc_info=crash)
+                log.error("crashed; restarting in %.1f s", delay, exc_info=crash)
             else:
-                log.error("returned without a stop request; restarting in %.1f s", backoff)
-            with trio.move_on_after(backoff):
-                await shutdown.requested.wait()
-            if shutdown.requested.is_set():
+                log.error("returned without a stop request; restarting in %.1f s", delay)
+            if not await backoff.wait(delay, shutdown):
                 return
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
             self.restarts[component.name] += 1

@@ -10,7 +10,8 @@ import trio.testing
 
 from dispatch.config import load_settings
 from dispatch.config.live import LiveSettings
-from dispatch.supervisor import Component, ComponentStartError, Shutdown, Supervisor
+from dispatch.lifecycle import Component, Shutdown
+from dispatch.supervisor import ComponentStartError, Supervisor
 
 
 def live() -> LiveSettings:

@@ -39,8 +39,8 @@ from dispatch.control.protocol import (
     parse_line,
 )
 from dispatch.delivery.attempt import DeliveryAttempt
+from dispatch.lifecycle import Shutdown
 from dispatch.spool import Spool
-from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.control")
 

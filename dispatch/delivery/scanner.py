@@ -19,9 +19,9 @@ import logging
 import trio
 
 from dispatch.delivery.attempt import DeliveryAttempt
+from dispatch.lifecycle import Shutdown
 from dispatch.logs import log_context
 from dispatch.spool import Envelope, Spool
-from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.delivery")
 

@@ -36,10 +36,10 @@ import trio
 from dispatch.intake import events
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import TLS_HANDSHAKE_SECONDS, IntakeContext, SmtpSession
+from dispatch.lifecycle import Shutdown
 from dispatch.logs import log_context
 from dispatch.security.allowlist import is_allowed
 from dispatch.smtp import replies
-from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.smtp")
 

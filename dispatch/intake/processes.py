@@ -34,16 +34,11 @@ import trio
 
 from dispatch.config.settings import Settings
 from dispatch.intake.link import Link, LinkBroken
+from dispatch.lifecycle import RestartBackoff, Shutdown
 from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
 from dispatch.spool import Envelope, Spool
 from dispatch.storage.events import MessageEvent
-from dispatch.supervisor import (
-    RESTART_BACKOFF_FIRST,
-    RESTART_BACKOFF_MAX,
-    RESTART_BACKOFF_RESET_AFTER,
-    Shutdown,
-)
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -104,7 +99,7 @@ class IntakeWorkers:
         task_status: trio.TaskStatus[None],
     ) -> None:
         """Run worker ``number`` until the stop request, restarting it when it dies."""
-        backoff = RESTART_BACKOFF_FIRST
+        backoff = RestartBackoff()
         async with trio.open_nursery() as rescues:
             while True:
                 started = trio.current_time()
@@ -117,20 +112,16 @@ class IntakeWorkers:
                 task_status = trio.TASK_STATUS_IGNORED  # ready was said the first time
                 if shutdown.requested.is_set():
                     return
-                if trio.current_time() - started > RESTART_BACKOFF_RESET_AFTER:
-                    backoff = RESTART_BACKOFF_FIRST  # a rare crash, not a crash loop
+                delay = backoff.delay(trio.current_time() - started)
                 log.error(
                     "intake worker %d ended (%s); starting it again in %.1f s",
                     number,
                     code,
-                    backoff,
+                    delay,
                 )
                 rescues.start_soon(self._spool.adopt_unannounced)
-                with trio.move_on_after(backoff):
-                    await shutdown.requested.wait()
-                if shutdown.requested.is_set():
+                if not await backoff.wait(delay, shutdown):
                     return
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 
     async def _run_once(
         self,

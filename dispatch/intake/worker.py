@@ -40,6 +40,7 @@ from dispatch.intake.link import Link
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
+from dispatch.lifecycle import Shutdown
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
@@ -48,7 +49,6 @@ from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
-from dispatch.supervisor import Shutdown
 
 log = logging.getLogger("dispatch.smtp")
 

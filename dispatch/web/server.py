@@ -36,7 +36,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from dispatch.supervisor import Shutdown
+from dispatch.lifecycle import Shutdown
 from dispatch.web.connection import Connection
 from dispatch.web.middleware import (
     ASGIApp,

@@ -25,8 +25,8 @@ import trio
 from dispatch.config import parse_settings
 from dispatch.control.protocol import MAX_REQUEST_BYTES
 from dispatch.control.server import SOCKET_NAME, ControlServer, Operations
+from dispatch.lifecycle import Shutdown
 from dispatch.spool import Spool
-from dispatch.supervisor import Shutdown
 
 
 @attrs.frozen

@@ -19,13 +19,13 @@ from dispatch.config.settings import ListenerSettings
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import bind_smtp_ports
 from dispatch.intake.session import IntakeContext
+from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import CertificateFiles, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
 from dispatch.storage.events import MessageEvent
-from dispatch.supervisor import Shutdown
 from tests.conftest import free_port
 
 

@@ -18,6 +18,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.metrics import (
     DatabaseFigures,
     MetricsCollector,
@@ -28,7 +29,6 @@ from dispatch.monitoring.stats import Stats
 from dispatch.spool.index import SpoolCounts
 from dispatch.storage import MessageEvent, Store, open_store
 from dispatch.storage.events import EventKind
-from dispatch.supervisor import Shutdown
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0"
 

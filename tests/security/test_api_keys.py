@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from dispatch.lifecycle import Shutdown
 from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
 from dispatch.security.passwords import hash_password
 from dispatch.security.throttle import FailureThrottle
 from dispatch.storage import ApiKeyStore, AuditEntry, SqlCursor, SqliteDatabase
 from dispatch.storage.api_keys import PREFIX_LENGTH, is_light_hash, new_api_key, prefix_of
-from dispatch.supervisor import Shutdown
 
 BASE = 1_800_000_000.0
 IP = "192.0.2.10"

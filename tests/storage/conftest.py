@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import trio
 
+from dispatch.lifecycle import Shutdown
 from dispatch.storage import MessageEvent, MessageLog, Store, open_store
-from dispatch.supervisor import Shutdown
 
 # 2027-01-15T08:00:00Z, exactly on a minute: tests say "today" and "5 minutes ago" about it.
 BASE = 1_800_000_000.0

@@ -11,6 +11,7 @@ import attrs
 import pytest
 import trio
 
+from dispatch.lifecycle import Component
 from dispatch.storage import (
     AuditEntry,
     Database,
@@ -21,7 +22,6 @@ from dispatch.storage import (
     Store,
 )
 from dispatch.storage.events import MAX_FREE_TEXT, from_journal, to_journal
-from dispatch.supervisor import Component
 from tests.storage.conftest import (
     BASE,
     DAY,

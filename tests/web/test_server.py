@@ -20,7 +20,7 @@ from hypercorn.config import Config
 from quart import request
 from quart_trio import QuartTrio
 
-from dispatch.supervisor import Shutdown
+from dispatch.lifecycle import Shutdown
 from dispatch.web.server import bind_spec, hypercorn_config, serve_app
 from tests.conftest import free_port
 
