@@ -32,7 +32,7 @@ from dispatch.api.compose import Composed
 from dispatch.api.gate import ApiGate, GateSources, admitted
 from dispatch.api.status import message_status
 from dispatch.config.settings import ApiSettings
-from dispatch.intake import events
+from dispatch.intake import records
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.api_keys import ApiKeyVerifier, VerifiedKey
@@ -224,7 +224,7 @@ async def _spool(
         return error(503, "temporarily unable to queue", "try again later", Retry_After="30")
     sources.stats.spool_writes.add("ok")
     sources.stats.messages_received.add("api")
-    sources.record(events.received(envelope, subject=composed.subject))
+    sources.record(records.received(envelope, subject=composed.subject))
     trace.event(f"queued {envelope.id}")
     log.info(
         "queued %s from key %s: %d recipient(s)", envelope.id, key.prefix, len(envelope.recipients)

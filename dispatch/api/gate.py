@@ -51,7 +51,7 @@ from dispatch.api.body import (
 )
 from dispatch.api.ratelimit import KeyRateLimiter
 from dispatch.config.settings import ApiSettings
-from dispatch.intake import events
+from dispatch.intake import records
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.allowlist import is_allowed
@@ -154,7 +154,7 @@ class ApiGate:
                 peer,
             )
             self.sources.stats.api_denied.add("allowlist")
-            self.sources.record(events.denied("api", peer, "api.allowed_cidrs"))
+            self.sources.record(records.denied("api", peer, "api.allowed_cidrs"))
             raise _Refused(403, "forbidden", f"{peer} is not in api.allowed_cidrs")
         if not settings.enabled:
             raise _Refused(503, "the API is disabled", "api.enabled is false on this server")

@@ -30,7 +30,7 @@ from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.registry import RelayUnavailable
 from dispatch.spool import Envelope, RecipientResult, Spool, SpoolFullError
 from dispatch.spool.envelope import ResultStatus
-from dispatch.storage.events import EventKind, MessageEvent
+from dispatch.storage.records import EventKind, MessageEvent
 
 log = logging.getLogger("dispatch.delivery")
 

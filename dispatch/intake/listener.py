@@ -33,7 +33,7 @@ from typing import Final
 
 import trio
 
-from dispatch.intake import events
+from dispatch.intake import records
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import TLS_HANDSHAKE_SECONDS, IntakeContext, SmtpSession
 from dispatch.lifecycle import Shutdown
@@ -137,7 +137,7 @@ class SmtpListener:
         tls = local_port in settings.tls_ports  # not live: always the ports that were bound
         if not is_allowed(peer_ip, settings.allowed_cidrs):
             log.warning("denied connection from %s: not in listener.allowed_cidrs", peer_ip)
-            self.context.record(events.denied("smtp", peer_ip, "listener.allowed_cidrs"))
+            self.context.record(records.denied("smtp", peer_ip, "listener.allowed_cidrs"))
             await self._refuse(stream, "allowlist", replies.ACCESS_DENIED, tls=tls)
             return
         if self.open_sessions >= self._share(settings.max_connections):

@@ -38,7 +38,7 @@ from dispatch.lifecycle import RestartBackoff, Shutdown
 from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
 from dispatch.spool import Envelope, Spool
-from dispatch.storage.events import MessageEvent
+from dispatch.storage.records import MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 

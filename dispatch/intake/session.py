@@ -30,10 +30,10 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
-from dispatch.intake import events
+from dispatch.intake import records
+from dispatch.intake.login import BUSY as BUSY_CHECKING_PASSWORDS
+from dispatch.intake.login import SmtpAuthenticator
 from dispatch.intake.received import LoopDetector, protocol_name, received_header
-from dispatch.intake.smtp_auth import BUSY as BUSY_CHECKING_PASSWORDS
-from dispatch.intake.smtp_auth import SmtpAuthenticator
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
@@ -65,7 +65,7 @@ from dispatch.smtp.events import (
     WrongProtocol,
 )
 from dispatch.spool import IncomingMessage, SpoolFullError, SpoolWriteError
-from dispatch.storage.events import MessageEvent
+from dispatch.storage.records import MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -518,7 +518,7 @@ class SmtpSession:
             )
             self._reply(replies.queued(envelope.id))
             await self._flush()
-        self.context.record(events.received(envelope, subject=transaction.loops.subject))
+        self.context.record(records.received(envelope, subject=transaction.loops.subject))
 
     async def _discard_message(self) -> None:
         """Abort the open transaction's message, keeping the transaction itself."""

@@ -41,8 +41,8 @@ import trio
 
 from dispatch.config.settings import MxRelay
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Outcome, RecipientOutcome
-from dispatch.relays.smtp import count_outcomes
-from dispatch.relays.smtp_client import (
+from dispatch.relays.smarthost import count_outcomes
+from dispatch.relays.smtp_session import (
     SessionError,
     SessionOptions,
     SmtpClientSession,
@@ -83,7 +83,7 @@ class MxRelayClient:
 
     Counters, plain ints: ``inflight`` (domain deliveries running now, each holding one of
     ``max_inflight`` tokens), ``delivered`` and ``failed`` (attempts, as in
-    `dispatch.relays.smtp.count_outcomes`), ``connections`` (by "tls" or "plain").
+    `dispatch.relays.smarthost.count_outcomes`), ``connections`` (by "tls" or "plain").
     """
 
     kind: str = "mx"

@@ -21,7 +21,7 @@ from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
-from dispatch.relays.smtp import SmtpRelayClient
+from dispatch.relays.smarthost import SmtpRelayClient
 from dispatch.spool import Spool
 
 log = logging.getLogger("dispatch.delivery")

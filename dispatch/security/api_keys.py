@@ -76,8 +76,8 @@ from dispatch.storage.api_keys import (
     prefix_of,
 )
 from dispatch.storage.database import DatabaseUnavailableError
-from dispatch.storage.events import AuditEntry
 from dispatch.storage.log_writer import StopRequest
+from dispatch.storage.records import AuditEntry
 
 log = logging.getLogger("dispatch.security")
 

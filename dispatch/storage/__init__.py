@@ -21,7 +21,11 @@ Typical use::
 
 from dispatch.storage.api_keys import ApiKeyRecord, ApiKeyStore, UnknownApiKeyError
 from dispatch.storage.database import Database, DatabaseUnavailableError, SqlCursor
-from dispatch.storage.events import (
+from dispatch.storage.journal import JOURNAL_NAME
+from dispatch.storage.log_writer import MessageLog, StopRequest
+from dispatch.storage.purge import AUDIT, purge
+from dispatch.storage.queries import LogQueries
+from dispatch.storage.records import (
     AUDIT_CATEGORIES,
     AUDIT_LEVELS,
     EVENT_KINDS,
@@ -33,10 +37,6 @@ from dispatch.storage.events import (
     MessageEvent,
     Source,
 )
-from dispatch.storage.journal import JOURNAL_NAME
-from dispatch.storage.log_writer import MessageLog, StopRequest
-from dispatch.storage.purge import AUDIT, purge
-from dispatch.storage.queries import LogQueries
 from dispatch.storage.schema import LATEST_VERSION, MIGRATIONS, Migration
 from dispatch.storage.sqlite import SqliteDatabase, sqlite_path
 from dispatch.storage.store import Store, open_store

@@ -31,7 +31,7 @@ from typing import Final
 
 import attrs
 
-from dispatch.storage.events import LogRecord, from_journal, to_journal
+from dispatch.storage.records import LogRecord, from_journal, to_journal
 
 log = logging.getLogger("dispatch.storage")
 

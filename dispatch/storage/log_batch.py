@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from dispatch.storage.database import SqlCursor
-from dispatch.storage.events import (
+from dispatch.storage.records import (
     AUDIT_COLUMNS,
     MESSAGE_COLUMNS,
     AuditEntry,

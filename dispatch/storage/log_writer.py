@@ -51,9 +51,9 @@ from typing import Final, Protocol
 import trio
 
 from dispatch.storage.database import Database, DatabaseUnavailableError
-from dispatch.storage.events import AuditEntry, LogRecord, MessageEvent
 from dispatch.storage.journal import Journal
 from dispatch.storage.log_batch import minute_of, write_batch
+from dispatch.storage.records import AuditEntry, LogRecord, MessageEvent
 from dispatch.storage.schema import MINUTE_COUNTERS_KEPT
 
 log = logging.getLogger("dispatch.storage")

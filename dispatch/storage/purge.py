@@ -15,8 +15,8 @@ from functools import partial
 from typing import Final
 
 from dispatch.storage.database import Database, SqlCursor
-from dispatch.storage.events import EVENT_KINDS
 from dispatch.storage.log_batch import PRUNE_MINUTES, minute_of
+from dispatch.storage.records import EVENT_KINDS
 from dispatch.storage.schema import MINUTE_COUNTERS_KEPT
 
 # Rows deleted per transaction: milliseconds of work, so the writer waits no longer.

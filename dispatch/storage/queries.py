@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from dispatch.storage.database import Database, SqlCursor
-from dispatch.storage.events import (
+from dispatch.storage.log_batch import minute_of, utc_day
+from dispatch.storage.records import (
     AUDIT_COLUMNS,
     EVENT_KINDS,
     MESSAGE_COLUMNS,
@@ -46,7 +47,6 @@ from dispatch.storage.events import (
     audit_from_row,
     message_from_row,
 )
-from dispatch.storage.log_batch import minute_of, utc_day
 
 # The most rows one search returns: a dashboard page, not an export.
 MAX_SEARCH_LIMIT: Final = 500

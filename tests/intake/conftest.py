@@ -25,7 +25,7 @@ from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import CertificateFiles, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
-from dispatch.storage.events import MessageEvent
+from dispatch.storage.records import MessageEvent
 from tests.conftest import free_port
 
 

@@ -28,7 +28,7 @@ from dispatch.monitoring.metrics import (
 from dispatch.monitoring.stats import Stats
 from dispatch.spool.index import SpoolCounts
 from dispatch.storage import MessageEvent, Store, open_store
-from dispatch.storage.events import EventKind
+from dispatch.storage.records import EventKind
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0"
 

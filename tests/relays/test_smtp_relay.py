@@ -12,10 +12,10 @@ import trio
 
 from dispatch.config.settings import SmtpRelay
 from dispatch.config.types import Port, PositiveFloat, PositiveInt, Secret
-from dispatch.relays import smtp as smtp_relay
+from dispatch.relays import smarthost as smtp_relay
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
-from dispatch.relays.smtp import SmtpRelayClient
-from dispatch.relays.smtp_client import Timeouts, remote_id_of
+from dispatch.relays.smarthost import SmtpRelayClient
+from dispatch.relays.smtp_session import Timeouts, remote_id_of
 from dispatch.smtp import Reply
 from tests.conftest import free_port
 from tests.relays.sinks import (
@@ -257,7 +257,7 @@ async def test_unverified_tls_warns_once(
     start_sink: StartSink, eml: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = start_sink(tls="starttls")
-    with caplog.at_level(logging.WARNING, "dispatch.relays.smtp"):
+    with caplog.at_level(logging.WARNING, "dispatch.relays.smarthost"):
         relay = make_relay(sink.port, tls="starttls", verify_certificates=False)
         for _ in range(2):
             assert outcomes(await relay.deliver(request(eml))) == ["delivered"]

@@ -21,7 +21,7 @@ from dispatch.storage import (
     SqliteDatabase,
     Store,
 )
-from dispatch.storage.events import MAX_FREE_TEXT, from_journal, to_journal
+from dispatch.storage.records import MAX_FREE_TEXT, from_journal, to_journal
 from tests.storage.conftest import (
     BASE,
     DAY,

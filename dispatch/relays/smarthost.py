@@ -41,7 +41,7 @@ import trio
 
 from dispatch.config.settings import SmtpRelay
 from dispatch.relays.base import DeliveryRequest, DeliveryResult
-from dispatch.relays.smtp_client import (
+from dispatch.relays.smtp_session import (
     SessionError,
     SessionOptions,
     SmtpClientSession,
@@ -52,7 +52,7 @@ from dispatch.relays.smtp_client import (
 
 __all__ = ["IDLE_SECONDS", "SmtpRelayClient", "count_outcomes", "tls_client_context"]
 
-log = logging.getLogger("dispatch.relays.smtp")
+log = logging.getLogger("dispatch.relays.smarthost")
 
 # A pooled connection idle for longer is closed rather than reused: well under the 5 minutes
 # a server waits for the next command (RFC 5321 §4.5.3.2.7), so it is rarely already gone.

@@ -66,7 +66,7 @@ __all__ = [
     "TransactionResult",
 ]
 
-log = logging.getLogger("dispatch.relays.smtp")
+log = logging.getLogger("dispatch.relays.smarthost")
 
 # none: never TLS; opportunistic: STARTTLS when offered, else plaintext; required: STARTTLS or
 # a transient failure; implicit: TLS from the first byte (RFC 8314 §3.3, "submissions").
@@ -213,7 +213,7 @@ class SmtpClientSession:
         self.tls_active = False
         self.transactions = 0
         self.replies = 0  # replies read to our commands (unsolicited 421s not counted)
-        self.checked_at_reuse = True  # False: taken from the pool without RSET (relays/smtp.py)
+        self.checked_at_reuse = True  # False: taken from the pool without RSET (relays/smarthost.py)
         # The last transaction ended with the reply to its data: the server is ready for the
         # next MAIL without RSET (RFC 5321 §4.1.4). Not after a transaction that stopped short.
         self.ended_cleanly = False
