@@ -75,6 +75,7 @@ class Supervisor:
         *,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         on_ready: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.components = tuple(components)
         self.settings = settings
@@ -85,6 +86,7 @@ class Supervisor:
         self.ready = trio.Event()
         self.restarts: dict[str, int] = {c.name: 0 for c in components}
         self._on_ready = on_ready
+        self._on_stop = on_stop
         self._components_scope = trio.CancelScope()
 
     async def run(self) -> None:
@@ -122,6 +124,8 @@ class Supervisor:
             return
         log.info("stopping: grace period %.1f s", self.shutdown.grace_seconds)
         self.shutdown.request()
+        if self._on_stop:
+            self._on_stop()
         trio.lowlevel.spawn_system_task(self._stop_in_order)
         trio.lowlevel.spawn_system_task(self._enforce_grace)
 

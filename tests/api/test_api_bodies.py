@@ -30,7 +30,7 @@ async def test_a_million_bad_list_items_get_a_bounded_answer(tmp_path: Path) -> 
     assert [p["field"] for p in detail[:3]] == ["to[0]", "to[1]", "to[2]"]
     assert detail[-1]["field"] == "(more)"
     assert f"{ITEMS - MAX_PROBLEMS} more problems not listed" in detail[-1]["problem"]
-    assert dispatch.runtime.spool.counts().total == 0
+    assert dispatch.parts.spool.counts().total == 0
 
 
 async def test_bad_values_stop_being_checked_once_the_problems_are_full(tmp_path: Path) -> None:

@@ -28,4 +28,4 @@ async def test_deeply_nested_json_is_a_client_error(
     assert response.status_code == 400
     assert response.json() == {"error": "invalid JSON", "detail": "nested too deeply"}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert dispatch.runtime.spool.counts().total == 0
+    assert dispatch.parts.spool.counts().total == 0

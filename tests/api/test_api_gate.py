@@ -60,7 +60,7 @@ def body_files(dispatch: Running) -> list[str]:
 async def test_refusals_come_before_the_body_and_close_the_connection(tmp_path: Path) -> None:
     overrides = {"api": {"allowed_cidrs": ["127.0.0.1/32"], "max_message_bytes": 5_000_000}}
     async with api(tmp_path, **overrides) as (dispatch, _, key):
-        port = dispatch.runtime.settings.current.api.port
+        port = dispatch.parts.settings.current.api.port
         wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBA")
         cases = {
             "outsider": {"source": "127.0.0.2", "key": key},
@@ -91,7 +91,7 @@ async def test_refusals_come_before_the_body_and_close_the_connection(tmp_path: 
 async def test_an_admitted_body_streams_to_a_file_and_caps_answer_503(tmp_path: Path) -> None:
     overrides = {"api": {"max_concurrent_requests": 3, "max_concurrent_requests_per_ip": 2}}
     async with api(tmp_path, **overrides) as (dispatch, _, key):
-        port = dispatch.runtime.settings.current.api.port
+        port = dispatch.parts.settings.current.api.port
         first = start_upload(port, key=key)
         second = start_upload(port, key=key)
         # Both are admitted and receiving their bodies into the spool's tmp/.
@@ -108,7 +108,7 @@ async def test_an_admitted_body_streams_to_a_file_and_caps_answer_503(tmp_path: 
         await dispatch.wait_for(lambda: body_files(dispatch) == [])
         after = start_upload(port, key=None)  # the slots are free again
         free_again = await trio.to_thread.run_sync(answer_and_close, after)
-        busy = dict(dispatch.runtime.stats.api_busy.values)
+        busy = dict(dispatch.parts.stats.api_busy.values)
     assert status_of(per_ip) == 503
     assert b"max_concurrent_requests_per_ip" in per_ip
     assert b"\r\nretry-after: 1" in per_ip.lower()
@@ -116,7 +116,7 @@ async def test_an_admitted_body_streams_to_a_file_and_caps_answer_503(tmp_path: 
     assert b"api.max_concurrent_requests)" in total
     assert status_of(free_again) == 401
     assert busy == {"max_concurrent_requests_per_ip": 1, "max_concurrent_requests": 1}
-    assert dispatch.runtime.spool.counts().total == 0
+    assert dispatch.parts.spool.counts().total == 0
 
 
 async def test_junk_keys_from_an_address_do_not_lock_out_a_valid_key(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ async def api(
     tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[tuple[Running, httpx.AsyncClient, str]]:
     async with running_dispatch(tmp_path, base_config(tmp_path, **overrides)) as dispatch:
-        _, key = await dispatch.runtime.store.api_keys.create("tests")
-        port = dispatch.runtime.settings.current.api.port
+        _, key = await dispatch.parts.store.api_keys.create("tests")
+        port = dispatch.parts.settings.current.api.port
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             timeout=20,
@@ -50,7 +50,7 @@ async def delivered(dispatch: Running, message_id: str) -> None:
     await dispatch.wait_for(
         lambda: (
             (dispatch.root / "spool" / "captured" / f"{message_id}.json").exists()
-            and dispatch.runtime.spool.counts().total == 0
+            and dispatch.parts.spool.counts().total == 0
         )
     )
 
@@ -173,8 +173,8 @@ async def test_every_error_status(tmp_path: Path) -> None:
         wrong = await client.get(
             "/api/v1/messages", headers={"Authorization": f"Bearer {key[:-4]}AAAA"}
         )
-        other = await dispatch.runtime.store.api_keys.create("revoked soon")
-        await dispatch.runtime.store.api_keys.revoke(other[0].id)
+        other = await dispatch.parts.store.api_keys.create("revoked soon")
+        await dispatch.parts.store.api_keys.revoke(other[0].id)
         revoked = await client.get(
             "/api/v1/messages", headers={"Authorization": f"Bearer {other[1]}"}
         )
@@ -192,7 +192,7 @@ async def test_every_error_status(tmp_path: Path) -> None:
         one_over = await client.post(
             "/api/v1/messages", content=over, headers={"Content-Type": "application/json"}
         )
-        api_port = dispatch.runtime.settings.current.api.port
+        api_port = dispatch.parts.settings.current.api.port
         chunked = await trio.to_thread.run_sync(send_chunked, api_port, key)
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
         async with httpx.AsyncClient(transport=transport, timeout=10) as outsider:
@@ -213,7 +213,7 @@ async def test_every_error_status(tmp_path: Path) -> None:
     assert forbidden.status_code == 403
     assert health.status_code == 404
     assert metrics.status_code == 404
-    assert dispatch.runtime.stats.api_denied["allowlist"] == 1
+    assert dispatch.parts.stats.api_denied["allowlist"] == 1
 
 
 async def test_the_101st_request_in_a_minute_is_refused(tmp_path: Path) -> None:
@@ -237,9 +237,9 @@ async def test_status_follows_a_failing_message_and_other_keys_see_nothing(
         )
         message_id = response.json()["id"]
         first = (await client.get(f"/api/v1/messages/{message_id}")).json()["status"]
-        await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().failed == 1)
+        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().failed == 1)
         failed = (await client.get(f"/api/v1/messages/{message_id}")).json()
-        _, other_key = await dispatch.runtime.store.api_keys.create("other")
+        _, other_key = await dispatch.parts.store.api_keys.create("other")
         hidden = await client.get(
             f"/api/v1/messages/{message_id}", headers={"Authorization": f"Bearer {other_key}"}
         )
@@ -269,7 +269,7 @@ async def test_openapi_document_is_served_and_kept_in_docs(tmp_path: Path) -> No
 
 async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     async with api(tmp_path, api={"rate_limit_per_key": 100_000}) as (dispatch, _, key):
-        port = dispatch.runtime.settings.current.api.port
+        port = dispatch.parts.settings.current.api.port
         result = await trio.run_process(
             [
                 str(Path(sys.executable).with_name("st")),

@@ -13,7 +13,7 @@ import trio
 
 from dispatch.config import parse_settings
 from dispatch.config.live import LiveSettings
-from dispatch.daemon import Runtime, build_components
+from dispatch.daemon import Parts, assemble, open_spool
 from dispatch.storage import MessageEvent
 from dispatch.supervisor import Supervisor
 from tests.conftest import free_port
@@ -21,7 +21,7 @@ from tests.conftest import free_port
 
 @attrs.define
 class Running:
-    runtime: Runtime
+    parts: Parts
     supervisor: Supervisor
     smtp_port: int
     root: Path
@@ -46,8 +46,8 @@ class Running:
                 await trio.sleep(0.02)
 
     async def history(self, message_id: str) -> list[MessageEvent]:
-        await self.runtime.store.log.wait_until_written()
-        return await self.runtime.store.queries.message_history(message_id)
+        await self.parts.store.log.wait_until_written()
+        return await self.parts.store.queries.message_history(message_id)
 
 
 def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
@@ -70,10 +70,11 @@ def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
 @asynccontextmanager
 async def running_dispatch(root: Path, config: dict[str, Any]) -> AsyncIterator[Running]:
     settings = parse_settings(config)
-    runtime = Runtime(LiveSettings(settings, None))
-    supervisor = Supervisor(build_components(runtime), runtime.settings, grace_seconds=5)
-    async with trio.open_nursery() as nursery:
+    live = LiveSettings(settings, None)
+    async with open_spool(Path(settings.spool.directory)) as spool, trio.open_nursery() as nursery:
+        parts, components = assemble(live, spool)
+        supervisor = Supervisor(components, live, grace_seconds=5)
         nursery.start_soon(supervisor.run)
         await supervisor.ready.wait()
-        yield Running(runtime, supervisor, settings.listener.ports[0], root)
+        yield Running(parts, supervisor, settings.listener.ports[0], root)
         supervisor.request_stop()

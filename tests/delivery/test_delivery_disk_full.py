@@ -49,7 +49,7 @@ async def test_failed_attempt_on_a_full_disk_is_retried_then_delivered(
     )
     config["spool"]["max_retries"] = 1000
     async with running_dispatch(tmp_path, config) as dispatch:
-        spool = dispatch.runtime.spool
+        spool = dispatch.parts.spool
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE)
         await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts >= 1)
         fill(small_fs / "filler", leave_pages=0)

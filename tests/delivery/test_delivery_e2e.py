@@ -36,7 +36,7 @@ async def test_messages_arrive_byte_identical_once_over_one_reused_tls_connectio
         bodies = [MESSAGE % str(n).encode() for n in range(5)]
         ids = [await dispatch.submit("a@example.com", ["b@example.org"], b) for b in bodies]
         await dispatch.wait_for(lambda: len(sink.messages) == 5)
-        await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().total == 0)
+        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
         history = await dispatch.history(ids[0])
     for body, received in zip(bodies, sink.messages, strict=True):
         assert received.tls
@@ -62,7 +62,7 @@ async def test_upstream_down_then_up_is_retried_then_delivered(
     )
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"retry")
-        spool = dispatch.runtime.spool
+        spool = dispatch.parts.spool
         await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts >= 2)
         entry = spool.get(message_id)
         assert "refused" in (entry.envelope.last_error or "")
@@ -82,7 +82,7 @@ async def test_451_then_250(tmp_path: Path, start_sink: StartSink) -> None:
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"451")
         await dispatch.wait_for(lambda: len(sink.messages) == 1)
-        await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().total == 0)
+        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
         events = [e.event for e in await dispatch.history(message_id)]
     assert events == ["received", "retried", "delivered"]
 
@@ -96,7 +96,7 @@ async def test_permanent_refusals_fail_only_the_refused_recipient(
         message_id = await dispatch.submit(
             "a@x.test", ["reject-me@y.test", "fine@y.test"], MESSAGE % b"mixed"
         )
-        spool = dispatch.runtime.spool
+        spool = dispatch.parts.spool
         await dispatch.wait_for(lambda: spool.counts().failed == 1)
         envelope = spool.get(message_id).envelope
         history = await dispatch.history(message_id)
@@ -127,7 +127,7 @@ async def test_failover_to_the_second_relay_and_split_by_domain(
         message_id = await dispatch.submit(
             "a@x.test", ["one@external.test", "two@internal.test"], MESSAGE % b"split"
         )
-        await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().total == 0)
+        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
         history = await dispatch.history(message_id)
     assert [m.rcpt_tos for m in sink.messages] == [("one@external.test",)]
     assert (tmp_path / "spool" / "captured" / f"{message_id}.eml").exists()
@@ -145,7 +145,7 @@ async def test_retries_exhausted_go_to_failed(tmp_path: Path) -> None:
     )
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"gives up")
-        spool = dispatch.runtime.spool
+        spool = dispatch.parts.spool
         await dispatch.wait_for(lambda: spool.get(message_id).state is MessageState.FAILED)
         envelope = spool.get(message_id).envelope
         events = [e.event for e in await dispatch.history(message_id)]
@@ -161,7 +161,7 @@ async def test_mail_flows_while_the_database_file_is_deleted(
     config = base_config(tmp_path, relays=[smtp_relay("s", sink.port)])
     async with running_dispatch(tmp_path, config) as dispatch:
         first = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"before")
-        await dispatch.runtime.store.log.wait_until_written()
+        await dispatch.parts.store.log.wait_until_written()
         for suffix in ("", "-wal", "-shm"):
             (tmp_path / "data" / f"dispatch.db{suffix}").unlink(missing_ok=True)
         later = [
@@ -184,7 +184,7 @@ async def test_a_relay_kind_not_available_keeps_mail_waiting_with_the_reason(
     )
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"waits")
-        spool = dispatch.runtime.spool
+        spool = dispatch.parts.spool
         await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts == 1)
         envelope = spool.get(message_id).envelope
     assert spool.get(message_id).state is MessageState.INCOMING

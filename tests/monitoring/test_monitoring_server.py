@@ -57,13 +57,13 @@ async def test_its_own_allow_list_loopback_by_default_and_live(tmp_path: Path) -
         _,
     ):
         by_default = await client.get("/debug/vars")  # 127.0.0.2 is loopback: allowed
-        live = dispatch.runtime.settings
+        live = dispatch.parts.settings
         live.current = attrs.evolve(
             live.current,
             monitoring=attrs.evolve(live.current.monitoring, allowed_cidrs=(Cidr("127.0.0.1/32"),)),
         )
         denied = {path: await client.get(path) for path in ("/debug/config", "/metrics")}
-        stats = dispatch.runtime.stats
+        stats = dispatch.parts.stats
         counted = stats.monitoring_denied["allowlist"]
         dashboard_counted = stats.webui_denied["allowlist"]
         async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as from_127_0_0_1:
@@ -119,7 +119,7 @@ async def test_host_header_must_be_an_address(tmp_path: Path) -> None:
             path: await client.get(path, headers={"Host": f"attacker.example:{port}"})
             for path in ("/debug/config", "/debug/queue", "/metrics", "/health")
         }
-        counted = dispatch.runtime.stats.monitoring_denied["host"]
+        counted = dispatch.parts.stats.monitoring_denied["host"]
     for response in good.values():
         assert response.status_code == 200
     for response in rebound.values():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,17 @@ def test_version(start_daemon: Start) -> None:
     daemon = start_daemon(None, "--version")
     assert daemon.wait_exit() == 0
     assert daemon.lines[0].startswith("dispatch ")
+
+
+def test_start_and_stop_are_in_the_audit_log(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path))
+    daemon.wait_for("all components ready")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    with closing(sqlite3.connect(tmp_path / "data" / "dispatch.db")) as db:
+        rows = db.execute(
+            "SELECT category, level, message FROM audit_log WHERE category = 'System' ORDER BY at"
+        ).fetchall()
+    assert [(category, level) for category, level, _ in rows] == [("System", "Notice")] * 2
+    assert rows[0][2].endswith(" started"), rows
+    assert rows[1][2].endswith(" stopping"), rows

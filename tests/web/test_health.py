@@ -23,7 +23,7 @@ from tests.delivery.harness import Running, base_config, running_dispatch
 def client_for(dispatch: Running) -> httpx.AsyncClient:
     cert = dispatch.root / "data" / "tls" / "selfsigned-cert.pem"
     context = ssl.create_default_context(cafile=str(cert))  # the persisted self-signed cert
-    port = dispatch.runtime.settings.current.webui.port
+    port = dispatch.parts.settings.current.webui.port
     return httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=context, timeout=10)
 
 
@@ -38,7 +38,7 @@ async def dashboard(
 
 def set_health(dispatch: Running, **values: Any) -> None:
     """Change live [health] keys as a SIGHUP reload would."""
-    live = dispatch.runtime.settings
+    live = dispatch.parts.settings
     live.current = attrs.evolve(live.current, health=attrs.evolve(live.current.health, **values))
 
 
@@ -113,7 +113,7 @@ async def test_wedged_database_answers_in_time_every_time(tmp_path: Path) -> Non
     deadline = 0.5
     async with dashboard(tmp_path, health={"timeout_seconds": deadline}) as (dispatch, client):
         database = dispatch.root / "data" / "dispatch.db"
-        await dispatch.runtime.store.log.wait_until_written()
+        await dispatch.parts.store.log.wait_until_written()
         with database_locked(database):
             answers = []
             for _ in range(10):
@@ -138,7 +138,7 @@ async def test_database_file_mode_that_forbids_opening_it_is_degraded(tmp_path: 
     """
     async with dashboard(tmp_path) as (dispatch, client):
         database = dispatch.root / "data" / "dispatch.db"
-        await dispatch.runtime.store.log.wait_until_written()
+        await dispatch.parts.store.log.wait_until_written()
         before = (await client.get("/health")).json()
         mode = database.stat().st_mode & 0o777
         database.chmod(0)
@@ -168,7 +168,7 @@ async def test_database_file_mode_that_forbids_opening_it_is_degraded(tmp_path: 
 
 async def test_smtp_on_fewer_ports_than_configured_is_degraded(tmp_path: Path) -> None:
     async with dashboard(tmp_path) as (dispatch, client):
-        listener = dispatch.runtime.smtp
+        listener = dispatch.parts.intake
         assert listener is not None
         assert listener.ports is not None
         listener.ports = attrs.evolve(listener.ports, listening=())
@@ -184,7 +184,7 @@ async def test_allow_list_unknown_paths_and_the_smtp_port(tmp_path: Path) -> Non
     ):
         denied = await client.get("/health")
         metrics_denied = await client.get("/metrics")
-        live = dispatch.runtime.settings
+        live = dispatch.parts.settings
         live.current = attrs.evolve(
             live.current, webui=attrs.evolve(live.current.webui, allowed_cidrs=())
         )

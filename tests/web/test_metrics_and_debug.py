@@ -52,9 +52,9 @@ async def traffic(dispatch: Running) -> None:
             return sock.recv(1024)
 
     assert (await trio.to_thread.run_sync(denied)).startswith(b"554")
-    await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().total == 0)
-    await dispatch.runtime.store.log.wait_until_written()
-    await dispatch.runtime.figures.refresh(dispatch.runtime.store.queries)
+    await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
+    await dispatch.parts.store.log.wait_until_written()
+    await dispatch.parts.figures.refresh(dispatch.parts.store.queries)
 
 
 async def test_metrics_families_labels_and_values_after_traffic(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ async def test_debug_pages_on_the_monitoring_server(tmp_path: Path) -> None:
     async with running_dispatch(tmp_path, config) as dispatch:
         await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE)
         stuck = await dispatch.submit("a@x.test", ["c@fail.test"], MESSAGE)
-        await dispatch.wait_for(lambda: dispatch.runtime.spool.counts().failed == 1)
+        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().failed == 1)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             pages = {
                 path: await client.get(f"/debug/{path}")

@@ -21,10 +21,10 @@ async def test_refused_dashboard_requests_are_counted(tmp_path: Path) -> None:
     ):
         assert (await client.get("/health")).status_code == 403
         assert (await client.get("/metrics")).status_code == 403
-        live = dispatch.runtime.settings
+        live = dispatch.parts.settings
         live.current = attrs.evolve(
             live.current, webui=attrs.evolve(live.current.webui, allowed_cidrs=())
         )
         text = (await client.get("/metrics")).text
-    assert dispatch.runtime.stats.webui_denied["allowlist"] == 2
+    assert dispatch.parts.stats.webui_denied["allowlist"] == 2
     assert metric(text, "dispatch_webui_denied_requests_total", reason="allowlist") == 2

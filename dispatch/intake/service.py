@@ -1,0 +1,92 @@
+"""The SMTP intake component: binds the ports, runs the listener and the worker processes.
+
+:class:`SmtpIntake` is built once by the composition root (:mod:`dispatch.daemon`) from the
+shared parts; each start (the first, and every restart after a crash) loads the TLS
+certificate if it has not yet, binds ``listener.ports`` and ``listener.tls_ports``, starts the
+``listener.processes - 1`` intake worker processes on the same sockets and serves until the
+stop request. Ready once the ports are bound and every worker is ready. Stopping: the
+listener answers ``421`` and drains its sessions, the workers drain theirs, then the sockets
+close. On cancellation the sockets close too; the spool is the truth for what was accepted.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import trio
+
+from dispatch.config.live import LiveSettings
+from dispatch.intake.listener import SmtpListener
+from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
+from dispatch.intake.processes import IntakeWorkers
+from dispatch.intake.session import IntakeContext
+from dispatch.lifecycle import Shutdown
+from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Tracer
+from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.passwords import share_among
+from dispatch.security.throttle import FailureThrottle
+from dispatch.spool import Spool
+from dispatch.storage.records import MessageEvent
+
+
+class SmtpIntake:
+    """See the module docstring. :attr:`ports`: what the current start bound (for /health)."""
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        spool: Spool,
+        stats: Stats,
+        tracer: Tracer,
+        record: Callable[[MessageEvent], None],
+    ) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._stats = stats
+        self._tracer = tracer
+        self._record = record
+        self._auth_throttle = FailureThrottle()  # kept across restarts: so are the counts
+        self._tls: ssl.SSLContext | None = None
+        self.ports: ListeningPorts | None = None
+
+    def configured_and_listening(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The ports ``/health`` compares: configured (implicit-TLS included) and bound."""
+        listener = self._settings.current.listener
+        listening = self.ports.listening if self.ports is not None else ()
+        return (*listener.ports, *listener.tls_ports), listening
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        if self._tls is None:
+            files = await trio.to_thread.run_sync(ensure_certificate, self._settings.current)
+            self._tls = server_context(files)
+        current = self._settings.current.listener
+        share_among(current.processes)  # password checks: each intake process its share
+        context = IntakeContext(
+            settings=lambda: self._settings.current.listener,
+            spool=self._spool,
+            stats=self._stats,
+            auth_throttle=self._auth_throttle,
+            tls=self._tls,
+            record=self._record,
+            tracer=self._tracer,
+        )
+        listeners, self.ports = await bind_smtp_ports(
+            current.ports, current.bind_address, current.tls_ports
+        )
+        listener = SmtpListener(context, self.ports, processes=current.processes)
+        workers = IntakeWorkers(
+            current.processes - 1,
+            settings=lambda: self._settings.current,
+            spool=self._spool,
+            stats=self._stats,
+            record=self._record,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(workers.run, listeners, shutdown)
+                await listener.serve(listeners, shutdown, task_status=task_status)
+        finally:
+            for socket_listener in listeners:
+                await socket_listener.aclose()
