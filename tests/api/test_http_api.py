@@ -18,7 +18,7 @@ import trio
 
 from tests.conftest import free_port
 from tests.delivery.harness import Running, base_config, running_dispatch
-from tests.relays.sinks import StartSink
+from tests.support.sink import StartSink
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from dispatch.spool import MessageState, Spool
 from dispatch.spool.testing import commit, placed, tmp_files
 from tests.conftest import fill, free_port
 from tests.delivery.harness import base_config, running_dispatch
-from tests.relays.sinks import StartSink
+from tests.support.sink import StartSink
 
 MESSAGE = b"From: a@example.com\r\nSubject: full\r\n\r\nHello.\r\n"
 

@@ -10,7 +10,7 @@ import trio.lowlevel
 from dispatch.spool import MessageState
 from tests.conftest import free_port
 from tests.delivery.harness import base_config, running_dispatch
-from tests.relays.sinks import Pki, StartSink
+from tests.support.sink import Pki, StartSink
 
 MESSAGE = b"From: a@example.com\r\nSubject: %s\r\n\r\nHello.\r\n.leading dot\r\n"
 

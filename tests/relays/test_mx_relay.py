@@ -17,7 +17,8 @@ from dispatch.config.settings import MxRelay
 from dispatch.config.types import Port, PositiveFloat
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.mx import MxRelayClient, order_exchangers
-from tests.relays.sinks import DnsServer, Pki, StartSink
+from tests.relays.peers import DnsServer
+from tests.support.sink import Pki, StartSink
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.test\r\nSubject: mx\r\n\r\n.dot\r\nbody\r\n"
 UNREACHABLE = "127.0.0.2"

@@ -18,14 +18,8 @@ from dispatch.relays.smarthost import SmtpRelayClient
 from dispatch.relays.smtp_session import Timeouts, remote_id_of
 from dispatch.smtp import Reply
 from tests.conftest import free_port
-from tests.relays.sinks import (
-    Pki,
-    ScriptedSmtp,
-    StartSink,
-    greet_then_garbage,
-    greet_then_hang,
-    raw_server,
-)
+from tests.relays.peers import ScriptedSmtp, greet_then_garbage, greet_then_hang, raw_server
+from tests.support.sink import Pki, StartSink
 
 MESSAGE = (
     b"Received: from client.example by dispatch.test; Mon, 2 Mar 2026 10:00:00 +0000\r\n"

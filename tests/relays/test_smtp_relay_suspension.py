@@ -18,7 +18,7 @@ import trio.lowlevel
 from dispatch.config.types import PositiveFloat
 from dispatch.relays.base import DeliveryResult
 from tests.conftest import free_port
-from tests.relays.sinks import ScriptedSmtp, greet_then_hang, raw_server
+from tests.relays.peers import ScriptedSmtp, greet_then_hang, raw_server
 from tests.relays.test_smtp_relay import MESSAGE, make_relay, request
 
 TIMEOUT = 0.4

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, free_port
-from tests.relays.sinks import StartSink
+from tests.support.sink import StartSink
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,12 @@
+"""What every test directory shares, one of each.
+
+- :mod:`tests.support.config`: :func:`~tests.support.config.base_config`, the one builder of a
+  daemon configuration (every listener on a free 127.0.0.1 port, spool and data under the test's
+  directory), and the TOML writer for a ``python -m dispatch`` subprocess.
+- :mod:`tests.support.waiting`: :func:`~tests.support.waiting.wait_until`, the one way to wait
+  for a condition, in a blocking and a Trio form.
+- :mod:`tests.support.sink`: :class:`~tests.support.sink.Sink`, the one test SMTP upstream
+  (aiosmtpd), and its ``start_sink`` / ``pki`` fixtures.
+
+The real ``python -m dispatch`` subprocess and free ports stay in ``tests/conftest.py``.
+"""
