@@ -55,6 +55,20 @@ def outcome_of_code(code: int) -> Outcome:
     return "transient" if code < 500 else "permanent"
 
 
+class CaptureSink(Protocol):
+    """Where the ``local`` relay keeps its copies: the spool's ``captured/`` folder (the Local
+    inbox). :class:`~dispatch.spool.Spool` is one; the relays never see the spool itself."""
+
+    async def capture(self, message_id: str) -> Path:
+        """Keep a durable copy of the message and its envelope; return the copy's path.
+
+        When no copy could be made (a full disk, a message gone meanwhile) it raises an
+        exception whose text says why: the local relay reports that as a transient outcome,
+        so the message waits in the spool and is tried again.
+        """
+        ...
+
+
 class Relay(Protocol):
     """A configured upstream. Owned by the delivery component; closed on shutdown/reload."""
 

@@ -17,12 +17,11 @@ from dispatch.config.settings import (
     Settings,
     SmtpRelay,
 )
-from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
+from dispatch.relays.base import CaptureSink, DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.smarthost import SmtpRelayClient
-from dispatch.spool import Spool
 
 log = logging.getLogger("dispatch.delivery")
 
@@ -31,11 +30,11 @@ class RelayUnavailable(Exception):
     """A configured relay kind this build cannot deliver through."""
 
 
-def build_relay(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
+def build_relay(settings: RelaySettings, capture: CaptureSink, helo_name: str) -> Relay:
     """A client for one configured relay. Raises ValueError for settings that cannot work
     (an unreadable ``ca_file``) and :class:`RelayUnavailable` for unsupported kinds."""
     if isinstance(settings, LocalRelay):
-        return LocalRelayClient(settings.name, spool)
+        return LocalRelayClient(settings.name, capture)
     if isinstance(settings, SmtpRelay):
         return SmtpRelayClient(settings, helo_name)
     if isinstance(settings, MxRelay):
@@ -66,9 +65,9 @@ class BrokenRelay:
         return None
 
 
-def _build_or_explain(settings: RelaySettings, spool: Spool, helo_name: str) -> Relay:
+def _build_or_explain(settings: RelaySettings, capture: CaptureSink, helo_name: str) -> Relay:
     try:
-        relay = build_relay(settings, spool, helo_name)
+        relay = build_relay(settings, capture, helo_name)
     except (RelayUnavailable, ValueError) as exc:
         log.error("relay %s cannot deliver: %s", settings.name, exc)
         return BrokenRelay(settings.name, settings.kind, str(exc))
@@ -80,9 +79,9 @@ def _build_or_explain(settings: RelaySettings, spool: Spool, helo_name: str) -> 
 class RelaySet:
     """Owns the relay clients; :meth:`get` always answers from the current configuration."""
 
-    def __init__(self, settings: Callable[[], Settings], spool: Spool) -> None:
+    def __init__(self, settings: Callable[[], Settings], capture: CaptureSink) -> None:
         self._settings = settings
-        self._spool = spool
+        self._capture = capture  # the local relay's copies (the spool, in the daemon)
         self._built_from: tuple[RelaySettings, ...] | None = None
         self._relays: dict[str, Relay] = {}
         self._retired: list[Relay] = []
@@ -92,7 +91,7 @@ class RelaySet:
         if current.relays == self._built_from:
             return
         fresh = {
-            relay.name: _build_or_explain(relay, self._spool, current.listener.server_name)
+            relay.name: _build_or_explain(relay, self._capture, current.listener.server_name)
             for relay in current.relays
         }
         self._retired.extend(self._relays.values())
