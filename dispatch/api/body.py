@@ -45,7 +45,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
 
-from dispatch.api.compose import Composed, ComposeRequest, UploadedFile, ValidationError, compose
+from dispatch.api.compose import Composed, compose
+from dispatch.api.problems import ValidationError
+from dispatch.api.request import ComposeRequest, UploadedFile
 from dispatch.spool import SpoolFullError
 from dispatch.spool.errors import translate_os_error
 from dispatch.spool.layout import unlink_quietly
@@ -223,8 +225,8 @@ def _read_json(path: Path) -> ComposeRequest | BodyRefusal:
         del raw  # a 25 MiB body: one copy fewer while it is parsed
         document = _interruptible_decoder().decode(text)
     except RecursionError:
-        # Nesting deeper than the interpreter's stack, e.g. 100 KB of "[" (found by
-        # tests/fuzz/fuzz_api_compose.py): a client error, not a 500 with a traceback.
+        # Nesting deeper than the interpreter's stack, e.g. 100 KB of "[": the client's
+        # error, answered as such rather than as a 500 with a traceback.
         return BodyRefusal(400, "invalid JSON", "nested too deeply")
     except _TooManyMembers:
         return BodyRefusal(

@@ -1,8 +1,8 @@
 """Hostile bodies get short answers (issue 11, item 4).
 
-``{"to": [0, 0, …]}`` used to produce one problem per item, built on the event loop: a
-4 MiB body took 11.8 s and answered 110 MB. Now at most ``MAX_PROBLEMS`` problems are
-described, the rest counted in a last ``(more)`` entry, and the work runs in a thread.
+A body such as ``{"to": [0, 0, …]}`` holds a fault per item; describing each would cost
+memory and time for every one of them. At most ``MAX_PROBLEMS`` problems are described, the
+rest counted in a last ``(more)`` entry, and the work runs in a thread.
 (``tests/system/test_reliability_api_bodies.py`` checks ``/health`` meanwhile.)
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dispatch.api.body import MAX_FORM_PARTS
-from dispatch.api.compose import MAX_PROBLEMS
+from dispatch.api.problems import MAX_PROBLEMS
 from tests.api.test_http_api import api
 
 ITEMS = 1_000_000

@@ -1,8 +1,7 @@
-"""Regression: JSON nested deeper than the interpreter's stack is a 400, not a 500.
+"""JSON nested deeper than the interpreter's stack is a 400, not a 500.
 
-Found by the API fuzz target (tests/fuzz/fuzz_api_compose.py): ``json.loads`` raises
-``RecursionError`` (not ``ValueError``) for 100 KB of ``[``, which escaped as a 500 with a
-traceback in the log for every such request.
+``json.loads`` raises ``RecursionError`` (not ``ValueError``) for 100 KB of ``[``: the client's
+error, answered as invalid JSON, with nothing logged as an error.
 """
 
 from __future__ import annotations

@@ -13,15 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatch.api.compose import (
-    MAX_RECIPIENTS,
-    Composed,
-    ComposeRequest,
-    Problem,
-    UploadedFile,
-    ValidationError,
-    compose,
-)
+from dispatch.api.compose import Composed, compose
+from dispatch.api.problems import Problem, ValidationError
+from dispatch.api.request import ComposeRequest, UploadedFile
+from dispatch.api.validation import MAX_RECIPIENTS
 
 NOW = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Fuzz target: the API's request parsing and MIME composition (`dispatch/api/compose.py`).
+"""Fuzz target: the API's request parsing, validation and MIME building (`dispatch.api.compose`).
 
 The first byte chooses the body type. ``J``: the rest is a JSON body, parsed as the API does
 and handed to `ComposeRequest.from_json`. Otherwise the rest is a readable form: one field
@@ -16,13 +16,10 @@ import json
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["dispatch"]):
-    from dispatch.api.compose import (
-        MAX_RECIPIENTS,
-        ComposeRequest,
-        UploadedFile,
-        ValidationError,
-        compose,
-    )
+    from dispatch.api.compose import compose
+    from dispatch.api.problems import ValidationError
+    from dispatch.api.request import ComposeRequest, UploadedFile
+    from dispatch.api.validation import MAX_RECIPIENTS
 
 NOW = 1_795_248_000.0
 

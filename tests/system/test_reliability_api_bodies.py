@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dispatch.api.compose import MAX_PROBLEMS
+from dispatch.api.problems import MAX_PROBLEMS
 from tests.conftest import Daemon
 from tests.system.faults import (
     HealthProber,
