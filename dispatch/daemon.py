@@ -224,7 +224,10 @@ async def open_spool(directory: Path) -> AsyncIterator[Spool]:
 async def serve(settings: Settings, config_path: Path | None) -> None:
     """Run Dispatch until it is stopped by a signal. Raises ``ComponentStartError``."""
     bind(component="dispatch")
-    log.info("Dispatch %s starting with %s", __version__, config_path or "built-in defaults")
+    if config_path is None:
+        log.info("Dispatch %s starting: no configuration file: built-in defaults", __version__)
+    else:
+        log.info("Dispatch %s starting with configuration file %s", __version__, config_path)
     for problem in config_warnings(settings):
         log.warning("configuration: %s", problem)
     live = LiveSettings(settings, config_path)

@@ -1,9 +1,10 @@
 """Logging: human-readable lines by default, one JSON object per line with ``--log-format json``.
 
 Every line carries the context of the task that wrote it (``component``, ``session``,
-``message`` …). The context lives in a :class:`contextvars.ContextVar`; Trio runs each task
-in a copy of its parent's context, so :func:`bind` at the top of a task labels everything
-that task and its children log, and nothing else.
+``peer``, ``worker``, ``message_id`` …). The context lives in a
+:class:`contextvars.ContextVar`; Trio runs each task in a copy of its parent's context, so
+:func:`bind` at the top of a task labels everything that task and its children log, and
+nothing else.
 
 Log lines carry values a peer chose (request paths, verbs, EHLO names, header values, file
 names). :func:`printable` is the one place such text is made safe: both formatters pass every
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -92,13 +94,23 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-21T06:00:00.123Z INFO  smtp [session=s1] message``."""
+    """``2026-11-21T06:00:00.123Z INFO  smtp [session=s1] message``.
+
+    With ``journal=True`` (stderr is systemd's journal, see :func:`stderr_is_journal`) the
+    line starts with its syslog priority, ``<6>INFO  smtp …``, instead of a timestamp: the
+    journal keeps its own, and shows the priority (``journalctl -p warning``).
+    """
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
         context: Mapping[str, str] = getattr(record, "dispatch_context", {})
         tags = " ".join(f"{k}={printable(v)}" for k, v in context.items() if k != "component")
         component = printable(context.get("component", record.name.removeprefix("dispatch.")))
-        line = f"{_timestamp(record)} {record.levelname:<7} {component}"
+        start = f"<{_priority(record.levelno)}>" if self.journal else f"{_timestamp(record)} "
+        line = f"{start}{record.levelname:<7} {component}"
         line += f" [{tags}] " if tags else " "
         line += printable(record.getMessage())
         if record.exc_info:
@@ -109,18 +121,39 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _priority(level: int) -> int:
+    """The syslog priority of a logging level (RFC 5424 §6.2.1: 3 error … 7 debug)."""
+    if level >= logging.ERROR:
+        return 3
+    if level >= logging.WARNING:
+        return 4
+    return 6 if level >= logging.INFO else 7
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the stream systemd connected to its journal (``JOURNAL_STREAM`` holds
+    its ``device:inode``; a redirected stderr of a child of a service does not match)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(sys.stderr.fileno())
+        return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError):
+        return False
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, context, ``exc``."""
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message`` (the text), the
+    task's context (``component``, ``session``, ``peer``, ``message_id`` …) and ``exc``."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": printable(record.getMessage()),
+            "message": printable(record.getMessage()),
         }
         context: Mapping[str, str] = getattr(record, "dispatch_context", {})
-        entry.update((k, printable(v)) for k, v in context.items())
+        entry.update((k, printable(v)) for k, v in context.items() if k not in entry)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -142,7 +175,10 @@ def configure_logging(
     global _options
     _options = (log_format, level)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    journal = stream is None and stderr_is_journal()
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else TextFormatter(journal=journal)
+    )
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

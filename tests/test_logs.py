@@ -68,7 +68,7 @@ def test_formatters_escape_messages_context_and_tracebacks(
     if log_format == "json":
         entries = [json.loads(line) for line in lines]  # every line one object
         assert len(entries) == 2
-        assert "\\r\\n2026-12-03T17:00:00.000Z" in entries[0]["msg"]
+        assert "\\r\\n2026-12-03T17:00:00.000Z" in entries[0]["message"]
         assert entries[0]["peer"] == printable(HOSTILE)
     else:
         starts = [line for line in lines if LINE_START.match(line)]
@@ -149,7 +149,42 @@ def test_refused_requests_cannot_forge_log_lines(
     assert len(denied) >= 3, daemon.log
     for line in daemon.lines:
         assert not RAW & set(line), line
-        text = json.loads(line)["msg"] if log_format == "json" else line
+        text = json.loads(line)["message"] if log_format == "json" else line
         assert "forged" not in text or "\\r\\n2026-12-03T17:00:00.000Z" in text, line
         if log_format == "text":
             assert LINE_START.match(line) or line.startswith(" "), line
+
+
+def test_json_lines_carry_the_text_as_message_and_the_spool_id_as_message_id(
+    captured: io.StringIO,
+) -> None:
+    configure_logging("json", "INFO", captured)
+    with log_context(component="delivery", message_id="spl_01ABC"):
+        logging.getLogger("dispatch.delivery").info("delivered via primary")
+    entry = json.loads(captured.getvalue())
+    assert entry["message"] == "delivered via primary"
+    assert entry["message_id"] == "spl_01ABC"
+    assert entry["component"] == "delivery"
+    assert "msg" not in entry
+
+
+@pytest.mark.parametrize(("matches", "start"), [(True, "<4>WARNING "), (False, "20")])
+def test_text_lines_on_the_journal_start_with_their_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, matches: bool, start: str
+) -> None:
+    previous = logging.getLogger().handlers[:], logging.getLogger().level
+    with (tmp_path / "stderr").open("w+") as stderr:
+        status = Path(stderr.name).stat()
+        inode = status.st_ino if matches else status.st_ino + 1  # another stream: not ours
+        monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{inode}")
+        monkeypatch.setattr("sys.stderr", stderr)
+        try:
+            configure_logging("text", "INFO")
+            logging.getLogger("dispatch.smtp").warning("port 25 is taken; listening on 2525")
+        finally:
+            logging.getLogger().handlers[:], level = previous
+            logging.getLogger().setLevel(level)
+        stderr.seek(0)
+        line = stderr.read()
+    assert line.startswith(start), line
+    assert line.rstrip().endswith("smtp port 25 is taken; listening on 2525"), line

@@ -194,7 +194,8 @@ class ControlServer:
             log.info("control: bad request: %s", exc)
             return {"ok": False, "error": str(exc)}
         try:
-            answer = await run(self._ops, request, who=peer_of(stream))
+            who = peer_of(stream)
+            answer = await run(self._ops, request, who=who)
         except Exception as exc:
             # A fault of ours (or of the disk), not of the request: answer, and log it once
             # with its traceback; the server goes on serving.
@@ -203,7 +204,10 @@ class ControlServer:
                 "ok": False,
                 "error": f"{request.command} failed: {type(exc).__name__}; see the daemon log",
             }
-        log.info("control: %s -> %s", request.command, "ok" if answer["ok"] else "refused")
+        if not answer["ok"]:
+            log.info("control: %s from %s refused: %s", request.command, who, answer["error"])
+        elif request.command not in ("spool.list", "spool.show"):  # reads are not news
+            log.info("control: %s from %s done", request.command, who)
         return answer
 
 

@@ -78,7 +78,7 @@ class DeliveryScanner:
             async for envelope in receive:
                 self.busy_workers += 1
                 try:
-                    with log_context(message=envelope.id):
+                    with log_context(message_id=envelope.id):
                         await self._attempt.run(envelope)
                 except Exception:
                     log.exception("delivery of %s failed unexpectedly", envelope.id)

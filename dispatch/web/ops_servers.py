@@ -47,7 +47,7 @@ class OpsServers:
         app = create_ops_app(self.ops(lambda: self.settings.current.webui.allowed_cidrs))
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(serve_app, app, config, shutdown)
-            log.info("dashboard on %s", ", ".join(bound))
+            log.info("ops server (health, metrics) on %s", ", ".join(bound))
             task_status.started()
 
     async def run_monitoring(

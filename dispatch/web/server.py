@@ -136,8 +136,6 @@ async def serve_app(
                             trio.serve_listeners, handle, listeners, handler_nursery=connections
                         )
                     )
-                    for url in binds:
-                        await config.log.info(f"Running on {url}")
                     task_status.started(binds)
                     await shutdown.requested.wait()
                     accepting.cancel_scope.cancel()

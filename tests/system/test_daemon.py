@@ -93,13 +93,24 @@ def test_component_that_cannot_start_exits_1_with_one_line(
     assert "Traceback" not in daemon.log
 
 
+def test_the_first_line_names_the_configuration_file(start_daemon: Start, tmp_path: Path) -> None:
+    daemon = start_daemon(base_config(tmp_path))
+    daemon.wait_for("all components ready")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert "starting with configuration file " in daemon.lines[0], daemon.lines[0]
+    assert daemon.lines[0].rstrip().endswith(".toml"), daemon.lines[0]
+    assert not [line for line in daemon.lines if "Running on" in line], daemon.log
+    assert len([line for line in daemon.lines if "HTTP API on" in line]) == 1, daemon.log
+
+
 def test_json_log_lines_carry_the_component(start_daemon: Start, tmp_path: Path) -> None:
     daemon = start_daemon(base_config(tmp_path), "--log-format", "json")
     daemon.wait_for("all components ready")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     entries = [json.loads(line) for line in daemon.lines]
-    ready = next(e for e in entries if e["msg"].startswith("all components ready"))
+    ready = next(e for e in entries if e["message"].startswith("all components ready"))
     assert ready["component"] == "dispatch"
     assert ready["level"] == "info"
     assert any(e.get("component") == "spool" for e in entries)
