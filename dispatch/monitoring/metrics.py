@@ -37,7 +37,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import CollectorRegistry
 
 from dispatch import __version__
-from dispatch.monitoring.stats import CounterMap, Histogram, Stats
+from dispatch.monitoring.stats import RETENTION_KINDS, CounterMap, Histogram, Stats
 from dispatch.spool.index import SpoolCounts
 from dispatch.storage.database import DatabaseUnavailableError
 from dispatch.storage.log_batch import utc_day
@@ -67,6 +67,8 @@ _KNOWN_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "spool_writes": ("ok", "full", "error"),
     "monitoring_denied": ("allowlist", "host"),
     "api_busy": ("max_concurrent_requests", "max_concurrent_requests_per_ip"),
+    "retention_removed": RETENTION_KINDS,
+    "retention_runs": ("ok", "failed"),
 }
 
 
@@ -186,6 +188,7 @@ class MetricsCollector:
         yield from self._gauges(populated, relays)
         yield from self._counters(populated, relays)
         yield from self._histograms(populated)
+        yield self._retention_success(populated)
         info = GaugeMetricFamily(
             "dispatch_build_info",
             "Dispatch version and Python version of this process (always 1)",
@@ -268,6 +271,8 @@ class MetricsCollector:
             ),
             ("api_auth", "dispatch_api_auth", s.api_auth, "result"),
             ("api_busy", "dispatch_api_busy_requests", s.api_busy, "reason"),
+            ("retention_removed", "dispatch_retention_removed", s.retention_removed, "kind"),
+            ("retention_runs", "dispatch_retention_runs", s.retention_runs, "result"),
         )
         for key, name, counter_map, label in simple:
             family = CounterMetricFamily(name, counter_map.help, labels=[label])
@@ -286,6 +291,16 @@ class MetricsCollector:
             for (kind, outcome), count in self._delivery_attempts(relays).items():
                 attempts.add_metric([kind, outcome], count)
         yield attempts
+
+    def _retention_success(self, populated: bool) -> Metric:
+        gauge = GaugeMetricFamily(
+            "dispatch_retention_last_success_timestamp_seconds",
+            "Unix time the last retention run that removed everything it should ended "
+            "(0 before the first)",
+        )
+        if populated:
+            gauge.add_metric([], self._stats.retention_last_success or 0.0)
+        return gauge
 
     def _delivery_attempts(self, relays: Mapping[str, RelayLike]) -> dict[tuple[str, str], int]:
         kinds = {relay.kind for relay in relays.values()}

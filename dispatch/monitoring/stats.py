@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
+
+import attrs
 
 MAX_LABEL_VALUES: Final = 200
 """Distinct values one map keeps; later ones are counted under ``"other"`` (bounded memory)."""
@@ -99,6 +101,38 @@ class Histogram:
             yield bound, running
 
 
+RETENTION_KINDS: Final = (
+    "delivered_log",
+    "failed_log",
+    "received_log",
+    "retried_log",
+    "denied_log",
+    "audit_log",
+    "failed_spool",
+    "captured",
+)
+"""What retention removes: message-log rows by event, audit rows, failed spool messages and
+captured copies (the ``kind`` label of ``dispatch_retention_removed_total``)."""
+
+
+@attrs.frozen
+class RetentionRun:
+    """What one run of the retention component did (``dispatch/retention.py``).
+
+    ``removed`` counts by kind (log rows, spool messages, captured copies); ``errors`` says
+    what could not be done (a database that is down), empty when the run finished.
+    """
+
+    started_at: float  # Unix time
+    duration_seconds: float
+    removed: Mapping[str, int]
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
 SESSION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800)
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600)
 
@@ -168,6 +202,17 @@ class Stats:
             "seconds from acceptance to delivery",
             LATENCY_BUCKETS,
         )
+        self.retention_removed = CounterMap(
+            "dispatch/retention/removedCount",
+            "records removed by retention: log rows, failed spool messages, captured copies",
+            "kind",
+        )
+        self.retention_runs = CounterMap(
+            "dispatch/retention/runCount", "retention runs, by result (ok, failed)", "result"
+        )
+        # Not counters: set by the retention component in the main process only.
+        self.retention_last_run: RetentionRun | None = None
+        self.retention_last_success: float | None = None  # Unix time the last ok run ended
 
     def all(self) -> Iterator[Counter | CounterMap | Histogram]:
         for value in vars(self).values():

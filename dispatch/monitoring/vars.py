@@ -3,7 +3,8 @@
 Each counter of :class:`~dispatch.monitoring.stats.Stats` appears under its own name
 (``dispatch/smtpIn/commandCount``): a :class:`Counter` as an int, a :class:`CounterMap` as
 ``{key: int}``, a :class:`Histogram` as ``{"count", "sum", "buckets": {le: cumulative}}``.
-Process facts, spool counts and relay counters are added under ``dispatch/…`` names too.
+Process facts, spool counts, relay counters and the last retention run
+(``dispatch/retention/lastRun``) are added under ``dispatch/…`` names too.
 
 Build date: a Python package has no link time, so ``dispatch/sourceDateStr`` and
 ``dispatch/sourceDateTimestamp`` are the newest modification time of the package's ``.py``
@@ -26,7 +27,7 @@ from typing import Protocol
 import attrs
 
 import dispatch
-from dispatch.monitoring.stats import Counter, CounterMap, Histogram, Stats
+from dispatch.monitoring.stats import Counter, CounterMap, Histogram, RetentionRun, Stats
 from dispatch.spool.index import SpoolCounts
 
 type JsonValue = int | float | str | bool | dict[str, JsonValue] | list[JsonValue] | None
@@ -119,9 +120,25 @@ def debug_vars(
             "dispatch/relays/inflight": {name: r.inflight for name, r in sorted(by_name.items())},
             "dispatch/relays/delivered": {name: r.delivered for name, r in sorted(by_name.items())},
             "dispatch/relays/failed": {name: r.failed for name, r in sorted(by_name.items())},
+            "dispatch/retention/lastRun": _retention_run(stats.retention_last_run),
         }
     )
     return dict(sorted(result.items()))
+
+
+def _retention_run(run: RetentionRun | None) -> JsonValue:
+    """The last retention run (None before the first): when, how long, what it removed and
+    what it could not do."""
+    if run is None:
+        return None
+    return {
+        "startTime": format_time(run.started_at),
+        "startTimestamp": int(run.started_at),
+        "durationSeconds": round(run.duration_seconds, 3),
+        "result": "ok" if run.ok else "failed",
+        "removed": dict(run.removed),
+        "errors": list(run.errors),
+    }
 
 
 def _export(var: Counter | CounterMap | Histogram) -> JsonValue:
