@@ -49,9 +49,11 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo
 from dispatch.relays.registry import RelaySet
+from dispatch.retention import Retention
 from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
+from dispatch.spool.sweep import SpoolSweeper
 from dispatch.storage import AuditEntry, Store, open_store
 from dispatch.supervisor import ComponentStartError, Supervisor, describe
 from dispatch.web.debug import DebugSources
@@ -127,10 +129,12 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
     control = ControlServer(
         Path(current.data_dir), Operations(spool, lambda: settings.current, attempt)
     )
+    retention = Retention(lambda: settings.current.retention, store, SpoolSweeper(spool), stats)
     components = [
         Component("storage", store.run),
         Component("figures", partial(refresh_figures, parts)),
         Component("delivery", parts.delivery.run),
+        Component("retention", retention.run),
         Component("smtp", parts.intake.run),
         Component("api", HttpApi(settings, api).run),
         Component("webui", servers.run_dashboard),
