@@ -108,6 +108,7 @@ def test_debug_vars_has_the_chasquid_style_names() -> None:
     assert decoded["dispatch/relays/delivered"] == {"inbox": 0, "smarthost": 9}
     assert decoded["dispatch/relays/failed"]["smarthost"] == 2
     assert decoded["dispatch/relays/inflight"]["smarthost"] == 1
+    assert decoded["dispatch/retention/lastRun"] is None  # no run yet
     assert all(name.startswith("dispatch/") for name in decoded)
     assert list(decoded) == sorted(decoded)
     for var in stats.all():  # every counter is exported, none forgotten

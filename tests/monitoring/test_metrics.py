@@ -134,6 +134,10 @@ def busy_sources() -> Sources:
     s.delivery_attempts.add("mx:transient")
     s.smtp_session_seconds.observe(0.2)
     s.delivery_latency_seconds.observe(7.0)
+    s.retention_removed.add("delivered_log", 40)
+    s.retention_removed.add("captured", 2)
+    s.retention_runs.add("ok")
+    s.retention_last_success = 1_800_000_000.5
     return sources
 
 
@@ -164,9 +168,15 @@ def test_every_spec_family_and_label_exists_before_anything_happened() -> None:
         "dispatch_messages_received",
         "dispatch_spool_writes",
         "dispatch_delivery_attempts",
+        "dispatch_retention_removed",
+        "dispatch_retention_runs",
     ):
         assert families[counter].type == "counter"
     assert value(text, "dispatch_smtp_sessions_total", tls="plain") == 0
+    assert value(text, "dispatch_retention_removed_total", kind="captured") == 0
+    assert value(text, "dispatch_retention_runs_total", result="failed") == 0
+    assert families["dispatch_retention_last_success_timestamp_seconds"].type == "gauge"
+    assert value(text, "dispatch_retention_last_success_timestamp_seconds") == 0
     assert value(text, "dispatch_smtp_loops_detected_total") == 0
     for histogram in (
         "dispatch_smtp_session_duration_seconds",
@@ -205,6 +215,11 @@ def test_values_follow_stats_spool_relays_and_reachability() -> None:
     assert value(text, f"{latency}_bucket", le="10.0") == 1
     assert value(text, f"{latency}_sum") == 7.0
     assert value(text, "dispatch_smtp_session_duration_seconds_count") == 1
+    assert value(text, "dispatch_retention_removed_total", kind="delivered_log") == 40
+    assert value(text, "dispatch_retention_removed_total", kind="captured") == 2
+    assert value(text, "dispatch_retention_removed_total", kind="audit_log") == 0
+    assert value(text, "dispatch_retention_runs_total", result="ok") == 1
+    assert value(text, "dispatch_retention_last_success_timestamp_seconds") == 1_800_000_000.5
 
     sources.spool = SpoolCounts(incoming=0, retrying=0, processing=1, failed=3, total_bytes=0)
     sources.relays[0].inflight = 0

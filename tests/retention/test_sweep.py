@@ -16,6 +16,7 @@ import trio
 
 from dispatch.config.settings import RetentionSettings
 from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.vars import ProcessInfo, debug_vars
 from dispatch.retention import Retention
 from dispatch.spool import Envelope, new_id
 from dispatch.spool.sweep import SWEEP_BATCH, SpoolSweeper
@@ -132,6 +133,7 @@ async def test_a_captured_folder_that_cannot_be_read_fails_the_run_not_the_compo
         stats = Stats()
         component = Retention(lambda: RetentionSettings(), w.store, SpoolSweeper(w.spool), stats)
         run = await component.run_once()
+        shown = debug_vars(stats, ProcessInfo.current(), spool_counts=w.spool.counts(), relays=[])
         os.unlink(w.captured)
         w.captured.mkdir()
         copy = write_copy(w.captured, days_ago=8)
@@ -140,6 +142,11 @@ async def test_a_captured_folder_that_cannot_be_read_fails_the_run_not_the_compo
     assert len(run.errors) == 1
     assert run.errors[0].startswith(f"captured: cannot list {w.captured}")
     assert run.removed["delivered_log"] == 1  # the other kinds went all the same
+    last = shown["dispatch/retention/lastRun"]
+    assert isinstance(last, dict)
+    assert last["result"] == "failed"
+    assert last["errors"] == list(run.errors)
+    assert last["removed"] == dict(run.removed)
     assert again.ok
     assert again.removed["captured"] == 1
     assert copy not in w.captured_ids()
