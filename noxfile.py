@@ -49,7 +49,7 @@ def bench(session: nox.Session) -> None:
     Needs root on Debian: installs postfix (smtp-source, smtp-sink) and unpacks opensmtpd if
     they are missing. Everything it starts listens on 127.0.0.1 and is stopped at the end.
     """
-    session.install("-e", ".", "aiosmtpd>=1.4.6,<2")
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "bench", *session.posargs)
 
 
