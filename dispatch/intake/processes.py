@@ -5,13 +5,18 @@ scheduling around them, which Python runs one at a time. ``listener.processes = 
 main process start N - 1 workers (``intake/worker.py``) that accept on the same listening
 sockets; the main process keeps its own listener as the N-th.
 
-:class:`IntakeWorkers` owns those processes and their links. For each worker it starts the
-process, sends the settings (and again after every reload), and applies what comes back:
-committed envelopes are indexed by the spool (:meth:`~dispatch.spool.Spool.adopt`), events go
-to the message log, counters are merged into the main process's :class:`Stats`. A worker that
-exits unexpectedly is logged and started again with back-off; meanwhile
-:meth:`~dispatch.spool.Spool.adopt_unannounced` queues whatever it committed but did not get
-to announce, so no acknowledged message waits for the next restart of Dispatch.
+:class:`IntakeWorkers` owns those processes and their links (typed messages, see
+``intake/link.py``). For each worker it starts the process, sends :class:`Start` (the listener
+settings, the spool directory, the certificate), then waits on the live settings and sends
+:class:`ListenerChanged` as soon as a reload changes ``listener.*`` — pushed, never polled. It
+applies what comes back: committed envelopes are indexed by the spool
+(:meth:`~dispatch.spool.Spool.adopt`), events go to the message log, counters are merged into
+the main process's :class:`Stats`. A worker that exits unexpectedly is logged and started again
+with back-off; meanwhile :meth:`~dispatch.spool.Spool.adopt_unannounced` queues whatever it
+committed but did not get to announce, so no acknowledged message waits for the next restart
+of Dispatch. A link that breaks (a frame that is not a valid message) is logged and closed:
+the worker takes that as the main process gone, drains, exits and is started again, and its
+unannounced commits are adopted the same way.
 
 Ready once every worker has said it is ready. Stopping (``shutdown.requested``): each worker
 gets SIGTERM and drains like the main listener; the links are read to their end so that
@@ -27,23 +32,35 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, assert_never
 
 import trio
 
 from dispatch.config.settings import Settings
-from dispatch.intake.link import Link, LinkBroken
+from dispatch.intake.link import (
+    FROM_WORKER,
+    BadMessage,
+    Committed,
+    Counters,
+    FromWorker,
+    Link,
+    LinkBroken,
+    ListenerChanged,
+    Logged,
+    Ready,
+    Start,
+)
 from dispatch.lifecycle import RestartBackoff, Shutdown
 from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
-from dispatch.spool import Envelope, Spool
+from dispatch.security.certs import CertificateFiles, ensure_certificate
+from dispatch.spool import Spool
 from dispatch.storage.records import MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
 READY_SECONDS: Final = 30.0
-SETTINGS_POLL_SECONDS: Final = 1.0
 
 
 class WorkerStartError(Exception):
@@ -58,18 +75,24 @@ class _LinkState:
 
 
 class IntakeWorkers:
-    """See the module docstring."""
+    """See the module docstring.
+
+    ``settings`` gives the current settings, ``wait_changed`` returns after the next reload
+    that changed them (:meth:`~dispatch.config.live.LiveSettings.wait_changed`).
+    """
 
     def __init__(
         self,
         count: int,
         settings: Callable[[], Settings],
+        wait_changed: Callable[[], Awaitable[None]],
         spool: Spool,
         stats: Stats,
         record: Callable[[MessageEvent], None],
     ) -> None:
         self.count = count
         self._settings = settings
+        self._wait_changed = wait_changed
         self._spool = spool
         self._stats = stats
         self._record = record
@@ -131,6 +154,7 @@ class IntakeWorkers:
         task_status: trio.TaskStatus[None],
     ) -> int:
         """Start the process, serve its link to the end, wait for it; return its exit code."""
+        files = await trio.to_thread.run_sync(ensure_certificate, self._settings())
         ours, theirs = socket.socketpair()
         fds = [listener.socket.fileno() for listener in listeners]
         log_format, log_level = logging_options()
@@ -151,12 +175,12 @@ class IntakeWorkers:
             )
         finally:
             theirs.close()
-        link = Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        link = Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), FROM_WORKER)
         state = _LinkState()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve_link, link, state)
-                nursery.start_soon(self._push_settings, link)  # the worker waits for them
+                nursery.start_soon(self._serve_link, number, link, state)
+                nursery.start_soon(self._push_settings, link, files)  # the worker waits for them
                 with trio.move_on_after(READY_SECONDS):
                     await state.changed.wait()
                 if not state.ready:
@@ -177,43 +201,61 @@ class IntakeWorkers:
                     await process.wait()
             await link.aclose()
 
-    async def _serve_link(self, link: Link, state: _LinkState) -> None:
-        """Apply what the worker sends until the link ends."""
+    async def _serve_link(self, number: int, link: Link[FromWorker], state: _LinkState) -> None:
+        """Apply what the worker sends until the link ends; close a link that breaks."""
         try:
             while (batch := await link.receive()) is not None:
-                for message in batch if isinstance(batch, list) else [("not a list", batch)]:
+                for message in batch:
                     self._apply(message, state)
         except (trio.BrokenResourceError, LinkBroken) as exc:
-            log.error("link to an intake worker broke: %s", exc)
+            # The worker reads the close as "the main process has gone": it drains and exits,
+            # and is started again; whatever it committed is adopted from the spool.
+            log.error("link to intake worker %d broke, closing it: %s", number, exc)
+            await link.aclose()
         finally:
             state.ended.set()
             state.changed.set()
 
-    def _apply(self, message: object, state: _LinkState) -> None:
+    def _apply(self, message: FromWorker, state: _LinkState) -> None:
         match message:
-            case ("committed", bytes() as envelope):  # its file's bytes
-                self._spool.adopt(Envelope.from_json(envelope))
-            case ("event", MessageEvent() as event):
+            case Committed(envelope):
+                self._spool.adopt(envelope)
+            case Logged(event):
                 self._record(event)
-            case ("stats", dict() as taken):
-                self._stats.merge(taken)
-            case ("ready",):
+            case Counters(figures):
+                try:
+                    self._stats.merge(figures)
+                except (TypeError, ValueError) as exc:  # e.g. a histogram of other buckets
+                    raise BadMessage(f"intake link: counters that do not add up: {exc}") from None
+            case Ready():
                 state.ready = True
                 state.changed.set()
             case _:
-                log.error("intake worker sent something unexpected: %.100r", message)
+                assert_never(message)
 
-    async def _push_settings(self, link: Link) -> None:
-        sent: Settings | None = None
+    async def _push_settings(self, link: Link[FromWorker], files: CertificateFiles) -> None:
+        """Send :class:`Start`, then :class:`ListenerChanged` on each reload that changes it.
+
+        Checking the settings and starting to wait happen without a checkpoint between them,
+        so a reload that lands while a send is under way is seen by the next check.
+        """
+        sent: object = None
         while True:
             current = self._settings()
-            if current is not sent:
-                try:
-                    await link.send(current)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-                sent = current
-            await trio.sleep(SETTINGS_POLL_SECONDS)
+            if sent is None:
+                message: Start | ListenerChanged = Start(
+                    current.listener, current.spool.directory, files
+                )
+            elif current.listener != sent:
+                message = ListenerChanged(current.listener)
+            else:
+                await self._wait_changed()
+                continue
+            try:
+                await link.send([message])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            sent = current.listener
 
     async def _stop_on_request(self, process: trio.Process, shutdown: Shutdown) -> None:
         await shutdown.requested.wait()

@@ -79,6 +79,7 @@ class SmtpIntake:
         workers = IntakeWorkers(
             current.processes - 1,
             settings=lambda: self._settings.current,
+            wait_changed=self._settings.wait_changed,
             spool=self._spool,
             stats=self._stats,
             record=self._record,

@@ -11,17 +11,22 @@ messages into the spool exactly as the main process does — ``tmp/``, fsync, re
 ``incoming/``, fsync — through a :class:`~dispatch.spool.SpoolEntrance`, and only then says
 ``250``; the promise of SPEC §5 does not depend on which process took the connection.
 
-It owns no other state. Over the link it receives the settings (at start and after each
-reload) and sends ``("ready",)``, each committed envelope (the main process indexes it for
-delivery), each message-log event (the main process writes the log) and, every second, its
-counters (merged into the main process's ``/metrics`` and ``/debug/vars``).
+It owns no other state. Over the link (typed messages, ``intake/link.py``) it receives
+:class:`~dispatch.intake.link.Start` — the listener settings, the spool directory and the
+certificate files — and :class:`~dispatch.intake.link.ListenerChanged` whenever a reload
+changes ``listener.*`` (the main process pushes it at once; the next connection sees it). It
+sends ``Ready``, ``Committed`` for each envelope it wrote (the main process indexes it for
+delivery), ``Logged`` for each message-log event (the main process writes the log) and, every
+second, ``Counters`` (merged into the main process's ``/metrics`` and ``/debug/vars``). It is
+never handed what it does not need: no relay credentials, no database URL.
 
-Starting and stopping: ready once the settings arrived and the TLS context is loaded.
-SIGTERM or SIGINT, or the link closing (the main process is gone), stops it like the main
-listener stops: no new connections, ``421`` to open sessions, a commit in flight finishes
-with its ``250``. Everything queued for the link is sent before the process exits, so the
-main process learns of every message committed here; a worker killed before it could say so
-is covered by :meth:`dispatch.spool.Spool.adopt_unannounced`.
+Starting and stopping: ready once ``Start`` arrived and the TLS context is loaded. SIGTERM or
+SIGINT, or the link closing or breaking (the main process is gone, or sent something that is
+not a valid message), stops it like the main listener stops: no new connections, ``421`` to
+open sessions, a commit in flight finishes with its ``250``. Everything queued for the link
+is sent before the process exits, so the main process learns of every message committed here;
+a worker killed before it could say so is covered by
+:meth:`dispatch.spool.Spool.adopt_unannounced`.
 """
 
 from __future__ import annotations
@@ -35,8 +40,19 @@ from typing import Final
 
 import trio
 
-from dispatch.config.settings import Settings
-from dispatch.intake.link import Link
+from dispatch.intake.link import (
+    TO_WORKER,
+    Committed,
+    Counters,
+    FromWorker,
+    Link,
+    LinkBroken,
+    ListenerChanged,
+    Logged,
+    Ready,
+    Start,
+    ToWorker,
+)
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
@@ -44,7 +60,7 @@ from dispatch.lifecycle import Shutdown
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
-from dispatch.security.certs import ensure_certificate, server_context
+from dispatch.security.certs import server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import SpoolEntrance
@@ -59,26 +75,24 @@ DRAIN_GRACE: Final = 30.0  # the main process kills a worker that takes longer (
 async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     """The Trio main function of intake worker ``number`` (see the module docstring)."""
     bind(component="smtp", worker=str(number))
-    link = Link(trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd))))
-    first = await link.receive()
-    if not isinstance(first, Settings):
-        raise RuntimeError(f"intake worker: expected the settings first, got {first!r}")
-    settings = first
-    outbox_send, outbox = trio.open_memory_channel[tuple[object, ...]](math.inf)
+    socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
+    link = Link(socket_stream, TO_WORKER)
+    start = await _receive_start(link)
+    listener_settings = start.listener
+    outbox_send, outbox = trio.open_memory_channel[FromWorker](math.inf)
     stats = Stats()
-    share_among(settings.listener.processes)  # password checks: this process's share
-    files = await trio.to_thread.run_sync(ensure_certificate, settings)
+    share_among(listener_settings.processes)  # password checks: this process's share
     context = IntakeContext(
-        settings=lambda: settings.listener,
+        settings=lambda: listener_settings,
         spool=SpoolEntrance(
-            Path(settings.spool.directory),
-            lambda envelope: outbox_send.send_nowait(("committed", envelope.to_json())),
+            Path(start.spool_directory),
+            lambda envelope: outbox_send.send_nowait(Committed(envelope)),
             limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS),
         ),
         stats=stats,
         auth_throttle=FailureThrottle(),
-        tls=server_context(files),
-        record=lambda event: outbox_send.send_nowait(("event", event)),
+        tls=await trio.to_thread.run_sync(server_context, start.certificate),
+        record=lambda event: outbox_send.send_nowait(Logged(event)),
         tracer=Tracer(),
     )
     listeners = [
@@ -86,21 +100,32 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
         for fd in listen_fds
     ]
     ports = ListeningPorts(configured=(), listening=())  # the main process reports them
-    listener = SmtpListener(context, ports, processes=settings.listener.processes)
+    listener = SmtpListener(context, ports, processes=listener_settings.processes)
     shutdown = Shutdown(grace_seconds=DRAIN_GRACE)
 
+    def apply(message: ToWorker) -> None:
+        nonlocal listener_settings
+        match message:
+            case ListenerChanged(listener=fresh):
+                listener_settings = fresh
+                log.info("listener settings of the reload applied")
+            case Start():
+                raise LinkBroken("intake link: a second 'start' message")
+
     async def take_settings() -> None:
-        nonlocal settings
-        while (message := await link.receive()) is not None:
-            if isinstance(message, Settings):
-                settings = message
-        log.warning("the main process has gone; stopping")
+        try:
+            while (batch := await link.receive()) is not None:
+                for message in batch:
+                    apply(message)
+            log.warning("the main process has gone; stopping")
+        except LinkBroken as exc:
+            log.error("%s; stopping", exc)
         shutdown.request()
 
     async def ship_stats() -> None:
         while True:
             await trio.sleep(STATS_INTERVAL)
-            outbox_send.send_nowait(("stats", stats.take()))
+            outbox_send.send_nowait(Counters(stats.take()))
 
     async def stop_on_signal() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -113,15 +138,26 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
             helpers.start_soon(take_settings)
             helpers.start_soon(ship_stats)
             helpers.start_soon(stop_on_signal)
-            outbox_send.send_nowait(("ready",))
+            outbox_send.send_nowait(Ready())
             await listener.serve(listeners, shutdown)
             helpers.cancel_scope.cancel()
-        outbox_send.send_nowait(("stats", stats.take()))
+        outbox_send.send_nowait(Counters(stats.take()))
         outbox_send.close()
     await link.aclose()
 
 
-async def _forward(outbox: trio.MemoryReceiveChannel[tuple[object, ...]], link: Link) -> None:
+async def _receive_start(link: Link[ToWorker]) -> Start:
+    """The first message, which must be :class:`Start` (the worker waits for nothing else)."""
+    match await link.receive():
+        case [Start() as start]:
+            return start
+        case None:
+            raise RuntimeError("intake worker: the main process closed the link before 'start'")
+        case other:
+            raise RuntimeError(f"intake worker: expected one 'start' message first, got {other!r}")
+
+
+async def _forward(outbox: trio.MemoryReceiveChannel[FromWorker], link: Link[ToWorker]) -> None:
     """The only sender on the link: never cancelled half-way through a frame.
 
     Sends whatever has queued up as one frame (a list): under load one write carries the
@@ -129,7 +165,7 @@ async def _forward(outbox: trio.MemoryReceiveChannel[tuple[object, ...]], link: 
     """
     async with outbox:
         async for message in outbox:
-            batch = [message]
+            batch: list[FromWorker] = [message]
             while True:
                 try:
                     batch.append(outbox.receive_nowait())
