@@ -126,7 +126,8 @@ class DatabaseSettings:
 
 @attrs.frozen
 class RetentionSettings:
-    """Days to keep each kind of record; ``0`` keeps it forever. Purged every 6 hours."""
+    """Days to keep each kind of record; ``0`` keeps it forever. ``dispatch/retention.py``
+    removes what is older at start and every 6 hours, reading these at each run."""
 
     delivered_log_days: NonNegativeInt = live(NonNegativeInt(7))
     failed_log_days: NonNegativeInt = live(NonNegativeInt(7))
