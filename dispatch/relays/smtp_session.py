@@ -41,7 +41,7 @@ import trio
 from dispatch.relays.base import DeliveryResult, Outcome, RecipientOutcome, outcome_of_code
 from dispatch.smtp import NEED_DATA, ClientConnection, ClientLimits, Extensions, Reply
 from dispatch.smtp import auth as sasl
-from dispatch.smtp.errors import RemoteProtocolError
+from dispatch.smtp.errors import RemoteProtocolError, UnexpectedReply
 from dispatch.smtp.events import (
     Auth,
     AuthResponse,
@@ -600,6 +600,8 @@ class SmtpClientSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__ or exc
             raise self._broken(f"connection to {display} lost {what}: {cause}") from None
+        except UnexpectedReply as exc:
+            raise self._unexpected(exc.reply, exc.command) from None
         except RemoteProtocolError as exc:
             raise self._broken(f"protocol error from {display} {what}: {exc}") from None
 

@@ -3,14 +3,15 @@
 No sockets, no Trio, no files. `ServerConnection` is the inbound listener's side of a session,
 `ClientConnection` the outbound relay's; both share the buffer, the events and the replies.
 Module map: `buffer` (line framing), `commands` and `addresses` (command syntax), `_state`
-(the server's state table), `data` (message text and transparency), `replies` (the `Reply`
-value and the standard replies), `auth` (SASL PLAIN/LOGIN), `extensions` (the EHLO reply).
+(both sides' state table, and which events take a reply), `data` (message text and
+transparency), `replies` (the `Reply` value and the standard replies), `auth` (SASL
+PLAIN/LOGIN), `extensions` (the EHLO reply).
 """
 
 from . import events, replies
-from ._state import State
+from ._state import AWAITS_REPLY, State, awaits_reply
 from .client import ClientConnection
-from .errors import LocalProtocolError, RemoteProtocolError, SMTPProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError, SMTPProtocolError, UnexpectedReply
 from .events import NEED_DATA, PAUSED, Flow
 from .extensions import Extensions
 from .limits import ClientLimits, Limits
@@ -18,6 +19,7 @@ from .replies import Reply
 from .server import ServerConnection
 
 __all__ = [
+    "AWAITS_REPLY",
     "NEED_DATA",
     "PAUSED",
     "ClientConnection",
@@ -31,6 +33,8 @@ __all__ = [
     "SMTPProtocolError",
     "ServerConnection",
     "State",
+    "UnexpectedReply",
+    "awaits_reply",
     "events",
     "replies",
 ]

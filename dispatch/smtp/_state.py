@@ -1,4 +1,5 @@
-"""The server side's session states and the one table of legal transitions.
+"""The session states of both sides, the one table of legal transitions, and which events take
+a reply.
 
 Theory of operation
 -------------------
@@ -25,16 +26,71 @@ Some states read something other than command lines: DATA and BDAT read message 
 reads one SASL response line, STARTTLS reads nothing (the next bytes must be a TLS handshake,
 RFC 3207 §4), CLOSED reads nothing at all. After the TLS handshake the session starts over in
 INITIAL, forgetting everything learnt before it (RFC 3207 §4.2).
+
+Which events take a reply, and for which step, is `STEPS` (read through `awaits_reply` and
+`AWAITS_REPLY`): the server owes one reply for each such event, in order, and the client
+awaits one for each command it sends.
+
+The client side (`ClientConnection`) reads the same table from the other end. It may send a
+command only if the table allows it in the state the session will be in once every reply it
+awaits has come back as hoped (`hoped_state`: 2xx, a 354 to DATA); a command the table does
+not allow raises `LocalProtocolError` before any byte is produced. Under PIPELINING, replies
+may still be awaited when the next command goes out, but only behind commands whose success
+is assumed (`PIPELINABLE`, RFC 2920 §3.1); any other command ends its group: nothing follows
+it before its reply. Without PIPELINING every command waits for the reply to the one before.
+When a reply comes, the state moves as the table says from where the command was sent, or,
+for a refusal of a command sent on a hope that did not come true (RCPT after a refused MAIL),
+stays where it is. A reply whose class the table has no entry for (a 354 to MAIL, a 250 to
+DATA) means the server is out of step: `UnexpectedReply`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from .errors import LocalProtocolError
+from .events import (
+    Auth,
+    AuthResponse,
+    BareLineEnding,
+    Bdat,
+    CommandError,
+    Data,
+    DataEnd,
+    Ehlo,
+    Event,
+    Helo,
+    Help,
+    Mail,
+    Noop,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    UnknownCommand,
+    UnsynchronisedPipelining,
+    Vrfy,
+    WrongProtocol,
+)
 
-__all__ = ["Outcome", "State", "Step", "blocks_parsing", "is_legal", "next_state", "outcome"]
+__all__ = [
+    "AWAITS_REPLY",
+    "PIPELINABLE",
+    "STEPS",
+    "Outcome",
+    "State",
+    "Step",
+    "awaits_reply",
+    "blocks_parsing",
+    "hoped_state",
+    "is_legal",
+    "leads_to",
+    "next_state",
+    "outcome",
+]
 
 
 class State(enum.Enum):
@@ -146,14 +202,20 @@ def is_legal(state: State, step: Step) -> bool:
     return (state, step) in _TRANSITIONS
 
 
+def leads_to(state: State, step: Step, result: Outcome) -> State | None:
+    """The state after a reply of class `result` to `step`, issued in `state`; None when the
+    table has no such outcome (a 354 to MAIL)."""
+    return _TRANSITIONS.get((state, step), {}).get(result)
+
+
 def next_state(state: State, step: Step, result: Outcome) -> State:
-    """The state after a reply of class `result` to `step`, issued in `state`."""
-    try:
-        return _TRANSITIONS[(state, step)][result]
-    except KeyError:
+    """`leads_to`, for the server application's own replies: no such outcome is a bug."""
+    after = leads_to(state, step, result)
+    if after is None:
         raise LocalProtocolError(
             f"a {result.value} reply makes no sense for {step.value} in state {state.value}"
-        ) from None
+        )
+    return after
 
 
 def blocks_parsing(state: State, step: Step) -> bool:
@@ -161,3 +223,47 @@ def blocks_parsing(state: State, step: Step) -> bool:
     return step not in _NEUTRAL_STEPS or any(
         after is not state for after in _TRANSITIONS[(state, step)].values()
     )
+
+
+# --- Which events take a reply (both sides) ---------------------------------------------------
+
+STEPS: Final[Mapping[type[Event], Step]] = MappingProxyType({
+    Ehlo: Step.HELLO, Helo: Step.HELLO, Mail: Step.MAIL, Rcpt: Step.RCPT, Data: Step.DATA,
+    Bdat: Step.BDAT, Rset: Step.RSET, Noop: Step.NEUTRAL, Help: Step.NEUTRAL,
+    Vrfy: Step.NEUTRAL, Quit: Step.QUIT, StartTls: Step.STARTTLS, Auth: Step.AUTH,
+    AuthResponse: Step.AUTH_RESPONSE, CommandError: Step.ERROR, UnknownCommand: Step.ERROR,
+    WrongProtocol: Step.FATAL, BareLineEnding: Step.FATAL, UnsynchronisedPipelining: Step.FATAL,
+})  # fmt: skip
+"""The step each event is answered for. Absent: events never answered (`DataChunk`,
+`PipelinedAfterStartTls`, `ConnectionClosed`) and `DataEnd`, answered as the end of DATA or
+of a BDAT chunk depending on the state."""
+
+
+def awaits_reply(event: Event) -> bool:
+    """Does `event` take exactly one reply, in order (RFC 5321 §4.2, RFC 2920 §3.1)?
+
+    Every command except BDAT, whose one reply is owed at the `DataEnd` closing its chunk
+    (RFC 3030 §2); `DataEnd`; and the errors the server core found itself.
+    """
+    if isinstance(event, DataEnd):
+        return True
+    step = STEPS.get(type(event))
+    return step is not None and step is not Step.BDAT
+
+
+AWAITS_REPLY: Final[tuple[type[Event], ...]] = (
+    *(kind for kind, step in STEPS.items() if step is not Step.BDAT),
+    DataEnd,
+)
+"""The event types of `awaits_reply`, for ``isinstance``."""
+
+# RFC 2920 §3.1: these may be followed by more commands before their reply arrives (RSET,
+# MAIL and RCPT "can appear anywhere in a pipelined command group"; RFC 3030 §4.2 adds BDAT
+# chunks). Every other command's reply decides what may follow it, so it ends its group.
+PIPELINABLE: Final = frozenset({Step.MAIL, Step.RCPT, Step.RSET, Step.CHUNK_END})
+
+
+def hoped_state(state: State, step: Step) -> State:
+    """Where `step`, issued in `state`, leads if its reply is the one hoped for: a 354 to DATA,
+    a 2xx to anything else. What a pipelining client counts on while the reply is on its way."""
+    return next_state(state, step, Outcome.MORE if step is Step.DATA else Outcome.OK)

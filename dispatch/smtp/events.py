@@ -5,11 +5,9 @@ Small frozen dataclasses, as in h11. Command events (`Ehlo` ... `AuthResponse`) 
 each has `serialise()` giving its wire form. The other events describe message data, errors the
 core detected itself, and the end of the session.
 
-Which events the server application must answer with exactly one `Reply` (in order):
-every command event except `Bdat` (whose reply is owed at the `DataEnd` that closes its chunk),
-plus `DataEnd`, `CommandError`, `UnknownCommand`, `WrongProtocol`, `BareLineEnding` and
-`UnsynchronisedPipelining`.
-`DataChunk`, `Bdat`, `PipelinedAfterStartTls` and `ConnectionClosed` are not answered.
+Which events take exactly one reply, in order, is defined once, in `_state.STEPS` (read it
+through `dispatch.smtp.awaits_reply`): the server application answers those, and the client
+awaits one reply for each command it sends.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from .replies import (
 )
 
 __all__ = [
-    "AWAITS_REPLY",
     "NEED_DATA",
     "PAUSED",
     "Auth",
@@ -414,13 +411,6 @@ Event = (
     | PipelinedAfterStartTls
     | ConnectionClosed
 )
-
-# Event types the server application must answer (exactly one reply each, in order).
-AWAITS_REPLY: Final = (
-    Ehlo, Helo, Mail, Rcpt, Data, Rset, Noop, Quit, Help, Vrfy, StartTls, Auth, AuthResponse,
-    DataEnd, CommandError, UnknownCommand, WrongProtocol, BareLineEnding,
-    UnsynchronisedPipelining,
-)  # fmt: skip
 
 # --- Client side ---------------------------------------------------------------------------
 

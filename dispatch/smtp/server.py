@@ -17,7 +17,7 @@ limits, and the order of replies. A typical loop::
             write(out); close(); break
         elif isinstance(event, PipelinedAfterStartTls):
             close(); break                             # no reply: STARTTLS injection
-        elif isinstance(event, AWAITS_REPLY):
+        elif awaits_reply(event):                    # see _state.STEPS
             out += conn.send(decide(event))
         else:
             ...                                        # DataChunk, Bdat: no reply
@@ -49,22 +49,13 @@ from .events import (
     ConnectionClosed,
     Data,
     DataEnd,
-    Ehlo,
     Event,
     Flow,
-    Helo,
-    Help,
     Mail,
-    Noop,
     PipelinedAfterStartTls,
-    Quit,
     Rcpt,
-    Rset,
     StartTls,
-    UnknownCommand,
     UnsynchronisedPipelining,
-    Vrfy,
-    WrongProtocol,
 )
 from .limits import Limits
 from .replies import Reply
@@ -72,13 +63,6 @@ from .replies import Reply
 __all__ = ["ServerConnection"]
 
 
-_STEPS: Final[dict[type, Step]] = {
-    Ehlo: Step.HELLO, Helo: Step.HELLO, Mail: Step.MAIL, Rcpt: Step.RCPT, Data: Step.DATA,
-    Bdat: Step.BDAT, Rset: Step.RSET, Noop: Step.NEUTRAL, Help: Step.NEUTRAL,
-    Vrfy: Step.NEUTRAL, Quit: Step.QUIT, StartTls: Step.STARTTLS, Auth: Step.AUTH,
-    AuthResponse: Step.AUTH_RESPONSE, CommandError: Step.ERROR, UnknownCommand: Step.ERROR,
-    WrongProtocol: Step.FATAL, BareLineEnding: Step.FATAL, UnsynchronisedPipelining: Step.FATAL,
-}  # fmt: skip
 # Replies that end the session whatever they answer: RFC 5321 §3.8 (421, "may be sent at any
 # time") and RFC 7504 (521, "does not accept mail").
 _CLOSING_CODES: Final = frozenset({421, 521})
@@ -295,7 +279,7 @@ class ServerConnection:
     def _sequence(self, event: Event) -> Event:
         """Check a parsed command against the state; turn it into an error if it cannot be
         accepted now. Registers the reply it is owed."""
-        step = _STEPS[type(event)]
+        step = _state.STEPS[type(event)]
         refusal = self._refusal(event, step)
         if refusal is not None:
             if isinstance(event, Bdat):

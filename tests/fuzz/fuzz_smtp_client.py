@@ -1,10 +1,13 @@
 """Fuzz target: the SMTP client core (`ClientConnection`) fed arbitrary server replies.
 
-The input is what the server sends, cut in small pieces. The driver behaves like the relay:
-EHLO after the greeting, then MAIL, two RCPTs and DATA pipelined, the message after a 354,
-QUIT at the end; a 220 to STARTTLS (sent when the EHLO reply offers it) is followed by a
-pretended handshake. Oracle: the only exception is `RemoteProtocolError` (the relay drops
-the connection and retries later); reading the server's extensions and queue id never fails.
+The input is what the server sends, cut in small pieces. The driver behaves like the relay
+(`dispatch.relays.smtp_session`): EHLO after the greeting (HELO if EHLO gets a 5xx), STARTTLS
+once when offered, followed by a pretended handshake and EHLO again; then MAIL, two RCPTs and
+DATA, pipelined when the server offers PIPELINING and one by one otherwise (no RCPT after a
+refused MAIL, no DATA without an accepted recipient); the message after a 354, QUIT after the
+reply to its end. Oracle: the only exception is `RemoteProtocolError` (the relay drops the
+connection and retries later; a `LocalProtocolError` would mean the client's state table
+refuses what the relay does); reading the server's extensions and queue id never fails.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ with atheris.instrument_imports(include=["dispatch"]):
     from dispatch.relays.smtp_session import remote_id_of
     from dispatch.smtp import NEED_DATA, ClientConnection, RemoteProtocolError
     from dispatch.smtp.events import (
+        Command,
         ConnectionClosed,
         Data,
         DataEnd,
         Ehlo,
+        Greeting,
+        Helo,
         Mail,
         Quit,
         Rcpt,
@@ -37,40 +43,68 @@ class Relay:
 
     def __init__(self) -> None:
         self.client = ClientConnection()
-        self.step = "greeting"
-        self.tls_done = False
+        self.tls_tried = False
+        self.pending: list[Command] = []  # the rest of a transaction sent one by one
+        self.accepted = 0
 
     def on_reply(self, event: ServerReply) -> None:
-        client, reply = self.client, event.reply
+        client, reply, request = self.client, event.reply, event.request
         remote_id_of(reply)
-        request = event.request
-        if isinstance(request, StartTls) and reply.code == 220:
-            client.tls_established()
-            self.tls_done = True
-            client.send(Ehlo("relay.example"))
+        if client.closed:
             return
-        if isinstance(request, Data) and client.sending_data:
+        if isinstance(request, Greeting) and reply.code == 220:
+            client.send(Ehlo("relay.example"))
+        elif isinstance(request, Ehlo) and reply.is_permanent:
+            client.send(Helo("relay.example"))
+        elif isinstance(request, Ehlo | Helo) and reply.is_positive:
+            self.greeted()
+        elif isinstance(request, StartTls):
+            if reply.code == 220:
+                client.tls_established()
+                client.send(Ehlo("relay.example"))
+            else:
+                self.begin()
+        elif isinstance(request, Mail | Rcpt) and self.pending:
+            self.next_command(request, reply.is_positive)
+        elif isinstance(request, Data) and client.sending_data:
             client.send_data(MESSAGE)
-            return
-        if client.awaiting or client.closed:
-            return
-        if self.step == "greeting":
-            self.step = "ehlo"
-            client.send(Ehlo("relay.example"))
-        elif self.step == "ehlo":
-            extensions = client.extensions
-            if extensions is not None:
-                _ = (extensions.size, extensions.pipelining, extensions.auth, extensions.keywords)
-                if extensions.starttls and not self.tls_done:
-                    client.send(StartTls())
-                    return
-            self.step = "transaction"
-            for command in (Mail("a@example.com"), Rcpt("b@example.org"), Rcpt("c@example.org")):
-                client.send(command)
-            client.send(Data())
-        elif self.step == "transaction" and isinstance(request, DataEnd):
-            self.step = "quit"
+        elif isinstance(request, DataEnd):
             client.send(Quit())
+
+    def greeted(self) -> None:
+        extensions = self.client.extensions
+        if extensions is not None:
+            _ = (extensions.size, extensions.pipelining, extensions.auth, extensions.keywords)
+            if extensions.starttls and not self.tls_tried:
+                self.tls_tried = True
+                self.client.send(StartTls())
+                return
+        self.begin()
+
+    def begin(self) -> None:
+        extensions = self.client.extensions
+        commands: list[Command] = [
+            Mail("a@example.com"),
+            Rcpt("b@example.org"),
+            Rcpt("c@example.org"),
+            Data(),
+        ]
+        if extensions is not None and extensions.pipelining:
+            for command in commands:
+                self.client.send(command)
+        else:
+            self.client.send(commands[0])
+            self.pending = commands[1:]
+
+    def next_command(self, answered: Mail | Rcpt, positive: bool) -> None:
+        if isinstance(answered, Mail) and not positive:
+            self.pending = []
+            return
+        self.accepted += isinstance(answered, Rcpt) and positive
+        command = self.pending.pop(0)
+        if isinstance(command, Data) and not self.accepted:
+            return
+        self.client.send(command)
 
 
 def TestOneInput(data: bytes) -> None:

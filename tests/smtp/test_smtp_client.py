@@ -47,6 +47,29 @@ def greeted() -> ClientConnection:
     return client
 
 
+def ready() -> ClientConnection:
+    """Greeted and answered EHLO with `EHLO_REPLY` (PIPELINING, CHUNKING): a transaction may
+    open."""
+    client = greeted()
+    client.send(Ehlo("relay.example"))
+    client.receive_data(EHLO_REPLY)
+    assert reply_of(client).reply.code == 250
+    return client
+
+
+def in_data() -> ClientConnection:
+    """MAIL, RCPT and DATA answered 250, 250, 354: the message may be sent."""
+    client = ready()
+    client.send(Mail("a@b.example"))
+    client.send(Rcpt("c@d.example"))
+    client.send(Data())
+    client.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    for _ in range(3):
+        reply_of(client)
+    assert client.sending_data
+    return client
+
+
 def test_ehlo_reply_to_extensions() -> None:
     client = greeted()
     client.send(Ehlo("relay.example"))
@@ -80,7 +103,7 @@ def test_extensions_edge_cases() -> None:
 
 
 def test_pipelined_replies_matched_in_order() -> None:
-    client = greeted()
+    client = ready()
     wire = client.send(Mail("a@b.example", size=10))
     wire += client.send(Rcpt("c@d.example"))
     wire += client.send(Rcpt("e@f.example"))
@@ -110,12 +133,15 @@ def test_pipelined_replies_matched_in_order() -> None:
 
 
 def test_data_before_354_is_refused() -> None:
-    client = greeted()
+    client = ready()
     with pytest.raises(LocalProtocolError):
         client.data_chunk(b"x")
+    client.send(Mail("a@b.example"))
+    client.send(Rcpt("c@d.example"))
     client.send(Data())
-    client.receive_data(b"554 5.5.1 No valid recipients\r\n")
-    reply_of(client)
+    client.receive_data(b"250 ok\r\n250 ok\r\n554 5.5.1 No valid recipients\r\n")
+    for _ in range(3):
+        reply_of(client)
     with pytest.raises(LocalProtocolError):
         client.end_data()
 
@@ -134,16 +160,18 @@ def test_data_before_354_is_refused() -> None:
     ],
 )
 def test_data_encoding(pieces: list[bytes], wire: bytes) -> None:
-    client = greeted()
-    client.send(Data())
-    client.receive_data(b"354 go\r\n")
-    reply_of(client)
+    client = in_data()
     out = b"".join(client.data_chunk(p) for p in pieces) + client.end_data()
     assert out == wire
 
 
 def test_bdat() -> None:
-    client = greeted()
+    client = ready()
+    client.send(Mail("a@b.example"))
+    client.send(Rcpt("c@d.example"))
+    client.receive_data(b"250 ok\r\n250 ok\r\n")
+    reply_of(client)
+    reply_of(client)
     assert client.bdat(b"abc", last=False) == b"BDAT 3\r\nabc"
     assert client.bdat(b".x\n", last=True) == b"BDAT 3 LAST\r\n.x\n"
     client.receive_data(b"250 2.0.0 3 octets\r\n250 2.0.0 queued\r\n")
@@ -211,7 +239,7 @@ def test_starttls_flow_and_response_injection() -> None:
     assert client.extensions is None  # RFC 3207 §4.2: forget the plaintext EHLO
     client.send(Ehlo("relay.example"))
 
-    injected = greeted()
+    injected = ready()
     injected.send(StartTls())
     injected.receive_data(b"220 go ahead\r\n250 injected\r\n")
     with pytest.raises(RemoteProtocolError):
@@ -226,7 +254,7 @@ def test_quit_and_eof() -> None:
     assert client.closed
     with pytest.raises(LocalProtocolError):
         client.send(Quit())
-    eof = greeted()
+    eof = ready()
     eof.send(Mail("a@b.example"))
     eof.receive_data(b"")
     assert isinstance(eof.next_event(), ConnectionClosed)

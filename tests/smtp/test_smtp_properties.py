@@ -16,7 +16,7 @@ from dispatch.smtp import (
 )
 from dispatch.smtp.commands import parse_command
 from dispatch.smtp.data import LineDiscipline
-from dispatch.smtp.events import Data, DataChunk, DataEnd, Ehlo, Event, Mail, Rcpt
+from dispatch.smtp.events import Command, Data, DataChunk, DataEnd, Ehlo, Event, Mail, Rcpt
 from tests.smtp.smtp_echo import EchoApp, run
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -170,16 +170,16 @@ def test_client_to_server_round_trip(message: bytes, data: st.DataObject) -> Non
     app = EchoApp()
     client.receive_data(bytes(app.out))
     client.next_event()
-    sent = len(app.out)
-    app.feed(
-        client.send(Ehlo("r.example"))
-        + client.send(Mail("a@b.example"))
-        + client.send(Rcpt("c@d.example"))
-        + client.send(Data())
-    )
-    client.receive_data(bytes(app.out[sent:]))
-    while client.next_event() is not NEED_DATA:
-        pass
+    groups: list[list[Command]] = [
+        [Ehlo("r.example")],
+        [Mail("a@b.example"), Rcpt("c@d.example"), Data()],
+    ]
+    for group in groups:
+        sent = len(app.out)
+        app.feed(b"".join(client.send(command) for command in group))
+        client.receive_data(bytes(app.out[sent:]))
+        while client.next_event() is not NEED_DATA:
+            pass
     cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=5)))
     last = 0
     for cut in [*cuts, len(message)]:

@@ -88,7 +88,9 @@ def test_bdat_delivery() -> None:
 def test_message_without_final_crlf_gets_one() -> None:
     wire = Wire()
     wire.replies()
-    stream = wire.client.send(Ehlo("r.example")) + wire.client.send(Mail("a@b.example"))
+    wire.to_server(wire.client.send(Ehlo("r.example")))
+    wire.replies()
+    stream = wire.client.send(Mail("a@b.example"))
     stream += wire.client.send(Rcpt("c@d.example")) + wire.client.send(Data())
     wire.to_server(stream)
     wire.replies()
