@@ -1,8 +1,7 @@
 """The spool: the durable truth about every accepted message, and its lifecycle operations.
 
-Owns the spool directory (nothing else writes into it, except retention's sweep, which
-removes old copies from ``captured/``: ``sweep.py``), the in-memory index and a thread
-limiter for its file work.
+Owns the spool directory (nothing else writes into it but retention, which removes old copies
+from ``captured/``: ``sweep.py``), the in-memory index and a thread limiter for its file work.
 
 Every operation that changes the disk does all its file work in one thread hop, shielded
 from cancellation (a cancelled caller gets :class:`trio.Cancelled` at its next checkpoint,
