@@ -1,7 +1,7 @@
 """The command line (SPEC §12): ``python -m dispatch [run]`` and the operator commands.
 
 ``check-config``, ``hash-password``, ``api-key create|list|revoke``,
-``spool list|show|retry|delete``, ``route simulate``.
+``spool list|show|retry|delete``, ``send-test``, ``route simulate``, ``audit``.
 
 Exit codes: 0 success, 1 the daemon could not start or a command failed (one line on
 stderr says why), 2 the configuration or the command line is invalid (every problem listed),
@@ -14,7 +14,8 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +23,7 @@ import trio
 
 from dispatch import __version__
 from dispatch.cli import api_key as api_key_cli
+from dispatch.cli import audit as audit_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
 from dispatch.config import (
@@ -35,6 +37,8 @@ from dispatch.config import (
 from dispatch.config.advice import config_warnings
 from dispatch.logs import configure_logging
 from dispatch.security.passwords import hash_password
+from dispatch.storage import AUDIT_CATEGORIES
+from dispatch.storage.queries import MAX_SEARCH_LIMIT
 
 EXIT_OK: Final = 0
 EXIT_CANNOT_START: Final = 1
@@ -53,13 +57,15 @@ examples:
   python -m dispatch spool retry --all                deliver all waiting mail now
   python -m dispatch route simulate a@example.com b@example.org
                                                       which relay would take this mail
+  python -m dispatch audit --since 24h                what was changed, by whom
   python -m dispatch COMMAND --help                   more about one command
 
 docs/ explains each command; the configuration keys are in docs/configuration.md.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes (``--config``, ``--log-format``, ``--log-level``)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -80,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="lowest level logged (default: info)",
     )
+    return common
+
+
+type Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="dispatch",
         parents=[common],
@@ -90,6 +104,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dispatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon (the default)")
+    for add in (
+        _add_check_config,
+        _add_hash_password,
+        _add_api_key,
+        _add_spool,
+        _add_send_test,
+        _add_route,
+        _add_audit,
+    ):
+        add(commands, common)
+    return parser
+
+
+def _add_check_config(commands: Commands, common: argparse.ArgumentParser) -> None:
     check = commands.add_parser(
         "check-config",
         parents=[common],
@@ -97,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("path", nargs="?", help="file to check (default: as for run)")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+
+
+def _add_hash_password(commands: Commands, common: argparse.ArgumentParser) -> None:
     hashpw = commands.add_parser(
         "hash-password",
         parents=[common],
@@ -109,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     hashpw.add_argument(
         "--stdin", action="store_true", help="read the password from stdin, not the terminal"
     )
+
+
+def _add_api_key(commands: Commands, common: argparse.ArgumentParser) -> None:
     api_key = commands.add_parser(
         "api-key", parents=[common], help="create, list and revoke HTTP API keys"
     )
@@ -126,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke_key.add_argument("id", metavar="ID", help="key id or prefix (dsp_live_…)")
     for key_parser in (create_key, list_keys, revoke_key):
         key_parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_spool(commands: Commands, common: argparse.ArgumentParser) -> None:
     spool = commands.add_parser(
         "spool", parents=[common], help="look at and act on spooled messages"
     )
@@ -144,25 +181,30 @@ def _parser() -> argparse.ArgumentParser:
     ):
         one = spool_actions.add_parser(action, parents=[common], help=text)
         if action == "retry":
-            one.description = (
-                "retry ID: move a failed message back to incoming, due now, attempts reset. "
-                "retry --all: make every waiting message due now and move failed ones back to "
-                "incoming (like postqueue -f), e.g. after an upstream was fixed; needs the "
-                "running daemon."
-            )
-            one.add_argument("id", nargs="?", help="message id (spl_…), or --all")
-            one.add_argument(
-                "--all", dest="all_messages", action="store_true", help="every message"
-            )
-            one.add_argument("--relay", help="with --all: only mail routed through this relay")
-            one.add_argument(
-                "--state",
-                choices=("incoming", "failed"),
-                help="with --all: only waiting (incoming) or only failed messages",
-            )
+            _add_retry_options(one)
         else:
             one.add_argument("id", help="message id (spl_…)")
         one.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_retry_options(retry: argparse.ArgumentParser) -> None:
+    retry.description = (
+        "retry ID: move a failed message back to incoming, due now, attempts reset. "
+        "retry --all: make every waiting message due now and move failed ones back to "
+        "incoming (like postqueue -f), e.g. after an upstream was fixed; needs the "
+        "running daemon."
+    )
+    retry.add_argument("id", nargs="?", help="message id (spl_…), or --all")
+    retry.add_argument("--all", dest="all_messages", action="store_true", help="every message")
+    retry.add_argument("--relay", help="with --all: only mail routed through this relay")
+    retry.add_argument(
+        "--state",
+        choices=("incoming", "failed"),
+        help="with --all: only waiting (incoming) or only failed messages",
+    )
+
+
+def _add_send_test(commands: Commands, common: argparse.ArgumentParser) -> None:
     send_test = commands.add_parser(
         "send-test",
         parents=[common],
@@ -178,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
         help="sender address (default: dispatch-test@localhost)",
     )
     send_test.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_route(commands: Commands, common: argparse.ArgumentParser) -> None:
     route = commands.add_parser("route", parents=[common], help="routing tools")
     route_actions = route.add_subparsers(dest="action", metavar="ACTION", required=True)
     simulate = route_actions.add_parser(
@@ -186,7 +231,50 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("sender", metavar="FROM")
     simulate.add_argument("recipient", metavar="TO")
     simulate.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+
+
+def _argument[T](convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` that reports ``convert``'s ValueError message as it is."""
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
+
+
+def _add_audit(commands: Commands, common: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser(
+        "audit",
+        parents=[common],
+        help="print the audit log (reloads, API keys, spool retries and deletes, throttling…)",
+        description="Print the newest audit log entries, oldest first (the newest is the last "
+        "line). Reads the database; no daemon needed.",
+    )
+    audit.add_argument(
+        "--since",
+        metavar="DURATION|TIMESTAMP",
+        type=_argument(lambda text: audit_cli.parse_since(text, now=time.time())),
+        help=f"only entries from then on: {audit_cli.SINCE_FORMS}; a timestamp without a "
+        "zone is UTC",
+    )
+    audit.add_argument(
+        "--category",
+        metavar="NAME",
+        type=_argument(audit_cli.parse_category),
+        help=f"only this category: {', '.join(AUDIT_CATEGORIES)}",
+    )
+    audit.add_argument(
+        "--limit",
+        metavar="N",
+        type=_argument(audit_cli.parse_limit),
+        default=audit_cli.DEFAULT_LIMIT,
+        help=f"the newest N entries (default {audit_cli.DEFAULT_LIMIT}, at most "
+        f"{MAX_SEARCH_LIMIT})",
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _worker_parser() -> argparse.ArgumentParser:
@@ -320,10 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
-    if args.command in ("spool", "route", "send-test", "api-key"):
+    if args.command in ("spool", "route", "send-test", "api-key", "audit"):
         settings = _settings_or_exit(args)
         if settings is None:
             return EXIT_BAD_CONFIG
+        if args.command == "audit":
+            return audit_cli.main(
+                settings,
+                since=args.since,
+                category=args.category,
+                limit=args.limit,
+                as_json=args.json,
+            )
         if args.command == "api-key":
             return api_key_cli.main(
                 settings,

@@ -17,11 +17,11 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-from functools import partial
 from typing import Final
 
 import trio
 
+from dispatch.cli.audit import write_entries
 from dispatch.config import Settings
 from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.storage import (
@@ -32,7 +32,6 @@ from dispatch.storage import (
     UnknownApiKeyError,
     open_store,
 )
-from dispatch.storage.log_batch import write_batch
 
 ACTOR: Final = "cli"
 EXIT_OK: Final = 0
@@ -69,8 +68,7 @@ async def _main(
             _print_revoked(record, first_time=first_time, as_json=as_json)
         else:
             _print_list(await store.api_keys.list(), as_json)
-        if audit:
-            await _write_audit(store, audit)
+        await write_entries(store, audit, may_journal=False)  # a daemon may own the journal
     except ValueError as exc:
         print(f"dispatch: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -84,13 +82,6 @@ async def _main(
         with trio.CancelScope(shield=True):
             await store.database.aclose()
     return EXIT_OK
-
-
-async def _write_audit(store: Store, entries: list[AuditEntry]) -> None:
-    try:
-        await store.database.write(partial(write_batch, records=entries))
-    except DatabaseUnavailableError as exc:
-        print(f"dispatch: warning: done, but not written to the audit log: {exc}", file=sys.stderr)
 
 
 def _when(timestamp: float | None) -> str:

@@ -3,8 +3,9 @@
 ``spool retry --all`` (the ``spool.flush`` command) makes all waiting mail due now.
 
 With a daemon running, the command goes over its control socket, so the daemon's in-memory
-index and the files never disagree. Without one, the command takes the spool lock (so no
-daemon can start meanwhile), opens the spool itself and acts on the files.
+index and the files never disagree (and the daemon writes the audit entry of a retry or a
+delete). Without one, the command takes the spool lock (so no daemon can start meanwhile),
+opens the spool itself, acts on the files and writes the audit entry itself.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ from typing import Any
 
 import trio
 
+from dispatch.cli.audit import record_without_daemon
 from dispatch.config import Settings
 from dispatch.control.client import DaemonUnreachable, request
 from dispatch.control.server import Operations, handle
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock, SpoolLockedError
+from dispatch.storage import AuditEntry
 
 
 async def _run_here(settings: Settings, command: dict[str, Any]) -> dict[str, Any]:
+    """Run ``command`` on the spool opened here (the caller holds the spool lock); its audit
+    entries go straight to the database, or to the daemon's journal if that is down."""
     spool = await Spool.open(Path(settings.spool.directory))
-    return await handle(Operations(spool, lambda: settings), command)
+    audit: list[AuditEntry] = []
+    answer = await handle(Operations(spool, lambda: settings, audit=audit.append), command)
+    await record_without_daemon(settings, audit)
+    return answer
 
 
 def execute(settings: Settings, command: str, args: dict[str, Any]) -> dict[str, Any]:

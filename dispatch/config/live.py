@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from dispatch.config.loader import ConfigError, load_settings
-from dispatch.config.render import apply_reload
+from dispatch.config.render import apply_reload, changed_keys
 from dispatch.config.settings import Settings
 
 log = logging.getLogger("dispatch.config")
@@ -23,9 +23,16 @@ log = logging.getLogger("dispatch.config")
 
 @attrs.frozen
 class ReloadResult:
+    """What a reload did: ``changed`` live keys now apply (``applied``: any did),
+    ``needs_restart`` keys changed in the file but wait for a restart, ``problems`` made the
+    file invalid (nothing changed then). Key names only, never values. ``path``: the file
+    read (None: Dispatch runs on built-in defaults and there was nothing to read)."""
+
     applied: bool
     needs_restart: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    path: Path | None = None
 
 
 class LiveSettings:
@@ -54,10 +61,12 @@ class LiveSettings:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected, keeping the running configuration: %s", problem)
-            return ReloadResult(applied=False, problems=tuple(map(str, exc.problems)))
+            problems = tuple(map(str, exc.problems))
+            return ReloadResult(applied=False, problems=problems, path=self.path)
         merged, needs_restart = apply_reload(self.current, fresh)
         for key in needs_restart:
             log.warning("reload: %s changed but needs a restart to take effect", key)
+        live_keys = changed_keys(self.current, merged)
         changed = merged != self.current
         self.current = merged
         if changed:
@@ -69,4 +78,9 @@ class LiveSettings:
             self.path,
             "live keys applied" if changed else "no live key changed",
         )
-        return ReloadResult(applied=changed, needs_restart=tuple(needs_restart))
+        return ReloadResult(
+            applied=changed,
+            needs_restart=tuple(needs_restart),
+            changed=tuple(live_keys),
+            path=self.path,
+        )

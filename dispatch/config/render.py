@@ -4,7 +4,8 @@
 ``/debug/config``, the dashboard's Settings page): every :class:`Secret` becomes
 ``"<redacted>"``, and so does the password inside any URL (``database.url``, a relay's
 ``base_url``; see :func:`redact_url_credentials`, which error messages naming a URL use too).
-:func:`apply_reload` decides what a reload may change without a restart.
+:func:`apply_reload` decides what a reload may change without a restart, and
+:func:`changed_keys` names what changed (key names only: the audit log records them).
 """
 
 from __future__ import annotations
@@ -97,3 +98,32 @@ def apply_reload(current: Settings, new: Settings) -> tuple[Settings, list[str]]
         return attrs.evolve(old, **changes) if changes else old
 
     return merge(current, new, ""), needs_restart
+
+
+def changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted paths of the keys whose values differ between two settings objects.
+
+    Sections are compared key by key; lists of tables of the same length item by item
+    (``relays[1].password``); anything else (a list that grew or shrank, a scalar) is named
+    by its own path. Only names: no value, secret or not, is ever part of the answer.
+    """
+    if old == new:
+        return []
+    if attrs.has(type(old)) and type(old) is type(new):
+        changed: list[str] = []
+        for field in attrs.fields(type(old)):
+            name = f"{path}.{field.name}" if path else field.name
+            changed += changed_keys(getattr(old, field.name), getattr(new, field.name), name)
+        return changed
+    if (
+        isinstance(old, tuple)
+        and isinstance(new, tuple)
+        and len(old) == len(new)
+        and all(attrs.has(type(item)) for item in (*old, *new))
+    ):
+        return [
+            key
+            for index, (before, after) in enumerate(zip(old, new, strict=True))
+            for key in changed_keys(before, after, f"{path}[{index}]")
+        ]
+    return [path]

@@ -257,7 +257,6 @@ async def spool_flush(
         "relay": relay,
         "state": state,
     }
-    # There is no audit log yet: until there is, this line is the record of who flushed what.
     log.info(
         "spool flush by %s (relay %s, state %s): %d messages made due (%d waiting, %d failed "
         "back to incoming), %d due already, %d busy",
@@ -283,7 +282,7 @@ async def spool_delete(spool: Spool, message_id: object) -> dict[str, Any]:
         await spool.delete(entry.envelope.id)
     except (WrongStateError, MessageBusyError) as exc:
         raise CommandError(str(exc)) from None
-    return {"id": entry.envelope.id, "deleted": True}
+    return {"id": entry.envelope.id, "deleted": True, "state": entry.state.value}
 
 
 SEND_TEST_WAIT_SECONDS = 120.0

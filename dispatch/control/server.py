@@ -41,10 +41,14 @@ from dispatch.control.protocol import (
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.lifecycle import Shutdown
 from dispatch.spool import Spool
+from dispatch.storage import AuditEntry
+from dispatch.storage import audit as entries
 
 log = logging.getLogger("dispatch.control")
 
 SOCKET_NAME: Final = "control.sock"
+LOCAL_CLIENT: Final = "cli"
+"""Who acts when the command line runs a command itself (no daemon): as ``api-key`` does."""
 READ_SECONDS: Final = 10.0
 """How long a client has to send its request line: the CLI writes it at once, so only a
 stuck or hostile client takes longer, and it must not hold a connection slot for long."""
@@ -56,11 +60,14 @@ can connect at all, so this bounds mistakes and runaway scripts, not strangers).
 
 @attrs.frozen
 class Operations:
-    """What control commands act on. ``attempt`` is None outside the daemon."""
+    """What control commands act on. ``attempt`` is None outside the daemon. ``audit``
+    receives an entry for every retry, flush and delete (``MessageLog.audit`` in the daemon;
+    the CLI collects them and writes them itself)."""
 
     spool: Spool
     settings: Callable[[], Settings]
     attempt: DeliveryAttempt | None = None
+    audit: Callable[[AuditEntry], None] = attrs.field(kw_only=True)
 
     async def send_test(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.attempt is None:
@@ -83,34 +90,44 @@ class Operations:
                 "daemon's delivery); start it with `python -m dispatch`, or retry one failed "
                 "message with `spool retry ID`"
             )
-        return await commands.spool_flush(
-            self.spool, self.settings(), args.get("relay"), args.get("state"), who=who
-        )
+        relay, state = args.get("relay"), args.get("state")
+        result = await commands.spool_flush(self.spool, self.settings(), relay, state, who=who)
+        self.audit(entries.spool_flushed(result["made_due"], relay, state, actor=who))
+        return result
+
+    async def retry(self, args: dict[str, Any], who: str) -> dict[str, Any]:
+        result = await commands.spool_retry(self.spool, args["id"])
+        self.audit(entries.spool_retried(result["id"], actor=who))
+        return result
+
+    async def delete(self, args: dict[str, Any], who: str) -> dict[str, Any]:
+        result = await commands.spool_delete(self.spool, args["id"])
+        self.audit(entries.spool_deleted(result["id"], result["state"], actor=who))
+        return result
 
 
-async def handle(ops: Operations, request: Any) -> dict[str, Any]:
+async def handle(ops: Operations, request: Any, *, who: str = LOCAL_CLIENT) -> dict[str, Any]:
     """Run one decoded request; every failure a user can cause becomes ``{"ok": false, …}``."""
     try:
         checked = check_request(request)
     except BadRequestError as exc:
         return {"ok": False, "error": str(exc)}
-    return await run(ops, checked)
+    return await run(ops, checked, who=who)
 
 
-async def run(
-    ops: Operations, request: Request, *, who: str = "this command line"
-) -> dict[str, Any]:
+async def run(ops: Operations, request: Request, *, who: str = LOCAL_CLIENT) -> dict[str, Any]:
     """Run a checked request (see :mod:`dispatch.control.protocol` for its arguments);
-    ``who`` names the client in the log lines of commands that change many messages."""
+    ``who`` names the client in the audit entries and log lines of commands that change
+    messages."""
     spool, args = ops.spool, request.args
     handlers: dict[str, Callable[[], Awaitable[Any] | Any]] = {
         "spool.list": lambda: commands.spool_list(
             spool, args.get("state"), args.get("limit", 1000)
         ),
         "spool.show": lambda: commands.spool_show(spool, args["id"]),
-        "spool.retry": lambda: commands.spool_retry(spool, args["id"]),
+        "spool.retry": lambda: ops.retry(args, who),
         "spool.flush": lambda: ops.flush(args, who),
-        "spool.delete": lambda: commands.spool_delete(spool, args["id"]),
+        "spool.delete": lambda: ops.delete(args, who),
         "send-test": lambda: ops.send_test(args),
     }
     try:

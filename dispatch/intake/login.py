@@ -16,12 +16,18 @@ a throttled address is refused for every user, a throttled username from every a
 success as user U from address A forgives only the failures at U from A: never guesses at
 another user from A, nor guesses at U from elsewhere. Unknown usernames are counted like
 known ones, so the throttle does not reveal which accounts exist.
+
+An address or a username that becomes throttled is logged and audited once (category
+``Auth``, level ``Warning``; see :mod:`dispatch.storage.audit`), when it is known to be
+throttled by failures alone: after a failed verdict, or at a refusal, while none of its
+attempts is still being checked. The refusals that follow add nothing to the audit log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from dispatch.config.settings import SmtpUser
@@ -30,6 +36,8 @@ from dispatch.security.throttle import FailureThrottle
 from dispatch.smtp import Reply, replies
 from dispatch.smtp import auth as sasl
 from dispatch.smtp.events import Auth, AuthResponse
+from dispatch.storage import audit as entries
+from dispatch.storage.records import AuditEntry
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -55,12 +63,20 @@ async def _check(users: tuple[SmtpUser, ...], username: str, password: str) -> b
 
 class SmtpAuthenticator:
     """Owns one session's AUTH exchange: the mechanism in progress and, for LOGIN, the
-    username given so far. :attr:`identity` is set after a successful exchange."""
+    username given so far. :attr:`identity` is set after a successful exchange. ``audit``
+    receives an entry when this session's attempt throttles its address or username."""
 
-    def __init__(self, users: tuple[SmtpUser, ...], throttle: FailureThrottle, peer_ip: str):
+    def __init__(
+        self,
+        users: tuple[SmtpUser, ...],
+        throttle: FailureThrottle,
+        peer_ip: str,
+        audit: Callable[[AuditEntry], None],
+    ):
         self._users = users
         self._throttle = throttle
         self._peer_ip = peer_ip
+        self._audit = audit
         self._mechanism: str | None = None
         self._username: str | None = None
         self.identity: str | None = None
@@ -72,6 +88,7 @@ class SmtpAuthenticator:
             return replies.AUTH_MECHANISM_UNSUPPORTED
         if await self._throttled(self._peer_ip):
             log.warning("AUTH refused: too many failures from %s", self._peer_ip)
+            self._report_throttling(None)
             return THROTTLED
         self._mechanism = command.mechanism
         self._username = None
@@ -127,6 +144,7 @@ class SmtpAuthenticator:
         # throttle allows 5; found by tests/system/test_abuse_smtp.py).
         if await self._throttled(address, user):
             log.warning("AUTH refused: too many failures from %s or at this user", address)
+            self._report_throttling(username)
             return THROTTLED
         if password is not None and password_checks().full():
             # Refused before it is counted: a guess that was never checked is no failure.
@@ -148,4 +166,23 @@ class SmtpAuthenticator:
             return replies.AUTH_SUCCEEDED
         self.failures += 1
         log.warning("AUTH failed from %s", address)
+        self._report_throttling(username)
         return replies.AUTH_FAILED
+
+    def _report_throttling(self, username: str | None) -> None:
+        """Audit the address, and the username if given, if either has just become
+        throttled by failures alone (none of its attempts still being checked)."""
+        throttle, address = self._throttle, self._peer_ip
+        window = throttle.window
+        if not throttle.in_flight(address) and throttle.newly_throttled(address):
+            wait = throttle.retry_after(address)
+            log.warning("AUTH: %s throttled for %.0f s", address, wait)
+            failures = throttle.max_failures
+            self._audit(entries.smtp_auth_address_throttled(address, failures, window, wait))
+        if username is None:
+            return
+        user, limit = username_key(username), throttle.max_failures * USERNAME_FAILURES_FACTOR
+        if not throttle.in_flight(user) and throttle.newly_throttled(user, limit):
+            wait = throttle.retry_after(user, limit)
+            log.warning("AUTH: a username throttled for %.0f s (last try from %s)", wait, address)
+            self._audit(entries.smtp_auth_user_throttled(username, limit, window, wait, address))

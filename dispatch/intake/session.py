@@ -65,7 +65,7 @@ from dispatch.smtp.events import (
     WrongProtocol,
 )
 from dispatch.spool import IncomingMessage, SpoolFullError, SpoolWriteError
-from dispatch.storage.records import MessageEvent
+from dispatch.storage.records import AuditEntry, MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -102,6 +102,7 @@ class IntakeContext:
     tls: ssl.SSLContext | None
     record: Callable[[MessageEvent], None]  # the message log; never blocks
     tracer: Tracer
+    audit: Callable[[AuditEntry], None]  # the audit log (AUTH throttling); never blocks
 
 
 @attrs.define
@@ -143,7 +144,9 @@ class SmtpSession:
             forbid_unauth_pipelining=True,  # see _greet and docs/smtp.md
             tls_active=implicit_tls,
         )
-        self.auth = SmtpAuthenticator(self.settings.users, context.auth_throttle, peer_ip)
+        self.auth = SmtpAuthenticator(
+            self.settings.users, context.auth_throttle, peer_ip, context.audit
+        )
         self.helo = ""
         self.esmtp = False
         self.errors = 0

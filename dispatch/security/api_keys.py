@@ -16,7 +16,8 @@ step that decides wins:
 
 Failures (malformed, unknown, revoked, wrong) count against the source IP
 (:class:`FailureThrottle`); a success does not clear them, or an attacker holding one valid
-key could interleave it with guesses. A **throttled** address still has every key it
+key could interleave it with guesses. The failure that throttles a source is logged and
+audited (once: the refusals that follow are not). A **throttled** address still has every key it
 presents checked, because checking costs no more than refusing: a valid key always gets
 through (one address may be a NAT, or 127.0.0.1, shared with whoever sends junk), and
 junk from it is answered ``throttled`` (``429``) instead of ``401``.
@@ -66,6 +67,7 @@ import trio
 
 from dispatch.security.passwords import verify_password
 from dispatch.security.throttle import FailureThrottle
+from dispatch.storage import audit as entries
 from dispatch.storage.api_keys import (
     ApiKeyRecord,
     ApiKeyStore,
@@ -168,8 +170,9 @@ class ApiKeyVerifier:
     """The API keys as requests and operators use them; see the module docstring.
 
     Owns the digest cache, the pending ``last_used_at`` updates and (unless given one) its
-    failure throttle. ``audit`` receives an :class:`AuditEntry` per creation and revocation
-    (``MessageLog.audit`` in the daemon). Use from the Trio thread only.
+    failure throttle. ``audit`` receives an :class:`AuditEntry` per creation, per revocation
+    and per source newly throttled (``MessageLog.audit`` in the daemon). Use from the Trio
+    thread only.
     """
 
     def __init__(
@@ -313,6 +316,13 @@ class ApiKeyVerifier:
             # Not counted again: the window runs from the failures that caused it.
             return self._throttled(throttled_for)
         self._throttle.record_failure(source_ip)
+        if self._throttle.newly_throttled(source_ip):
+            wait = self._throttle.retry_after(source_ip)
+            failures = self._throttle.max_failures
+            log.warning("API: %s throttled after %d bad keys", source_ip, failures)
+            self._audit(
+                entries.api_key_failures_throttled(source_ip, failures, self._throttle.window, wait)
+            )
         return self._rejected(kind, detail)
 
     def _throttled(self, throttled_for: float) -> Rejection:
@@ -419,15 +429,7 @@ class ApiKeyVerifier:
         database cannot be written.
         """
         record, key = await self._store.create(name, now=self._clock())
-        self._audit(
-            AuditEntry(
-                category="ApiKey",
-                level="Notice",
-                message=f"API key {record.id} {record.name!r} ({record.prefix}) created",
-                actor=actor,
-                at=record.created_at,
-            )
-        )
+        self._audit(entries.api_key_created(record, actor=actor))
         return record, key
 
     async def revoke(self, id_or_prefix: int | str, *, actor: str) -> tuple[ApiKeyRecord, bool]:
@@ -439,14 +441,5 @@ class ApiKeyVerifier:
         at = self._clock()
         record, first_time = await self._store.revoke_reporting(id_or_prefix, now=at)
         self._cache.pop(record.prefix, None)
-        what = "revoked" if first_time else "revoked again (it already was: no change)"
-        self._audit(
-            AuditEntry(
-                category="ApiKey",
-                level="Notice" if first_time else "Info",
-                message=f"API key {record.id} {record.name!r} ({record.prefix}) {what}",
-                actor=actor,
-                at=at,
-            )
-        )
+        self._audit(entries.api_key_revoked(record, first_time=first_time, actor=actor, at=at))
         return record, first_time

@@ -17,16 +17,22 @@ A caller that finds a key throttled only by attempts still in flight may wait fo
 verdicts (:meth:`FailureThrottle.wait_for_verdict`) instead of refusing: a pool of correct
 logins made at once then goes through, while parallel guesses still get no more checks than
 the limit.
+
+Failures are counted in a :class:`~dispatch.security.window.SlidingWindow`, the same window
+the API's per-key rate limit uses. :meth:`FailureThrottle.newly_throttled` says when a key has
+just become throttled, so that each throttling is audited once, not each refused attempt.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
 import trio
+
+from dispatch.security.window import Episodes, SlidingWindow
 
 MAX_TRACKED_KEYS: Final = 10_000  # bounded memory under a spray of source addresses
 KEPT_PER_KEY: Final = 8
@@ -36,7 +42,8 @@ count of another below what it was."""
 
 
 class FailureThrottle:
-    """Owns the recent failure times per key. Not thread-safe: use it from the Trio thread."""
+    """Owns the recent failure times per key (a :class:`SlidingWindow`) and which throttled
+    keys were reported. Not thread-safe: use it from the Trio thread."""
 
     def __init__(
         self,
@@ -45,22 +52,20 @@ class FailureThrottle:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
-        self.window = window
-        self._clock = clock
-        self._failures: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
+        self._failures = SlidingWindow(
+            window,
+            max_keys=MAX_TRACKED_KEYS,
+            max_per_key=max_failures * KEPT_PER_KEY,
+            clock=clock,
+        )
+        self._reported = Episodes(max_keys=MAX_TRACKED_KEYS, clock=clock)
         self._in_flight: Counter[str] = Counter()  # attempts begun and not yet ended, per key
         self._verdict = trio.Event()  # set (and replaced) whenever an attempt ends
 
-    def _recent(self, key: str) -> deque[tuple[float, str]]:
-        failures = self._failures.get(key)
-        if failures is None:
-            return deque()
-        horizon = self._clock() - self.window
-        while failures and failures[0][0] <= horizon:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-        return failures
+    @property
+    def window(self) -> float:
+        """Seconds a failure counts for."""
+        return self._failures.window
 
     def retry_after(self, key: str, max_failures: int | None = None) -> float:
         """Seconds until ``key`` may try again; 0 when it is not throttled.
@@ -69,34 +74,27 @@ class FailureThrottle:
         ``KEPT_PER_KEY`` times :attr:`max_failures`); the throttle's own by default.
         """
         limit = min(max_failures or self.max_failures, self.max_failures * KEPT_PER_KEY)
-        failures = self._recent(key)
-        if len(failures) < limit:
-            return 0.0
-        return max(0.0, failures[-limit][0] + self.window - self._clock())
+        return self._failures.wait(key, limit)
+
+    def newly_throttled(self, key: str, max_failures: int | None = None) -> bool:
+        """Whether ``key`` is throttled now and was not yet when this was last asked.
+
+        True once per throttling, however many attempts it refuses: callers ask after each
+        failure and each refusal, and report (log, audit) only when this says so.
+        """
+        wait = self.retry_after(key, max_failures)
+        return wait > 0 and self._reported.begins(key, wait)
 
     def record_failure(self, key: str, detail: str = "") -> None:
         """Count one failure of ``key``; ``detail`` says what else it was about (see above)."""
-        failures = self._failures.get(key)
-        if failures is None:
-            failures = self._failures[key] = deque(maxlen=self.max_failures * KEPT_PER_KEY)
-        failures.append((self._clock(), detail))
-        self._failures.move_to_end(key)
-        while len(self._failures) > MAX_TRACKED_KEYS:
-            self._failures.popitem(last=False)
+        self._failures.add(key, detail)
 
     def record_success(self, key: str, detail: str = "") -> None:
         """Forgive the failures of ``key`` recorded with this same ``detail``, no others.
 
         Without details (as the API records them) that is every failure of ``key``.
         """
-        failures = self._failures.get(key)
-        if failures is None:
-            return
-        kept = deque((f for f in failures if f[1] != detail), maxlen=failures.maxlen)
-        if kept:
-            self._failures[key] = kept
-        else:
-            del self._failures[key]
+        self._failures.forget(key, detail)
 
     def begin_attempt(self, key: str, detail: str = "") -> None:
         """Count an attempt being checked as a failure until :meth:`end_attempt`."""

@@ -19,6 +19,7 @@ from dispatch.control import commands
 from dispatch.control.server import Operations, handle
 from dispatch.spool import Envelope, MessageState, RecipientResult, Spool
 from dispatch.spool.testing import write_pair
+from dispatch.storage import AuditEntry
 
 HOUR = 3600.0
 
@@ -162,7 +163,10 @@ async def test_without_the_daemon_the_flush_is_refused_and_says_why(tmp_path: Pa
     root = tmp_path / "spool"
     message = waiting(root, "a@example.org")
     spool = await Spool.open(root)
-    answer = await handle(Operations(spool, lambda: SETTINGS), {"command": "spool.flush"})
+    audited: list[AuditEntry] = []
+    ops = Operations(spool, lambda: SETTINGS, audit=audited.append)
+    answer = await handle(ops, {"command": "spool.flush"})
     assert answer["ok"] is False
+    assert audited == []  # refused: nothing was done, so nothing is audited
     assert "spool retry --all needs the running daemon" in answer["error"]
     assert spool.get(message.id).envelope.next_attempt_at > time.time()

@@ -27,12 +27,14 @@ from dispatch.control.protocol import MAX_REQUEST_BYTES
 from dispatch.control.server import SOCKET_NAME, ControlServer, Operations
 from dispatch.lifecycle import Shutdown
 from dispatch.spool import Spool
+from dispatch.storage import AuditEntry
 
 
 @attrs.frozen
 class Served:
     path: Path
     server: ControlServer
+    audited: list[AuditEntry]
 
 
 @asynccontextmanager
@@ -42,7 +44,8 @@ async def control_server(
     """A real ControlServer on ``tmp_path/data/control.sock`` over a real spool."""
     settings = parse_settings({"data_dir": str(tmp_path / "data")})
     spool = await Spool.open(tmp_path / "spool")
-    ops = Operations(spool, lambda: settings)
+    audited: list[AuditEntry] = []
+    ops = Operations(spool, lambda: settings, audit=audited.append)
     if read_seconds is None:
         server = ControlServer(tmp_path / "data", ops)
     else:
@@ -50,7 +53,7 @@ async def control_server(
     shutdown = Shutdown(1.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run, shutdown)
-        yield Served(tmp_path / "data" / SOCKET_NAME, server)
+        yield Served(tmp_path / "data" / SOCKET_NAME, server, audited)
         shutdown.request()
 
 

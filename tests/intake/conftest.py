@@ -25,7 +25,7 @@ from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import CertificateFiles, server_context
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
-from dispatch.storage.records import MessageEvent
+from dispatch.storage.records import AuditEntry, MessageEvent
 from tests.conftest import free_port
 
 
@@ -43,6 +43,7 @@ class Smtpd:
     settings: dict[str, Any]
     events: list[MessageEvent]
     ports: dict[str, int] = attrs.Factory(dict)  # every port it serves, by name
+    audited: list[AuditEntry] = attrs.Factory(list)  # what the listener handed to the audit log
 
     def configure(self, **listener: Any) -> None:
         """Change live listener keys, as a SIGHUP reload would."""
@@ -86,6 +87,7 @@ async def running_smtpd(
     spool = await Spool.open(spool_dir)
     stats = Stats()
     events: list[MessageEvent] = []
+    audited: list[AuditEntry] = []
 
     def settings() -> ListenerSettings:
         return parse_settings({"listener": live}).listener
@@ -98,6 +100,7 @@ async def running_smtpd(
         tls=server_context(files),
         record=events.append,
         tracer=Tracer(),
+        audit=audited.append,
     )
     current = settings()
     listeners, bound = await bind_smtp_ports(current.ports, ("127.0.0.1",), current.tls_ports)
@@ -106,7 +109,9 @@ async def running_smtpd(
     port = next(iter(ports.values()))
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.serve, listeners, shutdown)
-        yield Smtpd(port, spool_dir, listener, spool, stats, shutdown, ca, live, events, ports)
+        yield Smtpd(
+            port, spool_dir, listener, spool, stats, shutdown, ca, live, events, ports, audited
+        )
         shutdown.request()
 
 
