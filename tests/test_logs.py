@@ -22,7 +22,7 @@ import pytest
 from dispatch.logs import configure_logging, log_context, printable
 from dispatch.monitoring.traces import Tracer
 from tests.conftest import Daemon, free_port
-from tests.system.faults import Ports, base_config, write_config
+from tests.support.config import Ports, base_config, write_config
 
 RAW = frozenset("\r\n\0\x1b\x7f\x9b\u2028\u202e")
 HOSTILE = "a\rb\nc\0d\x1b[31me\x7ff\x9bg\u2028h\u202ei\tj"

@@ -15,6 +15,7 @@ import trio
 
 from tests.api.test_http_api import api
 from tests.delivery.harness import Running
+from tests.support.waiting import wait_until_async
 
 DECLARED = 10_000_000
 JSON_TYPE = "application/json"
@@ -95,17 +96,17 @@ async def test_an_admitted_body_streams_to_a_file_and_caps_answer_503(tmp_path: 
         first = start_upload(port, key=key)
         second = start_upload(port, key=key)
         # Both are admitted and receiving their bodies into the spool's tmp/.
-        await dispatch.wait_for(lambda: len(body_files(dispatch)) == 2)
+        await wait_until_async(lambda: len(body_files(dispatch)) == 2)
         same_address = start_upload(port, key=None)  # refused before its key is looked at
         third = start_upload(port, source="127.0.0.3", key=key)
-        await dispatch.wait_for(lambda: len(body_files(dispatch)) == 3)
+        await wait_until_async(lambda: len(body_files(dispatch)) == 3)
         over_all = start_upload(port, source="127.0.0.4", key=key)
         per_ip = await trio.to_thread.run_sync(answer_and_close, same_address)
         total = await trio.to_thread.run_sync(answer_and_close, over_all)
         # The uploads in flight are cut off (the connection closes): their files go.
         for sock in (first, second, third):
             sock.close()
-        await dispatch.wait_for(lambda: body_files(dispatch) == [])
+        await wait_until_async(lambda: body_files(dispatch) == [])
         after = start_upload(port, key=None)  # the slots are free again
         free_again = await trio.to_thread.run_sync(answer_and_close, after)
         busy = dict(dispatch.parts.stats.api_busy.values)

@@ -17,8 +17,10 @@ import httpx
 import trio
 
 from tests.conftest import free_port
-from tests.delivery.harness import Running, base_config, running_dispatch
+from tests.delivery.harness import Running, running_dispatch
+from tests.support.config import base_config
 from tests.support.sink import StartSink
+from tests.support.waiting import wait_until_async
 
 
 @asynccontextmanager
@@ -47,7 +49,7 @@ def captured(
 
 
 async def delivered(dispatch: Running, message_id: str) -> None:
-    await dispatch.wait_for(
+    await wait_until_async(
         lambda: (
             (dispatch.root / "spool" / "captured" / f"{message_id}.json").exists()
             and dispatch.parts.spool.counts().total == 0
@@ -237,7 +239,7 @@ async def test_status_follows_a_failing_message_and_other_keys_see_nothing(
         )
         message_id = response.json()["id"]
         first = (await client.get(f"/api/v1/messages/{message_id}")).json()["status"]
-        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().failed == 1)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().failed == 1)
         failed = (await client.get(f"/api/v1/messages/{message_id}")).json()
         _, other_key = await dispatch.parts.store.api_keys.create("other")
         hidden = await client.get(

@@ -17,7 +17,8 @@ from dispatch.cli import main
 from dispatch.config import ConfigError, load_settings, parse_settings, redacted, redacted_toml
 from dispatch.config.render import redact_url_credentials
 from tests.conftest import free_port
-from tests.delivery.harness import base_config, running_dispatch
+from tests.delivery.harness import running_dispatch
+from tests.support.config import base_config
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-Pa55word"

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from dispatch.control.protocol import COMMANDS, BadRequestError, Request, parse_line
 from dispatch.control.server import SOCKET_NAME
-from tests.conftest import Daemon, free_port
+from tests.conftest import Daemon
+from tests.support.config import base_config, dump
 
 json_values = st.recursive(
     st.none()
@@ -88,21 +89,7 @@ def exchange(path: Path, data: bytes, *, half_close: bool) -> bytes:
 def test_fuzzed_requests_to_a_running_daemon(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    config = f"""
-data_dir = "{tmp_path / "data"}"
-[listener]
-ports = [{free_port()}]
-bind_address = "127.0.0.1"
-[webui]
-port = {free_port()}
-bind_address = "127.0.0.1"
-[api]
-port = {free_port()}
-bind_address = "127.0.0.1"
-[spool]
-directory = "{tmp_path / "spool"}"
-"""
-    daemon = start_daemon(config)
+    daemon = start_daemon(dump(base_config(tmp_path)))
     daemon.wait_for("all components ready")
     path = tmp_path / "data" / SOCKET_NAME
     answers: list[dict[str, Any]] = []

@@ -1,9 +1,14 @@
-"""Dispatch run in-process for end-to-end tests: the real supervisor and components."""
+"""Dispatch run in-process for end-to-end tests: the real supervisor and components.
+
+``running_dispatch(root, config)`` takes a configuration from
+``tests.support.config.base_config``; tests wait on it with
+``tests.support.waiting.wait_until_async``.
+"""
 
 from __future__ import annotations
 
 import smtplib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,6 @@ from dispatch.config.live import LiveSettings
 from dispatch.daemon import Parts, assemble, open_spool
 from dispatch.storage import MessageEvent
 from dispatch.supervisor import Supervisor
-from tests.conftest import free_port
 
 
 @attrs.define
@@ -40,31 +44,9 @@ class Running:
     async def submit(self, sender: str, recipients: list[str], message: bytes) -> str:
         return await trio.to_thread.run_sync(self.send, sender, recipients, message)
 
-    async def wait_for(self, condition: Callable[[], bool]) -> None:
-        with trio.fail_after(15):
-            while not condition():  # noqa: ASYNC110 - polling the state of the system under test
-                await trio.sleep(0.02)
-
     async def history(self, message_id: str) -> list[MessageEvent]:
         await self.parts.store.log.wait_until_written()
         return await self.parts.store.queries.message_history(message_id)
-
-
-def base_config(root: Path, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "data_dir": str(root / "data"),
-        "listener": {"ports": [free_port()], "bind_address": "127.0.0.1"},
-        "spool": {"directory": str(root / "spool"), "retry_delays_seconds": [0.2]},
-        "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
-        "webui": {"port": free_port(), "bind_address": "127.0.0.1"},
-        "api": {"port": free_port(), "bind_address": "127.0.0.1"},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
 
 
 @asynccontextmanager

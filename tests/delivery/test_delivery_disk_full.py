@@ -12,8 +12,10 @@ from pathlib import Path
 from dispatch.spool import MessageState, Spool
 from dispatch.spool.testing import commit, placed, tmp_files
 from tests.conftest import fill, free_port
-from tests.delivery.harness import base_config, running_dispatch
+from tests.delivery.harness import running_dispatch
+from tests.support.config import base_config
 from tests.support.sink import StartSink
+from tests.support.waiting import wait_until_async
 
 MESSAGE = b"From: a@example.com\r\nSubject: full\r\n\r\nHello.\r\n"
 
@@ -51,13 +53,13 @@ async def test_failed_attempt_on_a_full_disk_is_retried_then_delivered(
     async with running_dispatch(tmp_path, config) as dispatch:
         spool = dispatch.parts.spool
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE)
-        await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts >= 1)
+        await wait_until_async(lambda: spool.get(message_id).envelope.attempts >= 1)
         fill(small_fs / "filler", leave_pages=0)
         attempts = spool.get(message_id).envelope.attempts
         # Retried on schedule although no envelope can be written: never stuck in processing/.
-        await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts >= attempts + 3)
+        await wait_until_async(lambda: spool.get(message_id).envelope.attempts >= attempts + 3)
         assert spool.get(message_id).state is not MessageState.FAILED
         sink = start_sink(port=port)
-        await dispatch.wait_for(lambda: len(sink.messages) == 1)
-        await dispatch.wait_for(lambda: spool.counts().total == 0)
+        await wait_until_async(lambda: len(sink.messages) == 1)
+        await wait_until_async(lambda: spool.counts().total == 0)
     assert placed(small_fs / "spool") == {}

@@ -9,14 +9,12 @@ import trio.lowlevel
 
 from dispatch.spool import MessageState
 from tests.conftest import free_port
-from tests.delivery.harness import base_config, running_dispatch
+from tests.delivery.harness import running_dispatch
+from tests.support.config import base_config, smtp_relay
 from tests.support.sink import Pki, StartSink
+from tests.support.waiting import wait_until_async
 
 MESSAGE = b"From: a@example.com\r\nSubject: %s\r\n\r\nHello.\r\n.leading dot\r\n"
-
-
-def smtp_relay(name: str, port: int, **extra: object) -> dict[str, object]:
-    return {"name": name, "kind": "smtp", "host": "127.0.0.1", "port": port, "tls": "none", **extra}
 
 
 async def test_messages_arrive_byte_identical_once_over_one_reused_tls_connection(
@@ -35,8 +33,8 @@ async def test_messages_arrive_byte_identical_once_over_one_reused_tls_connectio
     async with running_dispatch(tmp_path, config) as dispatch:
         bodies = [MESSAGE % str(n).encode() for n in range(5)]
         ids = [await dispatch.submit("a@example.com", ["b@example.org"], b) for b in bodies]
-        await dispatch.wait_for(lambda: len(sink.messages) == 5)
-        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
+        await wait_until_async(lambda: len(sink.messages) == 5)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
         history = await dispatch.history(ids[0])
     for body, received in zip(bodies, sink.messages, strict=True):
         assert received.tls
@@ -63,12 +61,12 @@ async def test_upstream_down_then_up_is_retried_then_delivered(
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"retry")
         spool = dispatch.parts.spool
-        await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts >= 2)
+        await wait_until_async(lambda: spool.get(message_id).envelope.attempts >= 2)
         entry = spool.get(message_id)
         assert "refused" in (entry.envelope.last_error or "")
         sink = start_sink(port=port)
-        await dispatch.wait_for(lambda: len(sink.messages) == 1)
-        await dispatch.wait_for(lambda: spool.counts().total == 0)
+        await wait_until_async(lambda: len(sink.messages) == 1)
+        await wait_until_async(lambda: spool.counts().total == 0)
         events = [e.event for e in await dispatch.history(message_id)]
     assert events[0] == "received"
     assert events.count("retried") >= 2
@@ -78,11 +76,13 @@ async def test_upstream_down_then_up_is_retried_then_delivered(
 async def test_451_then_250(tmp_path: Path, start_sink: StartSink) -> None:
     sink = start_sink()
     sink.handler.fail_data = 1
-    config = base_config(tmp_path, relays=[smtp_relay("s", sink.port)])
+    config = base_config(
+        tmp_path, relays=[smtp_relay("s", sink.port)], spool={"retry_delays_seconds": [0.2]}
+    )
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"451")
-        await dispatch.wait_for(lambda: len(sink.messages) == 1)
-        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
+        await wait_until_async(lambda: len(sink.messages) == 1)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
         events = [e.event for e in await dispatch.history(message_id)]
     assert events == ["received", "retried", "delivered"]
 
@@ -97,7 +97,7 @@ async def test_permanent_refusals_fail_only_the_refused_recipient(
             "a@x.test", ["reject-me@y.test", "fine@y.test"], MESSAGE % b"mixed"
         )
         spool = dispatch.parts.spool
-        await dispatch.wait_for(lambda: spool.counts().failed == 1)
+        await wait_until_async(lambda: spool.counts().failed == 1)
         envelope = spool.get(message_id).envelope
         history = await dispatch.history(message_id)
     assert [m.rcpt_tos for m in sink.messages] == [("fine@y.test",)]
@@ -127,7 +127,7 @@ async def test_failover_to_the_second_relay_and_split_by_domain(
         message_id = await dispatch.submit(
             "a@x.test", ["one@external.test", "two@internal.test"], MESSAGE % b"split"
         )
-        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
         history = await dispatch.history(message_id)
     assert [m.rcpt_tos for m in sink.messages] == [("one@external.test",)]
     assert (tmp_path / "spool" / "captured" / f"{message_id}.eml").exists()
@@ -146,7 +146,7 @@ async def test_retries_exhausted_go_to_failed(tmp_path: Path) -> None:
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"gives up")
         spool = dispatch.parts.spool
-        await dispatch.wait_for(lambda: spool.get(message_id).state is MessageState.FAILED)
+        await wait_until_async(lambda: spool.get(message_id).state is MessageState.FAILED)
         envelope = spool.get(message_id).envelope
         events = [e.event for e in await dispatch.history(message_id)]
     assert envelope.attempts == 3  # the first attempt and two retries
@@ -167,7 +167,7 @@ async def test_mail_flows_while_the_database_file_is_deleted(
         later = [
             await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"after") for _ in range(3)
         ]
-        await dispatch.wait_for(lambda: len(sink.messages) == 4)
+        await wait_until_async(lambda: len(sink.messages) == 4)
         for message_id in later:
             events = [e.event for e in await dispatch.history(message_id)]
             assert events == ["received", "delivered"]
@@ -185,7 +185,7 @@ async def test_a_relay_kind_not_available_keeps_mail_waiting_with_the_reason(
     async with running_dispatch(tmp_path, config) as dispatch:
         message_id = await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE % b"waits")
         spool = dispatch.parts.spool
-        await dispatch.wait_for(lambda: spool.get(message_id).envelope.attempts == 1)
+        await wait_until_async(lambda: spool.get(message_id).envelope.attempts == 1)
         envelope = spool.get(message_id).envelope
     assert spool.get(message_id).state is MessageState.INCOMING
     assert "kind 'postmark' is not available" in (envelope.last_error or "")

@@ -9,7 +9,9 @@ import trio
 
 from dispatch.control.client import request
 from dispatch.spool import Envelope
-from tests.delivery.harness import base_config, running_dispatch
+from tests.delivery.harness import running_dispatch
+from tests.support.config import base_config
+from tests.support.waiting import wait_until_async
 
 
 async def test_send_test_is_delivered_after_the_supervisor_restarted_delivery(
@@ -25,12 +27,12 @@ async def test_send_test_is_delivered_after_the_supervisor_restarted_delivery(
 
         monkeypatch.setattr(spool, "claim_due", broken_once)
         await dispatch.submit("a@example.com", ["b@example.org"], b"Subject: wake\r\n\r\nx\r\n")
-        await dispatch.wait_for(lambda: supervisor.restarts["delivery"] == 1)
+        await wait_until_async(lambda: supervisor.restarts["delivery"] == 1)
 
         args = {"relay": "local", "to": "ops@example.org", "from": "dispatch@example.com"}
         data_dir = Path(dispatch.parts.settings.current.data_dir)
         answer = await trio.to_thread.run_sync(request, data_dir, "send-test", args)
-        await dispatch.wait_for(lambda: spool.counts().total == 0)
+        await wait_until_async(lambda: spool.counts().total == 0)
 
     assert answer["ok"], answer
     assert answer["result"]["outcome"] == "delivered", answer

@@ -21,8 +21,9 @@ import pytest
 from dispatch.security.passwords import hash_password
 from dispatch.smtp import replies
 from tests.conftest import free_port
-from tests.delivery.harness import base_config, running_dispatch
+from tests.delivery.harness import running_dispatch
 from tests.intake.conftest import Smtpd, in_thread
+from tests.support.config import base_config
 from tests.system.faults import metric
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n"

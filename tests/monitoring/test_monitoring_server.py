@@ -28,7 +28,8 @@ from dispatch.cli import main
 from dispatch.config.types import Cidr
 from dispatch.web.ops import host_is_address
 from tests.conftest import free_port
-from tests.delivery.harness import Running, base_config, running_dispatch
+from tests.delivery.harness import Running, running_dispatch
+from tests.support.config import base_config
 from tests.system.faults import metric
 
 

@@ -3,19 +3,19 @@
 These suites attack a real ``python -m dispatch`` subprocess (the ``start_daemon`` fixture)
 the way an outage or an attacker would, and count what went in and what came out:
 
-- :func:`base_config` / :func:`dump`: a configuration with every listener on a free loopback
-  port, built as a dict and written with tomli-w, so each test states only what it changes.
 - :class:`Senders`: threads pushing mail continuously through SMTP (smtplib) and the HTTP API
   (httpx); every message carries a unique ``X-Fault-Token`` header, and every acknowledgement
   (``250``/``202`` with its queue id) is kept in a ledger.
-- :class:`TokenSink`: an aiosmtpd upstream that records each (token, recipient) it accepted,
-  with the time, and fails on demand: ``reject…`` recipients always get ``550``; others get
-  ``451`` at RCPT or after DATA with a configurable probability.
+- :class:`PostfixSink` and :class:`HungServer`: upstreams that misbehave as no aiosmtpd
+  handler can (the well-behaved one, which fails on demand, is ``tests.support.sink.Sink``).
 - :class:`Ops`: ``/health`` and ``/metrics`` over HTTPS on the dashboard port, verified
   against the daemon's generated certificate.
 
 ``DISPATCH_RELIABILITY_LONG=1`` (set by ``nox -s reliability -- --long``) makes the suites
 run longer variants: more kills, more messages, longer fuzzing.
+
+Their configuration is ``tests.support.config.base_config`` plus what each scenario changes;
+the API of a scenario that sends continuously is not rate-limited (:data:`UNLIMITED_API`).
 """
 
 from __future__ import annotations
@@ -42,15 +42,14 @@ from typing import Any, Final
 
 import attrs
 import httpx
-import tomli_w
-from aiosmtpd.controller import Controller
 
 from dispatch.spool import Envelope
 from tests.conftest import Daemon, free_port
+from tests.support.config import Ports
+from tests.support.sink import TOKEN_HEADER, token_of
+from tests.support.waiting import wait_until
 
 LONG: Final = os.environ.get("DISPATCH_RELIABILITY_LONG") == "1"
-TOKEN_HEADER: Final = "X-Fault-Token"
-_TOKEN: Final = re.compile(rb"^X-Fault-Token: (\S+)\r?$", re.MULTILINE | re.IGNORECASE)
 STATES: Final = ("incoming", "processing", "failed")
 DISPATCH: Final = (sys.executable, "-m", "dispatch")
 
@@ -63,14 +62,6 @@ def report(name: str, figures: dict[str, Any]) -> None:
     if target:
         with open(target, "a", encoding="utf-8") as file:
             file.write(json.dumps({"scenario": name, **figures}) + "\n")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what or condition}")
-        time.sleep(0.05)
 
 
 def log_so_far(daemon: Daemon) -> str:
@@ -90,50 +81,9 @@ def log_so_far(daemon: Daemon) -> str:
 # --- configuration ----------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Ports:
-    smtp: int
-    api: int
-    webui: int
-
-    @classmethod
-    def pick(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port())
-
-
-def base_config(root: Path, ports: Ports, **sections: Any) -> dict[str, Any]:
-    """Everything on 127.0.0.1, spool and data under ``root``; ``sections`` merge into it."""
-    config: dict[str, Any] = {
-        "data_dir": str(root / "data"),
-        "listener": {"ports": [ports.smtp], "bind_address": "127.0.0.1"},
-        "spool": {"directory": str(root / "spool")},
-        "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
-        "webui": {"port": ports.webui, "bind_address": "127.0.0.1"},
-        "api": {"port": ports.api, "bind_address": "127.0.0.1", "rate_limit_per_key": 1_000_000},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-def smtp_relay(name: str, port: int, **keys: Any) -> dict[str, Any]:
-    relay = {"name": name, "kind": "smtp", "host": "127.0.0.1", "port": port, "tls": "none"}
-    relay.update({"timeout_seconds": 5, **keys})
-    return relay
-
-
-def dump(config: dict[str, Any]) -> str:
-    # tomli-w writes tables after plain keys, as TOML requires.
-    return tomli_w.dumps(config)
-
-
-def write_config(path: Path, config: dict[str, Any]) -> str:
-    text = dump(config)
-    path.write_text(text)
-    return text
+# A scenario that sends continuously would otherwise meet the per-key limit (100 a minute)
+# instead of the fault it is about.
+UNLIMITED_API: Final = {"rate_limit_per_key": 1_000_000}
 
 
 def create_api_key(config_path: Path) -> str:
@@ -258,84 +208,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 # --- the upstream -----------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Delivery:
-    token: str
-    recipient: str
-    at: float  # time.monotonic() when the sink accepted it (before its 250 went out)
-
-
-class TokenSink:
-    """An aiosmtpd upstream in a thread; see the module docstring.
-
-    ``rcpt_4xx`` / ``data_4xx``: probability of a ``451`` for an ordinary recipient / for the
-    whole message after DATA. Change them at any time (``calm()`` sets both to 0).
-    """
-
-    def __init__(
-        self, *, port: int | None = None, seed: int = 1, rcpt_4xx: float = 0, data_4xx: float = 0
-    ):
-        self.rcpt_4xx = rcpt_4xx
-        self.data_4xx = data_4xx
-        self.deliveries: list[Delivery] = []
-        self.refused = Counter[str]()
-        self.unmarked = 0  # accepted messages without a token
-        self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self.port = port or free_port()
-        self._controller = Controller(
-            self,
-            hostname="127.0.0.1",
-            port=self.port,
-            decode_data=False,
-            data_size_limit=33_554_432,
-            server_hostname="sink.test",
-        )
-        self._controller.start()
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._controller.stop()
-
-    def calm(self) -> None:
-        self.rcpt_4xx = self.data_4xx = 0
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if address.startswith("reject"):
-            self.refused["rcpt 550"] += 1
-            return "550 5.1.1 no such user"
-        if self._random.random() < self.rcpt_4xx:
-            self.refused["rcpt 451"] += 1
-            return "451 4.3.0 try later"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self._random.random() < self.data_4xx:
-            self.refused["data 451"] += 1
-            return "451 4.3.0 try later"
-        content = bytes(envelope.original_content)
-        found = _TOKEN.search(content)
-        now = time.monotonic()
-        with self._lock:
-            if found is None:
-                self.unmarked += 1
-            else:
-                token = found.group(1).decode()
-                self.deliveries.extend(Delivery(token, r, now) for r in envelope.rcpt_tos)
-        return f"250 2.0.0 Ok: queued as S{len(self.deliveries)}"
-
-    def delivered(self) -> dict[str, dict[str, list[float]]]:
-        """token -> recipient -> acceptance times."""
-        result: dict[str, dict[str, list[float]]] = {}
-        with self._lock:
-            for d in self.deliveries:
-                result.setdefault(d.token, {}).setdefault(d.recipient, []).append(d.at)
-        return result
-
-
 class PostfixSink:
     """Postfix's ``smtp-sink`` on a loopback port, misbehaving as its flags say (STACK.md);
     every transaction it completes is dumped to a file of :attr:`dump_dir`."""
@@ -353,7 +225,7 @@ class PostfixSink:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._listening, timeout=10, what=f"smtp-sink {flags} listening")
+        wait_until(self._listening, within=10, what=f"smtp-sink {flags} listening")
 
     def _listening(self) -> bool:
         assert self.process.poll() is None, f"smtp-sink {self.flags} exited"
@@ -371,11 +243,11 @@ class PostfixSink:
         found: dict[str, list[str]] = {}
         for path in self.dump_dir.iterdir():
             data = path.read_bytes()
-            token = _TOKEN.search(data)
+            token = token_of(data)
             if token is None:
                 continue
             rcpts = re.findall(rb"^X-Rcpt-Args: <([^>]*)>", data, re.MULTILINE)
-            found.setdefault(token.group(1).decode(), []).extend(r.decode() for r in rcpts)
+            found.setdefault(token, []).extend(r.decode() for r in rcpts)
         return found
 
 

@@ -19,21 +19,19 @@ import httpx
 import pytest
 
 from tests.conftest import Daemon
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
 from tests.system.faults import (
+    UNLIMITED_API,
     Ops,
-    Ports,
-    TokenSink,
     assert_spool_whole,
-    base_config,
     create_api_key,
     log_so_far,
     metric,
     report,
-    smtp_relay,
     spool_ids,
     token_message,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,14 +44,14 @@ OUTSIDER = "127.0.0.2"
 def test_outsider_is_refused_logged_and_counted_on_every_listener(
     start_daemon: Start, tmp_path: Path
 ) -> None:
-    sink = TokenSink()
+    sink = Sink(pipelining=False)
     ports = Ports.pick()
     only_one = [f"{ALLOWED}/32"]
     config = base_config(
         tmp_path,
         ports,
         listener={"allowed_cidrs": only_one},
-        api={"allowed_cidrs": only_one},
+        api={**UNLIMITED_API, "allowed_cidrs": only_one},
         webui={"allowed_cidrs": only_one},
         default_relay="upstream",
         relays=[smtp_relay("upstream", sink.port)],
@@ -107,7 +105,7 @@ def test_outsider_is_refused_logged_and_counted_on_every_listener(
         # "Today" figures come from the database, refreshed every 5 s.
         wait_until(
             lambda: metric(ops.metrics(), "dispatch_messages_today", event="denied") >= 4,
-            timeout=20,
+            within=20,
             what="the denied events in the message log",
         )
         metrics = ops.metrics()

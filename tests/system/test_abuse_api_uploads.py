@@ -34,16 +34,9 @@ import pytest
 
 from dispatch.config.settings import ApiSettings
 from tests.conftest import Daemon
-from tests.system.faults import (
-    Ports,
-    assert_spool_whole,
-    base_config,
-    create_api_key,
-    metric,
-    report,
-    wait_until,
-    write_config,
-)
+from tests.support.config import Ports, base_config, write_config
+from tests.support.waiting import wait_until
+from tests.system.faults import UNLIMITED_API, assert_spool_whole, create_api_key, metric, report
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +143,9 @@ def test_uploads_from_refused_keyless_and_valid_senders_keep_memory_bounded(
     start_daemon: Start, tmp_path: Path
 ) -> None:
     ports = Ports.pick()
-    config = base_config(tmp_path, ports, api={"allowed_cidrs": [f"{ALLOWED_SOURCE}/32"]})
+    config = base_config(
+        tmp_path, ports, api={**UNLIMITED_API, "allowed_cidrs": [f"{ALLOWED_SOURCE}/32"]}
+    )
     path = tmp_path / "dispatch.toml"
     text = write_config(path, config)
     key = create_api_key(path)

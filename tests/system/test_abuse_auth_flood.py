@@ -26,7 +26,8 @@ import pytest
 
 from dispatch.security.passwords import QUEUE_PER_SLOT, hash_password, machine_slots
 from tests.conftest import Daemon
-from tests.system.faults import HealthProber, Ports, base_config, metric, report, write_config
+from tests.support.config import Ports, base_config, write_config
+from tests.system.faults import HealthProber, metric, report
 
 pytestmark = pytest.mark.slow
 

@@ -25,14 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, free_port
-from tests.system.faults import (
-    Ports,
-    base_config,
-    create_api_key,
-    log_so_far,
-    wait_until,
-    write_config,
-)
+from tests.support.config import Ports, base_config, write_config
+from tests.support.waiting import wait_until
+from tests.system.faults import create_api_key, log_so_far
 
 pytestmark = pytest.mark.slow
 
@@ -193,4 +188,4 @@ def test_an_api_body_dripped_past_the_request_timeout_gets_408_and_the_connectio
     daemon.wait_for("api.request_timeout_seconds (2 s) passed; answered 408", timeout=10)
     # The part of the body that had arrived (spooled to tmp/ as it came) is gone with it.
     leftovers = tmp_path / "spool" / "tmp"
-    wait_until(lambda: not list(leftovers.glob("api-*")), timeout=10, what="tmp/ emptied")
+    wait_until(lambda: not list(leftovers.glob("api-*")), within=10, what="tmp/ emptied")

@@ -27,20 +27,17 @@ import pytest
 
 from dispatch.security.passwords import hash_password
 from tests.conftest import Daemon
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
 from tests.system.faults import (
     Ops,
-    Ports,
-    TokenSink,
     assert_spool_whole,
-    base_config,
     metric,
     report,
-    smtp_relay,
     spool_busy,
     spool_ids,
     token_message,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -54,16 +51,16 @@ class Setup:
     daemon: Daemon
     ports: Ports
     ops: Ops
-    sink: TokenSink
+    sink: Sink
     root: Path
 
 
 @pytest.fixture
 def launch(start_daemon: Start, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
-    sinks: list[TokenSink] = []
+    sinks: list[Sink] = []
 
     def launch(**listener: Any) -> Setup:
-        sink = TokenSink()
+        sink = Sink(pipelining=False)
         sinks.append(sink)
         ports = Ports.pick()
         config = base_config(

@@ -17,16 +17,18 @@ import trio
 from dispatch.security.api_keys import ApiKeyVerifier, VerifiedKey
 from dispatch.storage import ApiKeyStore, SqliteDatabase
 from dispatch.storage.api_keys import PREFIX_LENGTH, is_well_formed, prefix_of
+from tests.support.config import base_config, write_config
 
 pytestmark = pytest.mark.slow
 
 KEY = re.compile(r"dsp_live_[A-Za-z0-9_-]{43}")
 
 
-def write_config(tmp_path: Path, url: str | None = None) -> Path:
-    database = url or f"sqlite:///{tmp_path / 'data' / 'dispatch.db'}"
+def cli_config(tmp_path: Path, url: str | None = None) -> Path:
+    """Write ``dispatch.toml`` (the database at ``url`` if given) and return its path."""
+    config = base_config(tmp_path, database={"url": url} if url else {})
     path = tmp_path / "dispatch.toml"
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[database]\nurl = "{database}"\n')
+    write_config(path, config)
     return path
 
 
@@ -51,7 +53,7 @@ def database_bytes(tmp_path: Path) -> bytes:
 
 
 def test_create_list_and_revoke_for_a_person(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     created = cli(config, "create", "--name", "billing app")
     assert created.returncode == 0, created.stderr
     [key] = KEY.findall(created.stdout)
@@ -91,7 +93,7 @@ def test_create_list_and_revoke_for_a_person(tmp_path: Path) -> None:
 
 
 def test_json_for_scripts(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     empty = cli(config, "list", "--json")
     assert empty.returncode == 0, empty.stderr
     assert json.loads(empty.stdout) == {"keys": []}
@@ -118,7 +120,7 @@ def test_json_for_scripts(tmp_path: Path) -> None:
 
 
 def test_mistakes_get_a_clear_message_and_exit_code(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     unknown = cli(config, "revoke", "42")
     assert unknown.returncode == 1
     assert "no API key with id or prefix 42" in unknown.stderr
@@ -128,7 +130,7 @@ def test_mistakes_get_a_clear_message_and_exit_code(tmp_path: Path) -> None:
     assert "API key name" in blank.stderr
     assert cli(config, "create").returncode == 2  # --name is required
 
-    elsewhere = write_config(tmp_path, "postgresql://db.example/dispatch")
+    elsewhere = cli_config(tmp_path, "postgresql://db.example/dispatch")
     unsupported = cli(elsewhere, "list")
     assert unsupported.returncode == 2
     assert "database.url" in unsupported.stderr
@@ -137,7 +139,7 @@ def test_mistakes_get_a_clear_message_and_exit_code(tmp_path: Path) -> None:
 def test_database_unavailable_exits_1(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dispatch.db").write_bytes(b"this is not a database\n" * 400)
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     failed = cli(config, "create", "--name", "app")
     assert failed.returncode == 1
     assert "cannot use the database" in failed.stderr
@@ -148,7 +150,7 @@ async def test_a_revocation_by_the_cli_reaches_a_verifier_on_the_same_database(
     tmp_path: Path,
 ) -> None:
     """What a running daemon sees: the CLI's revocation refuses its next request."""
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     created = await trio.to_thread.run_sync(cli, config, "create", "--name", "app", "--json")
     key = json.loads(created.stdout)["key"]
     database = SqliteDatabase(tmp_path / "data" / "dispatch.db")

@@ -21,16 +21,10 @@ import pytest
 
 from dispatch.security.passwords import hash_password
 from tests.conftest import Daemon, free_port
-from tests.system.faults import (
-    Ops,
-    Ports,
-    TokenSink,
-    base_config,
-    smtp_relay,
-    token_message,
-    wait_until,
-    write_config,
-)
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
+from tests.system.faults import Ops, token_message
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +34,7 @@ MESSAGES = 60
 
 
 def test_both_processes_serve_the_implicit_tls_port(tmp_path: Path, start_daemon: Start) -> None:
-    ports, sink, implicit = Ports.pick(), TokenSink(), free_port()
+    ports, sink, implicit = Ports.pick(), Sink(pipelining=False), free_port()
     config = base_config(
         tmp_path,
         ports,

@@ -13,27 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, free_port
+from tests.support.config import base_config, dump
 
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., Daemon]
-
-
-def config(tmp_path: Path, port: int) -> str:
-    return f"""
-        data_dir = "{tmp_path / "data"}"
-        [listener]
-        ports = [{port}]
-        bind_address = "127.0.0.1"
-        [spool]
-        directory = "{tmp_path / "spool"}"
-        [webui]
-        port = {free_port()}
-        bind_address = "127.0.0.1"
-        [api]
-        port = {free_port()}
-        bind_address = "127.0.0.1"
-    """
 
 
 def body(sender: int, n: int) -> bytes:
@@ -45,7 +29,7 @@ def body(sender: int, n: int) -> bytes:
 
 def test_every_acknowledged_message_survives_sigkill(start_daemon: Start, tmp_path: Path) -> None:
     port = free_port()
-    daemon = start_daemon(config(tmp_path, port))
+    daemon = start_daemon(dump(base_config(tmp_path, listener={"ports": [port]})))
     daemon.wait_for("all components ready")
     acknowledged: dict[str, bytes] = {}
     lock = threading.Lock()
@@ -88,7 +72,7 @@ def test_every_acknowledged_message_survives_sigkill(start_daemon: Start, tmp_pa
         assert stored.startswith(b"Received: ")
 
     # The restarted daemon returns claims, delivers what was waiting, and loses nothing.
-    restarted = start_daemon(config(tmp_path, port))
+    restarted = start_daemon(dump(base_config(tmp_path, listener={"ports": [port]})))
     restarted.wait_for("all components ready")
     deadline = time.monotonic() + 30
     while list((spool / "incoming").glob("*.json")) and time.monotonic() < deadline:
@@ -103,7 +87,7 @@ def test_sigterm_mid_data_is_not_acknowledged_and_leaves_nothing(
     start_daemon: Start, tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = start_daemon(config(tmp_path, port))
+    daemon = start_daemon(dump(base_config(tmp_path, listener={"ports": [port]})))
     daemon.wait_for("all components ready")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.recv(1024)

@@ -9,13 +9,17 @@ import smtplib
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Daemon, free_port
+from tests.support.config import base_config, smtp_relay, write_config
 from tests.support.sink import StartSink
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,41 +27,30 @@ Start = Callable[..., Daemon]
 MESSAGE = b"Subject: cli\r\n\r\nhello\r\n"
 
 
-def write_config(
-    tmp_path: Path, relay_port: int, *, delays: tuple[float, ...] = (0.2,), **spool: object
+def operator_config(
+    tmp_path: Path,
+    relay_port: int,
+    *,
+    delays: tuple[float, ...] = (0.2,),
+    relays: tuple[dict[str, Any], ...] = (),
+    routes: tuple[dict[str, Any], ...] = (),
+    **spool: object,
 ) -> Path:
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in spool.items())
+    """Write ``dispatch.toml``: mail goes to "upstream" (127.0.0.1:``relay_port``) unless its
+    domain is ``*.internal`` (the "inbox" local relay), then to ``relays`` by ``routes``."""
+    config = base_config(
+        tmp_path,
+        default_relay="upstream",
+        spool={"retry_delays_seconds": list(delays), **spool},
+        relays=[
+            smtp_relay("upstream", relay_port, timeout_seconds=10),
+            {"name": "inbox", "kind": "local"},
+            *relays,
+        ],
+        routes=[{"recipient_domain": "*.internal", "relay": "inbox"}, *routes],
+    )
     path = tmp_path / "dispatch.toml"
-    path.write_text(f"""
-data_dir = "{tmp_path / "data"}"
-default_relay = "upstream"
-[listener]
-ports = [{free_port()}]
-bind_address = "127.0.0.1"
-[webui]
-port = {free_port()}
-bind_address = "127.0.0.1"
-[api]
-port = {free_port()}
-bind_address = "127.0.0.1"
-[spool]
-directory = "{tmp_path / "spool"}"
-retry_delays_seconds = {json.dumps(list(delays))}
-{extra}
-[[relays]]
-name = "upstream"
-kind = "smtp"
-host = "127.0.0.1"
-port = {relay_port}
-tls = "none"
-timeout_seconds = 10
-[[relays]]
-name = "inbox"
-kind = "local"
-[[routes]]
-recipient_domain = "*.internal"
-relay = "inbox"
-""")
+    write_config(path, config)
     return path
 
 
@@ -72,8 +65,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def smtp_port(config: Path) -> int:
-    text = config.read_text()
-    return int(text.split("ports = [")[1].split("]")[0])
+    return int(tomllib.loads(config.read_text())["listener"]["ports"][0])
 
 
 def queue_id(config: Path, recipient: str = "someone@example.org") -> str:
@@ -86,15 +78,8 @@ def queue_id(config: Path, recipient: str = "someone@example.org") -> str:
         return text.split()[-1].decode()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_route_simulate_explains_the_match(tmp_path: Path) -> None:
-    config = write_config(tmp_path, free_port())
+    config = operator_config(tmp_path, free_port())
     shown = cli(config, "route", "simulate", "a@example.com", "b@mail.internal")
     assert shown.returncode == 0
     assert "routes[0] matched" in shown.stdout
@@ -108,7 +93,7 @@ def test_spool_commands_with_and_without_the_daemon(
     start_daemon: Start, tmp_path: Path, start_sink: StartSink
 ) -> None:
     relay_port = free_port()  # the upstream is down at first
-    config = write_config(tmp_path, relay_port, max_retries=0)
+    config = operator_config(tmp_path, relay_port, max_retries=0)
     daemon = start_daemon(config.read_text())
     daemon.wait_for("all components ready")
     message_id = queue_id(config)
@@ -166,20 +151,14 @@ def test_spool_retry_all_delivers_waiting_mail_now(
     # Issue 13, item 5: after an upstream is fixed, waiting mail waited for its retry delay
     # (up to 30 minutes by default); `spool retry --all` makes it due at once.
     upstream_port, backup_port = free_port(), free_port()  # both down at first
-    config = write_config(tmp_path, upstream_port, delays=(3600.0,), max_retries=1)
-    with config.open("a") as file:
-        file.write(f"""
-[[relays]]
-name = "backup"
-kind = "smtp"
-host = "127.0.0.1"
-port = {backup_port}
-tls = "none"
-timeout_seconds = 10
-[[routes]]
-recipient_domain = "backup.test"
-relay = "backup"
-""")
+    config = operator_config(
+        tmp_path,
+        upstream_port,
+        delays=(3600.0,),
+        relays=(smtp_relay("backup", backup_port, timeout_seconds=10),),
+        routes=({"recipient_domain": "backup.test", "relay": "backup"},),
+        max_retries=1,
+    )
     daemon = start_daemon(config.read_text())
     daemon.wait_for("all components ready")
     spool = tmp_path / "spool"
@@ -247,7 +226,7 @@ def test_captured_mail_is_listed_and_shown_with_its_path(
 ) -> None:
     # Issue 13, item 6: `--state captured` was an invalid choice and `show` said "not in the
     # spool" for mail the local relay had captured.
-    config = write_config(tmp_path, free_port())
+    config = operator_config(tmp_path, free_port())
     daemon = start_daemon(config.read_text())
     daemon.wait_for("all components ready")
     ids = [queue_id(config, "ops@mail.internal") for _ in range(2)]  # routed to the inbox
@@ -286,7 +265,7 @@ def test_send_test_reports_the_relay_answer(
     start_daemon: Start, tmp_path: Path, start_sink: StartSink
 ) -> None:
     sink = start_sink()
-    config = write_config(tmp_path, sink.port)
+    config = operator_config(tmp_path, sink.port)
     daemon = start_daemon(config.read_text())
     daemon.wait_for("all components ready")
     sent = cli(config, "send-test", "--relay", "upstream", "--to", "ops@example.org")
@@ -313,7 +292,7 @@ def test_sigkill_during_delivery_loses_nothing(
     start_daemon: Start, tmp_path: Path, start_sink: StartSink
 ) -> None:
     slow = start_sink(data_delay=5)  # holds the DATA reply: the kill lands mid-delivery
-    config = write_config(tmp_path, slow.port)
+    config = operator_config(tmp_path, slow.port)
     daemon = start_daemon(config.read_text())
     daemon.wait_for("all components ready")
     ids = [queue_id(config) for _ in range(3)]

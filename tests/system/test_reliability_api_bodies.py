@@ -29,15 +29,14 @@ import pytest
 
 from dispatch.api.problems import MAX_PROBLEMS
 from tests.conftest import Daemon
+from tests.support.config import Ports, base_config, write_config
+from tests.support.waiting import wait_until
 from tests.system.faults import (
+    UNLIMITED_API,
     HealthProber,
-    Ports,
     assert_spool_whole,
-    base_config,
     create_api_key,
     report,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -119,7 +118,7 @@ def test_hostile_bodies_leave_health_within_its_deadline(
 ) -> None:
     ports = Ports.pick()
     path = tmp_path / "dispatch.toml"
-    text = write_config(path, base_config(tmp_path, ports))
+    text = write_config(path, base_config(tmp_path, ports, api=UNLIMITED_API))
     key = create_api_key(path)
     daemon = start_daemon(text)
     daemon.wait_for("all components ready")

@@ -28,22 +28,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
 from tests.system.faults import (
     LONG,
-    Ports,
+    UNLIMITED_API,
     Senders,
-    TokenSink,
     assert_spool_whole,
-    base_config,
     create_api_key,
     envelopes,
     log_rows,
     report,
     sample,
-    smtp_relay,
     spool_busy,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -60,8 +58,8 @@ _FIGURE = re.compile(r"([a-z ]+?) (\d+)(?:,|$)")
 
 
 @pytest.fixture
-def sink() -> Iterator[TokenSink]:
-    upstream = TokenSink(seed=11, rcpt_4xx=0.1, data_4xx=0.15)
+def sink() -> Iterator[Sink]:
+    upstream = Sink(pipelining=False, seed=11, rcpt_4xx=0.1, data_4xx=0.15)
     yield upstream
     upstream.stop()
 
@@ -82,7 +80,7 @@ def recovery_figures(daemon: Daemon) -> Counter[str]:
 
 
 def test_sigkill_loop_loses_no_acknowledged_message(
-    start_daemon: Start, tmp_path: Path, sink: TokenSink
+    start_daemon: Start, tmp_path: Path, sink: Sink
 ) -> None:
     ports = Ports.pick()
     config = base_config(
@@ -90,6 +88,7 @@ def test_sigkill_loop_loses_no_acknowledged_message(
         ports,
         default_relay="upstream",
         relays=[smtp_relay("upstream", sink.port, max_inflight=4)],
+        api=UNLIMITED_API,
         # Short delays and retries enough to never run out: only a 550 may fail a message.
         spool={"worker_count": 4, "max_retries": 100_000, "retry_delays_seconds": [0.1, 0.3]},
     )
@@ -122,7 +121,7 @@ def test_sigkill_loop_loses_no_acknowledged_message(
         time.sleep(1)
     # The final clean run: a calm upstream, and the spool drains completely.
     sink.calm()
-    wait_until(lambda: spool_busy(spool) == 0, timeout=120, what="the spool to drain")
+    wait_until(lambda: spool_busy(spool) == 0, within=120, what="the spool to drain")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0, daemon.log
     assert_spool_whole(spool)

@@ -36,22 +36,20 @@ import pytest
 
 from tests.conftest import Daemon
 from tests.storage.conftest import mount, unmount
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
 from tests.system.faults import (
+    UNLIMITED_API,
     Ops,
-    Ports,
     Senders,
-    TokenSink,
     assert_spool_whole,
-    base_config,
     create_api_key,
     log_rows,
     metric,
     report,
     sample,
-    smtp_relay,
     spool_busy,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -126,7 +124,7 @@ def test_database_outages_stop_neither_intake_nor_delivery(
     link = tmp_path / "db"
     link.symlink_to(first)
     db = link / "dispatch.db"
-    sink = TokenSink()
+    sink = Sink(pipelining=False)
     ports = Ports.pick()
     config = base_config(
         tmp_path,
@@ -135,6 +133,7 @@ def test_database_outages_stop_neither_intake_nor_delivery(
         default_relay="upstream",
         relays=[smtp_relay("upstream", sink.port)],
         health={"timeout_seconds": HEALTH_DEADLINE},
+        api=UNLIMITED_API,
     )
     text = write_config(tmp_path / "dispatch.toml", config)
     api_key = create_api_key(tmp_path / "dispatch.toml")
@@ -150,7 +149,7 @@ def test_database_outages_stop_neither_intake_nor_delivery(
             lambda: (
                 metric(ops.metrics(), "dispatch_database_reachable") == 1 and not journal.exists()
             ),
-            timeout=30,
+            within=30,
             what="the log to catch up",
         )
 

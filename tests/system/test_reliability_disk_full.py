@@ -21,21 +21,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, fill, free_port
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
 from tests.system.faults import (
+    UNLIMITED_API,
     Ops,
-    Ports,
     Senders,
-    TokenSink,
     assert_spool_whole,
-    base_config,
     create_api_key,
     report,
     sample,
-    smtp_relay,
     spool_busy,
     spool_ids,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -58,6 +56,7 @@ def test_full_spool_disk_refuses_cleanly_and_recovers_by_itself(
         health={"disk_warning_bytes": 128 * 1024, "disk_critical_bytes": 32 * 1024},
         default_relay="upstream",
         relays=[smtp_relay("upstream", upstream_port)],
+        api=UNLIMITED_API,
     )
     text = write_config(tmp_path / "dispatch.toml", config)
     api_key = create_api_key(tmp_path / "dispatch.toml")
@@ -73,7 +72,7 @@ def test_full_spool_disk_refuses_cleanly_and_recovers_by_itself(
             lambda: (
                 filling.figures.refused["smtp 452"] >= 3 and filling.figures.refused["api 507"] >= 3
             ),
-            timeout=60,
+            within=60,
             what="both intakes refusing for lack of space",
         )
         # Whatever intake left free (less than one message) goes too, as when another
@@ -96,7 +95,7 @@ def test_full_spool_disk_refuses_cleanly_and_recovers_by_itself(
         assert ack.token.encode() in (spool / place / f"{ack.message_id}.eml").read_bytes()
 
     # The upstream returns: delivery frees the disk and intake resumes without a restart.
-    sink = TokenSink(port=upstream_port)
+    sink = Sink(pipelining=False, port=upstream_port)
     try:
         with Senders(ports, api_key, size=5 * 1024, seed=4, pause=0.05) as resumed:
             wait_until(
@@ -104,10 +103,10 @@ def test_full_spool_disk_refuses_cleanly_and_recovers_by_itself(
                     resumed.figures.acknowledged["smtp"] >= 20
                     and resumed.figures.acknowledged["api"] >= 10
                 ),
-                timeout=60,
+                within=60,
                 what="intake to resume on its own",
             )
-        wait_until(lambda: spool_busy(spool) == 0, timeout=60, what="the spool to drain")
+        wait_until(lambda: spool_busy(spool) == 0, within=60, what="the spool to drain")
         status, body = ops.health()
         assert status == 200, body
         delivered = sink.delivered()

@@ -33,22 +33,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, free_port
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.waiting import wait_until
 from tests.system.faults import (
     HungServer,
     LogRow,
-    Ports,
     PostfixSink,
     Senders,
     assert_spool_whole,
-    base_config,
     log_rows,
     report,
     sample,
-    smtp_relay,
     spool_busy,
     token_message,
-    wait_until,
-    write_config,
 )
 
 pytestmark = pytest.mark.slow
@@ -149,8 +146,8 @@ def test_failing_upstreams_retry_on_schedule_and_lose_nothing(
             arrived = {t for s in (*healed.values(), misbehaving["slow"]) for t in s.delivered()}
             return set(acked) <= arrived
 
-        wait_until(all_delivered, timeout=60, what="the failing routes to deliver after healing")
-    wait_until(lambda: spool_busy(tmp_path / "spool") == 0, timeout=30, what="the spool to drain")
+        wait_until(all_delivered, within=60, what="the failing routes to deliver after healing")
+    wait_until(lambda: spool_busy(tmp_path / "spool") == 0, within=30, what="the spool to drain")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     assert_spool_whole(tmp_path / "spool")

@@ -17,7 +17,8 @@ import attrs
 import httpx
 import trio
 
-from tests.delivery.harness import Running, base_config, running_dispatch
+from tests.delivery.harness import Running, running_dispatch
+from tests.support.config import base_config
 
 
 def client_for(dispatch: Running) -> httpx.AsyncClient:

@@ -16,7 +16,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
-from tests.delivery.harness import Running, base_config, running_dispatch
+from tests.delivery.harness import Running, running_dispatch
+from tests.support.config import base_config
+from tests.support.waiting import wait_until_async
 from tests.web.test_health import client_for
 
 SPEC_GAUGES = {
@@ -52,7 +54,7 @@ async def traffic(dispatch: Running) -> None:
             return sock.recv(1024)
 
     assert (await trio.to_thread.run_sync(denied)).startswith(b"554")
-    await dispatch.wait_for(lambda: dispatch.parts.spool.counts().total == 0)
+    await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
     await dispatch.parts.store.log.wait_until_written()
     await dispatch.parts.figures.refresh(dispatch.parts.store.queries)
 
@@ -136,7 +138,7 @@ async def test_debug_pages_on_the_monitoring_server(tmp_path: Path) -> None:
     async with running_dispatch(tmp_path, config) as dispatch:
         await dispatch.submit("a@x.test", ["b@y.test"], MESSAGE)
         stuck = await dispatch.submit("a@x.test", ["c@fail.test"], MESSAGE)
-        await dispatch.wait_for(lambda: dispatch.parts.spool.counts().failed == 1)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().failed == 1)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             pages = {
                 path: await client.get(f"/debug/{path}")
