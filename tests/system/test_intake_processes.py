@@ -22,18 +22,10 @@ import pytest
 from dispatch.spool import MessageState, new_id
 from dispatch.spool.envelope import Envelope
 from tests.conftest import Daemon
-from tests.system.faults import (
-    Ops,
-    Ports,
-    TokenSink,
-    base_config,
-    log_rows,
-    metric,
-    smtp_relay,
-    token_message,
-    wait_until,
-    write_config,
-)
+from tests.support.config import Ports, base_config, smtp_relay, write_config
+from tests.support.sink import Sink
+from tests.support.waiting import wait_until
+from tests.system.faults import Ops, log_rows, metric, token_message
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +34,7 @@ Start = Callable[..., Daemon]
 MESSAGES = 120
 
 
-def config(tmp_path: Path, ports: Ports, sink: TokenSink) -> dict[str, object]:
+def config(tmp_path: Path, ports: Ports, sink: Sink) -> dict[str, object]:
     return base_config(
         tmp_path,
         ports,
@@ -70,7 +62,7 @@ def worker_pids(daemon: Daemon) -> list[int]:
 
 
 def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_daemon: Start) -> None:
-    ports, sink = Ports.pick(), TokenSink()
+    ports, sink = Ports.pick(), Sink(pipelining=False)
     try:
         daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
         daemon.wait_for("all components ready")
@@ -137,7 +129,7 @@ def plant_committed_message(spool: Path, token: str) -> str:
 def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
     tmp_path: Path, start_daemon: Start
 ) -> None:
-    ports, sink = Ports.pick(), TokenSink()
+    ports, sink = Ports.pick(), Sink(pipelining=False)
     try:
         daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
         daemon.wait_for("all components ready")
