@@ -39,6 +39,7 @@ from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.routing import Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.delivery.service import Delivery
+from dispatch.intake.door import IntakeDoor
 from dispatch.intake.service import SmtpIntake
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
@@ -115,11 +116,10 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
     verifier = ApiKeyVerifier(store.api_keys, store.log.audit)
     api = ApiSources(
         settings=lambda: settings.current.api,
-        server_name=lambda: settings.current.listener.server_name,
+        door=IntakeDoor("api", spool, stats, store.log.record),
         spool=spool,
         verifier=verifier,
         queries=store.queries,
-        record=store.log.record,
         stats=stats,
         tracer=tracer,
     )

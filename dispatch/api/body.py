@@ -48,8 +48,7 @@ from werkzeug.http import parse_options_header
 from dispatch.api.compose import Composed, compose
 from dispatch.api.problems import ValidationError
 from dispatch.api.request import ComposeRequest, UploadedFile
-from dispatch.spool import SpoolFullError
-from dispatch.spool.errors import translate_os_error
+from dispatch.spool.errors import SpoolFullError, translate_os_error
 from dispatch.spool.layout import unlink_quietly
 from dispatch.web.server import Receive
 

@@ -8,7 +8,8 @@ a small bounded queue, so a body nobody receives stays in the client's socket: t
 decides from the request line and the headers alone, in this order, and the first refusal
 wins:
 
-1. ``api.allowed_cidrs`` (``403``; logged with the IP, counted, written to the message log);
+1. ``api.allowed_cidrs`` (``403``; logged with the IP, counted, written to the message log
+   by the intake door, :meth:`dispatch.intake.door.IntakeDoor.denied`);
 2. ``api.enabled`` (``503``);
 3. ``api.max_concurrent_requests`` and ``api.max_concurrent_requests_per_ip``: requests in
    progress, across the API and from this address (``503`` with ``Retry-After``, counted in
@@ -21,8 +22,9 @@ wins:
 
 A refusal is answered at once with ``Connection: close``; the unread body is never read
 into memory (see :func:`_refuse` for how the connection is released). An admitted
-``POST /api/v1/messages`` body is then streamed into a file in the spool's ``tmp/``
-(:func:`dispatch.api.body.receive_to_file`; ``413`` the moment it passes
+``POST /api/v1/messages`` body is then streamed into a file in the intake door's scratch
+directory, the spool's ``tmp/`` (:func:`dispatch.api.body.receive_to_file`; ``413`` the
+moment it passes
 ``api.max_message_bytes``); any other request's body may hold :data:`SMALL_BODY_BYTES`. The
 app receives an empty body and finds what the gate established in the scope
 (:func:`admitted`). The body file is removed when the request ends, whatever happened.
@@ -51,13 +53,11 @@ from dispatch.api.body import (
 )
 from dispatch.api.ratelimit import KeyRateLimiter
 from dispatch.config.settings import ApiSettings
-from dispatch.intake import records
+from dispatch.intake.door import IntakeDoor
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.allowlist import is_allowed
 from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
-from dispatch.spool import Spool
-from dispatch.storage import MessageEvent
 from dispatch.web.server import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("dispatch.api")
@@ -95,9 +95,8 @@ class GateSources:
     """What the gate reads; a subset of :class:`dispatch.api.app.ApiSources`."""
 
     settings: Callable[[], ApiSettings]
-    spool: Spool
+    door: IntakeDoor
     verifier: ApiKeyVerifier
-    record: Callable[[MessageEvent], None]
     stats: Stats
     tracer: Tracer
 
@@ -154,7 +153,7 @@ class ApiGate:
                 peer,
             )
             self.sources.stats.api_denied.add("allowlist")
-            self.sources.record(records.denied("api", peer, "api.allowed_cidrs"))
+            self.sources.door.denied(peer, "api.allowed_cidrs")
             raise _Refused(403, "forbidden", f"{peer} is not in api.allowed_cidrs")
         if not settings.enabled:
             raise _Refused(503, "the API is disabled", "api.enabled is false on this server")
@@ -268,7 +267,7 @@ class ApiGate:
         declared = _header(scope, b"content-length")
         if declared.strip().isdigit() and int(declared) > limit:
             raise too_large
-        directory = self.sources.spool.directory / "tmp"
+        directory = self.sources.door.scratch_directory
         try:
             return await receive_to_file(receive, directory, limit)
         except BodyTooLarge:

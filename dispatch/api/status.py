@@ -1,12 +1,27 @@
 """What ``GET /api/v1/messages/{id}`` reports: the spool while a message is in it, the
-message log after it has left (delivered, or deleted by an operator)."""
+message log after it has left (delivered, or deleted by an operator).
+
+The spool is read through :class:`SpoolLookup`, one read-only query: the API puts messages
+into the spool only through the intake door (:mod:`dispatch.intake.door`) and never changes
+one that is there.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from dispatch.spool import MessageState, Spool, SpoolEntry, UnknownMessageError
+from dispatch.spool.errors import UnknownMessageError
+from dispatch.spool.index import SpoolEntry
+from dispatch.spool.layout import MessageState
 from dispatch.storage import LogQueries, MessageEvent
+
+
+class SpoolLookup(Protocol):
+    """The spool as the status lookup sees it (:class:`dispatch.spool.Spool` is one)."""
+
+    def get(self, message_id: str) -> SpoolEntry:
+        """The message's entry; :class:`UnknownMessageError` if it is not in the spool."""
+        ...
 
 
 def spool_status(entry: SpoolEntry) -> str:
@@ -85,7 +100,7 @@ def _from_log(message_id: str, history: list[MessageEvent]) -> dict[str, Any]:
 
 
 async def message_status(
-    spool: Spool, queries: LogQueries, message_id: str, key_prefix: str
+    spool: SpoolLookup, queries: LogQueries, message_id: str, key_prefix: str
 ) -> dict[str, Any] | None:
     """The status document, or None when the message is unknown or not this key's."""
     try:
