@@ -6,10 +6,9 @@ import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-import trio
-
 from dispatch.intake.listener import SmtpListener
 from tests.intake.conftest import Smtpd, in_thread
+from tests.support.waiting import wait_until_async
 
 
 @contextmanager
@@ -36,9 +35,7 @@ def banner(port: int, source: str) -> bytes:
 
 
 async def wait_open(listener: SmtpListener, count: int) -> None:
-    with trio.fail_after(5):
-        while listener.open_sessions != count:  # noqa: ASYNC110 - polling a plain int
-            await trio.sleep(0.01)
+    await wait_until_async(lambda: listener.open_sessions == count, within=5)
 
 
 async def test_one_address_gets_at_most_its_share_and_others_still_get_in(smtpd: Smtpd) -> None:

@@ -14,6 +14,7 @@ from dispatch.monitoring.stats import CounterMap
 from dispatch.security.passwords import hash_password
 from dispatch.spool import MessageState
 from tests.intake.conftest import Smtpd, in_thread
+from tests.support.waiting import wait_until_async
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n..dot\r\n"
 USER, PASSWORD = "app", "correct horse battery staple"
@@ -282,9 +283,7 @@ async def test_max_connections(smtpd: Smtpd) -> None:
     smtpd.configure(max_connections=2)
     first, second = await in_thread(smtpd.client), await in_thread(smtpd.client)
     try:
-        with trio.fail_after(5):
-            while smtpd.listener.open_sessions < 2:  # noqa: ASYNC110 - polling a plain int
-                await trio.sleep(0.01)
+        await wait_until_async(lambda: smtpd.listener.open_sessions >= 2, within=5)
 
         def third() -> bytes:
             with socket.create_connection(("127.0.0.1", smtpd.port), timeout=10) as sock:

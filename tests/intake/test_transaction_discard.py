@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trio
 
 from dispatch.spool import SPILL_THRESHOLD
 from tests.intake.conftest import Smtpd, in_thread
+from tests.support.waiting import wait_until_async
 
 CHUNK = (b"x" * 998 + b"\r\n") * (SPILL_THRESHOLD // 1000 + 100)  # spills to tmp/
 
@@ -187,9 +187,7 @@ async def test_abandoning_a_transaction_leaves_no_descriptor_and_no_file(
         else:
             await in_thread(lambda: PATHS[path](client))
         if path not in SESSION_STAYS_OPEN:
-            with trio.fail_after(5):
-                while smtpd.listener.open_sessions:  # noqa: ASYNC110 - polling a plain int
-                    await trio.sleep(0.01)
+            await wait_until_async(lambda: not smtpd.listener.open_sessions, within=5)
 
         assert tmp_descriptors(tmp_dir) == []
         assert list(tmp_dir.iterdir()) == []

@@ -29,6 +29,7 @@ from dispatch.spool.envelope import Envelope
 from dispatch.spool.ids import new_id
 from dispatch.spool.index import SpoolCounts, SpoolEntry
 from dispatch.spool.layout import MessageState
+from tests.support.waiting import wait_until_async
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -179,9 +180,7 @@ async def test_cpu_profile_sees_other_tasks_and_refuses_a_second_one() -> None:
         await trio.sleep(0.1)
         with pytest.raises(ProfilerBusyError):
             await cpu_profile(1, "speedscope")
-        with trio.fail_after(10):
-            while not result:  # noqa: ASYNC110 (polling the list the task fills)
-                await trio.sleep(0.05)
+        await wait_until_async(lambda: bool(result), within=10, what="the profile")
         nursery.cancel_scope.cancel()
     body, content_type = result[0]
     assert content_type == "text/html; charset=utf-8"

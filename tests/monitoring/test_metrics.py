@@ -29,6 +29,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.spool.index import SpoolCounts
 from dispatch.storage import MessageEvent, Store, open_store
 from dispatch.storage.records import EventKind
+from tests.support.waiting import wait_until_async
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0"
 
@@ -379,10 +380,7 @@ async def test_refresh_forever_keeps_figures_current(tmp_path: Path) -> None:
     async with running_store(tmp_path) as store, trio.open_nursery() as nursery:
         nursery.start_soon(figures.refresh_forever, store.queries, 0.01)
         store.log.record(MessageEvent(message_id="m", event="received", at=time.time()))
-        with trio.fail_after(10):
-            # Polling on purpose: the figures are plain attributes a scrape reads.
-            while figures.counts_today()["received"] != 1:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        await wait_until_async(lambda: figures.counts_today()["received"] == 1, within=10)
         nursery.cancel_scope.cancel()
     assert figures.refreshed_at is not None
 

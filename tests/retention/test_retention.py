@@ -24,7 +24,7 @@ from dispatch.monitoring.stats import RETENTION_KINDS, Stats
 from dispatch.retention import Retention, ages
 from dispatch.spool.sweep import SpoolSweeper
 from tests.retention.conftest import LOG_EVENTS, World, world
-from tests.storage.conftest import until
+from tests.support.waiting import wait_until_async
 
 
 def retention(w: World, settings: RetentionSettings, stats: Stats | None = None) -> Retention:
@@ -215,11 +215,11 @@ async def test_a_run_with_the_database_down_is_logged_and_the_next_run_finishes(
             nursery.start_soon(trio.to_thread.run_sync, hold_write_lock)
             await trio.to_thread.run_sync(locked.wait)
             await nursery.start(component.run, shutdown)
-            await until(lambda: stats.retention_runs["failed"] >= 1, within=20)
+            await wait_until_async(lambda: stats.retention_runs["failed"] >= 1, within=20)
             failed = stats.retention_last_run
             release.set()
             await trio.to_thread.run_sync(released.wait)
-            await until(lambda: stats.retention_runs["ok"] >= 1, within=20)
+            await wait_until_async(lambda: stats.retention_runs["ok"] >= 1, within=20)
             shutdown.request()
         assert w.log_rows() == set()
 
@@ -261,9 +261,9 @@ async def test_the_component_runs_at_start_then_every_interval(tmp_path: Path) -
         shutdown = Shutdown(grace_seconds=5)
         async with trio.open_nursery() as nursery:
             await nursery.start(component.run, shutdown)
-            await until(lambda: stats.retention_runs["ok"] >= 1)  # at start
+            await wait_until_async(lambda: stats.retention_runs["ok"] >= 1)  # at start
             await w.captured_message(days_ago=8)  # something for a later run
-            await until(lambda: stats.retention_removed["captured"] == 1)
+            await wait_until_async(lambda: stats.retention_removed["captured"] == 1)
             assert stats.retention_runs["ok"] >= 2
             shutdown.request()
         assert w.captured_ids() == set()
@@ -277,6 +277,6 @@ async def test_a_stop_request_ends_the_wait_for_the_next_run(tmp_path: Path) -> 
         with trio.fail_after(30):  # far less than the 6 h it would otherwise sleep
             async with trio.open_nursery() as nursery:
                 await nursery.start(component.run, shutdown)
-                await until(lambda: stats.retention_runs["ok"] == 1)
+                await wait_until_async(lambda: stats.retention_runs["ok"] == 1)
                 shutdown.request()
     assert stats.retention_runs.values == {"ok": 1}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -74,16 +74,6 @@ def assert_exactly_once(db: Path, events: list[MessageEvent]) -> None:
     day_total = query(db, "SELECT SUM(count) FROM counters")[0][0]
     minute_total = query(db, "SELECT SUM(count) FROM minute_counters")[0][0]
     assert day_total == minute_total == len(events)
-
-
-async def until(predicate: Callable[[], bool], *, within: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, checking every 5 ms.
-
-    Polling on purpose: the predicates read the plain attributes ``/health`` reads.
-    """
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.005)
 
 
 class Watchdog:

@@ -19,8 +19,8 @@ from tests.storage.conftest import (
     received,
     row_count,
     running,
-    until,
 )
+from tests.support.waiting import wait_until_async
 
 
 async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(tmp_path:
         for event in events:
             crashed.log.record(event)
         crashed.log.audit(audit)
-        await until(lambda: crashed.log.journaled_total == 1201)
+        await wait_until_async(lambda: crashed.log.journaled_total == 1201)
         nursery.cancel_scope.cancel()  # the "crash": no stop request, no flush
     crashed.log.record(received(9999))  # queued after the crash: never written anywhere
     journal = crashed.log.journal_path

@@ -34,8 +34,8 @@ from tests.storage.conftest import (
     received,
     row_count,
     running,
-    until,
 )
+from tests.support.waiting import wait_until_async
 
 
 async def record_spread_out(
@@ -85,7 +85,7 @@ async def test_deleted_database_is_restored_with_every_row(
             lambda: record_spread_out(store, events, per_tick=10, halfway=halfway, done=done)
         )
         await halfway.wait()
-        await until(lambda: store.log.written_total > 0)
+        await wait_until_async(lambda: store.log.written_total > 0)
         old_inode = db.stat().st_ino
         await trio.to_thread.run_sync(delete, db)
         await done.wait()
@@ -124,7 +124,7 @@ async def test_locked_database_journals_then_every_row_lands_once(tmp_path: Path
         for event in events[1:]:
             store.log.record(event)
         assert store.log.pending == 1000
-        await until(lambda: store.log.journaled_total == 1000)
+        await wait_until_async(lambda: store.log.journaled_total == 1000)
         assert not store.log.database_reachable
         assert store.log.pending == 1000  # in the journal now, still not in the database
         with trio.fail_after(10):
@@ -147,7 +147,7 @@ async def test_database_that_cannot_be_created_is_journaled_until_it_can(tmp_pat
     async with running(store):
         for event in events:
             store.log.record(event)
-        await until(lambda: store.log.journaled_total == 50)
+        await wait_until_async(lambda: store.log.journaled_total == 50)
         assert not store.log.database_reachable
         assert store.log.last_error is not None
         assert str(blocker) in store.log.last_error
@@ -174,7 +174,7 @@ async def test_read_only_database_is_journaled_until_writable(
     async with running(store):
         for event in events:
             store.log.record(event)
-        await until(lambda: store.log.journaled_total == 100)
+        await wait_until_async(lambda: store.log.journaled_total == 100)
         assert not store.log.database_reachable
         assert "is read-only" in (store.log.last_error or "")
         mount("-o", "remount,bind,rw", str(view))
@@ -196,15 +196,15 @@ async def test_full_disk(tmp_path: Path, tmpfs: Path, journal_on_full_disk: bool
         await trio.to_thread.run_sync(lambda: fill(filler, leave_pages=0))
         for event in events:
             store.log.record(event)
-        await until(lambda: not store.log.database_reachable)
+        await wait_until_async(lambda: not store.log.database_reachable)
         assert "full" in (store.log.last_error or "")
         if journal_on_full_disk:
             # Nowhere to write: the records wait in memory, and are still counted as pending.
-            await until(lambda: "journal" in (store.log.last_error or ""))
+            await wait_until_async(lambda: "journal" in (store.log.last_error or ""))
             assert store.log.journaled_total == 0
             assert store.log.pending == 500
         else:
-            await until(lambda: store.log.journaled_total == 500)
+            await wait_until_async(lambda: store.log.journaled_total == 500)
         await trio.to_thread.run_sync(filler.unlink)
         with trio.fail_after(10):
             await store.log.wait_until_written()
@@ -234,11 +234,12 @@ async def test_reachability_is_known_without_any_traffic(tmp_path: Path) -> None
     blocker.write_text("")
     store = make_store(blocker / "dispatch.db", tmp_path)
     async with running(store):
-        await until(lambda: store.log.last_error is not None)
+        await wait_until_async(lambda: store.log.last_error is not None)
         assert not store.log.database_reachable
         assert store.log.pending == 0
         blocker.unlink()
-        await until(lambda: store.log.database_reachable)  # retried with nothing to write
+        # Retried with nothing to write.
+        await wait_until_async(lambda: store.log.database_reachable)
         assert store.log.last_error is None
     assert row_count(blocker / "dispatch.db") == 0  # opened and migrated, nothing written
 
