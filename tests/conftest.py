@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,13 +29,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Daemon:
     """A ``python -m dispatch`` child process whose log lines are collected as they come."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "dispatch"),
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatch", *args],
+            [*command, *args],
             cwd=cwd,
             env=env,
+            pass_fds=tuple(pass_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -92,17 +101,33 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start Dispatch in ``tmp_path`` with a config file written from the given TOML text."""
+    """Start Dispatch in ``tmp_path`` with a config file written from the given TOML text.
+
+    Keywords: ``env`` adds environment variables; ``command`` replaces
+    ``python -m dispatch`` (e.g. by an exec wrapper); ``pass_fds`` are inherited."""
     started: list[Daemon] = []
 
-    def start(config: str | None = None, *extra: str) -> Daemon:
+    def start(
+        config: str | None = None,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> Daemon:
         args = list(extra)
         if config is not None:
             path = tmp_path / "dispatch.toml"
             path.write_text(config)
             args = ["--config", str(path), *args]
-        env = {k: v for k, v in os.environ.items() if k != "DISPATCH_CONFIG"}
-        daemon = Daemon(args, tmp_path, env)
+        environment = {k: v for k, v in os.environ.items() if k != "DISPATCH_CONFIG"}
+        environment.update(env or {})
+        daemon = Daemon(
+            args,
+            tmp_path,
+            environment,
+            command=command or (sys.executable, "-m", "dispatch"),
+            pass_fds=pass_fds,
+        )
         started.append(daemon)
         return daemon
 
