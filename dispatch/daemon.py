@@ -89,7 +89,7 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
     except ValueError as exc:
         raise ComponentStartError("storage", str(exc)) from exc
     stats, tracer, figures = Stats(), Tracer(), DatabaseFigures()
-    relays = RelaySet(lambda: settings.current, spool)
+    relays = RelaySet(lambda: settings.current, spool, audit=store.log.audit)
 
     def plan() -> DeliveryPlan:
         now = settings.current

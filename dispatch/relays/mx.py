@@ -42,13 +42,9 @@ import trio
 from dispatch.config.settings import MxRelay
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Outcome, RecipientOutcome
 from dispatch.relays.smarthost import count_outcomes
-from dispatch.relays.smtp_session import (
-    SessionError,
-    SessionOptions,
-    SmtpClientSession,
-    Timeouts,
-    TransactionResult,
-)
+from dispatch.relays.smtp_options import SessionError, SessionOptions, Timeouts
+from dispatch.relays.smtp_session import SmtpClientSession
+from dispatch.relays.smtp_transaction import TransactionResult
 
 __all__ = ["MxRelayClient", "order_exchangers"]
 

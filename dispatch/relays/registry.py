@@ -22,6 +22,7 @@ from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.smarthost import SmtpRelayClient
+from dispatch.relays.suspension import AuditSink, no_audit
 
 log = logging.getLogger("dispatch.delivery")
 
@@ -30,13 +31,16 @@ class RelayUnavailable(Exception):
     """A configured relay kind this build cannot deliver through."""
 
 
-def build_relay(settings: RelaySettings, capture: CaptureSink, helo_name: str) -> Relay:
+def build_relay(
+    settings: RelaySettings, capture: CaptureSink, helo_name: str, audit: AuditSink = no_audit
+) -> Relay:
     """A client for one configured relay. Raises ValueError for settings that cannot work
-    (an unreadable ``ca_file``) and :class:`RelayUnavailable` for unsupported kinds."""
+    (an unreadable ``ca_file``) and :class:`RelayUnavailable` for unsupported kinds.
+    ``audit`` takes the relay's audit entries (an ``smtp`` relay's suspensions)."""
     if isinstance(settings, LocalRelay):
         return LocalRelayClient(settings.name, capture)
     if isinstance(settings, SmtpRelay):
-        return SmtpRelayClient(settings, helo_name)
+        return SmtpRelayClient(settings, helo_name, audit=audit)
     if isinstance(settings, MxRelay):
         return MxRelayClient(settings, helo_name)
     raise RelayUnavailable(
@@ -65,9 +69,11 @@ class BrokenRelay:
         return None
 
 
-def _build_or_explain(settings: RelaySettings, capture: CaptureSink, helo_name: str) -> Relay:
+def _build_or_explain(
+    settings: RelaySettings, capture: CaptureSink, helo_name: str, audit: AuditSink
+) -> Relay:
     try:
-        relay = build_relay(settings, capture, helo_name)
+        relay = build_relay(settings, capture, helo_name, audit)
     except (RelayUnavailable, ValueError) as exc:
         log.error("relay %s cannot deliver: %s", settings.name, exc)
         return BrokenRelay(settings.name, settings.kind, str(exc))
@@ -79,9 +85,17 @@ def _build_or_explain(settings: RelaySettings, capture: CaptureSink, helo_name: 
 class RelaySet:
     """Owns the relay clients; :meth:`get` always answers from the current configuration."""
 
-    def __init__(self, settings: Callable[[], Settings], capture: CaptureSink) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        capture: CaptureSink,
+        *,
+        audit: AuditSink = no_audit,
+    ) -> None:
+        """``audit`` takes the relays' audit entries (``store.log.audit`` in the daemon)."""
         self._settings = settings
         self._capture = capture  # the local relay's copies (the spool, in the daemon)
+        self._audit = audit
         self._built_from: tuple[RelaySettings, ...] | None = None
         self._relays: dict[str, Relay] = {}
         self._retired: list[Relay] = []
@@ -90,8 +104,9 @@ class RelaySet:
         current = self._settings()
         if current.relays == self._built_from:
             return
+        helo_name = current.listener.server_name
         fresh = {
-            relay.name: _build_or_explain(relay, self._capture, current.listener.server_name)
+            relay.name: _build_or_explain(relay, self._capture, helo_name, self._audit)
             for relay in current.relays
         }
         self._retired.extend(self._relays.values())

@@ -3,43 +3,52 @@
 Theory of operation: :meth:`SmtpClientSession.connect` opens a TCP connection (TLS from the
 first byte for ``implicit``), reads the greeting, says EHLO (HELO if EHLO is refused),
 upgrades with STARTTLS as the :data:`TlsMode` asks and authenticates when a username is
-configured. :meth:`SmtpClientSession.send` then runs one mail transaction: MAIL, every RCPT
-and DATA in one write when the server offers PIPELINING (RFC 2920), one by one otherwise; the
-message streams from the ``.eml`` file in blocks, read in a worker thread, through
-``ClientConnection.data_chunk`` — dot-stuffing only (RFC 5321 §4.5.2; the spool holds CRLF
-lines, so the encoder's bare-CR/LF repair never changes a byte), the message is never parsed
-or re-serialised. Every wait has its own deadline (:class:`Timeouts`).
+configured. :meth:`SmtpClientSession.send` then runs one mail transaction planned by
+:class:`Transaction`: MAIL, every RCPT and DATA in one write when the server offers PIPELINING
+(RFC 2920), one by one otherwise (:meth:`SmtpClientSession._exchange` is the one place that
+differs); the message streams from the ``.eml`` file in blocks, read in a worker thread,
+through ``ClientConnection.data_chunk`` — dot-stuffing only (RFC 5321 §4.5.2; the spool holds
+CRLF lines, so the encoder's bare-CR/LF repair never changes a byte), the message is never
+parsed or re-serialised. Every wait has its own deadline (:class:`Timeouts`). What may be sent
+when is the client core's state table: a bug here that sends out of turn raises
+``LocalProtocolError`` before a byte goes out.
 
 Failures: a refused connection, a TLS failure, a timeout, a broken stream, a reply that
-breaks the dialogue (``RemoteProtocolError``, a 3xx where none belongs, an unsolicited reply)
-all make the session unusable (``usable`` becomes False): it is closed without QUIT and never
-reused. While connecting they raise :class:`SessionError`; during a transaction they become
-``transient`` outcomes for every recipient whose fate is not known yet, so a 550 already
-received for one recipient stays permanent.
+breaks the dialogue (``RemoteProtocolError``, a reply of a class that makes no sense for its
+command, an unsolicited reply) all make the session unusable (``usable`` becomes False): it is
+closed without QUIT and never reused. While connecting they raise :class:`SessionError`
+(``timed_out`` set when a wait ran out of time); during a transaction they become outcomes for
+every recipient whose fate is not known yet, so a 550 already received for one recipient stays
+permanent.
 
 Ownership and stopping: the session owns its stream (TCP, possibly wrapped in TLS) and the
 open message file during :meth:`send`. :meth:`aclose` sends QUIT (bounded, best effort) and
 closes the stream; :meth:`abort` closes it at once. A cancelled :meth:`connect` closes its
 half-open connection itself; a cancelled :meth:`send` leaves that to the owner (the relay),
 which must call :meth:`abort`: a half-sent message must never be followed by anything but a
-dropped connection, so that the server discards it.
+dropped connection, so that the server discards it. Reuse is the pool's business
+(`dispatch.relays.smtp_pool`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
-import attrs
 import trio
 
-from dispatch.relays.base import DeliveryResult, Outcome, RecipientOutcome, outcome_of_code
-from dispatch.smtp import NEED_DATA, ClientConnection, ClientLimits, Extensions, Reply
+from dispatch.relays.smtp_options import SessionError, SessionOptions
+from dispatch.relays.smtp_transaction import (
+    MESSAGE_BLOCK_BYTES,
+    Transaction,
+    TransactionResult,
+    open_message,
+)
+from dispatch.smtp import NEED_DATA, ClientConnection, Extensions, Reply
 from dispatch.smtp import auth as sasl
 from dispatch.smtp.errors import RemoteProtocolError, UnexpectedReply
 from dispatch.smtp.events import (
@@ -57,153 +66,21 @@ from dispatch.smtp.events import (
     StartTls,
 )
 
-__all__ = [
-    "SessionError",
-    "SessionOptions",
-    "SmtpClientSession",
-    "Timeouts",
-    "TlsMode",
-    "TransactionResult",
-]
+__all__ = ["SmtpClientSession"]
 
 log = logging.getLogger("dispatch.relays.smarthost")
 
-# none: never TLS; opportunistic: STARTTLS when offered, else plaintext; required: STARTTLS or
-# a transient failure; implicit: TLS from the first byte (RFC 8314 §3.3, "submissions").
-TlsMode = Literal["none", "opportunistic", "required", "implicit"]
-
 RECEIVE_BYTES: Final = 65_536
-# Message blocks read from disk in a worker thread: large enough for few thread hops and
-# few writes, small enough that a 25 MiB message is never held whole.
-MESSAGE_BLOCK_BYTES: Final = 65_536
 # QUIT is a courtesy (RFC 5321 §4.1.1.10): a server that does not answer quickly is not waited
 # for, so closing a pool never takes long.
 QUIT_SECONDS: Final = 5.0
-
-# RFC 5321 §4.5.3.2 minimum client timeouts, in seconds.
-RFC_GREETING: Final = 300.0  # §4.5.3.2.1 initial 220
-RFC_MAIL: Final = 300.0  # §4.5.3.2.2 (also used for EHLO, STARTTLS, AUTH, RSET)
-RFC_RCPT: Final = 300.0  # §4.5.3.2.3
-RFC_DATA_INIT: Final = 120.0  # §4.5.3.2.4 the 354
-RFC_DATA_BLOCK: Final = 180.0  # §4.5.3.2.5 each write of message data
-RFC_DATA_END: Final = 600.0  # §4.5.3.2.6 the reply to the final "."
-# The final reply gets this multiple of the relay's timeout (capped by the RFC's 10 minutes,
-# never below the timeout itself): the server may be scanning or writing the message, and
-# giving up there is what duplicates mail (RFC 5321 §4.5.3.2.6, §6.1).
-DATA_END_FACTOR: Final = 5.0
-
-_UNSENDABLE: Final = re.compile(r"[\r\n\0]")
-# Best effort: "queued as X" (Postfix, Dispatch), "id=X" (Exim).
-_REMOTE_ID: Final = re.compile(r"queued as[:\s]+<?([^\s<>;,]+)>?|\bid=([^\s;,]+)", re.IGNORECASE)
-
-
-@attrs.frozen
-class Timeouts:
-    """How long each wait of a session may take, in seconds."""
-
-    connect: float
-    greeting: float
-    command: float  # EHLO, STARTTLS and its handshake, AUTH, RSET
-    mail: float
-    rcpt: float
-    data_init: float
-    data_block: float
-    data_end: float
-
-    @classmethod
-    def scaled(cls, timeout_seconds: float) -> Timeouts:
-        """The relay's ``timeout_seconds`` caps every RFC 5321 §4.5.3.2 value, except the
-        wait for the final reply, which gets ``DATA_END_FACTOR`` times it (see above)."""
-        t = timeout_seconds
-        return cls(
-            connect=t,
-            greeting=min(RFC_GREETING, t),
-            command=min(RFC_MAIL, t),
-            mail=min(RFC_MAIL, t),
-            rcpt=min(RFC_RCPT, t),
-            data_init=min(RFC_DATA_INIT, t),
-            data_block=min(RFC_DATA_BLOCK, t),
-            data_end=max(t, min(RFC_DATA_END, DATA_END_FACTOR * t)),
-        )
-
-
-@attrs.frozen
-class SessionOptions:
-    """Everything a session needs to know about the server it talks to.
-
-    ``address`` is what is connected to (a host name or an IP address); ``tls_server_name``
-    is the name the certificate is checked against and sent as SNI; ``display`` names the
-    server in error texts and ``label`` names the relay ("relay primary").
-    """
-
-    label: str
-    address: str
-    port: int
-    tls_server_name: str
-    display: str
-    helo_name: str
-    tls: TlsMode
-    ssl_context: ssl.SSLContext | None
-    timeouts: Timeouts
-    username: str = ""
-    password: str = attrs.field(default="", repr=False)
-    # Only when the operator explicitly chose tls = "none": send credentials in the clear.
-    auth_without_tls: bool = False
-    limits: ClientLimits = attrs.Factory(ClientLimits)
-
-
-class SessionError(Exception):
-    """The session could not be set up, or broke: every pending recipient gets ``outcome``.
-
-    ``detail`` says what failed; ``text`` prefixes it with the relay's label, for the log.
-    ``tls_failure`` is True when the TLS handshake failed (a caller doing opportunistic TLS
-    may then try again in plaintext).
-    """
-
-    def __init__(
-        self, outcome: Outcome, label: str, detail: str, *, tls_failure: bool = False
-    ) -> None:
-        super().__init__(f"{label}: {detail}")
-        self.outcome: Outcome = outcome
-        self.detail = detail
-        self.text = f"{label}: {detail}"
-        self.tls_failure = tls_failure
-
-
-@attrs.frozen
-class TransactionResult:
-    """What one mail transaction gave: an outcome per recipient (in the order given), the
-    reply to the end of the data if it got that far, and the server's queue id if it said."""
-
-    outcomes: tuple[RecipientOutcome, ...]
-    final_reply: Reply | None = None
-    remote_id: str | None = None
-    answered: bool = True
-    """Whether the server replied to any command of the transaction. If not, no byte of the
-    message was sent (it only goes after a 354), so the server cannot have taken it."""
-
-    def delivery_result(self) -> DeliveryResult:
-        return DeliveryResult(self.outcomes, self.remote_id)
-
-    @classmethod
-    def all(cls, recipients: Sequence[str], outcome: Outcome, text: str) -> TransactionResult:
-        return cls(tuple(RecipientOutcome(r, outcome, text) for r in recipients))
-
-
-def remote_id_of(reply: Reply) -> str | None:
-    """The server's queue id from a 250 reply to the end of data, if it looks like one."""
-    match = _REMOTE_ID.search(reply.text)
-    if match is None:
-        return None
-    return match.group(1) or match.group(2)
 
 
 class SmtpClientSession:
     """One outbound SMTP connection (see the module docstring for ownership and failures).
 
     Build it with :meth:`connect`. ``usable`` is False once anything went wrong; ``tls_active``
-    says whether the connection is encrypted (``transport`` gives "tls" or "plain" for stats);
-    ``idle_since`` is set by the pool.
+    says whether the connection is encrypted (``transport`` gives "tls" or "plain" for stats).
     """
 
     def __init__(self, options: SessionOptions) -> None:
@@ -213,11 +90,6 @@ class SmtpClientSession:
         self.tls_active = False
         self.transactions = 0
         self.replies = 0  # replies read to our commands (unsolicited 421s not counted)
-        self.checked_at_reuse = True  # False: taken from the pool without RSET (relays/smarthost.py)
-        # The last transaction ended with the reply to its data: the server is ready for the
-        # next MAIL without RSET (RFC 5321 §4.1.4). Not after a transaction that stopped short.
-        self.ended_cleanly = False
-        self.idle_since = 0.0
         self._conn = ClientConnection(options.limits)
         self._stream: trio.abc.Stream | None = None
         self._closing_reply: Reply | None = None  # a 421 the server sent before closing
@@ -266,12 +138,13 @@ class SmtpClientSession:
                 self._stream = await trio.open_tcp_stream(options.address, options.port)
         except trio.TooSlowError:
             raise self._broken(
-                f"connection to {options.display} timed out after {self.timeouts.connect:g} s"
+                f"connection to {options.display} timed out after {self.timeouts.connect:g} s",
+                timed_out=True,
             ) from None
         except OSError as exc:
-            raise self._broken(
-                f"connection to {options.display} {_why_not_connected(exc)}"
-            ) from None
+            why, timed_out = _why_not_connected(exc)
+            detail = f"connection to {options.display} {why}"
+            raise self._broken(detail, timed_out=timed_out) from None
 
     async def _hello(self) -> None:
         """EHLO; a 5xx means a pre-ESMTP server, which gets HELO (RFC 5321 §4.1.1.1)."""
@@ -318,6 +191,7 @@ class SmtpClientSession:
             raise self._broken(
                 f"TLS handshake with {options.display} timed out after {self.timeouts.command:g} s",
                 tls_failure=True,
+                timed_out=True,
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__
@@ -389,128 +263,82 @@ class SmtpClientSession:
     ) -> TransactionResult:
         """Run one mail transaction; every ordinary failure is an outcome, not an exception.
 
-        Checks that need no round trip come first and fail permanently without sending:
-        SMTPUTF8 needed but not offered (RFC 6531 §3.4) and a message larger than the
-        server's SIZE (RFC 1870 §4). BODY=8BITMIME is declared whenever the server offers it
-        (RFC 6152): the message is sent as stored, so it is never downgraded, and declaring it
-        for a 7-bit message is harmless; without 8BITMIME the bytes go as they are.
+        The checks that need no round trip come first and fail permanently without sending
+        (see :meth:`Transaction.refusal`).
         """
         if not self.usable:
             raise RuntimeError("send() on an unusable session")  # a bug in the pool
-        ext = self.extensions
-        display = self.options.display
-        if any(_UNSENDABLE.search(a) for a in (mail_from, *recipients)):
-            # It would end the command line early and inject another (the core refuses it).
-            return TransactionResult.all(
-                recipients, "permanent", f"{self.options.label}: CR, LF or NUL in an address"
-            )
-        needs_utf8 = smtputf8 or not all(a.isascii() for a in (mail_from, *recipients))
-        if needs_utf8 and not ext.smtputf8:
-            return TransactionResult.all(
-                recipients,
-                "permanent",
-                f"{self.options.label}: the message needs SMTPUTF8, which {display} does not "
-                "offer (RFC 6531 §3.4)",
-            )
-        if ext.size is not None and size > ext.size:
-            return TransactionResult.all(
-                recipients,
-                "permanent",
-                f"{self.options.label}: the message ({size} bytes) is larger than the "
-                f"{ext.size} bytes {display} accepts (RFC 1870)",
-            )
+        label, ext = self.options.label, self.extensions
+        tx = Transaction.plan(ext, mail_from, recipients, size, smtputf8=smtputf8)
+        if (refusal := tx.refusal(ext, size, self.options.display)) is not None:
+            return TransactionResult.all(recipients, "permanent", f"{label}: {refusal}")
         try:
-            message, first = await trio.to_thread.run_sync(_open_message, message_path)
+            message, first = await trio.to_thread.run_sync(open_message, message_path)
         except OSError as exc:
-            return TransactionResult.all(
-                recipients, "transient", f"{self.options.label}: cannot read the message: {exc}"
-            )
-        mail = Mail(
-            mail_from,
-            size=size if ext.has("SIZE") else None,
-            body="8BITMIME" if ext.eightbitmime else None,
-            smtputf8=needs_utf8,
-        )
-        outcomes: list[RecipientOutcome | None] = [None] * len(recipients)
-        final: Reply | None = None
+            text = f"{label}: cannot read the message: {exc}"
+            return TransactionResult.all(recipients, "transient", text)
         self.transactions += 1
-        self.ended_cleanly = False
         replies_before = self.replies
         try:
-            final = await self._transaction(mail, recipients, (message, first), outcomes)
+            await self._run(tx, message, first)
         except SessionError as exc:
-            for i, recipient in enumerate(recipients):
-                if outcomes[i] is None:
-                    outcomes[i] = RecipientOutcome(recipient, exc.outcome, exc.text)
+            tx.fail_rest(exc.outcome, exc.text)
         finally:
             message.close()  # a read-only file: closing cannot block on writing back
         self._check_quiet()
-        done = tuple(o for o in outcomes if o is not None)
-        assert len(done) == len(recipients)
-        remote_id = remote_id_of(final) if final is not None and final.is_positive else None
-        return TransactionResult(done, final, remote_id, answered=self.replies > replies_before)
+        return tx.result(answered=self.replies > replies_before)
 
-    async def _transaction(
-        self,
-        mail: Mail,
-        recipients: Sequence[str],
-        message: tuple[BinaryIO, bytes],
-        outcomes: list[RecipientOutcome | None],
-    ) -> Reply | None:
-        """MAIL, RCPT..., DATA, the message; fills ``outcomes`` as the replies come in."""
+    async def _run(self, tx: Transaction, message: BinaryIO, first: bytes) -> None:
+        """MAIL, RCPT..., DATA (see `_exchange`), then the message if the server said 354 and
+        a recipient was accepted; the replies go to ``tx``."""
         t = self.timeouts
-        pipelined = self.extensions.pipelining
-        if pipelined:
-            # RFC 2920 §3.1: MAIL, RCPT and DATA may all go in one write; the replies are
-            # paired with them in order by the ClientConnection.
-            wire = self._conn.send(mail)
-            wire += b"".join(self._conn.send(Rcpt(r)) for r in recipients)
-            wire += self._conn.send(Data())
-            await self._write(wire, t.mail, "sending MAIL, RCPT and DATA")
-            mail_reply = await self._read(t.mail, "waiting for the reply to MAIL")
-        else:
-            mail_reply = await self._command(mail, t.mail, "MAIL")
-        self._expect_final(mail_reply, "MAIL")
-        if not mail_reply.is_positive:
-            _decide_all(outcomes, recipients, mail_reply)
-            if not pipelined:
-                return None  # the next reuse starts with RSET
-        accepted: list[int] = []
-        for i, recipient in enumerate(recipients):
-            if pipelined:
-                reply = await self._read(t.rcpt, "waiting for the reply to RCPT")
-            else:
-                reply = await self._command(Rcpt(recipient), t.rcpt, "RCPT")
-            self._expect_final(reply, "RCPT")
-            if outcomes[i] is not None:
-                continue  # MAIL was refused: every RCPT is answered 503
-            if reply.is_positive:
-                accepted.append(i)
-            else:
-                outcomes[i] = RecipientOutcome(recipient, outcome_of_code(reply.code), str(reply))
-        if not pipelined and not accepted:
-            return None  # no DATA without a recipient; the next reuse starts with RSET
-        if pipelined:
-            data_reply = await self._read(t.data_init, "waiting for the reply to DATA")
-        else:
-            data_reply = await self._command(Data(), t.data_init, "DATA")
-        if data_reply.code != 354:
-            if data_reply.is_positive or data_reply.is_intermediate:
-                raise self._unexpected(data_reply, "DATA")
-            _decide(outcomes, recipients, accepted, data_reply)
-            return None
-        if not accepted:
+        await self._exchange(tx.commands, tx.wants, tx.record)
+        if not tx.message_may_follow:
+            return  # refused, or not sent: the next reuse starts with RSET
+        if not tx.accepted:
             # RFC 2920 §3.1: a server that said 354 although no RCPT succeeded gets an empty
             # message; it has no recipient to deliver it to.
             await self._write(self._conn.end_data(), t.data_block, "ending an empty DATA")
             await self._read(t.data_end, "waiting for the reply to an empty DATA")
-            return None
-        await self._send_message(*message)
-        final = await self._read(t.data_end, "waiting for the reply to the end of data")
-        self._expect_final(final, "the end of data")
-        self.ended_cleanly = True
-        _decide(outcomes, recipients, accepted, final)
-        return final
+            return
+        await self._send_message(message, first)
+        tx.record_final(await self._read(t.data_end, "waiting for the reply to the end of data"))
+
+    async def _exchange(
+        self,
+        commands: Sequence[Command],
+        wanted: Callable[[Command], bool],
+        record: Callable[[Command, Reply], None],
+    ) -> None:
+        """Send ``commands`` and hand each reply to ``record``, in order.
+
+        The one place where PIPELINING makes a difference. Offered (RFC 2920 §3.1): every
+        command goes in one write and every reply is read, whatever the earlier ones said.
+        Not offered: each command waits for the reply to the one before, and the first one
+        ``wanted`` declines ends the exchange unsent.
+        """
+        pipelined = self.extensions.pipelining
+        if pipelined:
+            wire = b"".join(self._conn.send(command) for command in commands)
+            await self._write(wire, self.timeouts.mail, f"sending {_verbs(commands)}")
+        for command in commands:
+            verb, seconds = _verb(command), self._timeout_for(command)
+            if pipelined:
+                reply = await self._read(seconds, f"waiting for the reply to {verb}")
+            elif wanted(command):
+                reply = await self._command(command, seconds, verb)
+            else:
+                return
+            record(command, reply)
+
+    def _timeout_for(self, command: Command) -> float:
+        """RFC 5321 §4.5.3.2: MAIL, RCPT and DATA's 354 each have their own deadline."""
+        t = self.timeouts
+        if isinstance(command, Mail):
+            return t.mail
+        if isinstance(command, Rcpt):
+            return t.rcpt
+        return t.data_init if isinstance(command, Data) else t.command
 
     async def _send_message(self, message: BinaryIO, first: bytes) -> None:
         """Send the message, starting with ``first`` (its first block, read on opening)."""
@@ -531,14 +359,6 @@ class SmtpClientSession:
                     "transient", self.options.label, f"cannot read the message: {exc}"
                 ) from None
         await self._write(self._conn.end_data(), self.timeouts.data_block, "ending the message")
-
-    def _expect_final(self, reply: Reply, what: str) -> None:
-        """MAIL, RCPT and the end of data take 2xx, 4xx or 5xx, nothing else."""
-        if reply.is_intermediate:
-            raise self._unexpected(reply, what)
-
-    def _unexpected(self, reply: Reply, what: str) -> SessionError:
-        return self._broken(f"unexpected reply to {what} from {self.options.display}: {reply}")
 
     def _check_quiet(self) -> None:
         """After a transaction nothing more may have arrived: an extra or unsolicited reply
@@ -584,9 +404,14 @@ class SmtpClientSession:
 
     # --- I/O ---------------------------------------------------------------------------------
 
-    def _broken(self, detail: str, *, tls_failure: bool = False) -> SessionError:
+    def _broken(self, detail: str, **flags: bool) -> SessionError:
+        """The session cannot go on: a transient `SessionError` (``flags``: its
+        ``tls_failure`` and ``timed_out``)."""
         self.usable = False
-        return SessionError("transient", self.options.label, detail, tls_failure=tls_failure)
+        return SessionError("transient", self.options.label, detail, **flags)
+
+    def _unexpected(self, reply: Reply, what: str) -> SessionError:
+        return self._broken(f"unexpected reply to {what} from {self.options.display}: {reply}")
 
     @contextlib.contextmanager
     def _guard(self, timeout: float, what: str) -> Iterator[None]:
@@ -596,7 +421,8 @@ class SmtpClientSession:
             with trio.fail_after(timeout):
                 yield
         except trio.TooSlowError:
-            raise self._broken(f"timed out after {timeout:g} s {what} ({display})") from None
+            detail = f"timed out after {timeout:g} s {what} ({display})"
+            raise self._broken(detail, timed_out=True) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__ or exc
             raise self._broken(f"connection to {display} lost {what}: {cause}") from None
@@ -642,43 +468,28 @@ class SmtpClientSession:
         return await self._read(seconds, f"waiting for the reply to {verb}")
 
 
-def _decide(
-    outcomes: list[RecipientOutcome | None],
-    recipients: Sequence[str],
-    indices: Sequence[int],
-    reply: Reply,
-) -> None:
-    outcome = outcome_of_code(reply.code)
-    for i in indices:
-        outcomes[i] = RecipientOutcome(recipients[i], outcome, str(reply))
+def _verb(command: Command) -> str:
+    return type(command).__name__.upper()
 
 
-def _decide_all(
-    outcomes: list[RecipientOutcome | None], recipients: Sequence[str], reply: Reply
-) -> None:
-    _decide(outcomes, recipients, range(len(recipients)), reply)
+def _verbs(commands: Sequence[Command]) -> str:
+    """ "MAIL, RCPT and DATA": each verb once, in order."""
+    verbs = list(dict.fromkeys(_verb(c) for c in commands))
+    return verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} and {verbs[-1]}"
 
 
-def _why_not_connected(exc: OSError) -> str:
-    """ "refused", "timed out", ... out of trio's "all attempts to connect failed" error."""
+def _why_not_connected(exc: OSError) -> tuple[str, bool]:
+    """ "refused", "failed: ..." out of trio's "all attempts to connect failed" error, and
+    whether an attempt timed out (the operating system's own connect timeout, ETIMEDOUT)."""
     causes: list[BaseException] = [exc]
     group = exc.__cause__
     if isinstance(group, BaseExceptionGroup):
         causes = list(group.exceptions)
+    timed_out = any(isinstance(cause, TimeoutError) for cause in causes)
     for cause in causes:
         if isinstance(cause, ConnectionRefusedError):
-            return "refused"
+            return "refused", timed_out
     first = causes[-1]
     if isinstance(first, OSError) and first.strerror:
-        return f"failed: {first.strerror}"
-    return f"failed: {first}"
-
-
-def _open_message(path: Path) -> tuple[BinaryIO, bytes]:
-    """Open the spooled message and read its first block: one thread hop for most mail."""
-    message = path.open("rb")
-    try:
-        return message, message.read(MESSAGE_BLOCK_BYTES)
-    except BaseException:
-        message.close()
-        raise
+        return f"failed: {first.strerror}", timed_out
+    return f"failed: {first}", timed_out

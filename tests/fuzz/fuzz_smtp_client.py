@@ -17,7 +17,7 @@ import itertools
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["dispatch"]):
-    from dispatch.relays.smtp_session import remote_id_of
+    from dispatch.relays.smtp_transaction import remote_id_of
     from dispatch.smtp import NEED_DATA, ClientConnection, RemoteProtocolError
     from dispatch.smtp.events import (
         Command,

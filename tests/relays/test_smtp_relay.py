@@ -12,10 +12,11 @@ import trio
 
 from dispatch.config.settings import SmtpRelay
 from dispatch.config.types import Port, PositiveFloat, PositiveInt, Secret
-from dispatch.relays import smarthost as smtp_relay
+from dispatch.relays import smtp_pool
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.smarthost import SmtpRelayClient
-from dispatch.relays.smtp_session import Timeouts, remote_id_of
+from dispatch.relays.smtp_options import Timeouts
+from dispatch.relays.smtp_transaction import remote_id_of
 from dispatch.smtp import Reply
 from tests.conftest import free_port
 from tests.relays.peers import ScriptedSmtp, greet_then_garbage, greet_then_hang, raw_server
@@ -527,7 +528,7 @@ async def test_line_break_in_an_address_is_refused(start_sink: StartSink, eml: P
 async def test_idle_connections_expire(
     start_sink: StartSink, eml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(smtp_relay, "IDLE_SECONDS", 0.1)
+    monkeypatch.setattr(smtp_pool, "IDLE_SECONDS", 0.1)
     sink = start_sink()
     relay = make_relay(sink.port)
     assert outcomes(await relay.deliver(request(eml))) == ["delivered"]
