@@ -35,7 +35,8 @@ import trio
 
 from dispatch.intake import records
 from dispatch.intake.ports import ListeningPorts
-from dispatch.intake.session import TLS_HANDSHAKE_SECONDS, IntakeContext, SmtpSession
+from dispatch.intake.session import IntakeContext, SmtpSession
+from dispatch.intake.transport import HandshakeFailed, tls_handshake
 from dispatch.lifecycle import Shutdown
 from dispatch.logs import log_context
 from dispatch.security.allowlist import is_allowed
@@ -185,7 +186,7 @@ class SmtpListener:
 
     async def _implicit_tls(
         self, stream: trio.SocketStream, peer_ip: str
-    ) -> trio.SSLStream[trio.SocketStream]:
+    ) -> trio.SSLStream[trio.abc.Stream]:
         """RFC 8314 §3.3: the TLS handshake first, under the same deadline as STARTTLS's.
 
         A client that fails it (or never starts it) is logged at info and dropped: a port
@@ -193,17 +194,12 @@ class SmtpListener:
         if self.context.tls is None:
             log.error("no TLS context for the implicit-TLS port; closing")
             raise _HandshakeFailed
-        tls_stream = trio.SSLStream(
-            stream, self.context.tls, server_side=True, https_compatible=True
-        )
         try:
-            with trio.fail_after(TLS_HANDSHAKE_SECONDS):
-                await tls_stream.do_handshake()
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("implicit TLS handshake with %s failed: %s", peer_ip, exc.__cause__ or exc)
-            await trio.aclose_forcefully(tls_stream)
+            return await tls_handshake(stream, self.context.tls)
+        except HandshakeFailed as exc:
+            log.info("implicit TLS handshake with %s failed: %s", peer_ip, exc)
+            await trio.aclose_forcefully(stream)
             raise _HandshakeFailed from exc
-        return tls_stream
 
 
 class _HandshakeFailed(Exception):

@@ -8,23 +8,23 @@ message is committed (fsynced) and only then is ``250 … queued as <id>`` sent 
 that reply run shielded from cancellation, so a shutdown never turns an accepted message into
 a ``421``.
 
-Ownership and stopping: :class:`SmtpSession` owns the stream it is given (and the TLS stream
-it may wrap it in) and the open spool message. :meth:`SmtpSession.run` returns when the
-session ends for any reason (QUIT, EOF, a fatal protocol error, a timeout); it closes nothing
-itself — the listener closes the stream. On cancellation (shutdown) an open message is
-discarded (nothing half-written stays in the spool) and the listener then calls
-:meth:`SmtpSession.say_goodbye` to send ``421``.
+Ownership and stopping: :class:`SmtpSession` owns its
+:class:`~dispatch.intake.transport.SessionTransport` (the stream it is given, the TLS stream
+STARTTLS may put over it, the replies not yet written) and its
+:class:`~dispatch.intake.transaction.TransactionSlot` (the open spool message).
+:meth:`SmtpSession.run` returns when the session ends for any reason (QUIT, EOF, a fatal
+protocol error, a timeout); it closes nothing itself — the listener closes the stream. On
+cancellation (shutdown) an open message is discarded (nothing half-written stays in the
+spool) and the listener then calls :meth:`SmtpSession.say_goodbye` to send ``421``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import select
 import ssl
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 import trio
@@ -33,7 +33,9 @@ from dispatch.config.settings import ListenerSettings
 from dispatch.intake import records
 from dispatch.intake.login import BUSY as BUSY_CHECKING_PASSWORDS
 from dispatch.intake.login import SmtpAuthenticator
-from dispatch.intake.received import LoopDetector, protocol_name, received_header
+from dispatch.intake.received import protocol_name, received_header
+from dispatch.intake.transaction import MailTransaction, MessageSpool, TransactionSlot
+from dispatch.intake.transport import HandshakeFailed, SessionEnded, SessionTransport
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
@@ -69,26 +71,7 @@ from dispatch.storage.records import AuditEntry, MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
-RECEIVE_BYTES: Final = 65_536
 MAX_ERROR_REPLIES: Final = 3  # SPEC §3: after 3 error replies, 421 and close
-TLS_HANDSHAKE_SECONDS: Final = 10.0
-GOODBYE_SECONDS: Final = 2.0  # a peer that does not read its 421 is not waited for
-
-SPOOL_FULL: Final = Reply.of(452, "Insufficient system storage, try again later", enhanced="4.3.1")
-SPOOL_ERROR: Final = Reply.of(451, "Local error in processing, try again later", enhanced="4.3.0")
-SENDER_OK: Final = Reply.of(250, "Sender ok", enhanced="2.1.0")
-RECIPIENT_OK: Final = Reply.of(250, "Recipient ok", enhanced="2.1.5")
-
-
-class SessionEnded(Exception):
-    """The peer went away or broke the transport; nothing more can be said to it."""
-
-
-class MessageSpool(Protocol):
-    """Where sessions start messages: the :class:`~dispatch.spool.Spool` in the main process,
-    a :class:`~dispatch.spool.SpoolEntrance` in an intake worker process."""
-
-    def begin(self) -> IncomingMessage: ...
 
 
 @attrs.frozen
@@ -103,15 +86,6 @@ class IntakeContext:
     record: Callable[[MessageEvent], None]  # the message log; never blocks
     tracer: Tracer
     audit: Callable[[AuditEntry], None]  # the audit log (AUTH throttling); never blocks
-
-
-@attrs.define
-class _Transaction:
-    mail_from: str
-    recipients: list[str] = attrs.Factory(list)
-    message: IncomingMessage | None = None
-    loops: LoopDetector = attrs.Factory(LoopDetector)
-    chunk_size: int = 0  # the BDAT chunk being read
 
 
 class SmtpSession:
@@ -131,7 +105,7 @@ class SmtpSession:
         local_port: int = 0,
         implicit_tls: bool = False,
     ) -> None:
-        self.stream = stream
+        self.transport = SessionTransport(stream)
         self.trace = trace
         self.peer_ip = peer_ip
         self.context = context
@@ -152,11 +126,7 @@ class SmtpSession:
         self.errors = 0
         self.messages = 0
         self.started = time.monotonic()
-        self._out = bytearray()
-        self._current: _Transaction | None = None
-        # Messages of transactions that were replaced or cleared, still to be aborted: see
-        # the `_transaction` setter.
-        self._dropped: list[IncomingMessage] = []
+        self.transactions = TransactionSlot()
         self._waiting_since = 0.0  # trio time the wait for the next command began
 
     @property
@@ -164,28 +134,9 @@ class SmtpSession:
         return self.conn.tls_active
 
     @property
-    def _transaction(self) -> _Transaction | None:
-        """The open mail transaction, if any."""
-        return self._current
-
-    @_transaction.setter
-    def _transaction(self, new: _Transaction | None) -> None:
-        # The one place a transaction is replaced or cleared (RSET, EHLO, HELO, STARTTLS, the
-        # end of the data, the end of the session ...). A message still open in the old one
-        # is queued here and aborted by `_abort_dropped` before the session reads on, so no
-        # path that abandons a transaction can leave its spool file and descriptor behind.
-        old = self._current
-        if old is not None and old is not new and old.message is not None:
-            self._dropped.append(old.message)
-            old.message = None
-        self._current = new
-
-    async def _abort_dropped(self) -> None:
-        """Abort the messages of abandoned transactions (closes their descriptors and removes
-        their ``tmp/`` files). Shielded: it also runs while the session is being cancelled."""
-        with trio.CancelScope(shield=True):
-            while self._dropped:
-                await self._dropped.pop().abort()
+    def stream(self) -> trio.abc.Stream:
+        """The outermost stream: the TLS one after STARTTLS (the listener closes it)."""
+        return self.transport.stream
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -201,8 +152,8 @@ class SmtpSession:
         except SessionEnded:
             pass
         finally:
-            self._transaction = None
-            await self._abort_dropped()
+            self.transactions.current = None
+            await self.transactions.abort_dropped()
             stats = self.context.stats
             stats.smtp_sessions.add("tls" if self.tls_active else "plain")
             stats.smtp_session_seconds.observe(time.monotonic() - self.started)
@@ -221,7 +172,7 @@ class SmtpSession:
         is readable there is TLS records, not commands.
         """
         self._waiting_since = trio.current_time()
-        if _readable_now(self.stream):
+        if self.transport.readable_now():
             await self._receive()
         event = self.conn.next_event()
         if isinstance(event, UnsynchronisedPipelining):
@@ -232,8 +183,8 @@ class SmtpSession:
     async def _serve(self) -> None:
         self._waiting_since = trio.current_time()
         while not self.conn.closed:
-            if self._dropped:
-                await self._abort_dropped()
+            if self.transactions.has_dropped:
+                await self.transactions.abort_dropped()
             event = self.conn.next_event()
             if event is NEED_DATA:
                 await self._flush()
@@ -259,19 +210,15 @@ class SmtpSession:
         # (slowloris) used to keep its connection slot until the session deadline, 30 min
         # (found by tests/system/test_abuse_smtp.py).
         deadline = self._waiting_since + self.settings.connection_timeout_seconds
-        with trio.move_on_at(deadline) as idle:
-            try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise SessionEnded from exc
-        if idle.cancelled_caught:
+        data = await self.transport.receive(deadline)
+        if data is None:
             log.info("idle for %.0f s; closing", self.settings.connection_timeout_seconds)
             await self.say_goodbye(replies.TIMEOUT)
             raise SessionEnded
-        self.conn.receive_data(bytes(data))  # SSLStream hands out bytearrays
+        self.conn.receive_data(data)
 
     def _reply(self, reply: Reply) -> None:
-        self._out += self.conn.send(reply)
+        self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
         if reply.code >= 400:
             self.trace.error(f"S: {reply.code} {reply.enhanced or ''} {reply.lines[0]}")
@@ -281,30 +228,19 @@ class SmtpSession:
             self.errors += 1
             if self.errors >= MAX_ERROR_REPLIES:
                 log.info("%d error replies; closing", self.errors)
-                self._out += self.conn.send(replies.TOO_MANY_ERRORS)
+                self.transport.queue(self.conn.send(replies.TOO_MANY_ERRORS))
                 self.context.stats.smtp_replies.add("421")
 
     async def _flush(self) -> None:
-        if not self._out:
-            return
-        data, self._out = bytes(self._out), bytearray()
-        with trio.move_on_after(self.settings.connection_timeout_seconds) as stuck:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise SessionEnded from exc
-        if stuck.cancelled_caught:
-            raise SessionEnded  # the peer stopped reading
+        await self.transport.flush(self.settings.connection_timeout_seconds)
 
     async def say_goodbye(self, reply: Reply) -> None:
         """Send a closing ``421`` if the session is still open, best effort and bounded."""
         if self.conn.closed:
             return
-        self._out += self.conn.send(reply)
+        self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
-        with trio.move_on_after(GOODBYE_SECONDS):
-            with contextlib.suppress(SessionEnded):
-                await self._flush()
+        await self.transport.goodbye(self.settings.connection_timeout_seconds)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -320,22 +256,23 @@ class SmtpSession:
             case Mail():
                 self._reply(self._mail(event))
             case Rcpt(forward_path):
-                assert self._transaction is not None
-                self._transaction.recipients.append(forward_path)
-                self._reply(RECIPIENT_OK)
+                assert self.transactions.current is not None
+                self.transactions.current.recipients.append(forward_path)
+                self._reply(replies.RECIPIENT_OK)
             case Data():
                 await self._open_message()
                 self._reply(replies.START_DATA)
             case Bdat(size):
                 await self._open_message()
-                assert self._transaction is not None
-                self._transaction.chunk_size = size
+                assert self.transactions.current is not None
+                self.transactions.current.chunk_size = size
             case DataChunk(data):
-                await self._write(data)
+                if self.transactions.current is not None:
+                    await self.transactions.current.write(data)
             case DataEnd():
                 await self._end_data(event)
             case Rset():
-                self._transaction = None
+                self.transactions.current = None
                 self._reply(replies.OK)
             case Noop():
                 self._reply(replies.OK)
@@ -353,15 +290,26 @@ class SmtpSession:
                 await self._auth_start(event)
             case AuthResponse():
                 self._auth_result(await self.auth.respond(event))
+            case CommandError(reply=reply) | UnknownCommand(reply=reply):
+                self._reply(reply)
+            case WrongProtocol() | BareLineEnding() | UnsynchronisedPipelining():
+                await self._refuse_violation(event)
+            case _:
+                raise AssertionError(f"unhandled SMTP event {event!r}")
+
+    async def _refuse_violation(
+        self, event: WrongProtocol | BareLineEnding | UnsynchronisedPipelining
+    ) -> None:
+        """Answer what the core ended the session for (its reply closes the connection)."""
+        stats = self.context.stats
+        match event:
             case WrongProtocol(verb, reply):
                 log.warning("%s command on the SMTP port from %s: closed", verb, self.peer_ip)
-                self.context.stats.smtp_wrong_protocol.add(verb)
-                self._reply(reply)
+                stats.smtp_wrong_protocol.add(verb)
             case BareLineEnding(reply):
                 log.warning("bare CR or LF in message data from %s: closed", self.peer_ip)
-                self.context.stats.smtp_violations.add("bare_line_ending")
+                stats.smtp_violations.add("bare_line_ending")
                 await self._discard_message()
-                self._reply(reply)
             case UnsynchronisedPipelining(after, octets, reply):
                 # Unauthenticated only (the core's rule); BDAT is exempt. See docs/smtp.md.
                 log.warning(
@@ -371,12 +319,8 @@ class SmtpSession:
                     self.peer_ip,
                 )
                 kind = "before_greeting" if after == "CONNECT" else "pipelining_after_data"
-                self.context.stats.smtp_violations.add(kind)
-                self._reply(reply)
-            case CommandError(reply=reply) | UnknownCommand(reply=reply):
-                self._reply(reply)
-            case _:
-                raise AssertionError(f"unhandled SMTP event {event!r}")
+                stats.smtp_violations.add(kind)
+        self._reply(reply)
 
     def _count_command(self, event: Event) -> None:
         if isinstance(event, UnknownCommand | CommandError | WrongProtocol):
@@ -405,7 +349,7 @@ class SmtpSession:
 
     def _reset(self, helo: str, *, esmtp: bool) -> None:
         self.helo, self.esmtp = helo, esmtp
-        self._transaction = None  # EHLO resets the transaction (RFC 5321 §4.1.4)
+        self.transactions.current = None  # EHLO resets the transaction (RFC 5321 §4.1.4)
 
     @property
     def _plaintext_auth_allowed(self) -> bool:
@@ -414,8 +358,8 @@ class SmtpSession:
     def _mail(self, command: Mail) -> Reply:
         if (self.settings.require_auth or self.submission) and self.auth.identity is None:
             return replies.AUTH_REQUIRED
-        self._transaction = _Transaction(command.reverse_path)
-        return SENDER_OK
+        self.transactions.current = MailTransaction(command.reverse_path)
+        return replies.SENDER_OK
 
     async def _auth_start(self, command: Auth) -> None:
         if not (self.tls_active or self._plaintext_auth_allowed):
@@ -438,42 +382,29 @@ class SmtpSession:
     # --- message data ----------------------------------------------------------------------
 
     async def _open_message(self) -> None:
-        transaction = self._transaction
-        assert transaction is not None
-        if transaction.message is not None:
-            return  # a later BDAT chunk of the same message
-        message = self.context.spool.begin()
-        transaction.message = message
-        await message.write(
-            received_header(
-                server_name=self.settings.server_name,
-                helo=self.helo,
-                peer_ip=self.peer_ip,
-                protocol=protocol_name(
-                    esmtp=self.esmtp,
-                    tls=self.tls_active,
-                    authenticated=self.auth.identity is not None,
-                ),
-                message_id=message.id,
-                timestamp=time.time(),
-            )
+        assert self.transactions.current is not None
+        await self.transactions.current.open_message(self.context.spool, self._received_header)
+
+    def _received_header(self, message_id: str) -> bytes:
+        return received_header(
+            server_name=self.settings.server_name,
+            helo=self.helo,
+            peer_ip=self.peer_ip,
+            protocol=protocol_name(
+                esmtp=self.esmtp, tls=self.tls_active, authenticated=self.auth.identity is not None
+            ),
+            message_id=message_id,
+            timestamp=time.time(),
         )
 
-    async def _write(self, data: bytes) -> None:
-        transaction = self._transaction
-        if transaction is None or transaction.message is None:
-            return  # the chunks of a refused BDAT are read and dropped by the core
-        transaction.loops.feed(data)
-        await transaction.message.write(data)
-
     async def _end_data(self, end: DataEnd) -> None:
-        transaction = self._transaction
+        transaction = self.transactions.current
         if end.error is not None or transaction is None or transaction.message is None:
             if end.error is replies.NUL_IN_DATA:
                 log.warning("NUL in message data from %s: message refused", self.peer_ip)
                 self.context.stats.smtp_violations.add("nul_in_data")
             await self._discard_message()
-            self._transaction = None  # the core has ended the transaction too
+            self.transactions.current = None  # the core has ended the transaction too
             self._reply(end.error or replies.BAD_SEQUENCE)
             return
         if not end.last:
@@ -488,7 +419,7 @@ class SmtpSession:
             return
         await self._commit(transaction, transaction.message)
 
-    async def _commit(self, transaction: _Transaction, message: IncomingMessage) -> None:
+    async def _commit(self, transaction: MailTransaction, message: IncomingMessage) -> None:
         stats = self.context.stats
         # Shielded: once the message is durable its 250 must go out, even during shutdown.
         with trio.CancelScope(shield=True):
@@ -504,14 +435,14 @@ class SmtpSession:
                 full = isinstance(exc, SpoolFullError)
                 stats.spool_writes.add("full" if full else "error")
                 log.error("spool write failed: %s", exc)
-                self._transaction = None
-                self._reply(SPOOL_FULL if full else SPOOL_ERROR)
+                self.transactions.current = None
+                self._reply(replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
                 return
             stats.spool_writes.add("ok")
             stats.messages_received.add("smtp")
             self.messages += 1
             transaction.message = None  # committed: nothing left to abort
-            self._transaction = None
+            self.transactions.current = None
             self.trace.event(f"queued {envelope.id} ({envelope.size} bytes)")
             log.info(
                 "queued %s: %d recipient(s), %d bytes",
@@ -525,11 +456,8 @@ class SmtpSession:
 
     async def _discard_message(self) -> None:
         """Abort the open transaction's message, keeping the transaction itself."""
-        transaction = self._transaction
-        if transaction is not None and transaction.message is not None:
-            self._dropped.append(transaction.message)
-            transaction.message = None
-        await self._abort_dropped()
+        self.transactions.discard_message()
+        await self.transactions.abort_dropped()
 
     # --- STARTTLS --------------------------------------------------------------------------
 
@@ -537,25 +465,11 @@ class SmtpSession:
         """RFC 3207: after our 220, the handshake; then the session starts over."""
         assert self.context.tls is not None
         await self._flush()
-        tls_stream = trio.SSLStream(
-            self.stream, self.context.tls, server_side=True, https_compatible=True
-        )
         try:
-            with trio.fail_after(TLS_HANDSHAKE_SECONDS):
-                await tls_stream.do_handshake()
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self.transport.start_tls(self.context.tls)
+        except HandshakeFailed as exc:
             log.info("TLS handshake with %s failed: %s", self.peer_ip, exc)
             raise SessionEnded from exc
-        self.stream = tls_stream
         self.conn.tls_established()
-        self._transaction = None
+        self.transactions.current = None
         self.helo = ""
-
-
-def _readable_now(stream: trio.abc.Stream) -> bool:
-    """Whether bytes (or an EOF) can be read from a plain TCP stream without waiting."""
-    if not isinstance(stream, trio.SocketStream):
-        return False
-    poller = select.poll()
-    poller.register(stream.socket.fileno(), select.POLLIN)
-    return bool(poller.poll(0))

@@ -35,11 +35,14 @@ import logging
 import math
 import signal
 import socket
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import trio
 
+from dispatch.config.settings import ListenerSettings
 from dispatch.intake.link import (
     TO_WORKER,
     Committed,
@@ -82,19 +85,8 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     outbox_send, outbox = trio.open_memory_channel[FromWorker](math.inf)
     stats = Stats()
     share_among(listener_settings.processes)  # password checks: this process's share
-    context = IntakeContext(
-        settings=lambda: listener_settings,
-        spool=SpoolEntrance(
-            Path(start.spool_directory),
-            lambda envelope: outbox_send.send_nowait(Committed(envelope)),
-            limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS),
-        ),
-        stats=stats,
-        auth_throttle=FailureThrottle(),
-        tls=await trio.to_thread.run_sync(server_context, start.certificate),
-        record=lambda event: outbox_send.send_nowait(Logged(event)),
-        tracer=Tracer(),
-    )
+    tls = await trio.to_thread.run_sync(server_context, start.certificate)
+    context = _context(start, lambda: listener_settings, tls, stats, outbox_send)
     listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         for fd in listen_fds
@@ -122,28 +114,53 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
             log.error("%s; stopping", exc)
         shutdown.request()
 
-    async def ship_stats() -> None:
-        while True:
-            await trio.sleep(STATS_INTERVAL)
-            outbox_send.send_nowait(Counters(stats.take()))
-
-    async def stop_on_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                shutdown.request()
-
     async with trio.open_nursery() as outer:
         outer.start_soon(_forward, outbox, link)  # ends once the outbox is closed and empty
         async with trio.open_nursery() as helpers:
             helpers.start_soon(take_settings)
-            helpers.start_soon(ship_stats)
-            helpers.start_soon(stop_on_signal)
+            helpers.start_soon(_ship_stats, stats, outbox_send)
+            helpers.start_soon(_stop_on_signal, shutdown)
             outbox_send.send_nowait(Ready())
             await listener.serve(listeners, shutdown)
             helpers.cancel_scope.cancel()
         outbox_send.send_nowait(Counters(stats.take()))
         outbox_send.close()
     await link.aclose()
+
+
+async def _ship_stats(stats: Stats, outbox: trio.MemorySendChannel[FromWorker]) -> None:
+    while True:
+        await trio.sleep(STATS_INTERVAL)
+        outbox.send_nowait(Counters(stats.take()))
+
+
+async def _stop_on_signal(shutdown: Shutdown) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            shutdown.request()
+
+
+def _context(
+    start: Start,
+    settings: Callable[[], ListenerSettings],
+    tls: ssl.SSLContext,
+    stats: Stats,
+    outbox: trio.MemorySendChannel[FromWorker],
+) -> IntakeContext:
+    """What this process's sessions share; what they commit and log goes to the outbox."""
+    return IntakeContext(
+        settings=settings,
+        spool=SpoolEntrance(
+            Path(start.spool_directory),
+            lambda envelope: outbox.send_nowait(Committed(envelope)),
+            limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS),
+        ),
+        stats=stats,
+        auth_throttle=FailureThrottle(),
+        tls=tls,
+        record=lambda event: outbox.send_nowait(Logged(event)),
+        tracer=Tracer(),
+    )
 
 
 async def _receive_start(link: Link[ToWorker]) -> Start:

@@ -147,6 +147,8 @@ def assemble_reply(lines: Sequence[ReplyLine]) -> Reply:
 
 SERVICE_CLOSING: Final = Reply.of(221, "Bye", enhanced="2.0.0")
 OK: Final = Reply.of(250, "Ok", enhanced="2.0.0")
+SENDER_OK: Final = Reply.of(250, "Sender ok", enhanced="2.1.0")
+RECIPIENT_OK: Final = Reply.of(250, "Recipient ok", enhanced="2.1.5")
 HELP: Final = Reply.of(214, "See RFC 5321", enhanced="2.0.0")
 # RFC 5321 §3.5.3: 252 when the server will not verify but will accept mail for the address.
 CANNOT_VRFY: Final = Reply.of(
@@ -160,6 +162,12 @@ TIMEOUT: Final = Reply.of(421, "Timeout exceeded, closing connection", enhanced=
 TOO_MANY_ERRORS: Final = Reply.of(421, "Too many errors, closing connection", enhanced="4.7.0")
 TOO_MANY_CONNECTIONS: Final = Reply.of(421, "Too many connections, try later", enhanced="4.3.2")
 TLS_NOT_AVAILABLE: Final = Reply.of(454, "TLS not available", enhanced="4.7.0")
+# The spool could not take the message (RFC 3463 X.3.1: the disk is full; X.3.0: any other
+# local fault). Transient either way: nothing was kept, and the client retries later.
+INSUFFICIENT_STORAGE: Final = Reply.of(
+    452, "Insufficient system storage, try again later", enhanced="4.3.1"
+)
+LOCAL_ERROR: Final = Reply.of(451, "Local error in processing, try again later", enhanced="4.3.0")
 # RFC 5321 §4.5.3.1.10 and RFC 3463 X.5.3: too many recipients is transient, the client
 # sends the rest in a further transaction.
 TOO_MANY_RECIPIENTS: Final = Reply.of(452, "Too many recipients", enhanced="4.5.3")

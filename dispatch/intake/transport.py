@@ -1,0 +1,112 @@
+"""The bytes of one inbound SMTP connection: reads and writes under deadlines, and TLS.
+
+:class:`SessionTransport` owns a session's stream — plain TCP, or the TLS stream that
+STARTTLS (RFC 3207) or an implicit-TLS port (RFC 8314) puts over it — and the replies queued
+for it. The session decides what to say and when a wait has lasted too long; the transport
+does the waiting and the writing, and turns a peer that went away into :class:`SessionEnded`.
+It closes nothing: the listener closes the stream it accepted, and the TLS layer over it
+(``SessionTransport.stream`` is the outermost one).
+
+:func:`tls_handshake` is the one server-side handshake, for STARTTLS here and for the
+implicit-TLS ports in the listener: bounded by :data:`TLS_HANDSHAKE_SECONDS`, so a client that
+starts one and goes quiet does not hold its connection slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import ssl
+from typing import Final
+
+import trio
+
+RECEIVE_BYTES: Final = 65_536
+TLS_HANDSHAKE_SECONDS: Final = 10.0
+GOODBYE_SECONDS: Final = 2.0  # a peer that does not read its 421 is not waited for
+
+
+class SessionEnded(Exception):
+    """The peer went away or broke the transport; nothing more can be said to it."""
+
+
+class HandshakeFailed(Exception):
+    """The TLS handshake did not complete in time (the message says why); nothing is closed:
+    whoever owns the stream under it closes that."""
+
+
+async def tls_handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
+    """Server side of a TLS handshake over ``stream``, under :data:`TLS_HANDSHAKE_SECONDS`."""
+    tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+    try:
+        with trio.fail_after(TLS_HANDSHAKE_SECONDS):
+            await tls_stream.do_handshake()
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise HandshakeFailed(exc.__cause__ or exc) from exc
+    return tls_stream
+
+
+class SessionTransport:
+    """One session's stream and the replies not yet written to it (see the module doc)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._out = bytearray()
+
+    def queue(self, data: bytes) -> None:
+        """Queue serialised replies; :meth:`flush` writes everything queued in one go."""
+        self._out += data
+
+    def readable_now(self) -> bool:
+        """Whether bytes (or an EOF) can be read from a plain TCP stream without waiting.
+
+        One ``poll(2)`` with no timeout. Always false over TLS: what is readable there is
+        TLS records, not commands.
+        """
+        if not isinstance(self.stream, trio.SocketStream):
+            return False
+        poller = select.poll()
+        poller.register(self.stream.socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    async def receive(self, deadline: float) -> bytes | None:
+        """The next bytes from the peer, or ``None`` if none came by ``deadline`` (trio time).
+
+        Raises :class:`SessionEnded` if the peer broke the connection.
+        """
+        with trio.move_on_at(deadline):
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise SessionEnded from exc
+            return bytes(data)  # SSLStream hands out bytearrays; b"" is the peer's EOF
+        return None
+
+    async def flush(self, stuck_after: float) -> None:
+        """Write what is queued; :class:`SessionEnded` if the peer is gone, or stopped reading
+        (the write took more than ``stuck_after`` seconds)."""
+        if not self._out:
+            return
+        data, self._out = bytes(self._out), bytearray()
+        with trio.move_on_after(stuck_after) as stuck:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise SessionEnded from exc
+        if stuck.cancelled_caught:
+            raise SessionEnded  # the peer stopped reading
+
+    async def goodbye(self, stuck_after: float) -> None:
+        """Write what is queued (a closing reply) if the peer takes it within ``stuck_after``
+        seconds, and at most :data:`GOODBYE_SECONDS`; never raises."""
+        with contextlib.suppress(SessionEnded):
+            await self.flush(min(stuck_after, GOODBYE_SECONDS))
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Put TLS over the stream (after the ``220`` for STARTTLS has been flushed).
+
+        Raises :class:`HandshakeFailed`; the session then ends.
+        """
+        self.stream = await tls_handshake(self.stream, context)
