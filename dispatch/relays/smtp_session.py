@@ -268,9 +268,9 @@ class SmtpClientSession:
         """
         if not self.usable:
             raise RuntimeError("send() on an unusable session")  # a bug in the pool
-        label, ext = self.options.label, self.extensions
-        tx = Transaction.plan(ext, mail_from, recipients, size, smtputf8=smtputf8)
-        if (refusal := tx.refusal(ext, size, self.options.display)) is not None:
+        label = self.options.label
+        tx = Transaction.plan(self.extensions, mail_from, recipients, size, smtputf8=smtputf8)
+        if (refusal := tx.refusal(self.options.display)) is not None:
             return TransactionResult.all(recipients, "permanent", f"{label}: {refusal}")
         try:
             message, first = await trio.to_thread.run_sync(open_message, message_path)

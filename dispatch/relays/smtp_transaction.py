@@ -86,8 +86,12 @@ class Transaction:
     to the end of data to :meth:`record_final`. Owns only its bookkeeping.
     """
 
-    def __init__(self, mail: Mail, recipients: Sequence[str]) -> None:
+    def __init__(
+        self, mail: Mail, recipients: Sequence[str], size: int, extensions: Extensions
+    ) -> None:
         self.recipients = tuple(recipients)
+        self.size = size
+        self.extensions = extensions  # what the server offers
         self.commands: tuple[Command, ...] = (mail, *(Rcpt(r) for r in recipients), Data())
         self.accepted: list[int] = []  # indices of recipients whose RCPT was accepted
         self.data_reply: Reply | None = None
@@ -115,7 +119,7 @@ class Transaction:
             body="8BITMIME" if extensions.eightbitmime else None,
             smtputf8=smtputf8 or not all(a.isascii() for a in (mail_from, *recipients)),
         )
-        return cls(mail, recipients)
+        return cls(mail, recipients, size, extensions)
 
     @property
     def mail(self) -> Mail:
@@ -123,11 +127,12 @@ class Transaction:
         assert isinstance(mail, Mail)
         return mail
 
-    def refusal(self, extensions: Extensions, size: int, server: str) -> str | None:
+    def refusal(self, server: str) -> str | None:
         """Why the transaction must fail permanently without a byte sent, or None: a CR, LF or
         NUL in an address (it would end the command line early and inject another; the core
         refuses it too), SMTPUTF8 needed but not offered (RFC 6531 §3.4), a message larger
         than the server's SIZE (RFC 1870 §4). ``server`` names the server in the text."""
+        extensions, size = self.extensions, self.size
         if any(_UNSENDABLE.search(a) for a in (self.mail.reverse_path, *self.recipients)):
             return "CR, LF or NUL in an address"
         if self.mail.smtputf8 and not extensions.smtputf8:
