@@ -39,6 +39,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -239,3 +240,32 @@ def _read_file(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# --- what an intake worker process that died left (while the spool is open) ---------------
+# See Spool.adopt_unannounced: the ids are listed twice, some seconds apart, and only those
+# still unknown then are read.
+
+
+def incoming_ids(layout: SpoolLayout) -> list[str]:
+    """Ids of the envelopes in ``incoming/`` (the envelope is a message's commit point)."""
+    ids = []
+    with os.scandir(layout.state_dirs[MessageState.INCOMING]) as listing:
+        for item in listing:
+            stem, _, suffix = item.name.rpartition(".")
+            if suffix == "json" and is_valid_id(stem):
+                ids.append(stem)
+    return ids
+
+
+def read_incoming_envelopes(layout: SpoolLayout, message_ids: Iterable[str]) -> list[Envelope]:
+    """The readable envelopes of these incoming messages (gone or corrupt ones are skipped:
+    start-up recovery deals with those)."""
+    envelopes = []
+    for message_id in message_ids:
+        path = layout.path(MessageState.INCOMING, message_id, JSON)
+        try:
+            envelopes.append(Envelope.from_json(path.read_bytes(), path=path))
+        except (OSError, CorruptEnvelopeError) as exc:
+            logger.warning("spool: cannot adopt %s: %s", message_id, exc)
+    return envelopes

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -26,7 +26,6 @@ import trio
 
 from dispatch.spool.envelope import Envelope
 from dispatch.spool.errors import (
-    CorruptEnvelopeError,
     MessageBusyError,
     UnknownMessageError,
     WrongStateError,
@@ -34,9 +33,20 @@ from dispatch.spool.errors import (
 )
 from dispatch.spool.ids import is_valid_id, new_id
 from dispatch.spool.index import SpoolCounts, SpoolEntry, SpoolIndex
-from dispatch.spool.layout import EML, JSON, MessageState, SpoolLayout, fsync_dir
-from dispatch.spool.recovery import RecoveryReport, recover
-from dispatch.spool.transitions import capture_message, move_message, remove_message
+from dispatch.spool.layout import EML, MessageState, SpoolLayout
+from dispatch.spool.recovery import (
+    RecoveryReport,
+    incoming_ids,
+    read_incoming_envelopes,
+    recover,
+)
+from dispatch.spool.transitions import (
+    capture_message,
+    claim_messages,
+    move_message,
+    remove_message,
+    return_claims,
+)
 from dispatch.spool.writer import SPILL_THRESHOLD, IncomingMessage
 
 logger = logging.getLogger("dispatch.spool")
@@ -164,7 +174,8 @@ class Spool:
             unknown = await self._unknown_incoming(among=set(unknown))
         if not unknown:
             return 0
-        loaded = await self._run(partial(_read_envelopes, self._layout, unknown), "read envelopes")
+        work = partial(read_incoming_envelopes, self._layout, unknown)
+        loaded = await self._run(work, "read envelopes")
         queued = 0
         for envelope in loaded:
             if envelope.id not in self._index and envelope.id not in self._busy:
@@ -175,7 +186,7 @@ class Spool:
         return queued
 
     async def _unknown_incoming(self, among: set[str] | None = None) -> list[str]:
-        ids = await self._run(partial(_incoming_ids, self._layout), "list incoming/")
+        ids = await self._run(partial(incoming_ids, self._layout), "list incoming/")
         return [
             i
             for i in ids
@@ -256,7 +267,7 @@ class Spool:
         self._busy.update(e.id for e in batch)
         try:
             errors = await self._run(
-                partial(_claim_many, self._layout, [e.id for e in batch]), "claim messages"
+                partial(claim_messages, self._layout, [e.id for e in batch]), "claim messages"
             )
             for entry in batch:
                 error = errors.get(entry.id)
@@ -305,7 +316,7 @@ class Spool:
         ids = [e.id for e in self._index.entries(PROCESSING) if e.id not in self._busy]
         self._busy.update(ids)
         try:
-            work = partial(_return_claims, self._layout, ids)
+            work = partial(return_claims, self._layout, ids)
             returned = await self._run(work, "return claimed messages")
             for message_id in returned:
                 entry = self._index.get(message_id)
@@ -451,54 +462,3 @@ class Spool:
             except OSError as exc:
                 raise translate_os_error(exc, action) from exc
         return result
-
-
-def _claim_many(layout: SpoolLayout, message_ids: Iterable[str]) -> dict[str, OSError]:
-    errors: dict[str, OSError] = {}
-    for message_id in message_ids:
-        try:
-            move_message(layout, message_id, INCOMING, PROCESSING, durable=False)
-        except OSError as exc:
-            errors[message_id] = exc
-    return errors
-
-
-def _return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]:
-    returned: list[str] = []
-    for message_id in message_ids:
-        try:
-            move_message(layout, message_id, PROCESSING, INCOMING, durable=False)
-        except OSError as exc:
-            logger.error("spool: could not return claimed %s: %s", message_id, exc)
-        else:
-            returned.append(message_id)
-    try:
-        fsync_dir(layout.state_dirs[INCOMING])
-        fsync_dir(layout.state_dirs[PROCESSING])
-    except OSError as exc:  # the claims are back all the same; start-up returns them anyway
-        logger.warning("spool: returned claims may not survive a power cut (%s)", exc)
-    return returned
-
-
-def _incoming_ids(layout: SpoolLayout) -> list[str]:
-    """Ids of the envelopes in ``incoming/`` (the envelope is a message's commit point)."""
-    ids = []
-    with os.scandir(layout.state_dirs[INCOMING]) as listing:
-        for item in listing:
-            stem, _, suffix = item.name.rpartition(".")
-            if suffix == "json" and is_valid_id(stem):
-                ids.append(stem)
-    return ids
-
-
-def _read_envelopes(layout: SpoolLayout, message_ids: Iterable[str]) -> list[Envelope]:
-    """The readable envelopes of these incoming messages (gone or corrupt ones are skipped:
-    start-up recovery deals with those)."""
-    envelopes = []
-    for message_id in message_ids:
-        path = layout.path(INCOMING, message_id, JSON)
-        try:
-            envelopes.append(Envelope.from_json(path.read_bytes(), path=path))
-        except (OSError, CorruptEnvelopeError) as exc:
-            logger.warning("spool: cannot adopt %s: %s", message_id, exc)
-    return envelopes

@@ -45,6 +45,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from dispatch.spool.layout import (
@@ -58,6 +59,9 @@ from dispatch.spool.layout import (
 )
 
 logger = logging.getLogger("dispatch.spool")
+
+INCOMING = MessageState.INCOMING
+PROCESSING = MessageState.PROCESSING
 
 
 def replace_envelope(
@@ -123,6 +127,37 @@ def _fsync_after_move(
             dst.value,
             exc,
         )
+
+
+def claim_messages(layout: SpoolLayout, message_ids: Iterable[str]) -> dict[str, OSError]:
+    """Move many incoming messages to ``processing/`` (not durable: see :func:`move_message`);
+    return the error of each one that could not be moved."""
+    errors: dict[str, OSError] = {}
+    for message_id in message_ids:
+        try:
+            move_message(layout, message_id, INCOMING, PROCESSING, durable=False)
+        except OSError as exc:
+            errors[message_id] = exc
+    return errors
+
+
+def return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]:
+    """Move claimed messages back to ``incoming/``, then fsync both directories once; return
+    the ids moved (one that cannot be moved is logged and stays claimed)."""
+    returned: list[str] = []
+    for message_id in message_ids:
+        try:
+            move_message(layout, message_id, PROCESSING, INCOMING, durable=False)
+        except OSError as exc:
+            logger.error("spool: could not return claimed %s: %s", message_id, exc)
+        else:
+            returned.append(message_id)
+    try:
+        fsync_dir(layout.state_dirs[INCOMING])
+        fsync_dir(layout.state_dirs[PROCESSING])
+    except OSError as exc:  # the claims are back all the same; start-up returns them anyway
+        logger.warning("spool: returned claims may not survive a power cut (%s)", exc)
+    return returned
 
 
 def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) -> None:
