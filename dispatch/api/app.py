@@ -40,7 +40,7 @@ from dispatch.intake.door import IntakeDoor, SpoolFullError, SpoolWriteError
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.api_keys import ApiKeyVerifier, VerifiedKey
-from dispatch.storage import DatabaseUnavailableError, LogQueries
+from dispatch.storage import AuditEntry, DatabaseUnavailableError, LogQueries
 
 log = logging.getLogger("dispatch.api")
 
@@ -65,6 +65,7 @@ class ApiSources:
     spool: SpoolLookup
     verifier: ApiKeyVerifier
     queries: LogQueries
+    audit: Callable[[AuditEntry], None]
     stats: Stats
     tracer: Tracer
 
@@ -89,6 +90,7 @@ def build_api(sources: ApiSources) -> ApiGate:
         settings=sources.settings,
         door=sources.door,
         verifier=sources.verifier,
+        audit=sources.audit,
         stats=sources.stats,
         tracer=sources.tracer,
     )

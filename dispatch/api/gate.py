@@ -16,7 +16,8 @@ wins:
    ``dispatch_api_busy_requests_total``); the request holds its two slots until it ends;
 4. under ``/api/v1/messages``: the bearer key (``401``; ``429`` for a source throttled for
    bad keys; ``503`` when the key store cannot answer), then ``api.rate_limit_per_key``
-   (``429`` with ``Retry-After``);
+   (``429`` with ``Retry-After``; a key's first refusal in a row is audited, see
+   :meth:`~dispatch.api.ratelimit.KeyRateLimiter.newly_limited`);
 5. for ``POST /api/v1/messages``: the media type (``415``) and a declared
    ``Content-Length`` above ``api.max_message_bytes`` (``413``).
 
@@ -58,6 +59,8 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.allowlist import is_allowed
 from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
+from dispatch.storage import AuditEntry
+from dispatch.storage import audit as entries
 from dispatch.web.server import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("dispatch.api")
@@ -97,6 +100,7 @@ class GateSources:
     settings: Callable[[], ApiSettings]
     door: IntakeDoor
     verifier: ApiKeyVerifier
+    audit: Callable[[AuditEntry], None]
     stats: Stats
     tracer: Tracer
 
@@ -246,6 +250,9 @@ class ApiGate:
         wait = self.limiter.check(outcome.prefix, limit)
         if wait:
             stats.api_auth.add("rate_limited")
+            if self.limiter.newly_limited(outcome.prefix, wait):
+                log.warning("API key %s reached api.rate_limit_per_key (%d)", outcome.prefix, limit)
+                self.sources.audit(entries.api_key_rate_limited(outcome.prefix, limit, wait, peer))
             raise _Refused(
                 429,
                 "rate limit exceeded",

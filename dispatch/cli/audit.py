@@ -48,9 +48,9 @@ EXIT_INVALID: Final = 2
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-SINCE_FORMS: Final = (
-    "a duration (30m, 24h, 7d, 1h30m) or a timestamp (2026-12-01, 2026-12-01T08:00Z)"
-)
+DURATIONS: Final = "a duration (30m, 24h, 7d, 1h30m)"
+TIMESTAMPS: Final = "a timestamp (2026-12-01, 2026-12-01T08:00Z)"
+SINCE_FORMS: Final = f"{DURATIONS} or {TIMESTAMPS}"
 
 
 # -- arguments ----------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def parse_since(text: str, *, now: float) -> float:
     try:
         moment = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is neither {SINCE_FORMS}") from None
+        raise ValueError(f"{text!r} is neither {DURATIONS} nor {TIMESTAMPS}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()

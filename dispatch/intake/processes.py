@@ -56,7 +56,7 @@ from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
 from dispatch.security.certs import CertificateFiles, ensure_certificate
 from dispatch.spool import Spool
-from dispatch.storage.records import MessageEvent
+from dispatch.storage.records import AuditEntry, MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -89,6 +89,7 @@ class IntakeWorkers:
         spool: Spool,
         stats: Stats,
         record: Callable[[MessageEvent], None],
+        audit: Callable[[AuditEntry], None],
     ) -> None:
         self.count = count
         self._settings = settings
@@ -96,6 +97,7 @@ class IntakeWorkers:
         self._spool = spool
         self._stats = stats
         self._record = record
+        self._audit = audit
 
     async def run(
         self,
@@ -221,7 +223,10 @@ class IntakeWorkers:
             case Committed(envelope):
                 self._spool.adopt(envelope)
             case Logged(event):
-                self._record(event)
+                if isinstance(event, AuditEntry):
+                    self._audit(event)
+                else:
+                    self._record(event)
             case Counters(figures):
                 try:
                     self._stats.merge(figures)

@@ -160,6 +160,7 @@ def _context(
         tls=tls,
         record=lambda event: outbox.send_nowait(Logged(event)),
         tracer=Tracer(),
+        audit=lambda entry: outbox.send_nowait(Logged(entry)),
     )
 
 

@@ -63,6 +63,7 @@ async def test_a_reload_reaches_the_worker_without_any_timer(
         spool=spool,
         stats=Stats(),
         record=events.append,
+        audit=lambda entry: None,  # no AUTH here: nothing is audited
     )
     shutdown = Shutdown(grace_seconds=10)
     async with trio.open_nursery() as nursery:
