@@ -10,7 +10,8 @@ What travels (see ``intake/processes.py`` and ``intake/worker.py``):
 - main → worker: :class:`Start` first (what the worker needs to begin), then
   :class:`ListenerChanged` after each reload that changed a ``listener.*`` key;
 - worker → main: :class:`Ready`, then :class:`Committed` for each message it wrote into the
-  spool, :class:`Logged` for each message-log event and :class:`Counters` every second. The
+  spool, :class:`Logged` for each message-log event or audit entry and :class:`Counters`
+  every second. The
   worker sends whatever queued up while its last frame was being written as one frame.
 
 Nothing on the link is pickled: the main process reads what a process facing the network
@@ -42,7 +43,7 @@ from dispatch.config.types import Secret
 from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
-from dispatch.storage.records import MessageEvent, from_journal, to_journal
+from dispatch.storage.records import LogRecord, from_journal, to_journal
 
 _HEADER: Final = struct.Struct(">I")
 # Far above any frame: the settings are a few KiB, and :meth:`Link.send` splits a batch of
@@ -157,20 +158,18 @@ class Committed:
 
 @attrs.frozen
 class Logged:
-    """worker → main: a message-log event for the main process's store."""
+    """worker → main: a message-log event or an audit entry (AUTH throttling) for the main
+    process's store."""
 
     KIND: ClassVar = "logged"
-    event: MessageEvent
+    event: LogRecord
 
     def fields(self) -> dict[str, object]:
         return {"event": to_journal(self.event).decode("ascii").rstrip("\n")}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        record = from_journal(_text(fields["event"], "event").encode("utf-8"))
-        if not isinstance(record, MessageEvent):
-            raise TypeError(f"event: expected a message event, got {type(record).__name__}")
-        return cls(record)
+        return cls(from_journal(_text(fields["event"], "event").encode("utf-8")))
 
 
 def _figure(name: str, value: object) -> object:
