@@ -55,7 +55,7 @@ from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
 from dispatch.spool.sweep import SpoolSweeper
-from dispatch.storage import AuditEntry, Store, open_store
+from dispatch.storage import AuditEntry, Store, audit, open_store
 from dispatch.supervisor import ComponentStartError, Supervisor, describe
 from dispatch.web.debug import DebugSources
 from dispatch.web.ops import OpsSources
@@ -113,7 +113,7 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
         figures=figures,
         started_at=time.monotonic(),
     )
-    verifier = ApiKeyVerifier(store.api_keys, store.log.audit)
+    verifier = ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit))
     api = ApiSources(
         settings=lambda: settings.current.api,
         door=IntakeDoor("api", spool, stats, store.log.record),

@@ -24,6 +24,7 @@ import trio
 from dispatch.cli.audit import write_entries
 from dispatch.config import Settings
 from dispatch.security.api_keys import ApiKeyVerifier
+from dispatch.security.key_rows import KeyRecord
 from dispatch.storage import (
     ApiKeyRecord,
     AuditEntry,
@@ -32,6 +33,7 @@ from dispatch.storage import (
     UnknownApiKeyError,
     open_store,
 )
+from dispatch.storage.audit import ApiKeyAudit
 
 ACTOR: Final = "cli"
 EXIT_OK: Final = 0
@@ -56,7 +58,7 @@ async def _main(
     store: Store, action: str, name: str | None, reference: str | None, as_json: bool
 ) -> int:
     audit: list[AuditEntry] = []
-    keys = ApiKeyVerifier(store.api_keys, audit.append)
+    keys = ApiKeyVerifier(store.api_keys, ApiKeyAudit(audit.append))
     try:
         if action == "create":
             assert name is not None  # argparse requires --name
@@ -91,7 +93,7 @@ def _when(timestamp: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _print_created(record: ApiKeyRecord, key: str, as_json: bool) -> None:
+def _print_created(record: KeyRecord, key: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps({**record.public(), "key": key, "warning": SHOWN_ONCE}, indent=2))
         return
@@ -102,7 +104,7 @@ def _print_created(record: ApiKeyRecord, key: str, as_json: bool) -> None:
     print(SHOWN_ONCE)
 
 
-def _print_revoked(record: ApiKeyRecord, *, first_time: bool, as_json: bool) -> None:
+def _print_revoked(record: KeyRecord, *, first_time: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps({**record.public(), "already_revoked": not first_time}, indent=2))
         return

@@ -6,13 +6,13 @@ Theory of operation
 step that decides wins:
 
 1. The text is not shaped like a key (``dsp_live_`` + 43 base64url characters, see
-   ``dispatch/storage/api_keys.py``): ``malformed``. The database is not asked.
+   ``dispatch/security/key_format.py``): ``malformed``. The database is not asked.
 2. The row is looked up by its prefix — one indexed read, on **every** request.
 3. No row: ``unknown``. A revoked row: ``revoked``.
 4. The secret is checked, cheaply: a key proven valid here before is compared as
    ``sha256(key)`` with :func:`hmac.compare_digest`; otherwise against the stored hash, a
-   light argon2id (~0.07 ms, on the event loop; see ``dispatch/storage/api_keys.py`` for
-   why a key needs no slow hash). A mismatch: ``wrong``.
+   light argon2id (~0.07 ms, on the event loop; see ``dispatch/security/key_format.py``
+   for why a key needs no slow hash). A mismatch: ``wrong``.
 
 Failures (malformed, unknown, revoked, wrong) count against the source IP
 (:class:`FailureThrottle`); a success does not clear them, or an attacker holding one valid
@@ -36,8 +36,8 @@ row exists and is unrevoked is read from the database on the request itself (ste
 the cache is consulted, so a revocation committed anywhere is seen by every later lookup.
 A row found revoked or gone is also dropped from the cache.
 
-When the database cannot be read (``DatabaseUnavailableError``, an ``sqlite3`` error, or no
-answer within :data:`LOOKUP_TIMEOUT`), the cache is the only knowledge left: a key whose
+When the database cannot be read (one of the rows' ``unavailable_errors``, or no answer
+within :data:`LOOKUP_TIMEOUT`), the cache is the only knowledge left: a key whose
 digest is cached is accepted (``VerifiedKey.degraded``), because mail is never refused for
 a database outage (SPEC §0); any other key gets ``unavailable`` (the API answers 503 with
 ``Retry-After``). The price: a key revoked on another node, which this node had not yet seen
@@ -48,6 +48,9 @@ request path: :meth:`verify` notes the use and :meth:`run`, a long-lived task, w
 
 Creating and revoking keys also go through this class (:meth:`create`, :meth:`revoke`) so
 that each writes its audit entry and a local revocation also empties the local cache.
+
+The rows and the audit log are reached through the protocols of
+:mod:`dispatch.security.key_rows` (storage implements them; security imports no storage).
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ import hashlib
 import hmac
 import logging
 import math
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -65,21 +67,19 @@ from typing import Final, Literal
 import attrs
 import trio
 
-from dispatch.security.passwords import verify_password
-from dispatch.security.throttle import FailureThrottle
-from dispatch.storage import audit as entries
-from dispatch.storage.api_keys import (
-    ApiKeyRecord,
-    ApiKeyStore,
+from dispatch.lifecycle import Shutdown
+from dispatch.security.key_format import (
     check_api_key,
     hash_api_key,
     is_light_hash,
     is_well_formed,
+    new_api_key,
     prefix_of,
+    stored_reference,
 )
-from dispatch.storage.database import DatabaseUnavailableError
-from dispatch.storage.log_writer import StopRequest
-from dispatch.storage.records import AuditEntry
+from dispatch.security.key_rows import KeyAudit, KeyRecord, KeyRows
+from dispatch.security.passwords import verify_password
+from dispatch.security.throttle import FailureThrottle
 
 log = logging.getLogger("dispatch.security")
 
@@ -94,6 +94,8 @@ SAVE_TOUCHES_TIMEOUT: Final = 2.0
 LOOKUP_TIMEOUT: Final = 2.0
 # What the API puts in Retry-After when the key store cannot be read.
 UNAVAILABLE_RETRY_AFTER: Final = 5
+# A retry per prefix collision; ten collisions in a row would mean a broken random source.
+CREATE_ATTEMPTS: Final = 10
 
 RejectionKind = Literal["throttled", "malformed", "unknown", "revoked", "wrong", "unavailable"]
 
@@ -170,15 +172,15 @@ class ApiKeyVerifier:
     """The API keys as requests and operators use them; see the module docstring.
 
     Owns the digest cache, the pending ``last_used_at`` updates and (unless given one) its
-    failure throttle. ``audit`` receives an :class:`AuditEntry` per creation, per revocation
-    and per source newly throttled (``MessageLog.audit`` in the daemon). Use from the Trio
-    thread only.
+    failure throttle. ``store`` holds the rows; ``audit`` hears of each creation, each
+    revocation and each source newly throttled (in the daemon ``Store.api_keys`` and a
+    ``dispatch.storage.audit.ApiKeyAudit``). Use from the Trio thread only.
     """
 
     def __init__(
         self,
-        store: ApiKeyStore,
-        audit: Callable[[AuditEntry], None],
+        store: KeyRows,
+        audit: KeyAudit,
         *,
         throttle: FailureThrottle | None = None,
         clock: Callable[[], float] = time.time,
@@ -230,12 +232,12 @@ class ApiKeyVerifier:
         self.stats.accepted += 1
         return VerifiedKey(key_id=record.id, name=record.name, prefix=record.prefix)
 
-    async def _lookup(self, prefix: str) -> ApiKeyRecord | None:
+    async def _lookup(self, prefix: str) -> KeyRecord | None:
         self.stats.lookups += 1
         with trio.move_on_after(self._lookup_timeout):
             try:
                 record = await self._store.find_by_prefix(prefix)
-            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+            except self._store.unavailable_errors as exc:
                 self._database_failed(str(exc) or type(exc).__name__)
                 raise _KeyStoreUnavailable from exc
             if not self.database_reachable:
@@ -268,7 +270,7 @@ class ApiKeyVerifier:
         return VerifiedKey(key_id=cached.key_id, name=cached.name, prefix=prefix, degraded=True)
 
     async def _secret_matches(
-        self, record: ApiKeyRecord, presented: str, digest: bytes, throttled: bool
+        self, record: KeyRecord, presented: str, digest: bytes, throttled: bool
     ) -> bool | None:
         """Whether ``presented`` is the key of ``record``; None when finding out would take
         a slow check and the address is throttled (see the module docstring)."""
@@ -293,7 +295,7 @@ class ApiKeyVerifier:
             self._cache[prefix] = _CachedKey(record.id, record.name, stored_hash, digest)
         return matches
 
-    async def _slow_check(self, record: ApiKeyRecord, stored_hash: str, presented: str) -> bool:
+    async def _slow_check(self, record: KeyRecord, stored_hash: str, presented: str) -> bool:
         """Check a password-profile hash (a key made before light hashes); on success, queue
         its replacement by a light hash."""
         done = self._checking[record.prefix] = trio.Event()
@@ -320,9 +322,7 @@ class ApiKeyVerifier:
             wait = self._throttle.retry_after(source_ip)
             failures = self._throttle.max_failures
             log.warning("API: %s throttled after %d bad keys", source_ip, failures)
-            self._audit(
-                entries.api_key_failures_throttled(source_ip, failures, self._throttle.window, wait)
-            )
+            self._audit.throttled(source_ip, failures, self._throttle.window, wait)
         return self._rejected(kind, detail)
 
     def _throttled(self, throttled_for: float) -> Rejection:
@@ -357,7 +357,7 @@ class ApiKeyVerifier:
 
     async def run(
         self,
-        shutdown: StopRequest,
+        shutdown: Shutdown,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -399,7 +399,7 @@ class ApiKeyVerifier:
             key_id, (old_hash, new_hash) = next(iter(self._rehashes.items()))
             try:
                 replaced = await self._store.rehash(key_id, old_hash, new_hash)
-            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+            except self._store.unavailable_errors as exc:
                 log.debug("cannot store the light hash of API key %d yet: %s", key_id, exc)
                 return False
             if self._rehashes.get(key_id) == (old_hash, new_hash):
@@ -411,7 +411,7 @@ class ApiKeyVerifier:
             key_id, at = next(iter(self._touches.items()))
             try:
                 await self._store.touch(key_id, at)
-            except (DatabaseUnavailableError, sqlite3.Error) as exc:
+            except self._store.unavailable_errors as exc:
                 log.debug("cannot record the use of API key %d yet: %s", key_id, exc)
                 return False
             if self._touches.get(key_id) == at:  # not noted again meanwhile
@@ -422,24 +422,43 @@ class ApiKeyVerifier:
 
     # -- operators -------------------------------------------------------------------------
 
-    async def create(self, name: str, *, actor: str) -> tuple[ApiKeyRecord, str]:
+    async def create(self, name: str, *, actor: str) -> tuple[KeyRecord, str]:
         """Create a key; return its record and the full key, to be shown once.
 
-        Raises :class:`ValueError` for a bad name, ``DatabaseUnavailableError`` if the
-        database cannot be written.
+        Raises :class:`ValueError` for a bad name, one of the rows' ``unavailable_errors``
+        if they cannot be written.
         """
-        record, key = await self._store.create(name, now=self._clock())
-        self._audit(entries.api_key_created(record, actor=actor))
+        record, key = await create_api_key(self._store, name, now=self._clock())
+        self._audit.created(record, actor=actor)
         return record, key
 
-    async def revoke(self, id_or_prefix: int | str, *, actor: str) -> tuple[ApiKeyRecord, bool]:
+    async def revoke(self, id_or_prefix: int | str, *, actor: str) -> tuple[KeyRecord, bool]:
         """Revoke a key by id, prefix or full key (idempotent).
 
         Returns the record and whether this call revoked it (False: it already was).
-        Raises :class:`~dispatch.storage.UnknownApiKeyError` when no key matches.
+        Raises the rows' ``KeyError`` (``dispatch.storage.UnknownApiKeyError``) when no key
+        matches; it names the key's prefix, never a full key given here.
         """
         at = self._clock()
-        record, first_time = await self._store.revoke_reporting(id_or_prefix, now=at)
+        reference = stored_reference(id_or_prefix)
+        record, first_time = await self._store.revoke_reporting(reference, now=at)
         self._cache.pop(record.prefix, None)
-        self._audit(entries.api_key_revoked(record, first_time=first_time, actor=actor, at=at))
+        self._audit.revoked(record, first_time=first_time, actor=actor, at=at)
         return record, first_time
+
+
+async def create_api_key(
+    rows: KeyRows, name: str, *, now: float | None = None
+) -> tuple[KeyRecord, str]:
+    """Make a key named ``name`` and store its row; return the record and the full key.
+
+    The full key is returned here and nowhere else, ever: only its prefix and a light hash
+    are stored. A key whose prefix is taken is made again. Writes no audit entry
+    (:meth:`ApiKeyVerifier.create` does); raises :class:`ValueError` for a bad name.
+    """
+    for _ in range(CREATE_ATTEMPTS):
+        key = new_api_key()
+        record = await rows.insert(name, prefix_of(key), hash_api_key(key), now=now)
+        if record is not None:
+            return record, key
+    raise RuntimeError(f"{CREATE_ATTEMPTS} new API keys in a row had a taken prefix")

@@ -14,7 +14,8 @@ Typical use::
     store.log.record(MessageEvent(message_id=envelope.id, event="received", ...))
     store.log.audit(AuditEntry(category="ApiKey", level="Notice", message="key created"))
 
-    record, key = await store.api_keys.create("billing app")   # key shown once, never stored
+    await store.api_keys.find_by_prefix(prefix)       # rows; keys are made and checked by
+                                                      # dispatch.security.api_keys
     await store.queries.counts_today()                # {"received": 12, "delivered": 11, ...}
     store.log.database_reachable, store.log.pending   # for /health and /metrics
 """

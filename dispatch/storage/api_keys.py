@@ -1,134 +1,30 @@
-"""API keys in the database (SPEC §4 "Keys", §7): the key format and :class:`ApiKeyStore`.
+"""API keys in the database (SPEC §4 "Keys", §7): the ``api_keys`` table, :class:`ApiKeyStore`.
 
-Key format
-----------
-``dsp_live_`` followed by 32 random bytes (``secrets.token_bytes``) in URL-safe base64
-without padding: 43 characters of ``A-Z a-z 0-9 - _``, 52 characters in all, 256 bits of
-secret. Base64 rather than base32 keeps the key short and is what HTTP headers and
-environment variables carry without quoting. Only the canonical encoding is well formed (the
-last character carries 4 bits, its 2 spare bits must be zero), so every key has exactly one
-spelling.
+A row holds a key's name, its lookup prefix, the hash of the whole key and its times. To
+storage the prefix and the hash are opaque strings: what a key looks like, how it is hashed
+and how a presented key is checked is security's (``dispatch/security/key_format.py``), and
+keys are made, checked and revoked through :class:`dispatch.security.api_keys.ApiKeyVerifier`,
+which reaches this table through its ``KeyRows`` protocol (this class is one). Storage and
+security import nothing of each other.
 
-The **prefix** is ``dsp_live_`` plus the first 8 characters of the random part (48 bits).
-It is stored in clear under a UNIQUE index: it finds the row, names the key in the
-dashboard, the CLI and the message log, and is not enough to use the key. A new key whose
-prefix is already taken (about one chance in 10^14 per key) is generated again.
-
-Only an argon2id hash of the whole key is stored (SPEC §11). The full key exists in memory
-at creation, is returned once by :meth:`ApiKeyStore.create`, and is never stored or logged.
-
-Key hashes use argon2id with the lightest parameters (:data:`KEY_HASH_PARAMETERS`: one pass
-over 64 KiB, ~0.07 ms), not the password profile (three passes over 64 MiB, ~150 ms and 64
-MiB of memory per check). A password's hash must be slow because passwords are guessable; a
-key is 256 random bits, which no number of guesses reaches however fast each one is, so a
-slow hash would add nothing but a way for anyone presenting junk keys to spend the server's
-CPU and memory. Keys created before this change carry a password-profile hash; the verifier
-replaces it with a light one (:meth:`ApiKeyStore.rehash`) the first time the key is used.
-
-Every method is one ``Database`` call (a worker thread) and raises
-:class:`~dispatch.storage.database.DatabaseUnavailableError` when the database cannot be
-used. The SQL is the portable subset described in ``schema.py``.
+Every method is one ``Database`` call (a worker thread) and raises one of
+:attr:`ApiKeyStore.unavailable_errors` when the database cannot be used. The SQL is the
+portable subset described in ``schema.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-import secrets
+import sqlite3
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-import argon2
 import attrs
 
-from dispatch.storage.database import Database, SqlCursor
+from dispatch.storage.database import Database, DatabaseUnavailableError, SqlCursor
 
-KEY_PREFIX: Final = "dsp_live_"
-SECRET_BYTES: Final = 32
-SECRET_CHARS: Final = 43  # ceil(32 * 8 / 6): base64 without padding
-KEY_LENGTH: Final = len(KEY_PREFIX) + SECRET_CHARS
-LOOKUP_CHARS: Final = 8  # 48 bits: collisions are negligible, and retried anyway
-PREFIX_LENGTH: Final = len(KEY_PREFIX) + LOOKUP_CHARS
 MAX_NAME_LENGTH: Final = 100
-# A retry per collision; ten collisions in a row would mean a broken random source.
-_CREATE_ATTEMPTS: Final = 10
-
-KEY_HASH_PARAMETERS: Final = {"time_cost": 1, "memory_cost": 64, "parallelism": 1}
-"""argon2id parameters of key hashes (memory in KiB); see the module docstring."""
-_KEY_HASHER: Final = argon2.PasswordHasher(
-    time_cost=KEY_HASH_PARAMETERS["time_cost"],
-    memory_cost=KEY_HASH_PARAMETERS["memory_cost"],
-    parallelism=KEY_HASH_PARAMETERS["parallelism"],
-)
-
-_SECRET_SHAPE: Final = re.compile(rf"[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
-_PREFIX_SHAPE: Final = re.compile(re.escape(KEY_PREFIX) + rf"[A-Za-z0-9_-]{{{LOOKUP_CHARS}}}")
-
-
-def new_api_key() -> str:
-    """A fresh key: ``dsp_live_`` + 32 random bytes, URL-safe base64 without padding."""
-    secret = base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).rstrip(b"=")
-    return KEY_PREFIX + secret.decode("ascii")
-
-
-def is_well_formed(presented: str) -> bool:
-    """Whether ``presented`` has the shape of a key (prefix, length, alphabet, canonical).
-
-    Cheap and safe on hostile input: the length is checked before anything else.
-    """
-    if len(presented) != KEY_LENGTH or not presented.startswith(KEY_PREFIX):
-        return False
-    secret = presented[len(KEY_PREFIX) :]
-    if not _SECRET_SHAPE.fullmatch(secret):
-        return False
-    try:
-        raw = base64.urlsafe_b64decode(secret + "=")
-    except (binascii.Error, ValueError):
-        return False
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == secret
-
-
-def hash_api_key(key: str) -> str:
-    """The stored form of ``key``: an argon2id hash with :data:`KEY_HASH_PARAMETERS`."""
-    return _KEY_HASHER.hash(key)
-
-
-def is_light_hash(key_hash: str) -> bool:
-    """Whether ``key_hash`` is cheap to check (made by :func:`hash_api_key`, or lighter)."""
-    try:
-        parameters = argon2.extract_parameters(key_hash)
-    except argon2.exceptions.InvalidHashError:
-        return False
-    return (
-        parameters.time_cost <= KEY_HASH_PARAMETERS["time_cost"]
-        and parameters.memory_cost <= KEY_HASH_PARAMETERS["memory_cost"]
-        and parameters.parallelism <= KEY_HASH_PARAMETERS["parallelism"]
-    )
-
-
-def check_api_key(key_hash: str, key: str) -> bool:
-    """Whether ``key`` matches ``key_hash`` (argon2's own constant-time compare).
-
-    Blocking for as long as the hash's parameters say: call it on the event loop only for
-    an :func:`is_light_hash`.
-    """
-    try:
-        return _KEY_HASHER.verify(key_hash, key)
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-        return False
-
-
-def prefix_of(key: str) -> str:
-    """The lookup prefix of a (well-formed) key."""
-    return key[:PREFIX_LENGTH]
-
-
-def is_prefix(text: str) -> bool:
-    """Whether ``text`` has the shape of a lookup prefix (``dsp_live_`` + 8 characters)."""
-    return _PREFIX_SHAPE.fullmatch(text) is not None
 
 
 class UnknownApiKeyError(KeyError):
@@ -141,8 +37,7 @@ class UnknownApiKeyError(KeyError):
     def __str__(self) -> str:  # KeyError's own would print the repr of the argument only
         return (
             f"no API key with id or prefix {self.reference!r} "
-            f"(ids are numbers, prefixes look like {KEY_PREFIX}AbCd1234; "
-            "see `dispatch api-key list`)"
+            "(ids are numbers; see `dispatch api-key list` for each key's id and prefix)"
         )
 
 
@@ -160,9 +55,9 @@ def _name(value: str) -> str:
 class ApiKeyRecord:
     """One row of ``api_keys``. Times are Unix seconds; ``None`` means never.
 
-    ``key_hash`` (the argon2id hash) is loaded only by :meth:`ApiKeyStore.find_by_prefix`,
-    which the verifier needs; listings leave it ``None`` so that nothing built from a listing
-    (a page, a JSON answer) can carry it. It is never part of the repr.
+    ``key_hash`` is loaded only by :meth:`ApiKeyStore.find_by_prefix`, which the verifier
+    needs; listings leave it ``None`` so that nothing built from a listing (a page, a JSON
+    answer) can carry it. It is never part of the repr.
     """
 
     id: int
@@ -213,32 +108,33 @@ def _record(row: Sequence[Any]) -> ApiKeyRecord:
 class ApiKeyStore:
     """The ``api_keys`` table. Owns nothing but a reference to ``database``; cheap to keep.
 
-    Does not write audit entries: :class:`dispatch.security.api_keys.ApiKeyVerifier`'s
-    ``create`` and ``revoke`` do, and are what the dashboard and the CLI call.
+    Writes no audit entries: the verifier's ``create`` and ``revoke`` do, and are what the
+    dashboard and the CLI call.
     """
+
+    unavailable_errors: ClassVar[tuple[type[Exception], ...]] = (
+        DatabaseUnavailableError,
+        sqlite3.Error,
+    )
+    """What every method raises when the database cannot answer now (try again later)."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def create(self, name: str, *, now: float | None = None) -> tuple[ApiKeyRecord, str]:
-        """Store a new key named ``name``; return its record and the full key.
+    async def insert(
+        self, name: str, prefix: str, key_hash: str, *, now: float | None = None
+    ) -> ApiKeyRecord | None:
+        """Store a new key's row; its record, or ``None`` when ``prefix`` is already taken.
 
-        The full key is returned here and nowhere else, ever. Raises :class:`ValueError`
-        for an empty or unprintable name.
+        Raises :class:`ValueError` for an empty or unprintable name.
         """
         name = _name(name)
         created_at = time.time() if now is None else now
-        for _ in range(_CREATE_ATTEMPTS):
-            key = new_api_key()
-            key_hash = hash_api_key(key)  # light: see the module docstring
-            row = (name, prefix_of(key), key_hash, created_at)
-            key_id = await self._database.write(partial(_insert_unless_taken, row=row))
-            if key_id is not None:
-                record = ApiKeyRecord(
-                    id=key_id, name=name, prefix=prefix_of(key), created_at=created_at
-                )
-                return record, key
-        raise RuntimeError(f"{_CREATE_ATTEMPTS} new API keys in a row had a taken prefix")
+        row = (name, prefix, key_hash, created_at)
+        key_id = await self._database.write(partial(_insert_unless_taken, row=row))
+        if key_id is None:
+            return None
+        return ApiKeyRecord(id=key_id, name=name, prefix=prefix, created_at=created_at)
 
     async def list(self) -> list[ApiKeyRecord]:
         """Every key, revoked ones included, oldest first. No hashes (see ApiKeyRecord)."""
@@ -260,10 +156,11 @@ class ApiKeyStore:
         return None if row is None else _record(row)
 
     async def revoke(self, id_or_prefix: int | str, *, now: float | None = None) -> ApiKeyRecord:
-        """Revoke a key by id, by prefix or by the full key; return its record.
+        """Revoke a key by id (a number, or its digits) or by prefix; return its record.
 
         Idempotent: revoking a revoked key changes nothing and returns it with its first
-        ``revoked_at``. Raises :class:`UnknownApiKeyError` when no key matches.
+        ``revoked_at``. Raises :class:`UnknownApiKeyError` when no key matches. A full key
+        is no reference here: the verifier turns one into its prefix first.
         """
         record, _ = await self.revoke_reporting(id_or_prefix, now=now)
         return record
@@ -287,7 +184,7 @@ class ApiKeyStore:
 
         row, changed = await self._database.write(work)
         if row is None:
-            raise UnknownApiKeyError(value)  # the prefix, never a full key given here
+            raise UnknownApiKeyError(value)
         return _record(row), changed
 
     async def rehash(self, key_id: int, old_hash: str, new_hash: str) -> bool:
@@ -331,14 +228,11 @@ def _insert_unless_taken(cursor: SqlCursor, *, row: tuple[object, ...]) -> int |
 
 
 def _reference(id_or_prefix: int | str) -> tuple[str, int | str]:
-    """The column and value an operator's reference to a key means."""
+    """The column and value an operator's reference to a key means: digits are an id,
+    any other text a prefix."""
     if isinstance(id_or_prefix, int):
         return "id", id_or_prefix
     text = id_or_prefix.strip()
     if text.isascii() and text.isdigit():
         return "id", int(text)
-    if is_well_formed(text):
-        return "prefix", prefix_of(text)  # the full key: revoke the key it is
-    if is_prefix(text):
-        return "prefix", text
-    raise UnknownApiKeyError(id_or_prefix)
+    return "prefix", text

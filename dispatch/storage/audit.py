@@ -36,12 +36,11 @@ upstream's reply) is made printable and cut to :data:`PEER_TEXT_CHARS` character
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
 
 from dispatch.config.live import ReloadResult
 from dispatch.logs import printable
-from dispatch.storage.api_keys import ApiKeyRecord
 from dispatch.storage.records import AuditEntry
 
 PEER_TEXT_CHARS: Final = 100
@@ -138,11 +137,24 @@ def config_reload_rejected(path: str, problems: int, *, actor: str) -> AuditEntr
 # -- API keys -----------------------------------------------------------------------------
 
 
-def _label(record: ApiKeyRecord) -> str:
+class KeyLabel(Protocol):
+    """What an API key entry names of a key (an ``ApiKeyRecord`` is one)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+def _label(record: KeyLabel) -> str:
     return f"API key {record.id} {record.name!r} ({record.prefix})"
 
 
-def api_key_created(record: ApiKeyRecord, *, actor: str) -> AuditEntry:
+def api_key_created(record: KeyLabel, *, actor: str) -> AuditEntry:
     return AuditEntry(
         category="ApiKey",
         level="Notice",
@@ -152,7 +164,7 @@ def api_key_created(record: ApiKeyRecord, *, actor: str) -> AuditEntry:
     )
 
 
-def api_key_revoked(record: ApiKeyRecord, *, first_time: bool, actor: str, at: float) -> AuditEntry:
+def api_key_revoked(record: KeyLabel, *, first_time: bool, actor: str, at: float) -> AuditEntry:
     """A revocation; ``first_time`` False: it already was revoked (logged, nothing changed)."""
     what = "revoked" if first_time else "revoked again (it already was: no change)"
     return AuditEntry(
@@ -190,6 +202,23 @@ def api_key_failures_throttled(
         ),
         actor=peer,
     )
+
+
+class ApiKeyAudit:
+    """What the API key verifier reports (its ``KeyAudit``: security imports no storage), as
+    the entries above, handed to ``audit`` (``MessageLog.audit`` in the daemon)."""
+
+    def __init__(self, audit: Callable[[AuditEntry], None]) -> None:
+        self._audit = audit
+
+    def created(self, record: KeyLabel, *, actor: str) -> None:
+        self._audit(api_key_created(record, actor=actor))
+
+    def revoked(self, record: KeyLabel, *, first_time: bool, actor: str, at: float) -> None:
+        self._audit(api_key_revoked(record, first_time=first_time, actor=actor, at=at))
+
+    def throttled(self, source_ip: str, failures: int, window: float, retry_after: float) -> None:
+        self._audit(api_key_failures_throttled(source_ip, failures, window, retry_after))
 
 
 # -- SMTP AUTH ----------------------------------------------------------------------------

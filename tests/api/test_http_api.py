@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import trio
 
+from dispatch.security.api_keys import create_api_key
 from tests.conftest import free_port
 from tests.delivery.harness import Running, running_dispatch
 from tests.support.config import base_config
@@ -28,7 +29,7 @@ async def api(
     tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[tuple[Running, httpx.AsyncClient, str]]:
     async with running_dispatch(tmp_path, base_config(tmp_path, **overrides)) as dispatch:
-        _, key = await dispatch.parts.store.api_keys.create("tests")
+        _, key = await create_api_key(dispatch.parts.store.api_keys, "tests")
         port = dispatch.parts.settings.current.api.port
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
@@ -175,7 +176,7 @@ async def test_every_error_status(tmp_path: Path) -> None:
         wrong = await client.get(
             "/api/v1/messages", headers={"Authorization": f"Bearer {key[:-4]}AAAA"}
         )
-        other = await dispatch.parts.store.api_keys.create("revoked soon")
+        other = await create_api_key(dispatch.parts.store.api_keys, "revoked soon")
         await dispatch.parts.store.api_keys.revoke(other[0].id)
         revoked = await client.get(
             "/api/v1/messages", headers={"Authorization": f"Bearer {other[1]}"}
@@ -241,7 +242,7 @@ async def test_status_follows_a_failing_message_and_other_keys_see_nothing(
         first = (await client.get(f"/api/v1/messages/{message_id}")).json()["status"]
         await wait_until_async(lambda: dispatch.parts.spool.counts().failed == 1)
         failed = (await client.get(f"/api/v1/messages/{message_id}")).json()
-        _, other_key = await dispatch.parts.store.api_keys.create("other")
+        _, other_key = await create_api_key(dispatch.parts.store.api_keys, "other")
         hidden = await client.get(
             f"/api/v1/messages/{message_id}", headers={"Authorization": f"Bearer {other_key}"}
         )

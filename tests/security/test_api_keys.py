@@ -13,10 +13,11 @@ import trio
 
 from dispatch.lifecycle import Shutdown
 from dispatch.security.api_keys import ApiKeyVerifier, Rejection, VerifiedKey
+from dispatch.security.key_format import PREFIX_LENGTH, is_light_hash, new_api_key, prefix_of
 from dispatch.security.passwords import hash_password
 from dispatch.security.throttle import FailureThrottle
-from dispatch.storage import ApiKeyStore, AuditEntry, SqlCursor, SqliteDatabase
-from dispatch.storage.api_keys import PREFIX_LENGTH, is_light_hash, new_api_key, prefix_of
+from dispatch.storage import ApiKeyStore, AuditEntry, SqlCursor, SqliteDatabase, UnknownApiKeyError
+from dispatch.storage.audit import ApiKeyAudit
 
 BASE = 1_800_000_000.0
 IP = "192.0.2.10"
@@ -59,7 +60,7 @@ class Keys:
         self.clock = Clock()
         self.verifier = ApiKeyVerifier(
             self.store,
-            self.audit.append,
+            ApiKeyAudit(self.audit.append),
             throttle=FailureThrottle(max_failures=3, window=60),
             clock=self.clock,
         )
@@ -201,6 +202,28 @@ async def test_create_and_revoke_are_audited_and_revoke_empties_the_cache(keys: 
     assert all(key[PREFIX_LENGTH:] not in entry.message for entry in keys.audit)
 
 
+async def test_revoke_by_id_prefix_or_key_is_idempotent(keys: Keys) -> None:
+    one_key, two_key = await keys.create("one"), await keys.create("two")
+    one, _ = await keys.verifier.revoke(one_key, actor="admin")  # the full key
+    assert one.revoked_at == BASE
+    keys.clock.now = BASE + 60
+    again, first_time = await keys.verifier.revoke(prefix_of(one_key), actor="admin")
+    assert (again.revoked_at, first_time) == (BASE, False)  # the first revocation stands
+    assert (await keys.verifier.revoke(str(one.id), actor="admin"))[0].revoked_at == BASE
+    two, first_time = await keys.verifier.revoke(f" {two_key}\n", actor="admin")
+    assert (two.name, two.revoked_at, first_time) == ("two", BASE + 60, True)
+    assert all(one_key[PREFIX_LENGTH:] not in entry.message for entry in keys.audit)
+
+
+async def test_an_unknown_full_key_is_not_echoed(keys: Keys) -> None:
+    key = new_api_key()
+    with pytest.raises(UnknownApiKeyError) as caught:
+        await keys.verifier.revoke(key, actor="admin")
+    assert prefix_of(key) in str(caught.value)
+    assert key not in str(caught.value)
+    assert keys.audit == []
+
+
 async def throttle(keys: Keys, key: str, ip: str) -> None:
     """Three failures of three kinds from ``ip``: the throttle's limit in these tests."""
     rejected(await keys.verifier.verify(other_secret(key), ip), "wrong")
@@ -269,7 +292,7 @@ async def test_an_old_slow_hash_is_replaced_at_the_first_use(keys: Keys) -> None
     assert record is not None
     assert record.key_hash is not None
     assert is_light_hash(record.key_hash)
-    fresh = ApiKeyVerifier(keys.store, keys.audit.append)  # a restart: nothing cached
+    fresh = ApiKeyVerifier(keys.store, ApiKeyAudit(keys.audit.append))  # a restart: nothing cached
     accepted(await fresh.verify(key, IP))
     rejected(await fresh.verify(other_secret(key), IP), "wrong")
     assert fresh.stats.slow_verifications == 0

@@ -15,8 +15,9 @@ import pytest
 import trio
 
 from dispatch.security.api_keys import ApiKeyVerifier, VerifiedKey
+from dispatch.security.key_format import PREFIX_LENGTH, is_well_formed, prefix_of
 from dispatch.storage import ApiKeyStore, SqliteDatabase
-from dispatch.storage.api_keys import PREFIX_LENGTH, is_well_formed, prefix_of
+from dispatch.storage.audit import ApiKeyAudit
 from tests.support.config import base_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -155,7 +156,7 @@ async def test_a_revocation_by_the_cli_reaches_a_verifier_on_the_same_database(
     key = json.loads(created.stdout)["key"]
     database = SqliteDatabase(tmp_path / "data" / "dispatch.db")
     try:
-        verifier = ApiKeyVerifier(ApiKeyStore(database), lambda entry: None)
+        verifier = ApiKeyVerifier(ApiKeyStore(database), ApiKeyAudit(lambda entry: None))
         for _ in range(2):  # argon2, then the cache
             assert isinstance(await verifier.verify(key, "127.0.0.1"), VerifiedKey)
         revoked = await trio.to_thread.run_sync(cli, config, "revoke", prefix_of(key))
