@@ -29,10 +29,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff, including the ASYNC rules, and the formatting check."""
+    """ruff, including the ASYNC rules, the formatting check, and the layer contracts
+    (import-linter: `[tool.importlinter]` in pyproject.toml, docs/architecture.md "Layers")."""
     session.install("-e", ".[lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python=PYTHON)
