@@ -1,7 +1,7 @@
 """Show settings to people, and compare two of them for a SIGHUP reload.
 
 :func:`redacted` is the one way settings leave the process (``check-config``,
-``/debug/config``, the dashboard's Settings page): every :class:`Secret` becomes
+``/debug/config``): every :class:`Secret` becomes
 ``"<redacted>"``, and so does the password inside any URL (``database.url``, a relay's
 ``base_url``; see :func:`redact_url_credentials`, which error messages naming a URL use too).
 :func:`apply_reload` decides what a reload may change without a restart, and

@@ -258,10 +258,9 @@ class DeliveryAttempt:
     async def _move_on(move: Callable[..., Awaitable[None]], envelope: Envelope) -> None:
         """Release or fail a claimed message; on a full disk without writing its envelope.
 
-        The move itself is a rename and needs no space. Without this fallback a full disk
-        left the message claimed until a restart, so no worker could free space by
-        delivering it and intake never recovered (found by tests/system/
-        test_reliability_disk_full.py).
+        The move itself is a rename and needs no space; only rewriting the envelope does.
+        A message left claimed would wait for a restart, and with it the space its delivery
+        would free: intake, refused for a full disk, would not recover.
         """
         try:
             await move(envelope)

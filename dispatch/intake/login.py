@@ -139,9 +139,8 @@ class SmtpAuthenticator:
         self._mechanism = None
         address, user = self._peer_ip, username_key(username)
         # Checked again here, and the attempt counted as a failure from its start until its
-        # verdict: otherwise guesses sent at once on many connections all passed the check in
-        # `start` and were all verified (20 parallel guesses got 20 answers where the
-        # throttle allows 5; found by tests/system/test_abuse_smtp.py).
+        # verdict: guesses sent at once on many connections would otherwise all pass the check
+        # in `start` before any of them failed, and all be verified (the throttle allows 5).
         if await self._throttled(address, user):
             log.warning("AUTH refused: too many failures from %s or at this user", address)
             self._report_throttling(username)

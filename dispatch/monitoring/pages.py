@@ -6,7 +6,7 @@ No template engine: each page is a few tables. Every value that reaches the HTML
 events carry peer input, and a hostile peer must not be able to script the admin's browser.
 
 Links are relative to ``/debug/`` (the index is served there, and the pages beside it), so the
-same pages work on the dashboard port and on the separate monitoring address.
+pages work whatever address and port reach them (an SSH tunnel to the monitoring address too).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every error the spool raises on purpose is a :class:`SpoolError`. Callers on the
 need only two branches: :class:`SpoolFullError` (the disk or quota is full: SMTP answers
 ``452 4.3.1``, the API answers 507) and any other :class:`SpoolError` (``451 4.3.0`` / 503).
 The lifecycle errors (:class:`UnknownMessageError`, :class:`WrongStateError`,
-:class:`MessageBusyError`) are caused by the caller — a stale id from the dashboard, a race
+:class:`MessageBusyError`) are caused by the caller — a stale id from the CLI, a race
 between a worker and an operator — and carry a message that names the id and what to do.
 """
 

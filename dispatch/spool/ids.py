@@ -3,7 +3,7 @@
 The 26 characters encode 128 bits, most significant first: 48 bits of Unix time in
 milliseconds, then 80 random bits (the ULID layout). Because the encoding is fixed-width and
 the alphabet is in ASCII order, ids sort as strings in the order they were created, which
-keeps directory listings, the dashboard and the log readable in time order.
+keeps directory listings, ``spool list`` and the log readable in time order.
 
 Within one process ids are strictly increasing even when many are made in the same
 millisecond or the wall clock steps back: the generator then reuses the last timestamp and
@@ -11,7 +11,7 @@ increments the random part. The 80 random bits make collisions between processes
 restart with a clock that went back) practically impossible.
 
 Ids also name files, so :func:`is_valid_id` is the gate that keeps user input (an id from the
-dashboard, the CLI or a file name found on disk) from ever becoming a path like ``../x``.
+API, the CLI or a file name found on disk) from ever becoming a path like ``../x``.
 """
 
 from __future__ import annotations

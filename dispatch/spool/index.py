@@ -1,8 +1,8 @@
 """The in-memory index of the spool: every message's state and envelope, counts, due-queue.
 
 The spool directory is scanned once at start-up; from then on the index is the answer to
-"what is in the spool" — for ``/health``, the metrics, the dashboard and the delivery
-scanner — so no request ever lists a directory. Every operation costs O(1) or O(log n)
+"what is in the spool" — for ``/health``, the metrics, ``/debug/queue``, ``spool list`` and
+the delivery scanner — so no request ever lists a directory. Every operation costs O(1) or O(log n)
 whatever the spool's size, except :meth:`SpoolIndex.entries`, which walks what it returns.
 
 The due-queue holds the ``incoming`` messages ordered by ``next_attempt_at`` (then by id,

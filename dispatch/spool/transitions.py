@@ -112,10 +112,9 @@ def _fsync_after_move(
 ) -> None:
     """Make a finished move durable; a failure is logged, not raised.
 
-    The renames are done: the message *is* in ``dst``, and an error here used to leave the
-    caller's index saying ``src`` (a released message then stayed unclaimable until a restart;
-    found by the fault rule of tests/spool/test_spool_stateful.py). Without the fsync a power
-    cut may undo the move, which recovery handles like any interrupted move.
+    The renames are done: the message *is* in ``dst``. Raising would leave the caller's index
+    saying ``src`` (a released message would stay unclaimable until a restart). Without the
+    fsync a power cut may undo the move, which recovery handles like any interrupted move.
     """
     try:
         fsync_dir(layout.state_dirs[dst])

@@ -52,7 +52,7 @@ class Database(Protocol):
 
     @property
     def description(self) -> str:
-        """Where the database is, for logs and the dashboard (no secrets)."""
+        """Where the database is, for log lines and messages (no secrets)."""
         ...
 
     async def write[T](self, work: Callable[[SqlCursor], T]) -> T: ...

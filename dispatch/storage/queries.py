@@ -1,4 +1,4 @@
-"""The read side of the message log: figures for ``/metrics`` and the dashboard, and lookups.
+"""The read side of the message log: figures for ``/metrics``, and lookups.
 
 Every query is one ``Database.read`` (a worker thread, the database's own limiter; see
 ``sqlite.py`` for why reads share the writer's connection) and reads an index range or the
@@ -23,8 +23,8 @@ audit_entries              ``audit_log_at``
 are checked on the rows it walks, as no portable index can answer a substring. Narrow such
 searches with a time range.
 
-Figures for a moment other than now (tests, a dashboard looking at yesterday) take
-``now=``; "today" is the UTC date of ``now``.
+Figures for a moment other than now (tests) take ``now=``; "today" is the UTC date of
+``now``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from dispatch.storage.records import (
     message_from_row,
 )
 
-# The most rows one search returns: a dashboard page, not an export.
+# The most rows one search returns: a page of results, not an export.
 MAX_SEARCH_LIMIT: Final = 500
 LAST_MINUTES: Final = 5
 

@@ -35,8 +35,8 @@ SOURCES: Final[tuple[Source, ...]] = get_args(Source)
 AUDIT_CATEGORIES: Final[tuple[AuditCategory, ...]] = get_args(AuditCategory)
 AUDIT_LEVELS: Final[tuple[AuditLevel, ...]] = get_args(AuditLevel)
 
-# A subject or an upstream response longer than this is cut: the dashboard shows one line of
-# it, and a hostile peer must not make every queued record (and row) arbitrarily large.
+# A subject or an upstream response longer than this is cut: a hostile peer must not make
+# every queued record (and row) arbitrarily large.
 MAX_FREE_TEXT: Final = 1000
 
 

@@ -26,7 +26,7 @@ The same statements must run on SQLite (the embedded default) and on PostgreSQL 
   migrations say ``{serial_pk}`` and :class:`Dialect` fills it in.
 - Parameters are written ``?`` (qmark); a driver with another style translates them.
 
-Tables that answer the dashboard's "today" and "last 5 minutes" figures without reading
+Tables that answer the "today" and "last 5 minutes" figures of ``/metrics`` without reading
 ``message_log``: ``counters`` (per UTC day, event kind and relay; ``''`` when the event has
 no relay, because a primary key column cannot be NULL in PostgreSQL) and ``minute_counters``
 (per Unix minute and event kind, pruned after :data:`MINUTE_COUNTERS_KEPT` minutes). The
@@ -43,7 +43,7 @@ from typing import Final
 
 import attrs
 
-# The dashboard shows the last 5 minutes; an hour of buckets leaves room for a clock step or
+# The figures cover the last 5 minutes; an hour of buckets leaves room for a clock step or
 # a late journal replay while keeping the table tiny (60 minutes x 5 kinds).
 MINUTE_COUNTERS_KEPT: Final = 60
 
