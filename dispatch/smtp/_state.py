@@ -85,6 +85,7 @@ __all__ = [
     "Step",
     "awaits_reply",
     "blocks_parsing",
+    "hoped",
     "hoped_state",
     "is_legal",
     "leads_to",
@@ -263,7 +264,12 @@ AWAITS_REPLY: Final[tuple[type[Event], ...]] = (
 PIPELINABLE: Final = frozenset({Step.MAIL, Step.RCPT, Step.RSET, Step.CHUNK_END})
 
 
+def hoped(step: Step) -> Outcome:
+    """The reply a client hopes for: a 354 to DATA, a 2xx to anything else."""
+    return Outcome.MORE if step is Step.DATA else Outcome.OK
+
+
 def hoped_state(state: State, step: Step) -> State:
-    """Where `step`, issued in `state`, leads if its reply is the one hoped for: a 354 to DATA,
-    a 2xx to anything else. What a pipelining client counts on while the reply is on its way."""
-    return next_state(state, step, Outcome.MORE if step is Step.DATA else Outcome.OK)
+    """Where `step`, issued in `state`, leads if its reply is the one hoped for: what a
+    pipelining client counts on while the reply is on its way."""
+    return next_state(state, step, hoped(step))

@@ -19,8 +19,7 @@ the connection and retries the message later.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from . import _state
 from ._state import Outcome, State, Step
@@ -61,8 +60,7 @@ def _name(request: _Request) -> str:
     return _NAMES.get(type(request)) or type(request).__name__.upper()
 
 
-@dataclass(frozen=True, slots=True)
-class _Awaited:
+class _Awaited(NamedTuple):
     """A request whose reply has not arrived yet.
 
     `sent_in` is the state the session was hoped to be in when it went out (earlier replies
@@ -194,8 +192,12 @@ class ClientConnection:
             raise RemoteProtocolError("data after the 220 reply to STARTTLS")
         if after is State.DATA and self._state is not State.DATA:
             self._encoder = DataEncoder()
+        as_hoped = self._state is awaited.sent_in and result is _state.hoped(awaited.step)
         self._state = after
-        self._hoped = self._replay()
+        if not self._awaiting:
+            self._hoped = after
+        elif not as_hoped:  # what was counted on for the commands behind it has changed
+            self._hoped = self._replay()
 
     def _replay(self) -> State:
         """The state once every awaited reply has come as hoped, from the confirmed one."""
