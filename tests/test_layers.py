@@ -32,6 +32,10 @@ def contracts() -> dict[str, str]:
 def lint_imports(project: Path) -> tuple[int, str, dict[str, str]]:
     """Run ``lint-imports`` on ``project`` (its pyproject.toml, its ``dispatch`` package);
     return the exit code, the output and each contract's verdict by name."""
+    assert LINT_IMPORTS.exists(), (
+        f"{LINT_IMPORTS} is missing: install the test extra (pip install -e '.[test]'), "
+        "which brings import-linter"
+    )
     env = {**os.environ, "PYTHONPATH": str(project), "COLUMNS": "300"}
     done = subprocess.run(
         [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(project / "pyproject.toml")],
