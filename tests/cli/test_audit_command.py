@@ -20,16 +20,17 @@ import trio
 from dispatch.cli.audit import write_entries
 from dispatch.storage import AuditEntry, open_store
 from dispatch.storage.journal import JOURNAL_NAME, Journal
+from tests.support.config import base_config, write_config
 
 pytestmark = pytest.mark.slow  # a subprocess per check
 
 NOW = time.time()
 
 
-def write_config(tmp_path: Path, url: str | None = None) -> Path:
-    database = url or f"sqlite:///{tmp_path / 'data' / 'dispatch.db'}"
+def cli_config(tmp_path: Path, url: str | None = None) -> Path:
+    """Write ``dispatch.toml`` (the database at ``url`` if given) and return its path."""
     path = tmp_path / "dispatch.toml"
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[database]\nurl = "{database}"\n')
+    write_config(path, base_config(tmp_path, database={"url": url} if url else {}))
     return path
 
 
@@ -69,7 +70,7 @@ ENTRIES = [
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = write_config(tmp_path)
+    path = cli_config(tmp_path)
     store = open_store(f"sqlite:///{tmp_path / 'data' / 'dispatch.db'}", tmp_path / "data")
 
     async def seed() -> None:
@@ -153,7 +154,7 @@ def test_json_for_scripts(config: Path) -> None:
 def test_bad_arguments_are_named_with_what_to_write(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
-    refused = audit(write_config(tmp_path), *args)
+    refused = audit(cli_config(tmp_path), *args)
     assert refused.returncode == 2
     assert expected in refused.stderr
     assert not (tmp_path / "data").exists()  # refused before the database was touched
@@ -162,11 +163,11 @@ def test_bad_arguments_are_named_with_what_to_write(
 def test_an_unreadable_database_and_a_waiting_journal_are_said(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the database's directory should be")
-    broken = audit(write_config(tmp_path, f"sqlite:///{blocker / 'dispatch.db'}"))
+    broken = audit(cli_config(tmp_path, f"sqlite:///{blocker / 'dispatch.db'}"))
     assert broken.returncode == 1
     assert "dispatch: cannot read the audit log:" in broken.stderr
 
-    config = write_config(tmp_path)
+    config = cli_config(tmp_path)
     (tmp_path / "data").mkdir()
     Journal(tmp_path / "data" / JOURNAL_NAME).append(ENTRIES[:2])
     waiting = audit(config)
