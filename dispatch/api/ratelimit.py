@@ -26,7 +26,7 @@ class KeyRateLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._requests = SlidingWindow(WINDOW_SECONDS, max_keys=MAX_TRACKED_KEYS, clock=clock)
-        self._reported = Episodes(max_keys=MAX_TRACKED_KEYS, clock=clock)
+        self._reported = Episodes(quiet=WINDOW_SECONDS, max_keys=MAX_TRACKED_KEYS, clock=clock)
 
     def check(self, key: str, limit: int) -> float:
         """Count one request of ``key``; return 0 if allowed, else seconds to wait (≥ 1).
@@ -42,5 +42,7 @@ class KeyRateLimiter:
 
     def newly_limited(self, key: str, wait: float) -> bool:
         """Whether a refusal of ``key`` (``wait`` from :meth:`check`) starts a new episode of
-        refusals, rather than continuing one already reported."""
+        refusals, rather than continuing one already reported: a key kept over its limit has
+        a request through each time its oldest leaves the window, and is still one episode
+        until a minute passes without a refusal."""
         return self._reported.begins(key, wait)

@@ -58,7 +58,7 @@ class FailureThrottle:
             max_per_key=max_failures * KEPT_PER_KEY,
             clock=clock,
         )
-        self._reported = Episodes(max_keys=MAX_TRACKED_KEYS, clock=clock)
+        self._reported = Episodes(quiet=window, max_keys=MAX_TRACKED_KEYS, clock=clock)
         self._in_flight: Counter[str] = Counter()  # attempts begun and not yet ended, per key
         self._verdict = trio.Event()  # set (and replaced) whenever an attempt ends
 
@@ -80,7 +80,9 @@ class FailureThrottle:
         """Whether ``key`` is throttled now and was not yet when this was last asked.
 
         True once per throttling, however many attempts it refuses: callers ask after each
-        failure and each refusal, and report (log, audit) only when this says so.
+        failure and each refusal, and report (log, audit) only when this says so. A key
+        throttled again within a window of its last throttled moment (an attacker who sends
+        the next guesses as soon as the window lets them) is the same throttling.
         """
         wait = self.retry_after(key, max_failures)
         return wait > 0 and self._reported.begins(key, wait)

@@ -13,7 +13,10 @@ added to goes first, so a spray of source addresses cannot grow it) and at most
 ``max_per_key`` events per key (the oldest go first).
 
 :class:`Episodes` remembers which keys were reported as limited and until when, so a limit
-is reported (logged, audited) once when a key reaches it, not once per refused attempt.
+is reported (logged, audited) once when a key reaches it, not once per refused attempt. An
+episode lasts while the key keeps being limited and for a quiet period after: a client that
+stays over its limit gets an event through each time the oldest of its events leaves the
+window, and each such pause must not start a new episode.
 
 Neither is thread-safe: use them from the Trio thread.
 """
@@ -101,11 +104,16 @@ class Episodes:
     """Which keys are known to be limited, and until when: each limit is reported once.
 
     :meth:`begins` answers True only for the first look at a limited key; later looks while
-    the same episode lasts answer False (and extend it if it grew). Once the episode is over
-    the next limit is a new one, reported again. Bounded like :class:`SlidingWindow`.
+    the same episode lasts answer False and extend it. An episode ends ``quiet`` seconds
+    after the key was last seen limited (the limit's window: a key limited again within it
+    is the same client still at it); the next limit is a new one, reported again. Bounded
+    like :class:`SlidingWindow`.
     """
 
-    def __init__(self, *, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, quiet: float, max_keys: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.quiet = quiet
         self.max_keys = max_keys
         self._clock = clock
         self._until: OrderedDict[str, float] = OrderedDict()
@@ -114,7 +122,7 @@ class Episodes:
         """``key`` is limited for ``lasting`` more seconds: whether that is a new episode."""
         now = self._clock()
         until = self._until.get(key)
-        self._until[key] = max(now + lasting, until or now)
+        self._until[key] = max(now + lasting + self.quiet, until or now)
         self._until.move_to_end(key)
         while len(self._until) > self.max_keys:
             self._until.popitem(last=False)

@@ -68,19 +68,32 @@ def test_memory_is_bounded_in_keys_and_in_events_per_key() -> None:
 
 def test_an_episode_is_reported_once_and_a_later_one_again() -> None:
     clock = Clock()
-    episodes = Episodes(max_keys=10, clock=clock)
-    assert episodes.begins("k", 30) is True
+    episodes = Episodes(quiet=60, max_keys=10, clock=clock)
+    assert episodes.begins("k", 30) is True  # limited until 1030; the episode lasts to 1090
     clock.now += 10
     assert episodes.begins("k", 20) is False  # the same episode, still limited
     assert episodes.begins("other", 5) is True  # keys are independent
-    clock.now += 25  # past 1030: the episode ended
+    clock.now += 50  # 1060: no longer limited, but within the quiet period
+    assert episodes.begins("k", 30) is False  # limited again at once: the same client
+    clock.now += 30 + 60 + 1  # a whole quiet period after the last limited moment
     assert episodes.begins("k", 30) is True
-    clock.now += 29
-    assert episodes.begins("k", 60) is False  # extended: it lasts until 1124 now
-    clock.now += 40
-    assert episodes.begins("k", 1) is False
-    clock.now += 21
-    assert episodes.begins("k", 1) is True
+
+
+def test_a_key_kept_over_its_rate_limit_is_one_episode() -> None:
+    clock = Clock()
+    limiter = KeyRateLimiter(clock=clock)
+    reported = 0
+    for _ in range(30 * 60 * 4):  # half an hour at 4 requests a second, limit 60 a minute
+        wait = limiter.check("key", 60)
+        if wait and limiter.newly_limited("key", wait):
+            reported += 1
+        clock.now += 0.25
+    assert reported == 1
+    clock.now += 2 * WINDOW_SECONDS  # the client calmed down; later it overdoes it again
+    for _ in range(61):
+        wait = limiter.check("key", 60)
+    assert wait > 0
+    assert limiter.newly_limited("key", wait) is True
 
 
 def test_rate_limiter_keeps_its_behaviour_on_the_shared_window() -> None:
@@ -110,6 +123,10 @@ def test_throttle_says_newly_throttled_once_per_throttling() -> None:
     assert throttle.newly_throttled("1.2.3.4", max_failures=12) is False  # a higher limit
     clock.now += 61
     assert throttle.newly_throttled("1.2.3.4") is False  # the window passed: not throttled
+    for _ in range(3):  # the next guesses as soon as they are allowed: the same attack
+        throttle.record_failure("1.2.3.4")
+    assert throttle.newly_throttled("1.2.3.4") is False
+    clock.now += 60 + 60 + 1  # throttled until 1121, then a whole window of quiet
     for _ in range(3):
         throttle.record_failure("1.2.3.4")
-    assert throttle.newly_throttled("1.2.3.4") is True  # a new throttling, reported again
+    assert throttle.newly_throttled("1.2.3.4") is True  # a new attack, reported again
