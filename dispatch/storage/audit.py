@@ -249,7 +249,7 @@ def smtp_auth_user_throttled(
         category="Auth",
         level="Warning",
         message=(
-            f"SMTP AUTH: user {_peer_text(username)!r} throttled after {failures} failed "
+            f"SMTP AUTH: user '{_peer_text(username)}' throttled after {failures} failed "
             f"attempts within {_seconds(window)} (the last from {peer}): AUTH as this user is "
             f"refused (454) from every address for the next {_seconds(retry_after)}"
         ),
