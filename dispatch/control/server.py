@@ -223,7 +223,7 @@ class ControlServer:
             }
         if not answer["ok"]:
             log.info("control: %s from %s refused: %s", request.command, who, answer["error"])
-        elif request.command not in ("spool.list", "spool.show"):  # reads are not news
+        else:
             log.info("control: %s from %s done", request.command, who)
         return answer
 
