@@ -206,9 +206,8 @@ class SmtpSession:
 
     async def _receive(self) -> None:
         # The per-command timeout runs from the last complete command (or line of message
-        # data), not from the last byte: a client dripping one byte every few seconds
-        # (slowloris) used to keep its connection slot until the session deadline, 30 min
-        # (found by tests/system/test_abuse_smtp.py).
+        # data), not from the last byte, so a client dripping one byte every few seconds
+        # (slowloris) cannot keep its connection slot until the session deadline.
         deadline = self._waiting_since + self.settings.connection_timeout_seconds
         data = await self.transport.receive(deadline)
         if data is None:

@@ -2,7 +2,8 @@
 
 Nothing leaves the machine: the message is hard-linked (or copied) into ``captured/`` with
 its envelope, durably, and every recipient counts as delivered. This is the embedded default
-relay, so a fresh install can be tried without an upstream; the dashboard shows the inbox.
+relay, so a fresh install can be tried without an upstream; ``dispatch spool list --state
+captured`` lists what it caught.
 
 The relay is handed a :class:`~dispatch.relays.base.CaptureSink` (the spool is one) rather
 than the spool: relays sit above the spool and never import it.

@@ -83,8 +83,8 @@ from dispatch.security.throttle import FailureThrottle
 
 log = logging.getLogger("dispatch.security")
 
-# SPEC §4 asks for "last used", not an access log: a minute is as precise as a dashboard
-# shows it, and keeps a busy key to one small write a minute.
+# SPEC §4 asks for "last used", not an access log: to the minute is precise enough to tell a
+# key in use from a forgotten one, and keeps a busy key to one small write a minute.
 TOUCH_INTERVAL: Final = 60.0
 TOUCH_RETRY_SECONDS: Final = 5.0
 SAVE_TOUCHES_TIMEOUT: Final = 2.0

@@ -15,7 +15,7 @@ spelling.
 
 The **prefix** is ``dsp_live_`` plus the first 8 characters of the random part (48 bits).
 It is stored in clear under a UNIQUE index: it finds the row, names the key in the
-dashboard, the CLI and the message log, and is not enough to use the key. A new key whose
+CLI and the message log, and is not enough to use the key. A new key whose
 prefix is already taken (about one chance in 10^14 per key) is generated again.
 
 Only an argon2id hash of the whole key is stored (SPEC §11). The full key exists in memory

@@ -1,12 +1,13 @@
-"""Password hashes (argon2id) for SMTP AUTH users, the dashboard admin and API keys.
+"""Password hashes (argon2id) for SMTP AUTH users and API keys of earlier versions.
 
 Verifying an argon2 hash costs ~150 ms of CPU and, with argon2-cffi's default profile,
-64 MiB of memory for as long as it runs. Sixty guesses at once used to take the daemon from
-~100 MB to 2.6 GB and starve ``/health``. So every verification runs in a worker thread under
-one process-wide :class:`PasswordChecks`: at most :attr:`PasswordChecks.slots` at a time
-(sized to the machine, :func:`machine_slots`), and at most :attr:`PasswordChecks.queue` more
-waiting for a slot. A caller that must not wait past that bound (SMTP AUTH: ``454 4.7.0``)
-asks :func:`verify_password` with ``refuse_when_busy=True`` and gets :class:`ChecksBusy`.
+64 MiB of memory for as long as it runs: unbounded, sixty guesses at once would take the
+daemon from ~100 MB to 2.6 GB and starve ``/health``. So every verification runs in a worker
+thread under one process-wide :class:`PasswordChecks`: at most :attr:`PasswordChecks.slots`
+at a time (sized to the machine, :func:`machine_slots`), and at most
+:attr:`PasswordChecks.queue` more waiting for a slot. A caller that must not wait past that
+bound (SMTP AUTH: ``454 4.7.0``) asks :func:`verify_password` with ``refuse_when_busy=True``
+and gets :class:`ChecksBusy`.
 
 A hash of ``None`` means "no such account": the same work is done against a decoy hash and
 the answer is False, so timing does not reveal which accounts exist.

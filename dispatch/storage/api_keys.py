@@ -109,7 +109,7 @@ class ApiKeyStore:
     """The ``api_keys`` table. Owns nothing but a reference to ``database``; cheap to keep.
 
     Writes no audit entries: the verifier's ``create`` and ``revoke`` do, and are what the
-    dashboard and the CLI call.
+    CLI calls.
     """
 
     unavailable_errors: ClassVar[tuple[type[Exception], ...]] = (
