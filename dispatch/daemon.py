@@ -19,8 +19,9 @@ talks to it (the control socket's ``send-test``, ``/health``, ``/metrics``) sees
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from dispatch.api.app import ApiSources
 from dispatch.api.service import HttpApi
 from dispatch.config import Settings, redacted_toml
 from dispatch.config.advice import config_warnings
-from dispatch.config.live import LiveSettings
+from dispatch.config.live import LiveSettings, ReloadResult
 from dispatch.control.server import ControlServer, Operations
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.routing import Router
@@ -55,8 +56,10 @@ from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.spool import Spool
 from dispatch.spool.lock import SpoolLock
 from dispatch.spool.sweep import SpoolSweeper
-from dispatch.storage import AuditEntry, Store, audit, open_store
+from dispatch.storage import Store, audit, open_store
 from dispatch.supervisor import ComponentStartError, Supervisor, describe
+from dispatch.systemd.activation import ActivationError, InheritedSocket, take_listen_fds
+from dispatch.systemd.notify import SystemdNotifier, reload_status
 from dispatch.web.debug import DebugSources
 from dispatch.web.ops import OpsSources
 from dispatch.web.ops_servers import AllowList, OpsServers
@@ -81,8 +84,11 @@ class Parts:
     started_at: float
 
 
-def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Component]]:
-    """Build the shared objects and the components, in start order. Does no I/O."""
+def assemble(
+    settings: LiveSettings, spool: Spool, inherited: Sequence[InheritedSocket] = ()
+) -> tuple[Parts, list[Component]]:
+    """Build the shared objects and the components, in start order. Does no I/O.
+    ``inherited``: SMTP sockets passed by systemd, served instead of ``listener.ports``."""
     current = settings.current
     try:
         store = open_store(current.database.url, current.data_dir)
@@ -108,7 +114,9 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
         tracer=tracer,
         relays=relays,
         attempt=attempt,
-        intake=SmtpIntake(settings, spool, stats, tracer, store.log.record),
+        intake=SmtpIntake(
+            settings, spool, stats, tracer, store.log.record, store.log.audit, inherited=inherited
+        ),
         delivery=Delivery(settings, spool, attempt, relays),
         figures=figures,
         started_at=time.monotonic(),
@@ -122,12 +130,14 @@ def assemble(settings: LiveSettings, spool: Spool) -> tuple[Parts, list[Componen
         queries=store.queries,
         stats=stats,
         tracer=tracer,
+        audit=store.log.audit,
     )
     servers = OpsServers(
         settings, ops=partial(ops_sources, parts), debug=partial(debug_sources, parts)
     )
     control = ControlServer(
-        Path(current.data_dir), Operations(spool, lambda: settings.current, attempt)
+        Path(current.data_dir),
+        Operations(spool, lambda: settings.current, attempt, audit=store.log.audit),
     )
     retention = Retention(lambda: settings.current.retention, store, SpoolSweeper(spool), stats)
     components = [
@@ -234,16 +244,38 @@ async def serve(settings: Settings, config_path: Path | None) -> None:
         log.info("Dispatch %s starting with configuration file %s", __version__, config_path)
     for problem in config_warnings(settings):
         log.warning("configuration: %s", problem)
+    # systemd (contrib/dispatch.service): both read here, before any child process starts.
+    notifier = SystemdNotifier.from_environment()
+    try:
+        inherited = take_listen_fds()
+    except ActivationError as exc:
+        raise ComponentStartError("smtp", str(exc)) from exc
+    notifier.start_watchdog()
     live = LiveSettings(settings, config_path)
+    config_file = str(config_path) if config_path else None
     async with open_spool(Path(settings.spool.directory)) as spool:
-        parts, components = assemble(live, spool)
+        parts, components = assemble(live, spool, inherited)
 
-        def audit_system(message: str) -> None:
-            parts.store.log.audit(AuditEntry(category="System", level="Notice", message=message))
+        record_audit = parts.store.log.audit
+
+        def ready() -> None:
+            record_audit(audit.daemon_started(__version__, config_file, os.getpid()))
+            ports = parts.intake.ports.listening if parts.intake.ports else ()
+            notifier.ready(f"accepting mail on SMTP port(s) {', '.join(map(str, ports))}")
+
+        def stopping() -> None:
+            record_audit(audit.daemon_stopping(__version__, os.getpid()))
+            notifier.stopping("stopping: finishing the work in hand")
+
+        def reloaded(result: ReloadResult) -> None:
+            record_audit(audit.config_reload(result, actor="SIGHUP"))
+            notifier.reloaded(reload_status(result))
 
         await Supervisor(
             components,
             live,
-            on_ready=lambda: audit_system(f"Dispatch {__version__} started"),
-            on_stop=lambda: audit_system(f"Dispatch {__version__} stopping"),
+            on_ready=ready,
+            on_stop=stopping,
+            on_reloading=notifier.reloading,
+            on_reload=reloaded,
         ).run()

@@ -16,7 +16,7 @@ did, stops last. A component reacts by refusing new work and finishing what it h
 sessions get ``421``, deliveries finish or return their claims), then returns. Whatever
 still runs when the grace period ends is cancelled. A second signal cancels everything at
 once; the spool is the truth, so nothing acknowledged is lost either way. SIGHUP reloads the
-configuration file.
+configuration file; ``on_reload`` hears what each reload did (the daemon audits it).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Final
 
 import trio
 
-from dispatch.config.live import LiveSettings
+from dispatch.config.live import LiveSettings, ReloadResult
 from dispatch.lifecycle import Component, RestartBackoff, Shutdown
 from dispatch.logs import bind
 
@@ -76,6 +76,8 @@ class Supervisor:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         on_ready: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        on_reload: Callable[[ReloadResult], None] | None = None,
+        on_reloading: Callable[[], None] | None = None,
     ) -> None:
         self.components = tuple(components)
         self.settings = settings
@@ -87,6 +89,8 @@ class Supervisor:
         self.restarts: dict[str, int] = {c.name: 0 for c in components}
         self._on_ready = on_ready
         self._on_stop = on_stop
+        self._on_reload = on_reload
+        self._on_reloading = on_reloading  # before the file is read (systemd: RELOADING=1)
         self._components_scope = trio.CancelScope()
 
     async def run(self) -> None:
@@ -156,7 +160,11 @@ class Supervisor:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.settings.reload()
+                    if self._on_reloading:
+                        self._on_reloading()
+                    result = await self.settings.reload()
+                    if self._on_reload:
+                        self._on_reload(result)
                 elif self.shutdown.requested.is_set():
                     self.stop_now()
                 else:

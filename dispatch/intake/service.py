@@ -2,7 +2,8 @@
 
 :class:`SmtpIntake` is built once by the composition root (:mod:`dispatch.daemon`) from the
 shared parts; each start (the first, and every restart after a crash) loads the TLS
-certificate if it has not yet, binds ``listener.ports`` and ``listener.tls_ports``, starts the
+certificate if it has not yet, binds ``listener.ports`` and ``listener.tls_ports`` (or, under
+socket activation, serves the sockets systemd passed: :mod:`dispatch.intake.inherited`), starts the
 ``listener.processes - 1`` intake worker processes on the same sockets and serves until the
 stop request. Ready once the ports are bound and every worker is ready. Stopping: the
 listener answers ``421`` and drains its sessions, the workers drain theirs, then the sockets
@@ -12,11 +13,12 @@ close. On cancellation the sockets close too; the spool is the truth for what wa
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
 from dispatch.config.live import LiveSettings
+from dispatch.intake.inherited import inherited_smtp_listeners
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
 from dispatch.intake.processes import IntakeWorkers
@@ -28,7 +30,8 @@ from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
-from dispatch.storage.records import MessageEvent
+from dispatch.storage.records import AuditEntry, MessageEvent
+from dispatch.systemd.activation import InheritedSocket
 
 
 class SmtpIntake:
@@ -41,12 +44,17 @@ class SmtpIntake:
         stats: Stats,
         tracer: Tracer,
         record: Callable[[MessageEvent], None],
+        audit: Callable[[AuditEntry], None],
+        *,
+        inherited: Sequence[InheritedSocket] = (),
     ) -> None:
         self._settings = settings
         self._spool = spool
         self._stats = stats
         self._tracer = tracer
         self._record = record
+        self._audit = audit
+        self._inherited = tuple(inherited)  # socket activation: used instead of binding
         self._auth_throttle = FailureThrottle()  # kept across restarts: so are the counts
         self._tls: ssl.SSLContext | None = None
         self.ports: ListeningPorts | None = None
@@ -71,10 +79,16 @@ class SmtpIntake:
             tls=self._tls,
             record=self._record,
             tracer=self._tracer,
+            audit=self._audit,
         )
-        listeners, self.ports = await bind_smtp_ports(
-            current.ports, current.bind_address, current.tls_ports
-        )
+        if self._inherited:
+            listeners, self.ports = inherited_smtp_listeners(
+                self._inherited, current.ports, current.tls_ports
+            )
+        else:
+            listeners, self.ports = await bind_smtp_ports(
+                current.ports, current.bind_address, current.tls_ports
+            )
         listener = SmtpListener(context, self.ports, processes=current.processes)
         workers = IntakeWorkers(
             current.processes - 1,
@@ -83,6 +97,7 @@ class SmtpIntake:
             spool=self._spool,
             stats=self._stats,
             record=self._record,
+            audit=self._audit,
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -7,8 +7,9 @@ Each notification is one datagram of newline-separated ``KEY=VALUE`` lines. Disp
 - ``READY=1`` (with ``STATUS=``) once every component is ready, so after the SMTP ports are
   bound; ``systemctl start`` returns then, and units ordered after Dispatch start then;
 - ``RELOADING=1`` with ``MONOTONIC_USEC=`` when SIGHUP starts a reload of the configuration,
-  and ``READY=1`` with the outcome in ``STATUS=`` when it is done (``systemctl reload`` waits
-  for it);
+  and ``READY=1`` with the outcome in ``STATUS=`` when it is done (the unit shows
+  "reloading" in between; under ``Type=notify-reload``, systemd 253 and later, ``systemctl
+  reload`` sends the SIGHUP itself and waits for that ``READY=1``);
 - ``STOPPING=1`` at the stop request;
 - ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` (``WatchdogSec=``) from a task on the Trio loop:
   a loop stuck in a blocking call or a busy loop stops the pings, and systemd restarts the

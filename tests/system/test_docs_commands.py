@@ -151,4 +151,4 @@ def test_every_runnable_command_works_against_a_live_daemon(
 def _new_key(cwd: Path, env: dict[str, str]) -> str:
     done = run("dispatch api-key create --name docs-test", cwd, env)
     assert done.returncode == 0, done.stderr
-    return next(word for word in done.stdout.split() if word.startswith("dsp_live_"))
+    return max((w for w in done.stdout.split() if w.startswith("dsp_live_")), key=len)
