@@ -113,5 +113,6 @@ def test_start_and_stop_are_in_the_audit_log(start_daemon: Start, tmp_path: Path
             "SELECT category, level, message FROM audit_log WHERE category = 'System' ORDER BY at"
         ).fetchall()
     assert [(category, level) for category, level, _ in rows] == [("System", "Notice")] * 2
-    assert " started (pid " in rows[0][2] and "with configuration file " in rows[0][2], rows
+    assert " started (pid " in rows[0][2], rows
+    assert "with configuration file " in rows[0][2], rows
     assert " stopping (pid " in rows[1][2], rows
