@@ -26,6 +26,7 @@ from dispatch.cli import api_key as api_key_cli
 from dispatch.cli import audit as audit_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
+from dispatch.cli.whereabouts import no_daemon_notice
 from dispatch.config import (
     ConfigError,
     Settings,
@@ -412,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings_or_exit(args)
         if settings is None:
             return EXIT_BAD_CONFIG
+        if args.command != "route":  # the others act on a daemon's state: say which
+            config = find_config_file(getattr(args, "config", None))
+            if (notice := no_daemon_notice(settings, config)) is not None:
+                print(notice, file=sys.stderr)
         if args.command == "audit":
             return audit_cli.main(
                 settings,

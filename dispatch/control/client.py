@@ -18,6 +18,17 @@ class DaemonUnreachable(Exception):
     """No daemon answers on the control socket."""
 
 
+def daemon_answers(data_dir: Path) -> bool:
+    """Whether a daemon accepts connections on ``data_dir``'s control socket (sends nothing)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT_SECONDS)
+            sock.connect(str(data_dir / SOCKET_NAME))
+    except OSError:
+        return False
+    return True
+
+
 def request(data_dir: Path, command: str, args: dict[str, Any]) -> dict[str, Any]:
     """Send one command to the running daemon; return its answer."""
     path = data_dir / SOCKET_NAME

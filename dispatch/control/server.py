@@ -204,11 +204,13 @@ class ControlServer:
                 self._connections -= 1
 
     async def _answer(self, stream: trio.SocketStream) -> dict[str, Any]:
+        line = b""
         try:
             line = await _read_line(stream, self._read_seconds)
             request = parse_line(line)
         except BadRequestError as exc:
-            log.info("control: bad request: %s", exc)
+            # A connection that sends nothing is a CLI asking whether a daemon runs here.
+            log.log(logging.INFO if line else logging.DEBUG, "control: bad request: %s", exc)
             return {"ok": False, "error": str(exc)}
         try:
             who = peer_of(stream)
