@@ -43,7 +43,7 @@ class LocalRelayClient:
         finally:
             self.inflight -= 1
         self.delivered += 1
-        return DeliveryResult.all(request, "delivered", f"captured as {path.name}")
+        return DeliveryResult.all(request, "delivered", f"captured as {path}")
 
     async def aclose(self) -> None:
         return None

@@ -198,7 +198,7 @@ class MxRelayClient:
                 try:
                     session = await self._connect(host, address)
                 except SessionError as exc:
-                    log.info("%s", exc.text)
+                    log.debug("%s", exc.text)  # the outcome line lists every address's error
                     errors.append(exc.detail)
                     continue
                 self.connections[session.transport] += 1

@@ -167,7 +167,7 @@ class SmtpRelayClient:
             with self._suspension.attempt():
                 lease = await self._pool.take()
         except SessionError as exc:
-            log.info("%s", exc.text)
+            log.debug("%s", exc.text)  # the attempt's outcome line says it at info
             self._suspension.failed(exc)
             return DeliveryResult.all(request, exc.outcome, exc.text)
         self._suspension.connected()

@@ -31,7 +31,8 @@ async def test_the_local_relay_captures_into_the_sink_it_was_handed(tmp_path: Pa
     assert relay.kind == "local"
     result = await relay.deliver(request(spool, envelope.id, spool.message_path(envelope.id)))
     assert [o.outcome for o in result.outcomes] == ["delivered", "delivered"]
-    assert result.outcomes[0].response == f"captured as {envelope.id}.eml"
+    captured = tmp_path / "spool" / "captured" / f"{envelope.id}.eml"
+    assert result.outcomes[0].response == f"captured as {captured}"
     assert (spool.directory / "captured" / f"{envelope.id}.eml").read_bytes() == body
     assert (relay.delivered, relay.failed, relay.inflight) == (1, 0, 0)
     await relays.aclose()
