@@ -28,7 +28,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.registry import RelayUnavailable
-from dispatch.spool import Envelope, RecipientResult, Spool, SpoolFullError
+from dispatch.spool import Deferral, Envelope, RecipientResult, Spool, SpoolFullError
 from dispatch.spool.envelope import ResultStatus
 from dispatch.storage.records import EventKind, MessageEvent
 
@@ -87,12 +87,15 @@ class DeliveryAttempt:
         (shielded) with whatever results are final already, so nothing is sent twice to a
         recipient that was delivered before the cancel."""
         results: dict[str, RecipientResult] = {}
+        deferrals: dict[str, Deferral] = {}  # recipients left for a retry, and why
         forced = self._forced.pop(envelope.id, None)
         trace = self._tracer.start("delivery", envelope.id)
         trace.event(f"attempt {envelope.attempts + 1}, {len(envelope.pending_recipients)} pending")
         try:
             try:
-                errors = await self._deliver(envelope, self._plan(), results, forced, trace)
+                errors = await self._deliver(
+                    envelope, self._plan(), (results, deferrals), forced, trace
+                )
             except BaseException:
                 trace.error("attempt cut short; claim released")
                 with trio.CancelScope(shield=True):
@@ -101,7 +104,7 @@ class DeliveryAttempt:
                         self._spool.release, attrs.evolve(envelope, recipient_results=merged)
                     )
                 raise
-            await self._settle(envelope, results, errors)
+            await self._settle(envelope, results, errors, deferrals)
             if errors:
                 trace.error("; ".join(errors)[:MAX_ERROR_TEXT])
         finally:
@@ -113,12 +116,15 @@ class DeliveryAttempt:
         self,
         envelope: Envelope,
         plan: DeliveryPlan,
-        results: dict[str, RecipientResult],
+        outcomes: tuple[dict[str, RecipientResult], dict[str, Deferral]],
         forced: ForcedAttempt | None,
         trace: Trace,
     ) -> list[str]:
-        """Try every pending recipient once (with failover); return the transient errors."""
-        transient: dict[str, str] = {}  # recipient → why its last relay could not take it
+        """Try every pending recipient once (with failover); return the transient errors.
+
+        Fills ``outcomes``: the final results, and for each recipient left for a retry the
+        transient outcome of the last relay tried (what ``/debug/queue`` shows)."""
+        results, transient = outcomes  # transient: why its last relay could not take it
         groups = plan.router.split(envelope.mail_from, envelope.pending_recipients)
         if forced is not None:
             decision = RouteDecision((forced.relay,), None, None, forced=True)
@@ -130,7 +136,8 @@ class DeliveryAttempt:
                     relay = plan.relay(relay_name)
                 except (RelayUnavailable, ValueError) as exc:
                     log.error("cannot deliver through %s: %s", relay_name, exc)
-                    transient.update(dict.fromkeys(remaining, str(exc)))
+                    why = Deferral(str(exc), relay_name, decision.label, time.time())
+                    transient.update(dict.fromkeys(remaining, why))
                     continue
                 request = DeliveryRequest(
                     message_id=envelope.id,
@@ -151,15 +158,18 @@ class DeliveryAttempt:
                     )
                 if forced is not None:
                     forced.result = result
+                at = time.time()
                 for outcome in result.outcomes:
                     if outcome.outcome == "transient":
-                        transient[outcome.recipient] = outcome.response
+                        transient[outcome.recipient] = Deferral(
+                            outcome.response, relay.name, decision.label, at
+                        )
                     else:
                         transient.pop(outcome.recipient, None)
                 remaining = tuple(r for r in remaining if r in transient)
                 if not remaining:
                     break
-        return [f"{recipient}: {why}" for recipient, why in transient.items()]
+        return [f"{recipient}: {why.response}" for recipient, why in transient.items()]
 
     async def _hand_over(self, relay: Relay, request: DeliveryRequest) -> DeliveryResult:
         try:
@@ -187,7 +197,7 @@ class DeliveryAttempt:
             if outcome.outcome != "transient":
                 status: ResultStatus = "delivered" if outcome.outcome == "delivered" else "failed"
                 results[outcome.recipient] = RecipientResult(
-                    status, outcome.response, relay.name, now
+                    status, outcome.response, relay.name, now, route=decision.label
                 )
         for kind, recipients in by_outcome.items():
             if not recipients:
@@ -220,7 +230,11 @@ class DeliveryAttempt:
             self._stats.delivery_latency_seconds.observe(max(0.0, now - envelope.received_at))
 
     async def _settle(
-        self, envelope: Envelope, results: dict[str, RecipientResult], errors: list[str]
+        self,
+        envelope: Envelope,
+        results: dict[str, RecipientResult],
+        errors: list[str],
+        deferrals: dict[str, Deferral],
     ) -> None:
         schedule = self._plan().schedule
         left = [r for r in envelope.pending_recipients if r not in results]
@@ -240,7 +254,10 @@ class DeliveryAttempt:
             return
         if schedule.exhausted(attempts):
             failed = envelope.after_attempt(
-                next_attempt_at=0.0, error=f"retries exhausted: {error}", results=results
+                next_attempt_at=0.0,
+                error=f"retries exhausted: {error}",
+                results=results,
+                deferrals=deferrals,
             )
             await self._move_on(self._spool.mark_failed, failed)
             self._record(self._event(envelope, "failed", left, response=failed.last_error or ""))
@@ -248,7 +265,7 @@ class DeliveryAttempt:
             return
         delay = schedule.delay(attempts)
         retry = envelope.after_attempt(
-            next_attempt_at=time.time() + delay, error=error, results=results
+            next_attempt_at=time.time() + delay, error=error, results=results, deferrals=deferrals
         )
         await self._move_on(self._spool.release, retry)
         self._record(self._event(envelope, "retried", left, response=error or ""))

@@ -22,7 +22,7 @@ Typical use::
         ...  # deliver, then spool.remove / spool.release / spool.mark_failed
 """
 
-from dispatch.spool.envelope import Envelope, RecipientResult
+from dispatch.spool.envelope import Deferral, Envelope, RecipientResult
 from dispatch.spool.errors import (
     CorruptEnvelopeError,
     MessageBusyError,
@@ -43,6 +43,7 @@ __all__ = [
     "BODY_MISSING",
     "SPILL_THRESHOLD",
     "CorruptEnvelopeError",
+    "Deferral",
     "Envelope",
     "IncomingMessage",
     "MessageBusyError",

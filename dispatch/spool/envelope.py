@@ -4,7 +4,9 @@ An :class:`Envelope` is everything about a message except its bytes: who sent it
 where it came from, and how delivery has gone so far. It is immutable; every change makes a
 new one (``attrs.evolve`` or the helpers below) which the spool then writes atomically.
 
-The JSON form carries ``"v": 1``. Decoding checks every field's type, so a truncated,
+The JSON form carries ``"v": 1``. Fields added since (a result's ``route``, ``deferrals``)
+are optional when decoding, so envelopes written before them load unchanged; a build that
+predates them ignores them. Decoding checks every field's type, so a truncated,
 hand-edited or foreign file fails with a :class:`CorruptEnvelopeError` that names what is
 wrong instead of surfacing later as an ``AttributeError`` in a delivery worker. Encoding uses
 ``ensure_ascii`` so that addresses containing lone surrogates (bytes that were not UTF-8,
@@ -52,13 +54,31 @@ class RecipientResult:
     response: str
     relay: str | None
     at: float
+    route: str | None = None  # the routing decision's label (``routes[2]``, ``default``)
+
+
+@attrs.frozen
+class Deferral:
+    """Why a pending recipient waits: its last transient outcome (a 4xx reply, a refused
+    connection), the relay and route that gave it, and when. Replaced at each attempt that
+    defers the recipient again; dropped once the recipient has a final result."""
+
+    response: str
+    relay: str | None
+    route: str | None
+    at: float
 
 
 def _freeze_results(value: Mapping[str, RecipientResult]) -> Mapping[str, RecipientResult]:
     return MappingProxyType(dict(value))
 
 
+def _freeze_deferrals(value: Mapping[str, Deferral]) -> Mapping[str, Deferral]:
+    return MappingProxyType(dict(value))
+
+
 _NO_RESULTS: Final[Mapping[str, RecipientResult]] = MappingProxyType({})
+_NO_DEFERRALS: Final[Mapping[str, Deferral]] = MappingProxyType({})
 
 
 @attrs.frozen
@@ -85,6 +105,9 @@ class Envelope:
     recipient_results: Mapping[str, RecipientResult] = attrs.field(
         default=_NO_RESULTS, converter=_freeze_results, hash=False
     )
+    deferrals: Mapping[str, Deferral] = attrs.field(
+        default=_NO_DEFERRALS, converter=_freeze_deferrals, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if not is_valid_id(self.id):
@@ -98,6 +121,9 @@ class Envelope:
         unknown = set(self.recipient_results) - set(self.recipients)
         if unknown:
             raise ValueError(f"message {self.id}: results for non-recipients {sorted(unknown)}")
+        unknown = set(self.deferrals) - set(self.recipients)
+        if unknown:
+            raise ValueError(f"message {self.id}: deferrals for non-recipients {sorted(unknown)}")
 
     @property
     def pending_recipients(self) -> tuple[str, ...]:
@@ -111,21 +137,25 @@ class Envelope:
         next_attempt_at: float,
         error: str | None,
         results: Mapping[str, RecipientResult] | None = None,
+        deferrals: Mapping[str, Deferral] | None = None,
     ) -> Envelope:
         """Return this envelope after one more delivery attempt.
 
         ``results`` are merged into the recorded ones (recipients finished in this attempt);
-        ``error`` becomes ``last_error``. Pass the result to :meth:`Spool.release` or
-        :meth:`Spool.mark_failed`.
+        ``deferrals`` (recipients deferred in this attempt) replace those recipients' earlier
+        ones, and a recipient with a final result keeps none; ``error`` becomes
+        ``last_error``. Pass the result to :meth:`Spool.release` or :meth:`Spool.mark_failed`.
         """
         merged = dict(self.recipient_results)
         merged.update(results or {})
+        deferred = {**self.deferrals, **(deferrals or {})}
         return attrs.evolve(
             self,
             attempts=self.attempts + 1,
             next_attempt_at=next_attempt_at,
             last_error=error,
             recipient_results=merged,
+            deferrals={rcpt: d for rcpt, d in deferred.items() if rcpt not in merged},
         )
 
     def same_message(self, other: Envelope) -> bool:
@@ -173,11 +203,22 @@ class Envelope:
                     "status": result.status,
                     "response": result.response,
                     "relay": result.relay,
+                    "route": result.route,
                     "at": result.at,
                 }
                 for rcpt, result in self.recipient_results.items()
             },
         }
+        if self.deferrals:  # absent when empty: most envelopes never had one
+            document["deferrals"] = {
+                rcpt: {
+                    "response": deferral.response,
+                    "relay": deferral.relay,
+                    "route": deferral.route,
+                    "at": deferral.at,
+                }
+                for rcpt, deferral in self.deferrals.items()
+            }
         return json.dumps(document, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -235,6 +276,9 @@ def _decode_document(document: object) -> Envelope:
     raw_results = doc.get("recipient_results")
     if type(raw_results) is not dict:
         raise _bad_field(doc, "recipient_results", "dict")
+    raw_deferrals = doc.get("deferrals", {})
+    if type(raw_deferrals) is not dict:
+        raise _bad_field(doc, "deferrals", "dict")
     return Envelope(
         id=doc["id"],
         mail_from=doc["mail_from"],
@@ -251,6 +295,7 @@ def _decode_document(document: object) -> Envelope:
         recipient_results={
             rcpt: _decode_result(rcpt, value) for rcpt, value in raw_results.items()
         },
+        deferrals={rcpt: _decode_deferral(rcpt, value) for rcpt, value in raw_deferrals.items()},
     )
 
 
@@ -263,13 +308,29 @@ def _decode_result(recipient: str, value: object) -> RecipientResult:
         raise ValueError(f"recipient result status {status!r} is not delivered or failed")
     if type(doc.get("response")) is not str:
         raise _bad_field(doc, "response", "str")
-    relay = doc.get("relay")
-    if relay is not None and type(relay) is not str:
-        raise _bad_field(doc, "relay", "str")
+    relay, route = _optional_string(doc, "relay"), _optional_string(doc, "route")
     _check_number(doc, "at")
     return RecipientResult(
-        status=status, response=doc["response"], relay=relay, at=float(doc["at"])
+        status=status, response=doc["response"], relay=relay, at=float(doc["at"]), route=route
     )
+
+
+def _decode_deferral(recipient: str, value: object) -> Deferral:
+    if type(value) is not dict:
+        raise TypeError(f"the deferral for {recipient!r} is not an object")
+    doc = cast(dict[str, Any], value)
+    if type(doc.get("response")) is not str:
+        raise _bad_field(doc, "response", "str")
+    relay, route = _optional_string(doc, "relay"), _optional_string(doc, "route")
+    _check_number(doc, "at")
+    return Deferral(response=doc["response"], relay=relay, route=route, at=float(doc["at"]))
+
+
+def _optional_string(doc: dict[str, Any], name: str) -> str | None:
+    value: str | None = doc.get(name)
+    if value is not None and type(value) is not str:
+        raise _bad_field(doc, name, "str")
+    return value
 
 
 def _check_number(doc: dict[str, Any], name: str) -> None:
