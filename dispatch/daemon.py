@@ -87,14 +87,22 @@ class Parts:
 def assemble(
     settings: LiveSettings, spool: Spool, inherited: Sequence[InheritedSocket] = ()
 ) -> tuple[Parts, list[Component]]:
-    """Build the shared objects and the components, in start order. Does no I/O.
+    """Build the shared objects, then the components, in start order. Does no I/O.
     ``inherited``: SMTP sockets passed by systemd, served instead of ``listener.ports``."""
+    parts = build_parts(settings, spool, inherited)
+    return parts, build_components(parts)
+
+
+def build_parts(
+    settings: LiveSettings, spool: Spool, inherited: Sequence[InheritedSocket]
+) -> Parts:
+    """The long-lived objects, each built once."""
     current = settings.current
     try:
         store = open_store(current.database.url, current.data_dir)
     except ValueError as exc:
         raise ComponentStartError("storage", str(exc)) from exc
-    stats, tracer, figures = Stats(), Tracer(), DatabaseFigures()
+    stats, tracer = Stats(), Tracer()
     relays = RelaySet(lambda: settings.current, spool, audit=store.log.audit)
 
     def plan() -> DeliveryPlan:
@@ -106,7 +114,7 @@ def assemble(
         )
 
     attempt = DeliveryAttempt(spool, plan, store.log.record, stats, tracer)
-    parts = Parts(
+    return Parts(
         settings=settings,
         spool=spool,
         store=store,
@@ -118,28 +126,34 @@ def assemble(
             settings, spool, stats, tracer, store.log.record, store.log.audit, inherited=inherited
         ),
         delivery=Delivery(settings, spool, attempt, relays),
-        figures=figures,
+        figures=DatabaseFigures(),
         started_at=time.monotonic(),
     )
-    verifier = ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit))
+
+
+def build_components(parts: Parts) -> list[Component]:
+    """Every component, handed the parts it uses, in start order."""
+    settings, spool, store = parts.settings, parts.spool, parts.store
     api = ApiSources(
         settings=lambda: settings.current.api,
-        door=IntakeDoor("api", spool, stats, store.log.record),
+        door=IntakeDoor("api", spool, parts.stats, store.log.record),
         spool=spool,
-        verifier=verifier,
+        verifier=ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit)),
         queries=store.queries,
-        stats=stats,
-        tracer=tracer,
+        stats=parts.stats,
+        tracer=parts.tracer,
         audit=store.log.audit,
     )
     servers = OpsServers(
         settings, ops=partial(ops_sources, parts), debug=partial(debug_sources, parts)
     )
     control = ControlServer(
-        Path(current.data_dir),
-        Operations(spool, lambda: settings.current, attempt, audit=store.log.audit),
+        Path(settings.current.data_dir),
+        Operations(spool, lambda: settings.current, parts.attempt, audit=store.log.audit),
     )
-    retention = Retention(lambda: settings.current.retention, store, SpoolSweeper(spool), stats)
+    retention = Retention(
+        lambda: settings.current.retention, store, SpoolSweeper(spool), parts.stats
+    )
     components = [
         Component("storage", store.run),
         Component("figures", partial(refresh_figures, parts)),
@@ -150,9 +164,9 @@ def assemble(
         Component("webui", servers.run_dashboard),
         Component("control", control.run),
     ]
-    if current.monitoring.address:
+    if settings.current.monitoring.address:
         components.append(Component("monitoring", servers.run_monitoring))
-    return parts, components
+    return components
 
 
 def ops_sources(parts: Parts, allowed: AllowList) -> OpsSources:

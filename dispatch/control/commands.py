@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -229,25 +230,10 @@ async def spool_flush(
     now = time.time() if now is None else now
     made_due = already_due = retried = busy = 0
     if state in (None, MessageState.INCOMING.value):
-        for entry in spool.entries(MessageState.INCOMING):
-            if not wanted(entry.envelope):
-                continue
-            if entry.envelope.next_attempt_at <= now:
-                already_due += 1
-            elif spool.make_due(entry.id, now=now):
-                made_due += 1
-            else:
-                busy += 1
+        made_due, already_due, busy = _flush_incoming(spool, wanted, now)
     if state in (None, MessageState.FAILED.value):
-        for entry in spool.entries(MessageState.FAILED):  # a snapshot: the loop awaits
-            if not wanted(entry.envelope):
-                continue
-            try:
-                await spool.retry_failed(entry.id, now=now)
-            except (UnknownMessageError, WrongStateError, MessageBusyError):
-                busy += 1  # deleted, retried or claimed meanwhile
-            else:
-                retried += 1
+        retried, busy_failed = await _flush_failed(spool, wanted, now)
+        busy += busy_failed
     result = {
         "made_due": made_due + retried,
         "incoming": made_due,
@@ -270,6 +256,40 @@ async def spool_flush(
         busy,
     )
     return result
+
+
+def _flush_incoming(
+    spool: Spool, wanted: Callable[[Envelope], bool], now: float
+) -> tuple[int, int, int]:
+    """Make waiting incoming messages due: (made due, due already, busy)."""
+    made_due = already_due = busy = 0
+    for entry in spool.entries(MessageState.INCOMING):
+        if not wanted(entry.envelope):
+            continue
+        if entry.envelope.next_attempt_at <= now:
+            already_due += 1
+        elif spool.make_due(entry.id, now=now):
+            made_due += 1
+        else:
+            busy += 1
+    return made_due, already_due, busy
+
+
+async def _flush_failed(
+    spool: Spool, wanted: Callable[[Envelope], bool], now: float
+) -> tuple[int, int]:
+    """Put failed messages back to incoming, due now: (retried, busy)."""
+    retried = busy = 0
+    for entry in spool.entries(MessageState.FAILED):  # a snapshot: the loop awaits
+        if not wanted(entry.envelope):
+            continue
+        try:
+            await spool.retry_failed(entry.id, now=now)
+        except (UnknownMessageError, WrongStateError, MessageBusyError):
+            busy += 1  # deleted, retried or claimed meanwhile
+        else:
+            retried += 1
+    return retried, busy
 
 
 async def spool_delete(spool: Spool, message_id: object) -> dict[str, Any]:
