@@ -28,6 +28,7 @@ from dispatch.monitoring.tasks import task_tree_text
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo, RelayCounters, debug_vars
 from dispatch.spool import SpoolCounts, SpoolEntry
+from dispatch.web.debug_traces import register_trace_pages
 
 
 @attrs.frozen
@@ -69,17 +70,7 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
             )
         )
 
-    @app.get("/debug/traces")
-    async def traces() -> Response:
-        trace_id = request.args.get("id")
-        if trace_id is not None:
-            trace = sources.tracer.find(trace_id)
-            if trace is None:
-                return _html(pages.memory_page(f"no trace {trace_id} is kept any more"), 404)
-            return _html(pages.trace_page(trace))
-        family = request.args.get("family")
-        show = request.args.get("show")
-        return _html(pages.traces_page(sources.tracer, family=family, show=show))
+    register_trace_pages(app, sources.tracer)
 
     @app.get("/debug/queue")
     async def queue() -> Response:

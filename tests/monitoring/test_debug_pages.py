@@ -13,7 +13,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from dispatch.monitoring import pages
+from dispatch.monitoring import pages, trace_pages
 from dispatch.monitoring.profiling import (
     ProfilerBusyError,
     clamp_seconds,
@@ -284,23 +284,23 @@ def test_traces_pages_escape_and_link_one_timeline() -> None:
     running = tracer.start("delivery", "spl_running")
     running.event("connecting")
 
-    overview = pages.traces_page(tracer)
+    overview = trace_pages.traces_page(tracer)
     assert "script" not in tags_of(overview)
     assert "traces?family=smtp.session&amp;show=errors" in overview
     assert "traces?family=delivery&amp;show=active" in overview
 
-    errors = pages.traces_page(tracer, family="smtp.session", show="errors")
+    errors = trace_pages.traces_page(tracer, family="smtp.session", show="errors")
     assert "script" not in tags_of(errors)
     assert f'href="traces?id={trace.id}"' in errors
     assert "&lt;script&gt;" in errors
 
-    active = pages.traces_page(tracer, family="delivery", show="active")
+    active = trace_pages.traces_page(tracer, family="delivery", show="active")
     assert "spl_running" in active
     assert "(running)" in active
     for ignored in ("nonsense", "99", "-1"):
-        assert "<h2>" not in pages.traces_page(tracer, family="delivery", show=ignored)
+        assert "<h2>" not in trace_pages.traces_page(tracer, family="delivery", show=ignored)
 
-    timeline = pages.trace_page(trace)
+    timeline = trace_pages.trace_page(trace)
     assert "script" not in tags_of(timeline)
     assert timeline.count("&lt;script&gt;") == 3  # title, EHLO line, error line
     assert 'class="error"' in timeline
