@@ -17,7 +17,6 @@ import email.policy
 import email.utils
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from dispatch.spool import (
     WrongStateError,
     is_valid_id,
 )
+from dispatch.spool.captured import CapturedCopy, list_captured, read_captured
 from dispatch.spool.layout import SpoolLayout
 
 log = logging.getLogger("dispatch.control")
@@ -131,44 +131,29 @@ async def captured_list(spool: Spool, limit: int) -> dict[str, Any]:
 
 def _list_captured(directory: Path, limit: int) -> dict[str, Any]:
     """Blocking: list ``directory`` (a listing of names, then ``limit`` envelopes read)."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        names = []
-    # Ids sort in arrival order; the envelope is written last, so it marks a whole copy.
-    ids = sorted(n[:-5] for n in names if n.endswith(".json") and is_valid_id(n[:-5]))
-    entries = []
-    unreadable = 0
-    for message_id in ids[-limit:]:
-        try:
-            data = _read_captured(directory, message_id)
-        except CommandError:
-            unreadable += 1
-            continue
-        if data is not None:  # None: purged since the listing
-            entries.append(data)
+    listing = list_captured(directory, limit)
     return {
         "directory": str(directory),
-        "counts": {CAPTURED: len(ids), "unreadable": unreadable},
-        "entries": entries,
+        "counts": {CAPTURED: listing.total, "unreadable": listing.unreadable},
+        "entries": [_captured_data(copy) for copy in listing.copies],
     }
 
 
 def _read_captured(directory: Path, message_id: str) -> dict[str, Any] | None:
     """Blocking: one captured message's envelope and paths; None if it is not there."""
-    path = directory / f"{message_id}.json"
     try:
-        envelope = Envelope.from_json(path.read_bytes(), path=path)
-        captured_at = path.stat().st_mtime
-    except FileNotFoundError:
-        return None
+        copy = read_captured(directory, message_id)
     except (OSError, CorruptEnvelopeError) as exc:
         raise CommandError(f"captured message {message_id} cannot be read: {exc}") from None
-    data: dict[str, Any] = json.loads(envelope.to_json())
+    return None if copy is None else _captured_data(copy)
+
+
+def _captured_data(copy: CapturedCopy) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(copy.envelope.to_json())
     data["state"] = CAPTURED
     data["retrying"] = False
-    data["captured_at"] = captured_at
-    data["path"] = str(directory / f"{message_id}.eml")
+    data["captured_at"] = copy.captured_at
+    data["path"] = str(copy.path)
     return data
 
 
