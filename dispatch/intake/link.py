@@ -172,6 +172,13 @@ class Logged:
         return cls(from_journal(_text(fields["event"], "event").encode("utf-8")))
 
 
+def _is_histogram(value: object) -> bool:
+    match value:
+        case [list() as counts, int() | float(), int()]:
+            return all(type(c) is int for c in counts)
+    return False
+
+
 def _figure(name: str, value: object) -> object:
     """One figure of :meth:`Stats.take`, checked: a count, counts by label, or a histogram."""
     match value:
@@ -183,9 +190,11 @@ def _figure(name: str, value: object) -> object:
             type(c) is int for c in counts
         ):
             return (counts, float(total), count)  # the tuple Histogram.take gives
+        case dict() if all(isinstance(k, str) and _is_histogram(v) for k, v in value.items()):
+            return value  # HistogramMap.take: histograms by label
     raise TypeError(
-        f"figures[{name!r}]: expected a count, counts by label or [bucket counts, sum, count],"
-        f" got {value!r:.100}"
+        f"figures[{name!r}]: expected a count, counts by label, [bucket counts, sum, count]"
+        f" or such histograms by label, got {value!r:.100}"
     )
 
 

@@ -101,6 +101,37 @@ class Histogram:
             yield bound, running
 
 
+class HistogramMap:
+    """One :class:`Histogram` per value of one label (a relay's name), all with the same
+    buckets; at most :data:`MAX_LABEL_VALUES` values, later ones observed under ``"other"``."""
+
+    def __init__(self, name: str, help_text: str, label: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.help = help_text
+        self.label = label
+        self.buckets = tuple(sorted(buckets))
+        self.values: dict[str, Histogram] = {}
+
+    def observe(self, key: str, value: float) -> None:
+        self._histogram(key).observe(value)
+
+    def take(self) -> dict[str, tuple[list[int], float, int]]:
+        values, self.values = self.values, {}
+        return {key: histogram.take() for key, histogram in values.items()}
+
+    def merge(self, taken: Mapping[str, Sequence[Any]]) -> None:
+        for key, (counts, total, count) in taken.items():
+            self._histogram(key).merge((list(counts), float(total), int(count)))
+
+    def _histogram(self, key: str) -> Histogram:
+        if key not in self.values and len(self.values) >= MAX_LABEL_VALUES:
+            key = "other"
+        histogram = self.values.get(key)
+        if histogram is None:
+            histogram = self.values[key] = Histogram(self.name, self.help, self.buckets)
+        return histogram
+
+
 RETENTION_KINDS: Final = (
     "delivered_log",
     "failed_log",
@@ -135,6 +166,30 @@ class RetentionRun:
 
 SESSION_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800)
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600)
+ATTEMPT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+"""Hand-overs to a relay: a local copy takes milliseconds, a pooled smarthost connection tens
+of them, a new TLS connection under a second, and a relay's timeouts end at minutes."""
+
+RELAY_OUTCOMES: Final = ("delivered", "transient", "permanent")
+"""What happened to a recipient handed to a relay (``dispatch.relays.base.Outcome``)."""
+
+
+def relay_outcomes(stats: Stats) -> dict[str, dict[str, int]]:
+    """``{relay: {"delivered": n, "transient": n, "permanent": n}}``: recipients handed to
+    each relay since this process started, by outcome (``stats.relay_deliveries``); a
+    ``"other"`` relay with an ``"other"`` outcome holds what a full map could not key.
+
+    The one reading of that counter: ``/metrics`` and ``/debug/vars`` both use it, so they
+    cannot disagree. Relays that never had a recipient are absent.
+    """
+    result: dict[str, dict[str, int]] = {}
+    for key, count in stats.relay_deliveries.values.items():
+        relay, sep, outcome = key.rpartition(":")
+        if not sep:  # "other", the overflow key of a full map, has no outcome part
+            relay, outcome = key, "other"
+        figures = result.setdefault(relay, dict.fromkeys(RELAY_OUTCOMES, 0))
+        figures[outcome] = figures.get(outcome, 0) + count
+    return result
 
 
 class Stats:
@@ -197,6 +252,18 @@ class Stats:
             "recipient groups handed to relays, by relay kind and outcome",
             "kind:outcome",
         )
+        self.relay_deliveries = CounterMap(
+            "dispatch/relays/deliveries",
+            "recipients handed to each relay, by relay name and outcome "
+            "(delivered, transient, permanent)",
+            "relay:outcome",
+        )
+        self.relay_attempt_seconds = HistogramMap(
+            "dispatch/relays/attemptSeconds",
+            "seconds each hand-over of a recipient group to a relay took, by relay",
+            "relay",
+            ATTEMPT_BUCKETS,
+        )
         self.delivery_latency_seconds = Histogram(
             "dispatch/queue/deliveryLatencySeconds",
             "seconds from acceptance to delivery",
@@ -214,9 +281,9 @@ class Stats:
         self.retention_last_run: RetentionRun | None = None
         self.retention_last_success: float | None = None  # Unix time the last ok run ended
 
-    def all(self) -> Iterator[Counter | CounterMap | Histogram]:
+    def all(self) -> Iterator[Counter | CounterMap | Histogram | HistogramMap]:
         for value in vars(self).values():
-            if isinstance(value, Counter | CounterMap | Histogram):
+            if isinstance(value, Counter | CounterMap | Histogram | HistogramMap):
                 yield value
 
     def take(self) -> dict[str, Any]:

@@ -27,7 +27,14 @@ from typing import Protocol
 import attrs
 
 import dispatch
-from dispatch.monitoring.stats import Counter, CounterMap, Histogram, RetentionRun, Stats
+from dispatch.monitoring.stats import (
+    Counter,
+    CounterMap,
+    Histogram,
+    HistogramMap,
+    RetentionRun,
+    Stats,
+)
 from dispatch.spool.index import SpoolCounts
 
 type JsonValue = int | float | str | bool | dict[str, JsonValue] | list[JsonValue] | None
@@ -141,11 +148,13 @@ def _retention_run(run: RetentionRun | None) -> JsonValue:
     }
 
 
-def _export(var: Counter | CounterMap | Histogram) -> JsonValue:
+def _export(var: Counter | CounterMap | Histogram | HistogramMap) -> JsonValue:
     if isinstance(var, Counter):
         return var.value
     if isinstance(var, CounterMap):
         return dict(sorted(var.values.items()))
+    if isinstance(var, HistogramMap):
+        return {key: _export(histogram) for key, histogram in sorted(var.values.items())}
     buckets: dict[str, JsonValue] = {
         "+Inf" if bound == float("inf") else repr(float(bound)): count
         for bound, count in var.cumulative()
