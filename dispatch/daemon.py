@@ -241,8 +241,6 @@ async def open_spool(directory: Path) -> AsyncIterator[Spool]:
         except Exception as exc:
             lock.release()
             raise ComponentStartError("spool", describe(exc)) from exc
-        counts = spool.counts()
-        log.info("%s: %d incoming, %d failed", directory, counts.incoming, counts.failed)
     try:
         yield spool
     finally:

@@ -197,9 +197,9 @@ class ControlServer:
                 with trio.move_on_after(SEND_SECONDS):
                     await stream.send_all(encode_answer(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("control: the client left before its answer")
+                log.debug("the client left before its answer")
             except Exception:
-                log.exception("control: a request failed")
+                log.exception("a request failed")
             finally:
                 self._connections -= 1
 
@@ -210,7 +210,7 @@ class ControlServer:
             request = parse_line(line)
         except BadRequestError as exc:
             # A connection that sends nothing is a CLI asking whether a daemon runs here.
-            log.log(logging.INFO if line else logging.DEBUG, "control: bad request: %s", exc)
+            log.log(logging.INFO if line else logging.DEBUG, "bad request: %s", exc)
             return {"ok": False, "error": str(exc)}
         try:
             who = peer_of(stream)
@@ -218,15 +218,15 @@ class ControlServer:
         except Exception as exc:
             # A fault of ours (or of the disk), not of the request: answer, and log it once
             # with its traceback; the server goes on serving.
-            log.exception("control: %s failed", request.command)
+            log.exception("%s failed", request.command)
             return {
                 "ok": False,
                 "error": f"{request.command} failed: {type(exc).__name__}; see the daemon log",
             }
         if not answer["ok"]:
-            log.info("control: %s from %s refused: %s", request.command, who, answer["error"])
+            log.info("%s from %s refused: %s", request.command, who, answer["error"])
         else:
-            log.info("control: %s from %s done", request.command, who)
+            log.info("%s from %s done", request.command, who)
         return answer
 
 
