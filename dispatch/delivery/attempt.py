@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import attrs
@@ -136,6 +136,7 @@ class DeliveryAttempt:
                     relay = plan.relay(relay_name)
                 except (RelayUnavailable, ValueError) as exc:
                     log.error("cannot deliver through %s: %s", relay_name, exc)
+                    self._stats.relay_deliveries.add(f"{relay_name}:transient", len(remaining))
                     why = Deferral(str(exc), relay_name, decision.label, time.time())
                     transient.update(dict.fromkeys(remaining, why))
                     continue
@@ -199,10 +200,12 @@ class DeliveryAttempt:
                 results[outcome.recipient] = RecipientResult(
                     status, outcome.response, relay.name, now, route=decision.label
                 )
+        self._stats.relay_attempt_seconds.observe(relay.name, duration)
         for kind, recipients in by_outcome.items():
             if not recipients:
                 continue
             self._stats.delivery_attempts.add(f"{relay.kind}:{kind}")
+            self._stats.relay_deliveries.add(f"{relay.name}:{kind}", len(recipients))
             response = next(o.response for o in result.outcomes if o.recipient == recipients[0])
             if kind != "transient":
                 self._record(
@@ -260,7 +263,7 @@ class DeliveryAttempt:
                 deferrals=deferrals,
             )
             await self._move_on(self._spool.mark_failed, failed)
-            self._record(self._event(envelope, "failed", left, response=failed.last_error or ""))
+            self._record_by_relay(envelope, "failed", left, deferrals, "retries exhausted: ")
             log.warning("%s failed after %d attempts: %s", envelope.id, attempts, error)
             return
         delay = schedule.delay(attempts)
@@ -268,8 +271,35 @@ class DeliveryAttempt:
             next_attempt_at=time.time() + delay, error=error, results=results, deferrals=deferrals
         )
         await self._move_on(self._spool.release, retry)
-        self._record(self._event(envelope, "retried", left, response=error or ""))
+        self._record_by_relay(envelope, "retried", left, deferrals)
         log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
+
+    def _record_by_relay(
+        self,
+        envelope: Envelope,
+        event: EventKind,
+        left: list[str],
+        deferrals: Mapping[str, Deferral],
+        prefix: str = "",
+    ) -> None:
+        """Log ``event`` for the recipients ``left``: one row per relay and route that
+        deferred them last, with those recipients' replies, so the per-relay figures count
+        the relay that failed them."""
+        groups: dict[tuple[str | None, str | None], list[str]] = {}
+        for recipient in left:
+            why = deferrals.get(recipient)
+            key = (why.relay, why.route) if why is not None else (None, None)
+            groups.setdefault(key, []).append(recipient)
+        for (relay, route), recipients in groups.items():
+            replies = "; ".join(
+                f"{r}: {deferrals[r].response}" for r in recipients if r in deferrals
+            )
+            response = (prefix + (replies or "not handed to any relay"))[:MAX_ERROR_TEXT]
+            self._record(
+                self._event(
+                    envelope, event, recipients, relay=relay, route=route, response=response
+                )
+            )
 
     @staticmethod
     async def _move_on(move: Callable[..., Awaitable[None]], envelope: Envelope) -> None:
