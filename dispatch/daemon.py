@@ -44,6 +44,7 @@ from dispatch.intake.door import IntakeDoor
 from dispatch.intake.service import SmtpIntake
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
+from dispatch.monitoring.delivery_health import DeliverySources
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
 from dispatch.monitoring.profiling import MemoryTracing
@@ -82,6 +83,7 @@ class Parts:
     delivery: Delivery
     figures: DatabaseFigures
     started_at: float
+    started: trio.Event = attrs.Factory(trio.Event)  # set once every component has started
 
 
 def assemble(
@@ -188,6 +190,8 @@ def ops_sources(parts: Parts, allowed: AllowList) -> OpsSources:
         spool_counts=parts.spool.counts,
         smtp_ports=parts.intake.configured_and_listening,
         started_at=parts.started_at,
+        delivery=DeliverySources(parts.attempt.outcomes, parts.relays.suspensions, parts.spool),
+        startup_done=parts.started.is_set,
         tracer=parts.tracer,
     )
     return OpsSources(
@@ -271,6 +275,7 @@ async def serve(settings: Settings, config_path: Path | None) -> None:
         record_audit = parts.store.log.audit
 
         def ready() -> None:
+            parts.started.set()  # /health/ready
             record_audit(audit.daemon_started(__version__, config_file, os.getpid()))
             ports = parts.intake.ports.listening if parts.intake.ports else ()
             notifier.ready(f"accepting mail on SMTP port(s) {', '.join(map(str, ports))}")

@@ -141,6 +141,8 @@ class HealthSettings:
     timeout_seconds: PositiveFloat = live(PositiveFloat(2.0))
     disk_warning_bytes: NonNegativeInt = live(NonNegativeInt(1024**3))
     disk_critical_bytes: NonNegativeInt = live(NonNegativeInt(100 * 1024**2))
+    # A due message waiting longer than this for a delivery worker: /health degraded.
+    queue_age_warning_seconds: PositiveFloat = live(PositiveFloat(900.0))
 
 
 @attrs.frozen

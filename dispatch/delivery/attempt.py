@@ -24,6 +24,7 @@ import trio
 
 from dispatch.delivery.routing import RouteDecision, Router
 from dispatch.delivery.schedule import RetrySchedule
+from dispatch.monitoring.delivery_health import RelayOutcomes
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
@@ -69,12 +70,15 @@ class DeliveryAttempt:
         record: Callable[[MessageEvent], None],
         stats: Stats,
         tracer: Tracer,
+        outcomes: RelayOutcomes | None = None,
     ) -> None:
+        """``outcomes`` hears how each relay's answer went (``/health``'s delivery check)."""
         self._tracer = tracer
         self._spool = spool
         self._plan = plan
         self._record = record
         self._stats = stats
+        self.outcomes = outcomes if outcomes is not None else RelayOutcomes()
         self._forced: dict[str, ForcedAttempt] = {}  # message id → request; in memory only
 
     def force(self, message_id: str, relay: str) -> ForcedAttempt:
@@ -201,6 +205,12 @@ class DeliveryAttempt:
                     status, outcome.response, relay.name, now, route=decision.label
                 )
         self._stats.relay_attempt_seconds.observe(relay.name, duration)
+        self.outcomes.record(
+            relay.name,
+            envelope.id,
+            [o.outcome for o in result.outcomes],
+            next((o.response for o in result.outcomes if o.outcome == "transient"), ""),
+        )
         for kind, recipients in by_outcome.items():
             if not recipients:
                 continue

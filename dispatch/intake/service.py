@@ -104,5 +104,6 @@ class SmtpIntake:
                 await nursery.start(workers.run, listeners, shutdown)
                 await listener.serve(listeners, shutdown, task_status=task_status)
         finally:
+            self.ports = None  # closed: /health and /health/ready must not report them bound
             for socket_listener in listeners:
                 await socket_listener.aclose()

@@ -13,8 +13,14 @@ probe opens its own short-lived connection: the store's connection may be what i
 Status rules: ``critical`` (HTTP 503) when free disk is below ``health.disk_critical_bytes``
 or the spool is not writable (or its check cannot finish: intake would hang the same way);
 ``degraded`` when the database is unreachable or slow, free disk is below
-``health.disk_warning_bytes`` or cannot be read, or SMTP listens on fewer or other ports than
-configured; ``healthy`` otherwise.
+``health.disk_warning_bytes`` or cannot be read, SMTP listens on fewer or other ports than
+configured, or the ``delivery`` check finds mail not leaving (a relay suspended or failing
+with mail waiting for it, or the queue behind: :mod:`dispatch.monitoring.delivery_health`);
+``healthy`` otherwise.
+
+For orchestrators, :func:`liveness` (``/health/live``: the event loop answers, nothing else is
+done) and :func:`check_readiness` (``/health/ready``: start-up finished, SMTP listening, the
+spool writable) answer under the same deadline, the spool probe drawing from the same limiter.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import trio
 
 from dispatch import __version__
 from dispatch.config.settings import HealthSettings
+from dispatch.monitoring.delivery_health import DeliverySources, check_delivery
 from dispatch.monitoring.traces import Tracer
 from dispatch.spool import SpoolCounts
 from dispatch.storage import sqlite_path
@@ -162,14 +169,22 @@ class HealthSources:
     spool_counts: Callable[[], SpoolCounts]
     smtp_ports: Callable[[], tuple[tuple[int, ...], tuple[int, ...]]]  # configured, listening
     started_at: float  # time.monotonic() at process start
+    delivery: DeliverySources
+    startup_done: Callable[[], bool]  # every component has started (the supervisor's ready)
     tracer: Tracer | None = None
+
+
+def answer_deadline(settings: HealthSettings) -> float:
+    """The Trio time by which the checks must be done, so that the answer goes out within
+    ``health.timeout_seconds`` of the request."""
+    margin = max(MIN_ANSWER_MARGIN, settings.timeout_seconds * ANSWER_MARGIN_SHARE)
+    return trio.current_time() + max(0.05, settings.timeout_seconds - margin)
 
 
 async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
     """The /health document and its status; returns within ``health.timeout_seconds``."""
     settings = sources.settings()
-    margin = max(MIN_ANSWER_MARGIN, settings.timeout_seconds * ANSWER_MARGIN_SHARE)
-    deadline = trio.current_time() + max(0.05, settings.timeout_seconds - margin)
+    deadline = answer_deadline(settings)
     results: dict[str, CheckResult] = {}
     directory = sources.spool_directory.absolute()
 
@@ -182,6 +197,7 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
         nursery.start_soon(run, "spool", lambda: probe_spool_writable(directory))
 
     database, disk, spool = results["database"], results["disk"], results["spool"]
+    delivery = check_delivery(sources.delivery, settings.queue_age_warning_seconds)
     configured, listening = sources.smtp_ports()
     counts = sources.spool_counts()
     free = total = None
@@ -194,6 +210,7 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
         or disk.status != "ok"
         or (free is not None and free < settings.disk_warning_bytes)
         or set(listening) != set(configured)
+        or delivery.degraded
     ):
         status = "degraded"
     if spool.status != "ok" or (free is not None and free < settings.disk_critical_bytes):
@@ -218,7 +235,10 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
             "listeningPorts": list(listening),
             "ports": list(configured),
         },
-        "checks": {name: results[name].as_json() for name in ("database", "disk", "spool")},
+        "checks": {
+            **{name: results[name].as_json() for name in ("database", "disk", "spool")},
+            "delivery": delivery.as_json(),
+        },
     }
     if sources.tracer is not None:
         with sources.tracer.trace("health", status) as trace:
@@ -228,4 +248,51 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
                     trace.event(line)
                 else:
                     trace.error(f"{line} {result.error or ''}")
+            for reason in delivery.reasons:
+                trace.error(f"delivery: {reason}")
     return status, document
+
+
+def liveness(sources: HealthSources) -> dict[str, Any]:
+    """The /health/live document: answering at all is the proof (the event loop runs).
+
+    Nothing is probed: a down relay, a full disk or an unreachable database are not cured by
+    restarting the process, and the supervisor already restarts crashed components. A wedged
+    event loop does not answer, which the orchestrator's probe timeout turns into a failure.
+    """
+    return {
+        "status": "live",
+        "reason": "the event loop answered",
+        "uptimeSeconds": round(time.monotonic() - sources.started_at, 3),
+    }
+
+
+async def check_readiness(sources: HealthSources) -> tuple[bool, dict[str, Any]]:
+    """The /health/ready document: ready when start-up has finished (the spool recovered and
+    indexed, every component started), SMTP listens on at least one port and the spool takes
+    a new file. Returns within ``health.timeout_seconds``: a spool probe that does not finish
+    by the deadline counts as not writable."""
+    deadline = answer_deadline(sources.settings())
+    directory = sources.spool_directory.absolute()
+    spool = await _timed("spool", lambda: probe_spool_writable(directory), deadline)
+    started = sources.startup_done()
+    configured, listening = sources.smtp_ports()
+    reasons = []
+    if not started:
+        reasons.append("start-up has not finished: not every component has started yet")
+    if not listening:
+        ports = ", ".join(map(str, configured)) or "none"
+        reasons.append(f"SMTP is not listening on any port (configured: {ports})")
+    if spool.status == "timeout":
+        reasons.append(f"the spool at {directory} did not take a new file within the deadline")
+    elif spool.status != "ok":
+        reasons.append(f"the spool at {directory} is not writable: {spool.error}")
+    ports = ", ".join(map(str, listening))
+    return not reasons, {
+        "status": "unready" if reasons else "ready",
+        "reason": "; ".join(reasons) or f"accepting mail on SMTP port(s) {ports}",
+        "startupDone": started,
+        "smtp": {"configuredPorts": list(configured), "listeningPorts": list(listening)},
+        "spoolWritable": spool.status == "ok",
+        "checks": {"spool": spool.as_json()},
+    }

@@ -49,6 +49,16 @@ def build_relay(
     )
 
 
+def suspended_because(relay: Relay) -> str | None:
+    """Why ``relay``'s deliveries are suspended now (its upstream hung), or None. Only
+    ``smtp`` relays suspend (`dispatch.relays.suspension`), rate-limited or not."""
+    if isinstance(relay, RateLimitedRelay):
+        relay = relay.relay
+    if isinstance(relay, SmtpRelayClient):
+        return relay.suspension.reason
+    return None
+
+
 class BrokenRelay:
     """Stands in for a relay that cannot be built: every attempt fails transiently with the
     reason, so mail waits (and says why) until the configuration is fixed and reloaded."""
@@ -123,6 +133,10 @@ class RelaySet:
     def all(self) -> list[Relay]:
         self._refresh()
         return list(self._relays.values())
+
+    def suspensions(self) -> dict[str, str | None]:
+        """Every configured relay by name, with why it is suspended (None: it is not)."""
+        return {relay.name: suspended_because(relay) for relay in self.all()}
 
     async def close_retired(self) -> None:
         """Close clients of earlier configurations (their idle pooled connections)."""

@@ -144,6 +144,11 @@ class SmtpRelayClient:
     def idle_connections(self) -> int:
         return len(self._pool)
 
+    @property
+    def suspension(self) -> Suspension:
+        """Whether deliveries fail fast now, and why (read by ``/health``)."""
+        return self._suspension
+
     async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
         """One delivery attempt over a pooled connection (see the module docstring)."""
         if (why := self._suspension.why_blocked()) is not None:  # not even waiting for a token

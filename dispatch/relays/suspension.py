@@ -57,6 +57,11 @@ class Suspension:
     def suspended(self) -> bool:
         return bool(self._reason)
 
+    @property
+    def reason(self) -> str | None:
+        """The error that suspended the relay, or None when it is not suspended."""
+        return self._reason or None
+
     def why_blocked(self) -> str | None:
         """Why a delivery must fail fast right now, or None if it may try to connect."""
         if not self._reason:

@@ -1,5 +1,6 @@
 """The ops app: ``/health`` and ``/metrics`` on the dashboard port (SPEC §9), and the same
-app with the ``/debug/`` pages on the monitoring server (SPEC §10).
+app with the ``/debug/`` pages on the monitoring server (SPEC §10). ``/health/live`` and
+``/health/ready`` are the orchestrators' probes (200, or 503 with the reason).
 
 Every request first passes the source-address allow-list (live): ``webui.allowed_cidrs`` on
 the dashboard port, ``monitoring.allowed_cidrs`` (loopback by default) on the monitoring
@@ -25,7 +26,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from dispatch.config.types import Cidr
-from dispatch.monitoring.health import HealthSources, check_health
+from dispatch.monitoring.health import HealthSources, check_health, check_readiness, liveness
 from dispatch.monitoring.stats import CounterMap, Stats
 from dispatch.security.allowlist import is_allowed
 
@@ -123,6 +124,15 @@ def create_ops_app(
     async def health() -> tuple[Response, int]:
         status, document = await check_health(sources.health)
         return jsonify(document), 503 if status == "critical" else 200
+
+    @app.get("/health/live")
+    async def health_live() -> tuple[Response, int]:
+        return jsonify(liveness(sources.health)), 200
+
+    @app.get("/health/ready")
+    async def health_ready() -> tuple[Response, int]:
+        ready, document = await check_readiness(sources.health)
+        return jsonify(document), 200 if ready else 503
 
     @app.get("/metrics")
     async def metrics() -> Response:

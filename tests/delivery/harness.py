@@ -55,7 +55,7 @@ async def running_dispatch(root: Path, config: dict[str, Any]) -> AsyncIterator[
     live = LiveSettings(settings, None)
     async with open_spool(Path(settings.spool.directory)) as spool, trio.open_nursery() as nursery:
         parts, components = assemble(live, spool)
-        supervisor = Supervisor(components, live, grace_seconds=5)
+        supervisor = Supervisor(components, live, grace_seconds=5, on_ready=parts.started.set)
         nursery.start_soon(supervisor.run)
         await supervisor.ready.wait()
         yield Running(parts, supervisor, settings.listener.ports[0], root)
