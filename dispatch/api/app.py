@@ -227,7 +227,15 @@ class _Routes:
             log.error("spool write failed: %s", exc)
             trace.error("spool write failed")
             return error(503, "temporarily unable to queue", "try again later", Retry_After="30")
-        trace.event(f"queued {envelope.id}")
+        trace.event(f"key {key.prefix}")
+        self.sources.tracer.message_queued(
+            envelope.id,
+            mail_from=envelope.mail_from,
+            recipients=envelope.recipients,
+            size=envelope.size,
+            parent=trace,
+        )
+        trace.event(f"202 queued as {envelope.id}")
         log.info(
             "queued %s from key %s: %d recipient(s)",
             envelope.id,

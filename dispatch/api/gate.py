@@ -188,7 +188,9 @@ class ApiGate:
         path: str = scope["path"]
         sending = scope["method"] == "POST" and path == MESSAGES_PATH
         trace = (
-            self.sources.tracer.trace("api.request", f"POST {MESSAGES_PATH}") if sending else None
+            self.sources.tracer.trace("api.request", f"POST {MESSAGES_PATH} from {peer}")
+            if sending
+            else None
         )
         body: ReceivedBody | None = None
         try:

@@ -26,7 +26,7 @@ from dispatch.delivery.routing import RouteDecision, Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.monitoring.delivery_health import RelayOutcomes
 from dispatch.monitoring.stats import Stats
-from dispatch.monitoring.traces import Trace, Tracer
+from dispatch.monitoring.traces import Trace, Tracer, message_title
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.registry import RelayUnavailable
 from dispatch.spool import Deferral, Envelope, RecipientResult, Spool, SpoolFullError
@@ -93,8 +93,11 @@ class DeliveryAttempt:
         results: dict[str, RecipientResult] = {}
         deferrals: dict[str, Deferral] = {}  # recipients left for a retry, and why
         forced = self._forced.pop(envelope.id, None)
-        trace = self._tracer.start("delivery", envelope.id)
-        trace.event(f"attempt {envelope.attempts + 1}, {len(envelope.pending_recipients)} pending")
+        title = message_title(envelope.id, envelope.mail_from, envelope.recipients)
+        message = self._tracer.message_trace(envelope.id, title)
+        attempt = envelope.attempts + 1
+        trace = message.child("delivery.attempt", f"{envelope.id} attempt {attempt}")
+        trace.event(f"{len(envelope.pending_recipients)} recipient(s) pending")
         try:
             try:
                 errors = await self._deliver(
@@ -102,13 +105,14 @@ class DeliveryAttempt:
                 )
             except BaseException:
                 trace.error("attempt cut short; claim released")
+                message.event(f"attempt {attempt} cut short; the message waits")
                 with trio.CancelScope(shield=True):
                     merged = {**envelope.recipient_results, **results}
                     await self._move_on(
                         self._spool.release, attrs.evolve(envelope, recipient_results=merged)
                     )
                 raise
-            await self._settle(envelope, results, errors, deferrals)
+            await self._settle(envelope, results, errors, deferrals, message)
             if errors:
                 trace.error("; ".join(errors)[:MAX_ERROR_TEXT])
         finally:
@@ -151,13 +155,14 @@ class DeliveryAttempt:
                     message_path=self._spool.message_path(envelope.id),
                     size=envelope.size,
                     smtputf8=_needs_smtputf8(envelope),
+                    trace=trace,
                 )
                 started = trio.current_time()
                 result = await self._hand_over(relay, request)
                 duration = trio.current_time() - started
                 self._collect(envelope, decision, relay, result, duration, results)
                 for outcome in result.outcomes:
-                    trace.event(
+                    (trace.error if outcome.outcome == "permanent" else trace.event)(
                         f"{relay.name} ({decision.label}) {outcome.outcome} in "
                         f"{duration * 1000:.0f} ms: {outcome.response}"
                     )
@@ -248,7 +253,10 @@ class DeliveryAttempt:
         results: dict[str, RecipientResult],
         errors: list[str],
         deferrals: dict[str, Deferral],
+        message: Trace,
     ) -> None:
+        """Move the message on (see the module docstring); ``message`` (its trace) is told
+        what became of it, and finished once nothing is left to try."""
         schedule = self._plan().schedule
         left = [r for r in envelope.pending_recipients if r not in results]
         all_results = {**envelope.recipient_results, **results}
@@ -262,8 +270,14 @@ class DeliveryAttempt:
                 )
                 await self._move_on(self._spool.mark_failed, failed)
                 log.warning("%s failed: some recipients were refused permanently", envelope.id)
+                refused = (
+                    f"{r}: {x.response}" for r, x in all_results.items() if x.status == "failed"
+                )
+                message.error("failed: refused permanently: " + "; ".join(refused))
             else:
                 await self._spool.remove(envelope.id)
+                message.event("delivered to every recipient")
+            message.finish()
             return
         if schedule.exhausted(attempts):
             failed = envelope.after_attempt(
@@ -275,6 +289,8 @@ class DeliveryAttempt:
             await self._move_on(self._spool.mark_failed, failed)
             self._record_by_relay(envelope, "failed", left, deferrals, "retries exhausted: ")
             log.warning("%s failed after %d attempts: %s", envelope.id, attempts, error)
+            message.error(f"failed after {attempts} attempts: {error}")
+            message.finish()
             return
         delay = schedule.delay(attempts)
         retry = envelope.after_attempt(
@@ -283,6 +299,7 @@ class DeliveryAttempt:
         await self._move_on(self._spool.release, retry)
         self._record_by_relay(envelope, "retried", left, deferrals)
         log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
+        message.event(f"{len(left)} recipient(s) retried in {delay:.0f} s: {error}")
 
     def _record_by_relay(
         self,

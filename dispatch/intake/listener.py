@@ -39,6 +39,7 @@ from dispatch.intake.session import IntakeContext, SmtpSession
 from dispatch.intake.transport import HandshakeFailed, tls_handshake
 from dispatch.lifecycle import Shutdown
 from dispatch.logs import log_context
+from dispatch.monitoring.traces import Trace
 from dispatch.security.allowlist import is_allowed
 from dispatch.smtp import replies
 
@@ -150,7 +151,9 @@ class SmtpListener:
             log.warning("refused connection from %s: max_connections_per_ip reached", peer_ip)
             await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP, tls=tls)
             return
-        trace = self.context.tracer.start("smtp.session", peer_ip)
+        kind = "implicit TLS" if tls else "plain"
+        trace = self.context.tracer.start("smtp.session", f"{peer_ip} → port {local_port}")
+        trace.event(f"connection from {peer_ip} to port {local_port} ({kind})")
         self.open_sessions += 1
         self.sessions_by_ip[peer_ip] += 1
         scope = trio.CancelScope()
@@ -161,7 +164,7 @@ class SmtpListener:
             log.debug("connected")
             with scope:
                 if tls:
-                    transport = await self._implicit_tls(stream, peer_ip)
+                    transport = await self._implicit_tls(stream, peer_ip, trace)
                 session = SmtpSession(
                     transport, peer_ip, self.context, trace, local_port=local_port, implicit_tls=tls
                 )
@@ -170,8 +173,9 @@ class SmtpListener:
                 trace.event("shutting down")
                 await session.say_goodbye(replies.SHUTTING_DOWN)
         except _HandshakeFailed:
-            trace.event("TLS handshake failed")
+            pass  # already traced
         finally:
+            trace.event(f"closed after {session.messages if session else 0} message(s)")
             trace.finish()
             self._session_scopes.discard(scope)
             self.open_sessions -= 1
@@ -185,7 +189,7 @@ class SmtpListener:
             log.debug("closed after %d message(s)", session.messages if session else 0)
 
     async def _implicit_tls(
-        self, stream: trio.SocketStream, peer_ip: str
+        self, stream: trio.SocketStream, peer_ip: str, trace: Trace
     ) -> trio.SSLStream[trio.abc.Stream]:
         """RFC 8314 §3.3: the TLS handshake first, under the same deadline as STARTTLS's.
 
@@ -193,9 +197,10 @@ class SmtpListener:
         scanner or a plaintext client on 465 is routine, not an error of Dispatch's."""
         if self.context.tls is None:
             log.error("no TLS context for the implicit-TLS port; closing")
+            trace.error("no TLS context for the implicit-TLS port; closed")
             raise _HandshakeFailed
         try:
-            return await tls_handshake(stream, self.context.tls)
+            return await tls_handshake(stream, self.context.tls, trace)
         except HandshakeFailed as exc:
             log.info("implicit TLS handshake with %s failed: %s", peer_ip, exc)
             await trio.aclose_forcefully(stream)

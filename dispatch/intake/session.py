@@ -36,6 +36,7 @@ from dispatch.intake.login import SmtpAuthenticator
 from dispatch.intake.received import protocol_name, received_header
 from dispatch.intake.transaction import MailTransaction, MessageSpool, TransactionSlot
 from dispatch.intake.transport import HandshakeFailed, SessionEnded, SessionTransport
+from dispatch.monitoring.dialogue import command_line, is_traced_command, reply_lines
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
@@ -197,6 +198,7 @@ class SmtpSession:
             elif isinstance(event, ConnectionClosed | PipelinedAfterStartTls):
                 if isinstance(event, PipelinedAfterStartTls):
                     log.warning("plaintext pipelined after STARTTLS from %s: closed", self.peer_ip)
+                    self.trace.error("plaintext pipelined after STARTTLS: closed, no reply")
                     self.context.stats.smtp_violations.add("pipelining_after_starttls")
                 break
             else:
@@ -219,16 +221,14 @@ class SmtpSession:
     def _reply(self, reply: Reply) -> None:
         self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
-        if reply.code >= 400:
-            self.trace.error(f"S: {reply.code} {reply.enhanced or ''} {reply.lines[0]}")
-        else:
-            self.trace.event(f"S: {reply.code}")
+        self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
         if reply.code >= 500 and not self.conn.closed:
             self.errors += 1
             if self.errors >= MAX_ERROR_REPLIES:
                 log.info("%d error replies; closing", self.errors)
                 self.transport.queue(self.conn.send(replies.TOO_MANY_ERRORS))
                 self.context.stats.smtp_replies.add("421")
+                self.trace.event_lines(reply_lines(replies.TOO_MANY_ERRORS), is_error=True)
 
     async def _flush(self) -> None:
         await self.transport.flush(self.settings.connection_timeout_seconds)
@@ -239,6 +239,7 @@ class SmtpSession:
             return
         self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
+        self.trace.event_lines(reply_lines(reply))
         await self.transport.goodbye(self.settings.connection_timeout_seconds)
 
     # --- events ----------------------------------------------------------------------------
@@ -322,6 +323,8 @@ class SmtpSession:
         self._reply(reply)
 
     def _count_command(self, event: Event) -> None:
+        if is_traced_command(event):
+            self.trace.event(command_line(event))  # AUTH credentials redacted there
         if isinstance(event, UnknownCommand | CommandError | WrongProtocol):
             verb = event.verb
         elif isinstance(event, DataChunk | DataEnd | AuthResponse | UnsynchronisedPipelining):
@@ -329,7 +332,6 @@ class SmtpSession:
         else:
             verb = type(event).__name__.upper()
         self.context.stats.smtp_commands.add(verb)
-        self.trace.event(f"C: {verb}")
 
     def _keywords(self) -> list[str]:
         keywords = [
@@ -370,6 +372,7 @@ class SmtpSession:
         if reply.code == 235:
             self.context.stats.smtp_auth.add("success")
             log.info("authenticated as %s", self.auth.identity)
+            self.trace.event(f"authenticated as {self.auth.identity}")
         elif reply is BUSY_CHECKING_PASSWORDS:
             self.context.stats.smtp_auth.add("busy")
         elif reply.code == 454:
@@ -442,7 +445,13 @@ class SmtpSession:
             self.messages += 1
             transaction.message = None  # committed: nothing left to abort
             self.transactions.current = None
-            self.trace.event(f"queued {envelope.id} ({envelope.size} bytes)")
+            self.context.tracer.message_queued(
+                envelope.id,
+                mail_from=envelope.mail_from,
+                recipients=envelope.recipients,
+                size=envelope.size,
+                parent=self.trace,
+            )
             log.info(
                 "queued %s: %d recipient(s), %d bytes",
                 envelope.id,
@@ -465,7 +474,7 @@ class SmtpSession:
         assert self.context.tls is not None
         await self._flush()
         try:
-            await self.transport.start_tls(self.context.tls)
+            await self.transport.start_tls(self.context.tls, self.trace)
         except HandshakeFailed as exc:
             log.info("TLS handshake with %s failed: %s", self.peer_ip, exc)
             raise SessionEnded from exc

@@ -15,11 +15,15 @@ starts one and goes quiet does not hold its connection slot.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import select
 import ssl
 from typing import Final
 
 import trio
+
+from dispatch.monitoring.dialogue import TlsFacts
+from dispatch.monitoring.traces import Trace
 
 RECEIVE_BYTES: Final = 65_536
 TLS_HANDSHAKE_SECONDS: Final = 10.0
@@ -35,16 +39,44 @@ class HandshakeFailed(Exception):
     whoever owns the stream under it closes that."""
 
 
+# The name the client asked for (SNI, RFC 6066 §3), set by the context's servername callback
+# during the handshake. The callback runs inside do_handshake, in the handshaking task's own
+# context, so each session reads its own client's name; the server-side SSLObject keeps none.
+_requested_name: Final[contextvars.ContextVar[str | None]] = contextvars.ContextVar(
+    "dispatch_tls_server_name", default=None
+)
+
+
+def _note_requested_name(
+    _ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _context: ssl.SSLContext
+) -> None:
+    _requested_name.set(server_name)  # None: go on with the same context and certificate
+
+
 async def tls_handshake(
-    stream: trio.abc.Stream, context: ssl.SSLContext
+    stream: trio.abc.Stream, context: ssl.SSLContext, trace: Trace | None = None
 ) -> trio.SSLStream[trio.abc.Stream]:
-    """Server side of a TLS handshake over ``stream``, under :data:`TLS_HANDSHAKE_SECONDS`."""
+    """Server side of a TLS handshake over ``stream``, under :data:`TLS_HANDSHAKE_SECONDS`.
+
+    ``trace`` gets what was agreed (version, cipher, the SNI the client sent) or why it failed.
+    """
+    if context.sni_callback is None:  # once per context; a callback set elsewhere is kept
+        context.sni_callback = _note_requested_name
+    _requested_name.set(None)
     tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
     try:
         with trio.fail_after(TLS_HANDSHAKE_SECONDS):
             await tls_stream.do_handshake()
     except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise HandshakeFailed(exc.__cause__ or exc) from exc
+        why: object = exc.__cause__ or exc
+        if isinstance(exc, trio.TooSlowError):
+            why = f"not completed within {TLS_HANDSHAKE_SECONDS:g} s"
+        failure = HandshakeFailed(why)
+        if trace is not None:
+            trace.event(f"TLS handshake failed: {failure}")
+        raise failure from exc
+    if trace is not None:
+        trace.event(TlsFacts.of(tls_stream, _requested_name.get()).text())
     return tls_stream
 
 
@@ -104,9 +136,10 @@ class SessionTransport:
         with contextlib.suppress(SessionEnded):
             await self.flush(min(stuck_after, GOODBYE_SECONDS))
 
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Put TLS over the stream (after the ``220`` for STARTTLS has been flushed).
+    async def start_tls(self, context: ssl.SSLContext, trace: Trace | None = None) -> None:
+        """Put TLS over the stream (after the ``220`` for STARTTLS has been flushed); the
+        handshake's facts go to ``trace``.
 
         Raises :class:`HandshakeFailed`; the session then ends.
         """
-        self.stream = await tls_handshake(self.stream, context)
+        self.stream = await tls_handshake(self.stream, context, trace)

@@ -12,10 +12,13 @@ Reply classes (RFC 5321 §4.2.1): 2xx delivered, 4xx and network errors ``transi
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal, Protocol
 
 import attrs
+
+from dispatch.monitoring.traces import Trace
 
 Outcome = Literal["delivered", "transient", "permanent"]
 
@@ -28,6 +31,19 @@ class DeliveryRequest:
     message_path: Path
     size: int
     smtputf8: bool = False  # some address or header needs SMTPUTF8 (RFC 6531)
+    trace: Trace | None = attrs.field(default=None, eq=False, repr=False)
+    """The delivery attempt's trace: a relay that talks to an upstream traces each dialogue
+    as its child (:func:`dialogue_trace`)."""
+
+
+def dialogue_trace(
+    request: DeliveryRequest, title: str
+) -> contextlib.AbstractContextManager[Trace | None]:
+    """A ``relay.dialogue`` trace, child of the request's attempt, finished when the block
+    ends (None, and nothing traced, for a request without a trace)."""
+    if request.trace is None:
+        return contextlib.nullcontext()
+    return request.trace.child("relay.dialogue", title)
 
 
 @attrs.frozen

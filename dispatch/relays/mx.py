@@ -40,7 +40,14 @@ import dns.resolver
 import trio
 
 from dispatch.config.settings import MxRelay
-from dispatch.relays.base import DeliveryRequest, DeliveryResult, Outcome, RecipientOutcome
+from dispatch.monitoring.traces import Trace
+from dispatch.relays.base import (
+    DeliveryRequest,
+    DeliveryResult,
+    Outcome,
+    RecipientOutcome,
+    dialogue_trace,
+)
 from dispatch.relays.smarthost import count_outcomes
 from dispatch.relays.smtp_options import SessionError, SessionOptions, Timeouts
 from dispatch.relays.smtp_session import SmtpClientSession
@@ -167,11 +174,28 @@ class MxRelayClient:
     async def _deliver_domain(
         self, request: DeliveryRequest, domain: str, recipients: Sequence[str]
     ) -> TransactionResult:
+        """One domain's delivery, traced as one dialogue (the lookups, every address tried)."""
+        with dialogue_trace(request, f"{self._label} → {domain}") as dialogue:
+            result = await self._to_exchangers(request, domain, recipients, dialogue)
+            if dialogue is not None and result.final_reply is None:
+                dialogue.error(result.outcomes[0].response)  # ended before the data's reply
+            return result
+
+    async def _to_exchangers(
+        self,
+        request: DeliveryRequest,
+        domain: str,
+        recipients: Sequence[str],
+        dialogue: Trace | None,
+    ) -> TransactionResult:
         try:
             hosts, implicit = await self._exchangers(domain)
         except _DomainFailure as exc:
             log.info("%s: %s", self._label, exc.detail)
             return TransactionResult.all(recipients, exc.outcome, f"{self._label}: {exc.detail}")
+        if dialogue is not None:
+            shown = ", ".join(hosts) + (" (no MX: the domain itself)" if implicit else "")
+            dialogue.event(f"exchangers of {domain}: {shown}")
         errors: list[str] = []
         tried = 0
         for host in hosts:
@@ -196,7 +220,7 @@ class MxRelayClient:
                     break
                 tried += 1
                 try:
-                    session = await self._connect(host, address)
+                    session = await self._connect(host, address, dialogue)
                 except SessionError as exc:
                     log.debug("%s", exc.text)  # the outcome line lists every address's error
                     errors.append(exc.detail)
@@ -210,17 +234,17 @@ class MxRelayClient:
             f"{self._label}: no mail exchanger of {domain} took the message: {reasons}",
         )
 
-    async def _connect(self, host: str, address: str) -> SmtpClientSession:
+    async def _connect(self, host: str, address: str, dialogue: Trace | None) -> SmtpClientSession:
         options = self._options(host, address)
         try:
-            return await SmtpClientSession.connect(options)
+            return await SmtpClientSession.connect(options, dialogue)
         except SessionError as exc:
             if not (exc.tls_failure and options.tls == "opportunistic"):
                 raise
             # RFC 7435 §6.2: opportunistic TLS must not make mail less deliverable than
             # plaintext would; a server whose TLS is broken gets the mail without it.
             log.info("%s; trying %s again without TLS", exc.text, options.display)
-        return await SmtpClientSession.connect(attrs.evolve(options, tls="none"))
+        return await SmtpClientSession.connect(attrs.evolve(options, tls="none"), dialogue)
 
     async def _send(
         self, session: SmtpClientSession, request: DeliveryRequest, recipients: Sequence[str]

@@ -34,7 +34,8 @@ from typing import Final
 import trio
 
 from dispatch.config.settings import SmtpRelay
-from dispatch.relays.base import DeliveryRequest, DeliveryResult
+from dispatch.monitoring.traces import Trace
+from dispatch.relays.base import DeliveryRequest, DeliveryResult, dialogue_trace
 from dispatch.relays.smtp_options import SessionError, SessionOptions, Timeouts, TlsMode
 from dispatch.relays.smtp_pool import ConnectionPool
 from dispatch.relays.smtp_session import SmtpClientSession
@@ -168,9 +169,15 @@ class SmtpRelayClient:
     async def _deliver(self, request: DeliveryRequest) -> DeliveryResult:
         if (why := self._suspension.why_blocked()) is not None:
             return DeliveryResult.all(request, "transient", why)
+        title = f"relay {self.name} → {self._pool.options.display}"
+        with dialogue_trace(request, title) as dialogue:
+            return await self._converse(request, dialogue)
+
+    async def _converse(self, request: DeliveryRequest, dialogue: Trace | None) -> DeliveryResult:
+        """Lease a connection (traced to ``dialogue``), send, and retry once on a dead one."""
         try:
             with self._suspension.attempt():
-                lease = await self._pool.take()
+                lease = await self._pool.take(trace=dialogue)
         except SessionError as exc:
             log.debug("%s", exc.text)  # the attempt's outcome line says it at info
             self._suspension.failed(exc)
@@ -182,7 +189,7 @@ class SmtpRelayClient:
             # (see TransactionResult.answered), so it is safe to try once more on another.
             log.info("relay %s: a reused connection did not answer; trying another", self.name)
             try:
-                lease = await self._pool.take(check=True)
+                lease = await self._pool.take(check=True, trace=dialogue)
             except SessionError as exc:
                 return DeliveryResult.all(request, exc.outcome, exc.text)
             sent = await self._send(lease.session, request)

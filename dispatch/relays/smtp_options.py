@@ -20,6 +20,7 @@ __all__ = [
     "SessionOptions",
     "Timeouts",
     "TlsMode",
+    "why_not_connected",
 ]
 
 # none: never TLS; opportunistic: STARTTLS when offered, else plaintext; required: STARTTLS or
@@ -120,3 +121,20 @@ class SessionError(Exception):
         self.text = f"{label}: {detail}"
         self.tls_failure = tls_failure
         self.timed_out = timed_out
+
+
+def why_not_connected(exc: OSError) -> tuple[str, bool]:
+    """ "refused", "failed: ..." out of trio's "all attempts to connect failed" error, and
+    whether an attempt timed out (the operating system's own connect timeout, ETIMEDOUT)."""
+    causes: list[BaseException] = [exc]
+    group = exc.__cause__
+    if isinstance(group, BaseExceptionGroup):
+        causes = list(group.exceptions)
+    timed_out = any(isinstance(cause, TimeoutError) for cause in causes)
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused", timed_out
+    first = causes[-1]
+    if isinstance(first, OSError) and first.strerror:
+        return f"failed: {first.strerror}", timed_out
+    return f"failed: {first}", timed_out

@@ -29,6 +29,7 @@ from typing import Final
 import attrs
 import trio
 
+from dispatch.monitoring.traces import Trace
 from dispatch.relays.smtp_options import SessionOptions
 from dispatch.relays.smtp_session import SmtpClientSession
 
@@ -76,29 +77,38 @@ class ConnectionPool:
         """Idle connections now."""
         return len(self._idle)
 
-    async def take(self, *, check: bool = False) -> Lease:
+    async def take(self, *, check: bool = False, trace: Trace | None = None) -> Lease:
         """An idle connection, else a new one; `SessionError` if opening one fails.
 
         With ``check``, even a fresh connection must answer RSET first. Cancellation drops a
-        connection whose RSET was under way.
+        connection whose RSET was under way. ``trace`` becomes the leased session's trace
+        (its RSET or its whole opening dialogue included) until :meth:`give_back`.
         """
         await self._close_expired()
         now = trio.current_time()
         while self._idle:
             idle = self._idle.pop()  # the most recently used: the likeliest to be alive
+            idle.session.trace = trace
+            if trace is not None:
+                trace.event(
+                    f"reusing a connection to {self.options.display} idle for "
+                    f"{now - idle.since:.1f} s ({idle.session.transactions} transaction(s), "
+                    f"{idle.session.transport})"
+                )
             fresh = idle.ended_cleanly and now - idle.since < FRESH_SECONDS
             if fresh and not check:
                 return Lease(idle.session, checked=False)
             if await self._answers_rset(idle.session):
                 return Lease(idle.session, checked=True)
             log.info("%s: a pooled connection did not answer RSET; not reused", self.options.label)
-        session = await SmtpClientSession.connect(self.options)
+        session = await SmtpClientSession.connect(self.options, trace)
         self.connections[session.transport] += 1
         return Lease(session, checked=True)
 
     async def give_back(self, session: SmtpClientSession, *, ended_cleanly: bool) -> None:
         """Keep ``session`` for reuse if it is usable and the pool open; else close it.
         ``ended_cleanly``: its last transaction got as far as the reply to its data."""
+        session.trace = None  # the lessee's trace ends with its delivery
         if session.usable and not self._closed:
             self._idle.append(_Idle(session, trio.current_time(), ended_cleanly))
         else:

@@ -41,7 +41,9 @@ from typing import BinaryIO, Final, Literal
 
 import trio
 
-from dispatch.relays.smtp_options import SessionError, SessionOptions
+from dispatch.monitoring.dialogue import TlsFacts, command_line, reply_lines
+from dispatch.monitoring.traces import Trace
+from dispatch.relays.smtp_options import SessionError, SessionOptions, why_not_connected
 from dispatch.relays.smtp_transaction import (
     MESSAGE_BLOCK_BYTES,
     Transaction,
@@ -81,10 +83,13 @@ class SmtpClientSession:
 
     Build it with :meth:`connect`. ``usable`` is False once anything went wrong; ``tls_active``
     says whether the connection is encrypted (``transport`` gives "tls" or "plain" for stats).
+    ``trace``, when set, gets the dialogue (AUTH redacted) and the TLS facts: whoever leases
+    the session sets it for one delivery and clears it when giving the session back.
     """
 
-    def __init__(self, options: SessionOptions) -> None:
+    def __init__(self, options: SessionOptions, trace: Trace | None = None) -> None:
         self.options = options
+        self.trace = trace
         self.timeouts = options.timeouts
         self.usable = True
         self.tls_active = False
@@ -106,10 +111,12 @@ class SmtpClientSession:
     # --- setting up ------------------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, options: SessionOptions) -> SmtpClientSession:
+    async def connect(
+        cls, options: SessionOptions, trace: Trace | None = None
+    ) -> SmtpClientSession:
         """Connect, greet, STARTTLS and AUTH as configured; raise `SessionError` on failure
         (the connection is then already closed). Cancellation closes the connection too."""
-        session = cls(options)
+        session = cls(options, trace)
         try:
             await session._open()
         except BaseException:
@@ -133,6 +140,7 @@ class SmtpClientSession:
 
     async def _connect_tcp(self) -> None:
         options = self.options
+        self._note(f"connecting to {options.display}")
         try:
             with trio.fail_after(self.timeouts.connect):
                 self._stream = await trio.open_tcp_stream(options.address, options.port)
@@ -142,7 +150,7 @@ class SmtpClientSession:
                 timed_out=True,
             ) from None
         except OSError as exc:
-            why, timed_out = _why_not_connected(exc)
+            why, timed_out = why_not_connected(exc)
             detail = f"connection to {options.display} {why}"
             raise self._broken(detail, timed_out=timed_out) from None
 
@@ -204,6 +212,10 @@ class SmtpClientSession:
                 detail = f"TLS handshake with {options.display} failed: {cause or exc}"
             raise self._broken(detail, tls_failure=True) from None
         self.tls_active = True
+        if self.trace is not None:
+            verified = options.ssl_context.verify_mode != ssl.CERT_NONE
+            facts = TlsFacts.of(tls_stream, options.tls_server_name, verified=verified)
+            self.trace.event(facts.text())
 
     async def _authenticate(self) -> None:
         """AUTH PLAIN (RFC 4616), else LOGIN, and only over TLS unless told otherwise."""
@@ -212,6 +224,7 @@ class SmtpClientSession:
             # Permanent: retrying will not make the connection encrypted; the operator must
             # enable TLS on the server or set tls = "none" explicitly.
             self.usable = False
+            self._note("refusing AUTH without TLS", error=True)
             raise SessionError("permanent", options.label, "refusing AUTH without TLS")
         mechanisms = self.extensions.auth
         timeout = self.timeouts.command
@@ -271,11 +284,13 @@ class SmtpClientSession:
         label = self.options.label
         tx = Transaction.plan(self.extensions, mail_from, recipients, size, smtputf8=smtputf8)
         if (refusal := tx.refusal(self.options.display)) is not None:
+            self._note(f"not sent: {refusal}", error=True)
             return TransactionResult.all(recipients, "permanent", f"{label}: {refusal}")
         try:
             message, first = await trio.to_thread.run_sync(open_message, message_path)
         except OSError as exc:
             text = f"{label}: cannot read the message: {exc}"
+            self._note(text, error=True)
             return TransactionResult.all(recipients, "transient", text)
         self.transactions += 1
         replies_before = self.replies
@@ -319,7 +334,7 @@ class SmtpClientSession:
         """
         pipelined = self.extensions.pipelining
         if pipelined:
-            wire = b"".join(self._conn.send(command) for command in commands)
+            wire = b"".join(self._send_traced(command) for command in commands)
             await self._write(wire, self.timeouts.mail, f"sending {_verbs(commands)}")
         for command in commands:
             verb, seconds = _verb(command), self._timeout_for(command)
@@ -342,8 +357,9 @@ class SmtpClientSession:
 
     async def _send_message(self, message: BinaryIO, first: bytes) -> None:
         """Send the message, starting with ``first`` (its first block, read on opening)."""
-        block = first
+        block, sent = first, 0
         while block:
+            sent += len(block)
             wire = self._conn.data_chunk(block)
             if wire:
                 await self._write(wire, self.timeouts.data_block, "sending the message")
@@ -359,6 +375,7 @@ class SmtpClientSession:
                     "transient", self.options.label, f"cannot read the message: {exc}"
                 ) from None
         await self._write(self._conn.end_data(), self.timeouts.data_block, "ending the message")
+        self._note(f"C: <the message, {sent} bytes> .")
 
     def _check_quiet(self) -> None:
         """After a transaction nothing more may have arrived: an extra or unsolicited reply
@@ -408,6 +425,7 @@ class SmtpClientSession:
         """The session cannot go on: a transient `SessionError` (``flags``: its
         ``tls_failure`` and ``timed_out``)."""
         self.usable = False
+        self._note(detail, error=True)
         return SessionError("transient", self.options.label, detail, **flags)
 
     def _unexpected(self, reply: Reply, what: str) -> SessionError:
@@ -448,6 +466,7 @@ class SmtpClientSession:
                     raise self._closed_error()
                 elif event.request is None:
                     # RFC 5321 §3.8: a 421 announcing that the server is closing.
+                    self._note_reply(event.reply)
                     self._closing_reply = event.reply
                     raise self._broken(f"{self.options.display} is closing: {event.reply}")
                 else:
@@ -455,6 +474,7 @@ class SmtpClientSession:
                         self._closing_reply = event.reply
                         self.usable = False
                     self.replies += 1
+                    self._note_reply(event.reply)
                     return event.reply
 
     def _closed_error(self) -> SessionError:
@@ -464,8 +484,23 @@ class SmtpClientSession:
     async def _command(self, command: Command, seconds: float, verb: str) -> Reply:
         if self._conn.closed:  # a 421 to the previous command
             raise self._closed_error()
-        await self._write(self._conn.send(command), seconds, f"sending {verb}")
+        await self._write(self._send_traced(command), seconds, f"sending {verb}")
         return await self._read(seconds, f"waiting for the reply to {verb}")
+
+    # --- the trace: every command (AUTH redacted) and reply, when the lessee set one ------
+
+    def _send_traced(self, command: Command) -> bytes:
+        if self.trace is not None:
+            self.trace.event(command_line(command))
+        return self._conn.send(command)
+
+    def _note_reply(self, reply: Reply) -> None:
+        if self.trace is not None:
+            self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
+
+    def _note(self, text: str, *, error: bool = False) -> None:
+        if self.trace is not None:
+            (self.trace.error if error else self.trace.event)(text)
 
 
 def _verb(command: Command) -> str:
@@ -476,20 +511,3 @@ def _verbs(commands: Sequence[Command]) -> str:
     """ "MAIL, RCPT and DATA": each verb once, in order."""
     verbs = list(dict.fromkeys(_verb(c) for c in commands))
     return verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} and {verbs[-1]}"
-
-
-def _why_not_connected(exc: OSError) -> tuple[str, bool]:
-    """ "refused", "failed: ..." out of trio's "all attempts to connect failed" error, and
-    whether an attempt timed out (the operating system's own connect timeout, ETIMEDOUT)."""
-    causes: list[BaseException] = [exc]
-    group = exc.__cause__
-    if isinstance(group, BaseExceptionGroup):
-        causes = list(group.exceptions)
-    timed_out = any(isinstance(cause, TimeoutError) for cause in causes)
-    for cause in causes:
-        if isinstance(cause, ConnectionRefusedError):
-            return "refused", timed_out
-    first = causes[-1]
-    if isinstance(first, OSError) and first.strerror:
-        return f"failed: {first.strerror}", timed_out
-    return f"failed: {first}", timed_out

@@ -281,24 +281,26 @@ def test_traces_pages_escape_and_link_one_timeline() -> None:
     with tracer.trace("smtp.session", HOSTILE) as trace:
         trace.printf("EHLO %s", HOSTILE)
         trace.error("421 " + HOSTILE)
-    running = tracer.start("delivery", "spl_running")
+    running = tracer.start("delivery.attempt", "spl_running")
     running.event("connecting")
 
     overview = trace_pages.traces_page(tracer)
     assert "script" not in tags_of(overview)
     assert "traces?family=smtp.session&amp;show=errors" in overview
-    assert "traces?family=delivery&amp;show=active" in overview
+    assert "traces?family=delivery.attempt&amp;show=active" in overview
 
     errors = trace_pages.traces_page(tracer, family="smtp.session", show="errors")
     assert "script" not in tags_of(errors)
     assert f'href="traces?id={trace.id}"' in errors
     assert "&lt;script&gt;" in errors
 
-    active = trace_pages.traces_page(tracer, family="delivery", show="active")
+    active = trace_pages.traces_page(tracer, family="delivery.attempt", show="active")
     assert "spl_running" in active
     assert "(running)" in active
     for ignored in ("nonsense", "99", "-1"):
-        assert "<h2>" not in trace_pages.traces_page(tracer, family="delivery", show=ignored)
+        assert "<h2>" not in trace_pages.traces_page(
+            tracer, family="delivery.attempt", show=ignored
+        )
 
     timeline = trace_pages.trace_page(trace)
     assert "script" not in tags_of(timeline)

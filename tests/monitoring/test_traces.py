@@ -49,17 +49,17 @@ def test_buckets_are_cumulative_rings_of_recent_traces() -> None:
     tracer = Tracer(clock=clock)
     durations = [0.0, 0.07, 0.3, 2.0, 150.0]
     for seconds in durations:
-        trace = tracer.start("delivery", f"took {seconds}")
+        trace = tracer.start("delivery.attempt", f"took {seconds}")
         clock.now += seconds
         trace.finish()
 
-    family = tracer.families["delivery"]
+    family = tracer.families["delivery.attempt"]
     expected = [sum(1 for d in durations if d >= bound) for bound in BUCKETS]
     assert family.bucket_sizes() == expected
     assert [t.title for t in family.bucket(BUCKETS.index(1.0))] == ["took 150.0", "took 2.0"]
 
     for _ in range(3 * RING_SIZE):
-        tracer.start("delivery", "fast").finish()
+        tracer.start("delivery.attempt", "fast").finish()
     assert family.bucket_sizes()[0] == RING_SIZE
     assert family.bucket_sizes()[BUCKETS.index(100.0)] == 1  # slow ones are not pushed out
     assert all(t.title == "fast" for t in family.bucket(0))
@@ -93,7 +93,7 @@ def test_context_manager_records_exception_as_error_and_reraises() -> None:
 
 async def test_cancellation_is_an_event_not_an_error() -> None:
     tracer = Tracer()
-    with trio.move_on_after(0), tracer.trace("delivery", "cancelled work") as trace:
+    with trio.move_on_after(0), tracer.trace("delivery.attempt", "cancelled work") as trace:
         await trio.sleep(1)
     assert trace.finished
     assert not trace.errored

@@ -144,7 +144,7 @@ async def test_debug_pages_on_the_monitoring_server(tmp_path: Path) -> None:
                 path: await client.get(f"/debug/{path}")
                 for path in ("", "config", "vars", "traces", "queue", "tasks", "memory")
             }
-            delivery_traces = await client.get("/debug/traces?family=delivery&show=errors")
+            delivery_traces = await client.get("/debug/traces?family=delivery.attempt&show=errors")
             trace_ids = re.findall(r"traces\?id=([0-9a-f]+)", delivery_traces.text)
             one_trace = await client.get(f"/debug/traces?id={trace_ids[0]}")
             profile = await client.get("/debug/profile?seconds=1")
