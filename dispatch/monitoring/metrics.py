@@ -12,7 +12,15 @@ on the Trio thread, synchronously, so it reads in-memory state only:
 - :class:`DatabaseFigures`, a cache of the figures that live in the database (messages
   today, in the last five minutes, per relay today). A background task calls
   :meth:`DatabaseFigures.refresh` every few seconds; a scrape never waits for the database,
-  and while it is down the last figures stay (``dispatch_database_reachable`` says so).
+  and while it is down the last figures stay (``dispatch_database_reachable`` says so);
+- :class:`~dispatch.monitoring.file_figures.FileFigures`, the same kind of cache for the
+  spool's free disk and the TLS certificate's expiry;
+- the relays' suspensions (the same callable ``/health``'s delivery check reads) and the
+  spool index's earliest due time.
+
+:func:`build_registry` adds prometheus_client's process, platform and garbage-collector
+collectors (``process_*``, ``python_info``, ``python_gc_*``). The process collector reads
+``/proc/self``: kernel memory, not a disk, so a scrape still never waits for I/O.
 
 Every series of the SPEC's gauges exists from the first scrape (zeros), so dashboards and
 alerts never see a family appear or vanish. Label values are verbs, reply codes, relay names
@@ -28,16 +36,27 @@ from typing import Final, Protocol
 
 import trio
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from dispatch import __version__
-from dispatch.monitoring.stats import RETENTION_KINDS, CounterMap, Histogram, Stats
+from dispatch.monitoring.file_figures import FileFigures
+from dispatch.monitoring.stats import (
+    RELAY_OUTCOMES,
+    RETENTION_KINDS,
+    CounterMap,
+    Histogram,
+    Stats,
+    relay_outcomes,
+)
 from dispatch.spool.index import SpoolCounts
 from dispatch.storage.database import DatabaseUnavailableError
 from dispatch.storage.log_batch import utc_day
@@ -158,6 +177,14 @@ class DatabaseFigures:
         return self.day is not None and self.day == utc_day(time.time() if now is None else now)
 
 
+def _none_suspended() -> Mapping[str, str | None]:
+    return {}
+
+
+def _nothing_due() -> float | None:
+    return None
+
+
 class MetricsCollector:
     """Builds every metric family from in-memory state at each scrape. Owns nothing."""
 
@@ -169,12 +196,21 @@ class MetricsCollector:
         relays: Callable[[], Iterable[RelayLike]],
         database_reachable: Callable[[], bool],
         figures: DatabaseFigures,
+        suspensions: Callable[[], Mapping[str, str | None]] = _none_suspended,
+        next_due_time: Callable[[], float | None] = _nothing_due,
+        files: FileFigures | None = None,
     ) -> None:
+        """``suspensions``: every configured relay's name → why it is suspended, or None;
+        ``next_due_time``: the earliest ``next_attempt_at`` (Unix time) of the incoming
+        messages no worker has taken, or None (``Spool.next_due_time``)."""
         self._stats = stats
         self._spool_counts = spool_counts
         self._relays = relays
         self._database_reachable = database_reachable
         self._figures = figures
+        self._suspensions = suspensions
+        self._next_due_time = next_due_time
+        self._files = files
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples: lets the registry check names without a scrape."""
@@ -188,6 +224,8 @@ class MetricsCollector:
         yield from self._gauges(populated, relays)
         yield from self._counters(populated, relays)
         yield from self._histograms(populated)
+        yield from self._relay_families(populated, relays)
+        yield from self._spool_and_files(populated)
         yield self._retention_success(populated)
         info = GaugeMetricFamily(
             "dispatch_build_info",
@@ -323,12 +361,85 @@ class MetricsCollector:
                 family.add_metric([], _buckets(histogram), sum_value=histogram.sum)
             yield family
 
+    def _relay_families(self, populated: bool, relays: Mapping[str, RelayLike]) -> Iterator[Metric]:
+        """Per relay name: recipients by outcome, attempt durations, suspension. Configured
+        relays have every series from the start; a relay removed by a reload keeps its
+        counters until the process ends (they never go back)."""
+        s = self._stats
+        deliveries = CounterMetricFamily(
+            "dispatch_relay_deliveries",
+            "recipients handed to each relay since the process started, by outcome: "
+            "delivered, transient (to be retried) or permanent (refused for good)",
+            labels=["relay", "outcome"],
+        )
+        durations = HistogramMetricFamily(
+            "dispatch_relay_attempt_duration_seconds",
+            s.relay_attempt_seconds.help,
+            labels=["relay"],
+        )
+        suspended = GaugeMetricFamily(
+            "dispatch_relay_suspended",
+            "1 while a relay's deliveries fail fast after its upstream timed out, else 0",
+            labels=["relay"],
+        )
+        if populated:
+            outcomes = relay_outcomes(s)
+            for name in sorted(relays.keys() | outcomes.keys()):
+                counts = outcomes.get(name, dict.fromkeys(RELAY_OUTCOMES, 0))
+                for outcome, count in sorted(counts.items()):
+                    deliveries.add_metric([name, outcome], count)
+            observed = s.relay_attempt_seconds.values
+            empty = Histogram("", "", s.relay_attempt_seconds.buckets)
+            for name in sorted(relays.keys() | observed.keys()):
+                histogram = observed.get(name, empty)
+                durations.add_metric([name], _buckets(histogram), sum_value=histogram.sum)
+            why = self._suspensions()
+            for name in sorted(relays.keys() | why.keys()):
+                suspended.add_metric([name], 1 if why.get(name) else 0)
+        yield from (deliveries, durations, suspended)
+
+    def _spool_and_files(self, populated: bool) -> Iterator[Metric]:
+        """How long due mail waits for a worker, the spool's disk, the certificate's expiry.
+        Disk and certificate series appear once :class:`FileFigures` has read them."""
+        oldest = GaugeMetricFamily(
+            "dispatch_spool_oldest_due_age_seconds",
+            "seconds the incoming message due first has waited for a delivery worker "
+            "since it came due (0 when none is due)",
+        )
+        free = GaugeMetricFamily(
+            "dispatch_spool_disk_free_bytes",
+            "bytes free for Dispatch's user on the spool's file system",
+        )
+        total = GaugeMetricFamily(
+            "dispatch_spool_disk_total_bytes", "size of the spool's file system in bytes"
+        )
+        expiry = GaugeMetricFamily(
+            "dispatch_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the TLS certificate the listeners serve expires (notAfter), by file",
+            labels=["certificate"],
+        )
+        if populated:
+            due_at = self._next_due_time()
+            oldest.add_metric([], 0.0 if due_at is None else max(0.0, time.time() - due_at))
+            files = self._files
+            if files is not None and files.disk_free_bytes is not None:
+                free.add_metric([], files.disk_free_bytes)
+            if files is not None and files.disk_total_bytes is not None:
+                total.add_metric([], files.disk_total_bytes)
+            for path, not_after in (files.certificate_expiries() if files else {}).items():
+                expiry.add_metric([path], not_after)
+        yield from (oldest, free, total, expiry)
+
 
 def build_registry(collector: MetricsCollector) -> CollectorRegistry:
-    """A private registry holding only ``collector`` (no process or platform collectors:
-    the default registry's globals would leak between tests and between embedded apps)."""
+    """A private registry holding ``collector`` and prometheus_client's process, platform and
+    GC collectors, each made for this registry (the default registry's globals would leak
+    between tests and between embedded apps)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

@@ -92,6 +92,23 @@ def generate_self_signed(server_name: str, cert_path: Path, key_path: Path) -> N
     _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
+def certificate_file(settings: Settings) -> Path:
+    """The certificate file the listeners serve: ``tls.cert_file``, or the self-signed one
+    :func:`ensure_certificate` keeps (which may not exist yet before the first start)."""
+    if settings.tls.cert_file:
+        return Path(settings.tls.cert_file)
+    return Path(settings.data_dir) / "tls" / CERT_NAME
+
+
+def not_valid_after(cert_path: Path) -> float:
+    """The Unix time the first certificate in a PEM file expires (its ``notAfter``).
+
+    Raises ``OSError`` when the file cannot be read and ``ValueError`` when it holds no
+    certificate."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.not_valid_after_utc.timestamp()
+
+
 def ensure_certificate(settings: Settings) -> CertificateFiles:
     """The certificate to serve: the configured files, or the persisted self-signed pair."""
     if settings.tls.cert_file:

@@ -62,6 +62,13 @@ ALLOWED_LABELS = {
     "version",
     "python",
     "le",
+    "certificate",  # a certificate file's path
+    # prometheus_client's platform and GC collectors
+    "implementation",
+    "major",
+    "minor",
+    "patchlevel",
+    "generation",
 }
 
 
