@@ -45,6 +45,7 @@ from dispatch.intake.service import SmtpIntake
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
 from dispatch.monitoring.delivery_health import DeliverySources
+from dispatch.monitoring.flags import CommandLineFlag
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
 from dispatch.monitoring.profiling import MemoryTracing
@@ -55,6 +56,8 @@ from dispatch.relays.registry import RelaySet
 from dispatch.retention import Retention
 from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.spool import Spool
+from dispatch.spool.captured import captured_copies
+from dispatch.spool.layout import SpoolLayout
 from dispatch.spool.lock import SpoolLock
 from dispatch.spool.sweep import SpoolSweeper
 from dispatch.storage import Store, audit, open_store
@@ -83,15 +86,19 @@ class Parts:
     delivery: Delivery
     figures: DatabaseFigures
     started_at: float
+    flags: tuple[CommandLineFlag, ...] = ()  # the command line's, for /debug/flags
     started: trio.Event = attrs.Factory(trio.Event)  # set once every component has started
 
 
 def assemble(
-    settings: LiveSettings, spool: Spool, inherited: Sequence[InheritedSocket] = ()
+    settings: LiveSettings,
+    spool: Spool,
+    inherited: Sequence[InheritedSocket] = (),
+    flags: Sequence[CommandLineFlag] = (),
 ) -> tuple[Parts, list[Component]]:
     """Build the shared objects, then the components, in start order. Does no I/O.
     ``inherited``: SMTP sockets passed by systemd, served instead of ``listener.ports``."""
-    parts = build_parts(settings, spool, inherited)
+    parts = attrs.evolve(build_parts(settings, spool, inherited), flags=tuple(flags))
     return parts, build_components(parts)
 
 
@@ -213,6 +220,10 @@ def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
         spool_counts=parts.spool.counts,
         relays=parts.relays.all,
         memory=memory,
+        flags=parts.flags,
+        captured=partial(captured_copies, SpoolLayout(parts.spool.directory).captured),
+        router=lambda: Router(parts.settings.current.routes, parts.settings.current.default_relay),
+        relays_today=parts.figures.relay_counts_today,
     )
 
 
@@ -251,8 +262,11 @@ async def open_spool(directory: Path) -> AsyncIterator[Spool]:
         lock.release()
 
 
-async def serve(settings: Settings, config_path: Path | None) -> None:
-    """Run Dispatch until it is stopped by a signal. Raises ``ComponentStartError``."""
+async def serve(
+    settings: Settings, config_path: Path | None, flags: Sequence[CommandLineFlag] = ()
+) -> None:
+    """Run Dispatch until it is stopped by a signal. Raises ``ComponentStartError``.
+    ``flags``: the command line's, as the CLI parsed them (shown on ``/debug/flags``)."""
     bind(component="dispatch")
     if config_path is None:
         log.info("Dispatch %s starting: no configuration file: built-in defaults", __version__)
@@ -270,7 +284,7 @@ async def serve(settings: Settings, config_path: Path | None) -> None:
     live = LiveSettings(settings, config_path)
     config_file = str(config_path) if config_path else None
     async with open_spool(Path(settings.spool.directory)) as spool:
-        parts, components = assemble(live, spool, inherited)
+        parts, components = assemble(live, spool, inherited, flags)
 
         record_audit = parts.store.log.audit
 

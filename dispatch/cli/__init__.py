@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -37,6 +38,7 @@ from dispatch.config import (
 )
 from dispatch.config.advice import config_warnings
 from dispatch.logs import configure_logging
+from dispatch.monitoring.flags import CommandLineFlag
 from dispatch.security.passwords import hash_password
 from dispatch.storage import AUDIT_CATEGORIES
 from dispatch.storage.queries import MAX_SEARCH_LIMIT
@@ -47,6 +49,9 @@ EXIT_FAILED: Final = 1
 EXIT_BAD_CONFIG: Final = 2
 EXIT_INTERRUPTED: Final = 130  # what a shell reports for a command ended by Ctrl-C
 MIN_PASSWORD_LENGTH: Final = 12
+DEFAULT_LOG_FORMAT: Final = "text"
+DEFAULT_LOG_LEVEL: Final = "info"
+CONFIG_SEARCH: Final = "$DISPATCH_CONFIG, else ./dispatch.toml if present, else built-in defaults"
 
 EXAMPLES: Final = """\
 examples:
@@ -72,20 +77,19 @@ def _common_options() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=argparse.SUPPRESS,
-        help="configuration file (default: $DISPATCH_CONFIG, else ./dispatch.toml if present, "
-        "else built-in defaults)",
+        help=f"configuration file (default: {CONFIG_SEARCH})",
     )
     common.add_argument(
         "--log-format",
         choices=("text", "json"),
         default=argparse.SUPPRESS,
-        help="log line format (default: text)",
+        help=f"log line format (default: {DEFAULT_LOG_FORMAT})",
     )
     common.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default=argparse.SUPPRESS,
-        help="lowest level logged (default: info)",
+        help=f"lowest level logged (default: {DEFAULT_LOG_LEVEL})",
     )
     return common
 
@@ -354,7 +358,10 @@ def _run(args: argparse.Namespace) -> int:
     from dispatch.daemon import serve
     from dispatch.supervisor import ComponentStartError
 
-    configure_logging(getattr(args, "log_format", "text"), getattr(args, "log_level", "info"))
+    configure_logging(
+        getattr(args, "log_format", DEFAULT_LOG_FORMAT),
+        getattr(args, "log_level", DEFAULT_LOG_LEVEL),
+    )
     path = find_config_file(getattr(args, "config", None))
     try:
         settings = load_settings(path)
@@ -362,13 +369,48 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
     try:
-        trio.run(serve, settings, path)
+        trio.run(partial(serve, settings, path, flags=describe_flags(args, path)))
     except ComponentStartError as exc:
         print(f"dispatch: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         return EXIT_OK
     return EXIT_OK
+
+
+def describe_flags(
+    args: argparse.Namespace, config_path: Path | None
+) -> tuple[CommandLineFlag, ...]:
+    """The daemon's flags for ``/debug/flags``: every option of the command line that takes a
+    value or switches something (not ``--help`` or ``--version``), as given in ``args``, its
+    default, and what the daemon runs with (``config_path``: the file that was found)."""
+    defaults = {
+        "config": CONFIG_SEARCH,
+        "log_format": DEFAULT_LOG_FORMAT,
+        "log_level": DEFAULT_LOG_LEVEL,
+    }
+    in_use = {"config": str(config_path) if config_path else "built-in defaults"}
+    flags = []
+    for action in _parser()._actions:
+        if not action.option_strings or isinstance(
+            action, argparse._HelpAction | argparse._VersionAction
+        ):
+            continue
+        default = defaults.get(
+            action.dest, "(none)" if action.default is argparse.SUPPRESS else str(action.default)
+        )
+        value = getattr(args, action.dest, argparse.SUPPRESS)
+        given = None if value is argparse.SUPPRESS or value == action.default else str(value)
+        flags.append(
+            CommandLineFlag(
+                name=max(action.option_strings, key=len),
+                given=given,
+                default=default,
+                effective=in_use.get(action.dest, default if given is None else given),
+                help=action.help or "",
+            )
+        )
+    return tuple(flags)
 
 
 def _settings_or_exit(args: argparse.Namespace) -> Settings | None:

@@ -12,13 +12,10 @@ pages work whatever address and port reach them (an SSH tunnel to the monitoring
 from __future__ import annotations
 
 import html
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from dispatch.monitoring.vars import ProcessInfo, format_time
-from dispatch.spool.index import SpoolEntry
-from dispatch.spool.layout import MessageState
 
 _STYLE: Final = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -33,10 +30,12 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 _ERROR_CLASS: Final = ' class="error"'
 
 DEBUG_LINKS: Final = (
-    ("config", "effective configuration and command-line flags"),
+    ("config", "effective configuration (secrets redacted) and the command line"),
+    ("flags", "every command-line flag: the value in use, as given, its default"),
     ("vars", "exported variables (JSON)"),
     ("traces", "traces of SMTP sessions, deliveries, API requests and health checks"),
-    ("queue", "every spool entry"),
+    ("queue", "every message, each recipient's state, last reply, relay and route"),
+    ("queue?format=text", "the same for a terminal (curl)"),
     ("tasks", "the live Trio task tree with stacks"),
     ("profile?seconds=10", "CPU profile of 10 seconds"),
     ("memory", "top allocations (traces memory for 5 minutes)"),
@@ -76,8 +75,11 @@ def _bytes(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
-def index_page(info: ProcessInfo, *, trace_memory_bytes: int) -> str:
-    """``/debug/``: what is running where since when, and links to every other page."""
+def index_page(info: ProcessInfo, *, trace_memory_bytes: int, base: str = "") -> str:
+    """``/debug/``: what is running where since when, and links to every other page.
+
+    ``base`` is put before each relative link: ``"debug/"`` when the index is served at
+    ``/`` or ``/debug`` (without the slash), so the links still lead under ``/debug/``."""
     facts = (
         ("version", info.version),
         ("python", info.python),
@@ -89,7 +91,8 @@ def index_page(info: ProcessInfo, *, trace_memory_bytes: int) -> str:
     )
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     links = "".join(
-        f'<li><a href="{_e(href)}">{_e(href.split("?")[0])}</a> — {_e(text)}</li>'
+        f'<li><a href="{_e(href if href.startswith("/") else base + href)}">'
+        f"{_e(href)}</a> — {_e(text)}</li>"
         for href, text in DEBUG_LINKS
     )
     return _page("Dispatch debug", f"<table>{rows}</table>\n<ul>{links}</ul>")
@@ -113,47 +116,3 @@ def tasks_page(text: str) -> str:
 def memory_page(text: str) -> str:
     """``/debug/memory``: the text of :func:`~dispatch.monitoring.profiling.memory_top`."""
     return _page("Memory: top allocations", f"<pre>{_e(text)}</pre>")
-
-
-def queue_page(entries: Iterable[SpoolEntry], *, now: float | None = None) -> str:
-    """``/debug/queue``: every spool entry, by state then next attempt (one row each)."""
-    at = time.time() if now is None else now
-    ordered = sorted(
-        entries, key=lambda e: (e.state.value, e.envelope.next_attempt_at, e.envelope.id)
-    )
-    rows: list[str] = []
-    for entry in ordered:
-        env = entry.envelope
-        due = env.next_attempt_at
-        if entry.state is not MessageState.INCOMING:
-            next_attempt = "—"
-        elif due <= at:
-            next_attempt = "due now"
-        else:
-            next_attempt = f"{format_time(due)} (in {_duration(due - at)})"
-        cells = (
-            _e(env.id),
-            _e(entry.state.value),
-            _e(env.mail_from or "<>"),
-            str(len(env.recipients)),
-            str(env.attempts),
-            _e(next_attempt),
-            _e(format_time(env.received_at)),
-            f'<span class="error">{_e(env.last_error)}</span>' if env.last_error else "",
-        )
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "id",
-            "state",
-            "mail from",
-            "recipients",
-            "attempts",
-            "next attempt",
-            "received",
-            "last error",
-        )
-    )
-    summary = f"<p>{len(ordered)} messages in the spool.</p>"
-    return _page("Spool queue", f"{summary}<table><tr>{head}</tr>{''.join(rows)}</table>")

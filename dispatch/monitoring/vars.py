@@ -4,7 +4,19 @@ Each counter of :class:`~dispatch.monitoring.stats.Stats` appears under its own 
 (``dispatch/smtpIn/commandCount``): a :class:`Counter` as an int, a :class:`CounterMap` as
 ``{key: int}``, a :class:`Histogram` as ``{"count", "sum", "buckets": {le: cumulative}}``.
 Process facts, spool counts, relay counters and the last retention run
-(``dispatch/retention/lastRun``) are added under ``dispatch/…`` names too.
+(``dispatch/retention/lastRun``) are added under ``dispatch/…`` names too, and what the
+kernel and the interpreter say of the process (:mod:`dispatch.monitoring.process`):
+``dispatch/cmdline``, ``dispatch/process`` (memory, descriptors, threads, CPU time),
+``dispatch/gc`` and ``dispatch/python``.
+
+One source per figure, shared with ``/metrics``: ``dispatch/relays/delivered``, ``failed``
+(refused permanently) and ``deferred`` (refused for now) are the recipients each relay took,
+counted by :func:`~dispatch.monitoring.stats.relay_outcomes` — the reading that
+``dispatch_relay_deliveries_total{relay,outcome}`` makes of the same counter;
+``dispatch/relays/deliveredToday`` and ``failedToday`` are the database figures of the
+``dispatch_relay_delivered_today`` / ``dispatch_relay_failed_today`` gauges. What a relay
+client counts of its own attempts is not shown: it starts over at each reload and counts
+attempts, not recipients.
 
 Build date: a Python package has no link time, so ``dispatch/sourceDateStr`` and
 ``dispatch/sourceDateTimestamp`` are the newest modification time of the package's ``.py``
@@ -19,14 +31,16 @@ import functools
 import os
 import platform
 import socket
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import attrs
 
 import dispatch
+from dispatch.monitoring.process import gc_figures, process_figures, python_facts
 from dispatch.monitoring.stats import (
     Counter,
     CounterMap,
@@ -34,6 +48,7 @@ from dispatch.monitoring.stats import (
     HistogramMap,
     RetentionRun,
     Stats,
+    relay_outcomes,
 )
 from dispatch.spool.index import SpoolCounts
 
@@ -41,19 +56,14 @@ type JsonValue = int | float | str | bool | dict[str, JsonValue] | list[JsonValu
 
 
 class RelayCounters(Protocol):
-    """What ``/debug/vars`` reads of a relay: its counters since the process started."""
+    """What ``/debug/vars`` reads of a configured relay: its name and deliveries in progress
+    (its outcomes come from :class:`Stats`, see the module docstring)."""
 
     @property
     def name(self) -> str: ...
 
     @property
     def inflight(self) -> int: ...
-
-    @property
-    def delivered(self) -> int: ...
-
-    @property
-    def failed(self) -> int: ...
 
 
 @functools.cache
@@ -104,10 +114,16 @@ def debug_vars(
     *,
     spool_counts: SpoolCounts,
     relays: Iterable[RelayCounters],
+    relays_today: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, JsonValue]:
-    """The ``/debug/vars`` document, sorted by name. Reads memory only."""
+    """The ``/debug/vars`` document, sorted by name. Reads memory and ``/proc/self`` only.
+
+    ``relays_today``: ``{relay: {"delivered": n, "failed": n}}`` from the database figures
+    (``DatabaseFigures.relay_counts_today``), as ``/metrics`` shows them."""
     result: dict[str, JsonValue] = {var.name: _export(var) for var in stats.all()}
     by_name = {relay.name: relay for relay in relays}
+    result.update(_relay_vars(stats, by_name, relays_today or {}))
+    result.update(_process_vars())
     result.update(
         {
             "dispatch/version": info.version,
@@ -125,12 +141,66 @@ def debug_vars(
             "dispatch/spool/retrying": spool_counts.retrying,
             "dispatch/spool/bytes": spool_counts.total_bytes,
             "dispatch/relays/inflight": {name: r.inflight for name, r in sorted(by_name.items())},
-            "dispatch/relays/delivered": {name: r.delivered for name, r in sorted(by_name.items())},
-            "dispatch/relays/failed": {name: r.failed for name, r in sorted(by_name.items())},
             "dispatch/retention/lastRun": _retention_run(stats.retention_last_run),
         }
     )
     return dict(sorted(result.items()))
+
+
+def _relay_vars(
+    stats: Stats, relays: Mapping[str, RelayCounters], today: Mapping[str, Mapping[str, int]]
+) -> dict[str, JsonValue]:
+    """Per relay: recipients by outcome since start, and today's database figures. Every
+    configured relay has a value (0 until it has one); a relay removed by a reload keeps its
+    figures, as on ``/metrics``."""
+    outcomes = relay_outcomes(stats)
+    since_start = sorted(relays.keys() | outcomes.keys())
+    on_day = sorted(relays.keys() | today.keys())
+
+    def count(name: str, outcome: str) -> JsonValue:
+        return outcomes.get(name, {}).get(outcome, 0)
+
+    return {
+        "dispatch/relays/delivered": {name: count(name, "delivered") for name in since_start},
+        "dispatch/relays/failed": {name: count(name, "permanent") for name in since_start},
+        "dispatch/relays/deferred": {name: count(name, "transient") for name in since_start},
+        "dispatch/relays/deliveredToday": {
+            name: today.get(name, {}).get("delivered", 0) for name in on_day
+        },
+        "dispatch/relays/failedToday": {
+            name: today.get(name, {}).get("failed", 0) for name in on_day
+        },
+    }
+
+
+def _process_vars() -> dict[str, JsonValue]:
+    """The command line, the process's figures, the garbage collector, the interpreter."""
+    proc, collector = process_figures(), gc_figures()
+    return {
+        "dispatch/cmdline": list(sys.orig_argv),
+        "dispatch/process": {
+            "pid": proc.pid,
+            "residentBytes": proc.rss_bytes,
+            "residentPeakBytes": proc.peak_rss_bytes,
+            "virtualBytes": proc.virtual_bytes,
+            "openFds": proc.open_fds,
+            "maxFds": proc.max_fds,
+            "threads": proc.threads,
+            "pythonThreads": proc.python_threads,
+            "cpuUserSeconds": round(proc.cpu_user_seconds, 3),
+            "cpuSystemSeconds": round(proc.cpu_system_seconds, 3),
+        },
+        "dispatch/gc": {
+            "collections": list(collector.collections),
+            "collected": list(collector.collected),
+            "uncollectable": list(collector.uncollectable),
+            "pending": list(collector.pending),
+            "thresholds": list(collector.thresholds),
+            "frozen": collector.frozen,
+            "enabled": collector.enabled,
+        },
+        "dispatch/python": dict(python_facts()),
+    }
 
 
 def _retention_run(run: RetentionRun | None) -> JsonValue:

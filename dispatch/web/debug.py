@@ -2,21 +2,26 @@
 
 Mounted on the monitoring server (``monitoring.address``: off by default, plain HTTP, meant
 for loopback). The pages read in-memory state only, except ``profile`` (which samples the
-process for the requested seconds) and ``memory`` (which turns tracemalloc on for a bounded
-time, see :class:`~dispatch.monitoring.profiling.MemoryTracing`).
+process for the requested seconds), ``memory`` (which turns tracemalloc on for a bounded
+time, see :class:`~dispatch.monitoring.profiling.MemoryTracing`), ``queue?state=captured``
+(which lists the Local inbox in a worker thread) and ``vars`` (which reads a few ``/proc``
+files of this process).
+
+The index answers at ``/``, ``/debug`` and ``/debug/`` alike (200, no redirect); its links
+are relative to where it was asked for, so each leads under ``/debug/``.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Literal
 
 import attrs
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from dispatch.monitoring import pages
+from dispatch.monitoring import pages, queue_page
+from dispatch.monitoring.flags import CommandLineFlag, command_line, flags_page, flags_text
 from dispatch.monitoring.profiling import (
     MEMORY_TRACE_SECONDS,
     MemoryTracing,
@@ -28,6 +33,7 @@ from dispatch.monitoring.tasks import task_tree_text
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo, RelayCounters, debug_vars
 from dispatch.spool import SpoolCounts, SpoolEntry
+from dispatch.spool.captured import CapturedListing
 from dispatch.web.debug_traces import register_trace_pages
 
 
@@ -41,23 +47,40 @@ class DebugSources:
     spool_counts: Callable[[], SpoolCounts]
     relays: Callable[[], Iterable[RelayCounters]]
     memory: MemoryTracing = attrs.field(factory=MemoryTracing)  # its owner task: the caller's
-    flags: tuple[str, ...] = attrs.field(factory=lambda: tuple(sys.argv))
+    flags: tuple[CommandLineFlag, ...] = ()  # described by the CLI (dispatch.cli)
+    command_line: tuple[str, ...] = attrs.field(factory=command_line)
+    captured: Callable[[int], Awaitable[CapturedListing]] | None = None  # the Local inbox
+    router: Callable[[], queue_page.RouteLookup] | None = None  # the current routes
+    # {relay: {"delivered": n, "failed": n}} today, the figures /metrics' gauges show
+    relays_today: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
 
 
 def _html(body: str, status: int = 200) -> Response:
     return Response(body, status=status, content_type="text/html; charset=utf-8")
 
 
+def _text(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+
 def register_debug(app: QuartTrio, sources: DebugSources) -> None:
-    @app.get("/debug/")
     async def index() -> Response:
-        return _html(
-            pages.index_page(sources.info, trace_memory_bytes=sources.tracer.memory_estimate())
-        )
+        base = "" if request.path == "/debug/" else "debug/"
+        memory = sources.tracer.memory_estimate()
+        return _html(pages.index_page(sources.info, trace_memory_bytes=memory, base=base))
+
+    for path in ("/", "/debug", "/debug/"):
+        app.add_url_rule(path, "debug_index", index, methods=["GET"], strict_slashes=False)
 
     @app.get("/debug/config")
     async def config() -> Response:
-        return _html(pages.config_page(sources.redacted_config(), sources.flags))
+        return _html(pages.config_page(sources.redacted_config(), sources.command_line))
+
+    @app.get("/debug/flags")
+    async def flags() -> Response:
+        if request.args.get("format") == "text":
+            return _text(flags_text(sources.flags, sources.command_line))
+        return _html(flags_page(sources.flags, sources.command_line))
 
     @app.get("/debug/vars")
     async def variables() -> Response:
@@ -67,6 +90,7 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
                 sources.info,
                 spool_counts=sources.spool_counts(),
                 relays=sources.relays(),
+                relays_today=sources.relays_today() if sources.relays_today else None,
             )
         )
 
@@ -74,7 +98,7 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
 
     @app.get("/debug/queue")
     async def queue() -> Response:
-        return _html(pages.queue_page(sources.spool_entries()))
+        return await _queue(sources)
 
     @app.get("/debug/tasks")
     async def tasks() -> Response:
@@ -102,3 +126,39 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
         except ValueError:
             return _html(pages.memory_page("seconds must be a number, e.g. ?seconds=300"), 400)
         return _html(pages.memory_page(sources.memory.page(seconds)))
+
+
+async def _queue(sources: DebugSources) -> Response:
+    """``/debug/queue[?state=…][&format=text][&limit=N]``; a bad parameter is a 400 that
+    says what the page accepts."""
+    as_text = request.args.get("format") == "text"
+    state = request.args.get("state") or None
+    problem = None
+    if state is not None and state not in queue_page.QUEUE_STATES:
+        problem = f"state must be one of {', '.join(queue_page.QUEUE_STATES)}, not {state!r}"
+    limit_text = request.args.get("limit", str(queue_page.DEFAULT_LIMIT))
+    limit = int(limit_text) if limit_text.isdecimal() and limit_text.isascii() else 0
+    if not 1 <= limit <= queue_page.MAX_LIMIT:
+        problem = f"limit must be a number of messages from 1 to {queue_page.MAX_LIMIT}"
+    if problem is not None:
+        if as_text:
+            return _text(problem + "\n", 400)
+        return _html(queue_page.error_page("Spool queue", problem), 400)
+    view = await _queue_view(sources, state, limit)
+    if as_text:
+        return _text(queue_page.queue_text(view))
+    return _html(queue_page.queue_html(view))
+
+
+async def _queue_view(sources: DebugSources, state: str | None, limit: int) -> queue_page.QueueView:
+    counts = sources.spool_counts()
+    if state == "captured":
+        if sources.captured is None:
+            return queue_page.QueueView((), 0, state, counts)
+        listing = await sources.captured(limit)
+        rows = queue_page.captured_rows(listing)
+        return queue_page.QueueView(rows, listing.total, state, counts, captured=listing.total)
+    entries, matching = queue_page.select_entries(sources.spool_entries(), state, limit)
+    router = sources.router() if sources.router is not None else None
+    rows = queue_page.message_rows(entries, router)
+    return queue_page.QueueView(rows, matching, state, counts)

@@ -13,7 +13,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from dispatch.monitoring import pages, trace_pages
+from dispatch.monitoring import pages, queue_page, trace_pages
 from dispatch.monitoring.profiling import (
     ProfilerBusyError,
     clamp_seconds,
@@ -38,8 +38,6 @@ HOSTILE = '<script>alert("x")</script>'
 class Relay:
     name: str
     inflight: int = 0
-    delivered: int = 0
-    failed: int = 0
 
 
 class TagCollector(HTMLParser):
@@ -76,12 +74,14 @@ def test_debug_vars_has_the_chasquid_style_names() -> None:
     stats.messages_received.add("smtp", 2)
     stats.delivery_attempts.add("smtp:delivered")
     stats.delivery_latency_seconds.observe(3.0)
+    stats.relay_deliveries.add("smarthost:delivered", 9)
+    stats.relay_deliveries.add("smarthost:permanent", 2)
     info = process_info()
     document = debug_vars(
         stats,
         info,
         spool_counts=SpoolCounts(incoming=5, retrying=2, processing=1, failed=0, total_bytes=77),
-        relays=[Relay("smarthost", inflight=1, delivered=9, failed=2), Relay("inbox")],
+        relays=[Relay("smarthost", inflight=1), Relay("inbox")],
     )
     decoded = json.loads(json.dumps(document))  # it is plain JSON
     assert decoded["dispatch/smtpIn/commandCount"] == {"EHLO": 3, "unknownFOO": 1}
@@ -262,8 +262,11 @@ def test_queue_page_lists_every_entry_and_escapes_hostile_text() -> None:
         spool_entry(MessageState.PROCESSING, mail_from='"<img src=x>"@evil.test'),
         spool_entry(MessageState.INCOMING, mail_from=""),
     ]
-    page = pages.queue_page(entries, now=now)
-    assert tags_of(page).count("tr") == 1 + len(entries)
+    counts = SpoolCounts(incoming=2, retrying=1, processing=1, failed=1, total_bytes=400)
+    view = queue_page.QueueView(queue_page.message_rows(entries), len(entries), None, counts)
+    page = queue_page.queue_html(view, now=now)
+    # one row per recipient (two each), under one header row
+    assert tags_of(page).count("tr") == 1 + 2 * len(entries)
     assert "script" not in tags_of(page)
     assert "img" not in tags_of(page)
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
@@ -273,7 +276,7 @@ def test_queue_page_lists_every_entry_and_escapes_hostile_text() -> None:
     assert "due now" in page
     for entry in entries:
         assert entry.id in page
-    assert "4 messages in the spool" in page
+    assert "4 message(s), all states" in page
 
 
 def test_traces_pages_escape_and_link_one_timeline() -> None:
