@@ -15,6 +15,7 @@ itself stays free of tracing. :class:`TlsFacts` reads a finished TLS handshake.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final, TypeIs
 
 import attrs
@@ -122,9 +123,22 @@ class TlsFacts:
         parts = [self.version or "unknown version"]
         if self.cipher:
             parts.append(f"{self.cipher} ({self.bits} bits)" if self.bits else self.cipher)
-        parts.append(f"SNI {printable(self.server_name)}" if self.server_name else "no SNI")
+        if not self.server_name:
+            parts.append("no SNI")
+        elif _is_ip_address(self.server_name):  # RFC 6066 §3: never sent for an address
+            parts.append(f"no SNI (server {printable(self.server_name)} is an address)")
+        else:
+            parts.append(f"SNI {printable(self.server_name)}")
         if self.resumed:
             parts.append("session resumed")
         if self.verified is not None:
             parts.append("certificate verified" if self.verified else "certificate not verified")
         return "TLS established: " + ", ".join(parts)
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

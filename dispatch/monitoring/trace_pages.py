@@ -181,7 +181,7 @@ def trace_page(trace: Trace) -> str:
     lines = "".join(
         f'<tr><td class="num">+{event.offset:.6f} s</td>'
         f'<td class="event"><span{_ERROR_CLASS if event.is_error else ""}>{_e(event.message)}'
-        f"</span>{' ' + _link(event.link) if event.link is not None else ''}</td></tr>"
+        f"</span>{' → ' + _link(event.link) if event.link is not None else ''}</td></tr>"
         for event in trace.events()
     )
     body = [

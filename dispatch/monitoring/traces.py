@@ -179,9 +179,9 @@ class Trace:
 
     def child(self, family: str, title: str, *, note: str = "") -> Trace:
         """Start a trace of ``family`` whose parent is this one; this timeline gets an event
-        linking to it (``note``, or the child's family and title)."""
+        (``note``, "started" by default) linking to it."""
         child = self._tracer.start(family, title, parent=self.link)
-        self.linked(child.link, note or f"→ {family}: {child.title}")
+        self.linked(child.link, note or "started")
         return child
 
     def linked(self, link: TraceLink, message: str) -> None:
@@ -402,7 +402,7 @@ class Tracer:
         """Start following a message just queued: a ``message`` trace, the child of the
         session or request that queued it (``parent``; None when that is not traced here)."""
         title = message_title(message_id, mail_from, recipients)
-        note = f"queued {message_id} ({size} bytes) → message trace"
+        note = f"queued {message_id} ({size} bytes)"
         trace = (
             self.start("message", title)
             if parent is None
