@@ -36,11 +36,15 @@ from dispatch.smtp.events import (
 REDACTED: Final = "<redacted>"
 
 
-def command_line(event: Command | CommandError | UnknownCommand | WrongProtocol) -> str:
+def command_line(
+    event: Command | CommandError | UnknownCommand | WrongProtocol, wire: bytes | None = None
+) -> str:
     """``C: …``: a command as the client sent it, credentials redacted.
 
-    A command the core refused before it became an event (a syntax error, a verb it does not
-    know) keeps only its verb: the core does not hand out the rejected line.
+    ``wire`` is the command's serialised form when the caller has it already (the relay's
+    client just wrote it): it is shown as it went out, without serialising again. A command
+    the core refused before it became an event (a syntax error, a verb it does not know) keeps
+    only its verb: the core does not hand out the rejected line.
     """
     match event:
         case Auth(mechanism, initial_response):
@@ -55,14 +59,15 @@ def command_line(event: Command | CommandError | UnknownCommand | WrongProtocol)
         case WrongProtocol(verb, _):
             return f"C: {verb} (another protocol's command)"
         case _:
-            return f"C: {_wire_text(event)}"
+            return f"C: {_wire_text(event, wire)}"
 
 
-def _wire_text(command: Command) -> str:
-    try:
-        wire = command.serialise()
-    except LocalProtocolError:  # a line break inside a value: never sent, show the verb only
-        return f"{type(command).__name__.upper()} (not sendable)"
+def _wire_text(command: Command, wire: bytes | None) -> str:
+    if wire is None:
+        try:
+            wire = command.serialise()
+        except LocalProtocolError:  # a line break inside a value: never sent, show the verb
+            return f"{type(command).__name__.upper()} (not sendable)"
     return printable(wire.removesuffix(b"\r\n").decode("utf-8", errors="replace"))
 
 

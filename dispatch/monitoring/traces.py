@@ -47,7 +47,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 import trio
@@ -119,9 +119,10 @@ class TraceLink:
     title: str
 
 
-@attrs.frozen
-class TraceEvent:
-    """One line of a trace's timeline; ``offset`` is seconds since the trace started."""
+class TraceEvent(NamedTuple):
+    """One line of a trace's timeline; ``offset`` is seconds since the trace started.
+
+    A named tuple, not a frozen attrs class: one is made per SMTP command and reply."""
 
     offset: float
     message: str

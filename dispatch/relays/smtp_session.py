@@ -490,9 +490,10 @@ class SmtpClientSession:
     # --- the trace: every command (AUTH redacted) and reply, when the lessee set one ------
 
     def _send_traced(self, command: Command) -> bytes:
+        wire = self._conn.send(command)
         if self.trace is not None:
-            self.trace.event(command_line(command))
-        return self._conn.send(command)
+            self.trace.event(command_line(command, wire))
+        return wire
 
     def _note_reply(self, reply: Reply) -> None:
         if self.trace is not None:
