@@ -45,6 +45,7 @@ from dispatch.intake.service import SmtpIntake
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
 from dispatch.monitoring.delivery_health import DeliverySources
+from dispatch.monitoring.file_figures import FileFigures
 from dispatch.monitoring.flags import CommandLineFlag
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
@@ -55,6 +56,7 @@ from dispatch.monitoring.vars import ProcessInfo
 from dispatch.relays.registry import RelaySet
 from dispatch.retention import Retention
 from dispatch.security.api_keys import ApiKeyVerifier
+from dispatch.security.certs import certificate_file
 from dispatch.spool import Spool
 from dispatch.spool.captured import captured_copies
 from dispatch.spool.layout import SpoolLayout
@@ -85,6 +87,7 @@ class Parts:
     intake: SmtpIntake
     delivery: Delivery
     figures: DatabaseFigures
+    files: FileFigures  # free disk and certificate expiry, for /metrics
     started_at: float
     flags: tuple[CommandLineFlag, ...] = ()  # the command line's, for /debug/flags
     started: trio.Event = attrs.Factory(trio.Event)  # set once every component has started
@@ -136,6 +139,7 @@ def build_parts(
         ),
         delivery=Delivery(settings, spool, attempt, relays),
         figures=DatabaseFigures(),
+        files=FileFigures(Path(current.spool.directory), lambda: [certificate_file(current)]),
         started_at=time.monotonic(),
     )
 
@@ -187,6 +191,9 @@ def ops_sources(parts: Parts, allowed: AllowList) -> OpsSources:
             relays=parts.relays.all,
             database_reachable=lambda: parts.store.log.database_reachable,
             figures=parts.figures,
+            suspensions=parts.relays.suspensions,
+            next_due_time=parts.spool.next_due_time,
+            files=parts.files,
         )
     )
     current = parts.settings.current
@@ -230,11 +237,13 @@ def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
 async def refresh_figures(
     parts: Parts, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
 ) -> None:
-    """The "figures" component: the database figures /metrics shows, refreshed every 5 s
-    off the event loop until the stop request."""
+    """The "figures" component: the database figures /metrics shows, refreshed every 5 s,
+    and the disk and certificate figures, every 15 s, off the event loop until the stop
+    request."""
     task_status.started()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(parts.figures.refresh_forever, parts.store.queries)
+        nursery.start_soon(parts.files.refresh_forever)
         await shutdown.requested.wait()
         nursery.cancel_scope.cancel()
 

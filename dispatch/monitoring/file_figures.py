@@ -36,6 +36,10 @@ REFRESH_INTERVAL: Final = 15.0
 """Seconds between reads: about one scrape interval. Free space changes slowly next to it,
 and a certificate is read again only when its file changed."""
 
+UNTIL_MADE_INTERVAL: Final = 1.0
+"""Seconds between reads while a certificate file does not exist yet: the self-signed one is
+made by the first listener to start, a moment after this task starts."""
+
 READ_TIMEOUT: Final = 5.0
 """Longer than any healthy ``statvfs`` or small file read; a file system slower than this is
 reported by ``/health`` (its disk check), not waited for here."""
@@ -70,6 +74,7 @@ class FileFigures:
         self._disk_limiter = trio.CapacityLimiter(1)
         self._cert_limiter = trio.CapacityLimiter(1)
         self._last_error: dict[str, str] = {}
+        self._unread = False  # a certificate file has not been read yet (not made yet)
 
     def certificate_expiries(self) -> dict[str, float]:
         """``{certificate file: Unix time it expires}`` for the files read so far."""
@@ -77,6 +82,7 @@ class FileFigures:
 
     async def refresh(self) -> None:
         """Read the disk figures and every certificate file whose identity changed."""
+        self._unread = False
         usage = await self._read(
             "disk", self._disk_limiter, shutil.disk_usage, self.spool_directory
         )
@@ -89,12 +95,15 @@ class FileFigures:
             )
             if entry is not None:
                 self.certificates[str(path)] = entry
+            elif known is None:
+                self._unread = True
 
     async def refresh_forever(self, interval: float = REFRESH_INTERVAL) -> None:
-        """Refresh now and then every ``interval`` seconds until cancelled."""
+        """Refresh now and then every ``interval`` seconds until cancelled (every
+        :data:`UNTIL_MADE_INTERVAL` while a certificate file has not been read yet)."""
         while True:
             await self.refresh()
-            await trio.sleep(interval)
+            await trio.sleep(min(interval, UNTIL_MADE_INTERVAL) if self._unread else interval)
 
     async def _read[**P, T](
         self,
@@ -126,8 +135,11 @@ def _identity(path: Path) -> FileIdentity:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def _read_certificate(path: Path, known: CertificateExpiry | None) -> CertificateExpiry:
-    """The certificate's expiry; the known one when the file did not change (no parse)."""
+def _read_certificate(path: Path, known: CertificateExpiry | None) -> CertificateExpiry | None:
+    """The certificate's expiry; the known one when the file did not change (no parse);
+    None for a file never read that does not exist yet (not an error: not made yet)."""
+    if known is None and not path.exists():
+        return None
     identity = _identity(path)
     if known is not None and known.identity == identity:
         return known
