@@ -36,6 +36,7 @@ from dispatch.config import Settings, redacted_toml
 from dispatch.config.advice import config_warnings
 from dispatch.config.live import LiveSettings, ReloadResult
 from dispatch.control.server import ControlServer, Operations
+from dispatch.dashboard import DashboardSources, register_dashboard
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.routing import Router
 from dispatch.delivery.schedule import RetrySchedule
@@ -158,7 +159,10 @@ def build_components(parts: Parts) -> list[Component]:
         audit=store.log.audit,
     )
     servers = OpsServers(
-        settings, ops=partial(ops_sources, parts), debug=partial(debug_sources, parts)
+        settings,
+        ops=partial(ops_sources, parts),
+        debug=partial(debug_sources, parts),
+        dashboard=partial(register_dashboard, sources=dashboard_sources(parts)),
     )
     control = ControlServer(
         Path(settings.current.data_dir),
@@ -196,8 +200,18 @@ def ops_sources(parts: Parts, allowed: AllowList) -> OpsSources:
             files=parts.files,
         )
     )
+    return OpsSources(
+        health=health_sources(parts),
+        allowed_cidrs=allowed,
+        metrics=lambda accept: render(metrics, accept),
+        stats=parts.stats,
+    )
+
+
+def health_sources(parts: Parts) -> HealthSources:
+    """What ``/health`` reads (and the dashboard's health summary)."""
     current = parts.settings.current
-    health = HealthSources(
+    return HealthSources(
         settings=lambda: parts.settings.current.health,
         database_url=current.database.url,
         spool_directory=Path(current.spool.directory),
@@ -208,11 +222,23 @@ def ops_sources(parts: Parts, allowed: AllowList) -> OpsSources:
         startup_done=parts.started.is_set,
         tracer=parts.tracer,
     )
-    return OpsSources(
-        health=health,
-        allowed_cidrs=allowed,
-        metrics=lambda accept: render(metrics, accept),
+
+
+def dashboard_sources(parts: Parts) -> DashboardSources:
+    """What the dashboard's pages read and act on (built once: its login throttle outlives a
+    restart of the "webui" component)."""
+    return DashboardSources(
+        settings=parts.settings,
+        store=parts.store,
+        spool=parts.spool,
         stats=parts.stats,
+        tracer=parts.tracer,
+        relays=parts.relays,
+        attempt=parts.attempt,
+        intake=parts.intake,
+        figures=parts.figures,
+        health=health_sources(parts),
+        audit=parts.store.log.audit,
     )
 
 

@@ -18,6 +18,11 @@ API key revoked           ApiKey      Notice   ``ApiKeyVerifier.revoke`` (Info i
 API key rate-limited      ApiKey      Notice   the API gate, once per episode
 API key failures          Auth        Warning  ``ApiKeyVerifier``: a source throttled for bad keys
 SMTP AUTH throttled       Auth        Warning  ``intake/login.py``: an address, or a username
+admin password set        Auth        Notice   the dashboard's first-run page, the CLI
+dashboard login           Auth        Notice   the dashboard (a session begins)
+dashboard login failed    Auth        Warning  the dashboard (a wrong password)
+dashboard login throttled Auth        Warning  the dashboard, once per episode
+dashboard logout          Auth        Info     the dashboard (a session ends)
 spool retry / flush       System      Notice   control socket, or the CLI without a daemon
 spool delete              System      Notice   control socket, or the CLI without a daemon
 relay suspended           Relay       Warning  the relay (connections timed out)
@@ -253,6 +258,63 @@ def smtp_auth_user_throttled(
             f"attempts within {_seconds(window)} (the last from {peer}): AUTH as this user is "
             f"refused (454) from every address for the next {_seconds(retry_after)}"
         ),
+        actor=peer,
+    )
+
+
+# -- the dashboard ------------------------------------------------------------------------
+
+
+def admin_password_set(*, first_time: bool, actor: str) -> AuditEntry:
+    """The dashboard's admin password was set (``first_time``: on first run) or changed;
+    every dashboard session has ended."""
+    what = "set (first run)" if first_time else "changed; every dashboard session ended"
+    return AuditEntry(
+        category="Auth", level="Notice", message=f"dashboard admin password {what}", actor=actor
+    )
+
+
+def dashboard_login(peer: str) -> AuditEntry:
+    """The admin signed in to the dashboard from ``peer``."""
+    return AuditEntry(
+        category="Auth",
+        level="Notice",
+        message=f"dashboard: admin signed in from {peer}",
+        actor=peer,
+    )
+
+
+def dashboard_login_failed(peer: str) -> AuditEntry:
+    """A wrong admin password from ``peer`` (at most the throttle's limit per window)."""
+    return AuditEntry(
+        category="Auth",
+        level="Warning",
+        message=f"dashboard: wrong admin password from {peer}",
+        actor=peer,
+    )
+
+
+def dashboard_login_throttled(
+    peer: str, failures: int, window: float, retry_after: float
+) -> AuditEntry:
+    """``peer`` gave ``failures`` wrong passwords within ``window`` seconds."""
+    return AuditEntry(
+        category="Auth",
+        level="Warning",
+        message=(
+            f"dashboard: {peer} throttled after {failures} wrong passwords within "
+            f"{_seconds(window)}: its logins get 429 for the next {_seconds(retry_after)}"
+        ),
+        actor=peer,
+    )
+
+
+def dashboard_logout(peer: str) -> AuditEntry:
+    """The admin signed out of the dashboard from ``peer``."""
+    return AuditEntry(
+        category="Auth",
+        level="Info",
+        message=f"dashboard: admin signed out from {peer}",
         actor=peer,
     )
 

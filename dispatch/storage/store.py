@@ -2,7 +2,8 @@
 
 A :class:`Store` bundles one database with the things built on it: the
 :class:`MessageLog` writer (a supervisor component, :meth:`Store.run`), the
-:class:`LogQueries` read side and the :class:`ApiKeyStore`. The engine is chosen by
+:class:`LogQueries` read side, the :class:`ApiKeyStore` and the dashboard's
+:class:`AdminStore`. The engine is chosen by
 ``database.url``; everything above the :class:`Database` protocol is the same for every
 engine, which is where a PostgreSQL backend slots in (:meth:`Store.for_database`).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from dispatch.storage.admin import AdminStore
 from dispatch.storage.api_keys import ApiKeyStore
 from dispatch.storage.database import Database
 from dispatch.storage.journal import JOURNAL_NAME
@@ -35,6 +37,7 @@ class Store:
         self.log = log
         self.queries = LogQueries(database)
         self.api_keys = ApiKeyStore(database)
+        self.admin = AdminStore(database)  # the dashboard's password and sessions
 
     @classmethod
     def for_database(cls, database: Database, data_dir: str | os.PathLike[str]) -> Store:

@@ -84,7 +84,8 @@ def create_ops_app(
     name: str = "dispatch-ops",
     register_debug: Callable[[QuartTrio], None] | None = None,
 ) -> QuartTrio:
-    app = QuartTrio(name)
+    # No static folder: Quart would otherwise serve ./static of the working directory.
+    app = QuartTrio(name, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep SPEC §9 field order
 
     def refuse(reason: str, status: int, detail: str) -> Response:

@@ -1,9 +1,11 @@
 """The two ops servers: the dashboard port (HTTPS) and the monitoring server (plain HTTP).
 
 Both serve the ops app of :mod:`dispatch.web.ops` (``/health``, ``/metrics``); the monitoring
-server adds the ``/debug`` pages. Each is a component built by the composition root
-(:mod:`dispatch.daemon`) from the shared parts: ready once bound, serving until the stop request,
-then closing its connections (see :func:`dispatch.web.server.serve_app`).
+server adds the ``/debug`` pages; the dashboard port adds the dashboard, which the web room does
+not import: the composition root hands :class:`OpsServers` a ``dashboard`` callable that adds
+its routes to the app (``dispatch.dashboard.register_dashboard``). Each is a component built by
+the composition root (:mod:`dispatch.daemon`) from the shared parts: ready once bound, serving
+until the stop request, then closing its connections (see :func:`dispatch.web.server.serve_app`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 import attrs
 import trio
+from quart_trio import QuartTrio
 
 from dispatch.config.live import LiveSettings
 from dispatch.config.types import Cidr
@@ -30,24 +33,31 @@ AllowList = Callable[[], tuple[Cidr, ...]]
 
 @attrs.frozen
 class OpsServers:
-    """What both servers show: ``ops(allowed)`` is the ops app's sources behind an allow-list."""
+    """What both servers show: ``ops(allowed)`` is the ops app's sources behind an allow-list;
+    ``dashboard(app)`` adds the dashboard to the dashboard port's app (None: that port serves
+    the ops paths only)."""
 
     settings: LiveSettings
     ops: Callable[[AllowList], OpsSources]
     debug: Callable[[MemoryTracing], DebugSources]
+    dashboard: Callable[[QuartTrio], None] | None = None
 
     async def run_dashboard(
         self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        """The dashboard port (``webui.port``, HTTPS only): /health and /metrics."""
+        """The dashboard port (``webui.port``, HTTPS only): /health and /metrics, and the
+        dashboard's pages."""
         files = await trio.to_thread.run_sync(ensure_certificate, self.settings.current)
         webui = self.settings.current.webui
         binds = [bind_spec(address, webui.port) for address in webui.bind_address]
         config = hypercorn_config(binds, certfile=files.cert_file, keyfile=files.key_file)
         app = create_ops_app(self.ops(lambda: self.settings.current.webui.allowed_cidrs))
+        if self.dashboard is not None:
+            self.dashboard(app)
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(serve_app, app, config, shutdown)
-            log.info("ops server (health, metrics) on %s", ", ".join(bound))
+            what = "dashboard, health, metrics" if self.dashboard else "health, metrics"
+            log.info("dashboard port (%s) on %s", what, ", ".join(bound))
             task_status.started()
 
     async def run_monitoring(

@@ -1,0 +1,16 @@
+"""The audit page. Placeholder until its page is built: it says what will be here."""
+
+from __future__ import annotations
+
+from quart import Blueprint
+
+from dispatch.dashboard.pages.placeholder import register_placeholder
+from dispatch.dashboard.sources import DashboardSources
+
+
+def register(bp: Blueprint, sources: DashboardSources) -> None:
+    register_placeholder(
+        bp,
+        "audit",
+        "The audit log, filtered by category and severity.",
+    )

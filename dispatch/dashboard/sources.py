@@ -1,0 +1,60 @@
+"""What the dashboard reads and acts on: :class:`DashboardSources`, built once by the
+composition root (``dispatch/daemon.py``, ``dashboard_sources``) from the daemon's parts.
+
+The pages get the long-lived objects themselves (the store, the spool, the relay set, ...)
+rather than one callable per figure: a page module takes what it needs from here and nothing
+else. The dashboard sits above ``web`` in the layers (``pyproject.toml``), so it may import
+every room below it; it never imports ``daemon`` or ``supervisor``.
+
+``logins`` (the throttle of failed logins) lives here, not in the app, so that it outlives a
+restart of the "webui" component: a crash does not forgive an attacker's guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from dispatch.config.live import LiveSettings
+from dispatch.delivery.attempt import DeliveryAttempt
+from dispatch.intake.service import SmtpIntake
+from dispatch.monitoring.health import HealthSources
+from dispatch.monitoring.metrics import DatabaseFigures
+from dispatch.monitoring.stats import Stats
+from dispatch.monitoring.traces import Tracer
+from dispatch.relays.registry import RelaySet
+from dispatch.security.throttle import FailureThrottle
+from dispatch.spool import Spool
+from dispatch.storage import AuditEntry, Store
+
+LOGIN_FAILURES: int = 5
+"""Wrong passwords one address may give per :data:`LOGIN_WINDOW_SECONDS`."""
+LOGIN_WINDOW_SECONDS: float = 300.0
+
+
+def login_throttle() -> FailureThrottle:
+    """The per-address throttle of failed dashboard logins (SPEC §11)."""
+    return FailureThrottle(max_failures=LOGIN_FAILURES, window=LOGIN_WINDOW_SECONDS)
+
+
+@attrs.frozen
+class DashboardSources:
+    """The daemon's objects the dashboard pages read and act on. Owns only ``logins``.
+
+    ``audit`` is the store's ``MessageLog.audit`` (never blocks; journaled while the
+    database is down). ``health`` is what ``/health`` reads, for the Overview's summary.
+    """
+
+    settings: LiveSettings
+    store: Store
+    spool: Spool
+    stats: Stats
+    tracer: Tracer
+    relays: RelaySet
+    attempt: DeliveryAttempt
+    intake: SmtpIntake
+    figures: DatabaseFigures
+    health: HealthSources
+    audit: Callable[[AuditEntry], None]
+    logins: FailureThrottle = attrs.field(factory=login_throttle)
