@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import attrs
 import httpx
-from playwright.sync_api import Browser, Page, Playwright
+from playwright.sync_api import Browser, Page, Playwright, ViewportSize
 
 from tests.conftest import Daemon
 from tests.support.config import Ports, base_config, dump
@@ -41,7 +41,7 @@ CHROMIUM_ARGS: Final = (
     "--disable-sync",
     "--no-first-run",
 )
-VIEWPORT: Final = {"width": 1280, "height": 800}
+VIEWPORT: Final = ViewportSize(width=1280, height=800)
 PASSWORD: Final = "correct horse battery staple"  # 28 characters: over the minimum of 12
 READY: Final = "all components ready"
 
