@@ -37,6 +37,7 @@ DEBUG_LINKS: Final = (
     ("queue", "every message, each recipient's state, last reply, relay and route"),
     ("queue?format=text", "the same for a terminal (curl)"),
     ("tasks", "the live Trio task tree with stacks"),
+    ("threads", "every OS thread with its Python stack, then the Trio task tree"),
     ("profile?seconds=10", "CPU profile of 10 seconds"),
     ("memory", "top allocations (traces memory for 5 minutes)"),
     ("/metrics", "Prometheus metrics"),
@@ -111,6 +112,16 @@ def config_page(redacted_toml: str, flags: Sequence[str]) -> str:
 def tasks_page(text: str) -> str:
     """``/debug/tasks``: the text of :func:`~dispatch.monitoring.tasks.task_tree_text`."""
     return _page("Trio tasks", f"<pre>{_e(text)}</pre>")
+
+
+def threads_page(text: str) -> str:
+    """``/debug/threads``: the text of :func:`~dispatch.monitoring.threads.threads_text`."""
+    return _page("Threads", f"<pre>{_e(text)}</pre>")
+
+
+def profile_error_page(text: str) -> str:
+    """``/debug/profile`` when no profile is taken: what was wrong and what to do."""
+    return _page("CPU profile", f"<p{_ERROR_CLASS}>{_e(text)}</p>")
 
 
 def memory_page(text: str) -> str:

@@ -1,16 +1,12 @@
 """``/debug/profile`` and ``/debug/memory``: a sampling CPU profile and the top allocations.
 
-CPU: :func:`cpu_profile` arms a ``SIGPROF`` interval timer (``ITIMER_PROF``: it ticks with
-the process's CPU time, so idle waiting is never sampled) for N seconds; the Python-level
-handler runs on the Trio thread between two bytecodes and records the frame it interrupted,
-which is the stack of whichever task was running. The event loop goes on serving everything
-else meanwhile. Two approaches that failed here: pyinstrument only ever saw the scheduler's
-``epoll.poll`` frame under load, and a sampling *thread* barely got the GIL while the Trio
-thread was busy (it re-takes the GIL at every I/O check), so its samples clustered in the
-I/O waits. CPU burnt by worker threads (disk, database, password hashing) is charged to
-whatever the Trio thread runs when the tick is delivered. Output: an HTML page with the
-functions that take the most samples (self and inclusive) and the hottest stacks, or
-speedscope's JSON ("sampled" profile) for https://www.speedscope.app.
+CPU: :func:`cpu_profile` samples every thread of the process for N seconds with a
+:class:`~dispatch.monitoring.sampling.ThreadSampler` (the Trio thread by ``SIGPROF``, the
+others from a sampler thread; each sample weighted by its thread's CPU time, so idle waiting
+is never counted and commits, SQLite and TLS work in worker threads are charged to those
+threads). The event loop goes on serving everything else meanwhile. The forms
+(:mod:`~dispatch.monitoring.profile_formats`): an HTML page, speedscope's JSON, pprof's
+gzipped ``profile.proto``. One profile at a time, 1 to 60 seconds.
 
 Memory: :class:`MemoryTracing` owns :mod:`tracemalloc` for the monitoring server. Tracing
 costs memory and speed (300 messages took 2.3 s instead of 1.3 s with it on), so it is off
@@ -23,34 +19,22 @@ allocations made after it started are seen: the page says so, and when tracing w
 
 from __future__ import annotations
 
-import html
-import json
 import linecache
-import signal
 import time
 import tracemalloc
-from collections import Counter
-from types import FrameType
-from typing import Any, Final, Literal
+from typing import Final
 
 import trio
 
-ProfileFormat = Literal["html", "speedscope"]
+from dispatch.monitoring.profile_formats import CONTENT_TYPES, ProfileFormat, render
+from dispatch.monitoring.sampling import ThreadSampler
+
+__all__ = ["CONTENT_TYPES", "ProfileFormat"]
 
 MIN_SECONDS: Final = 1.0
 MAX_SECONDS: Final = 60.0
 """A profile lasts 1 to 60 s: shorter has too few samples, longer is an unreadable page and a
 browser request that proxies time out."""
-
-SAMPLE_INTERVAL: Final = 0.005
-"""Seconds between samples: 200 a second is plenty to rank functions and cheap for the loop."""
-
-MAX_DEPTH: Final = 80  # frames kept per sample, innermost first
-
-CONTENT_TYPES: Final[dict[str, str]] = {
-    "html": "text/html; charset=utf-8",
-    "speedscope": "application/json",
-}
 
 MEMORY_FRAMES: Final = 1
 """Frames tracemalloc stores per allocation: one (the allocating line) keeps tracing cheap."""
@@ -68,40 +52,6 @@ class ProfilerBusyError(Exception):
 
 _cpu_profile_running = False
 
-Frame = tuple[str, str, int]  # function, file, first line
-Stack = tuple[Frame, ...]  # outermost first
-
-
-def _stack(frame: FrameType | None) -> Stack:
-    frames: list[Frame] = []
-    while frame is not None and len(frames) < MAX_DEPTH:
-        code = frame.f_code
-        frames.append((code.co_qualname, code.co_filename, code.co_firstlineno))
-        frame = frame.f_back
-    frames.reverse()
-    return tuple(frames)
-
-
-class _Sampler:
-    """Owns the samples and, while running, the ``SIGPROF`` handler and timer (the previous
-    handler is restored by :meth:`stop`). Must be started and stopped on the main thread."""
-
-    def __init__(self) -> None:
-        self.samples: Counter[Stack] = Counter()
-        self._previous: Any = None
-
-    def _tick(self, signum: int, frame: FrameType | None) -> None:
-        self.samples[_stack(frame)] += 1
-
-    def start(self) -> None:
-        self._previous = signal.signal(signal.SIGPROF, self._tick)
-        signal.setitimer(signal.ITIMER_PROF, SAMPLE_INTERVAL, SAMPLE_INTERVAL)
-
-    def stop(self) -> Counter[Stack]:
-        signal.setitimer(signal.ITIMER_PROF, 0, 0)
-        signal.signal(signal.SIGPROF, self._previous)
-        return self.samples
-
 
 def clamp_seconds(seconds: float) -> float:
     """``seconds`` limited to :data:`MIN_SECONDS`..:data:`MAX_SECONDS` (NaN → the minimum)."""
@@ -111,112 +61,26 @@ def clamp_seconds(seconds: float) -> float:
 
 
 async def cpu_profile(seconds: float, fmt: ProfileFormat = "html") -> tuple[bytes, str]:
-    """Sample the Trio thread for ``seconds`` (clamped to 1..60); return body and content type.
+    """Sample every thread for ``seconds`` (clamped to 1..60); return body and content type.
 
-    Raises :class:`ProfilerBusyError` if a profile is already running, ``ValueError`` for an
-    unknown format. Cancellation stops the sampler and propagates; nothing is rendered.
+    Must run on the Trio thread. Raises :class:`ProfilerBusyError` if a profile is already
+    running, ``ValueError`` for an unknown format. Cancellation stops the sampler (its
+    thread and timer) and propagates; nothing is rendered.
     """
     global _cpu_profile_running
     if fmt not in CONTENT_TYPES:
-        raise ValueError(f"profile format must be 'html' or 'speedscope', not {fmt!r}")
+        raise ValueError(f"profile format must be 'html', 'speedscope' or 'pprof', not {fmt!r}")
     if _cpu_profile_running:
         raise ProfilerBusyError("a CPU profile is already running; try again when it is done")
     _cpu_profile_running = True
-    duration = clamp_seconds(seconds)
-    sampler = _Sampler()
-    started = time.time()
+    sampler = ThreadSampler()
     sampler.start()
     try:
-        await trio.sleep(duration)
+        await trio.sleep(clamp_seconds(seconds))
     finally:
-        samples = sampler.stop()
+        profile = sampler.stop()
         _cpu_profile_running = False
-    if fmt == "speedscope":
-        return _speedscope(samples, duration).encode(), CONTENT_TYPES[fmt]
-    return _html(samples, duration, started).encode(), CONTENT_TYPES[fmt]
-
-
-def _short(path: str) -> str:
-    for marker in ("/site-packages/", "/dispatch/", "/lib/python3"):
-        if marker in path:
-            return path[path.index(marker) + 1 :]
-    return path
-
-
-def _label(frame: Frame) -> str:
-    return f"{frame[0]} ({_short(frame[1])}:{frame[2]})"
-
-
-def _html(samples: Counter[Stack], duration: float, started: float) -> str:
-    total = sum(samples.values()) or 1
-    own: Counter[Frame] = Counter()
-    inclusive: Counter[Frame] = Counter()
-    for stack, count in samples.items():
-        if stack:
-            own[stack[-1]] += count
-        for frame in set(stack):
-            inclusive[frame] += count
-
-    def rows(counter: Counter[Frame], limit: int) -> str:
-        return "".join(
-            f"<tr><td>{count / total * 100:5.1f}%</td><td>{count}</td>"
-            f"<td><code>{html.escape(_label(frame))}</code></td></tr>"
-            for frame, count in counter.most_common(limit)
-        )
-
-    stacks = "".join(
-        f"<li>{count / total * 100:.1f}% — <code>"
-        + html.escape(" → ".join(frame[0] for frame in stack[-12:]))
-        + "</code></li>"
-        for stack, count in samples.most_common(25)
-    )
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))
-    return (
-        "<!doctype html><meta charset=utf-8><title>CPU profile</title>"
-        "<style>body{font-family:sans-serif}td{padding:0 .6em}</style>"
-        f"<h1>CPU profile of the Trio thread</h1><p>{when}Z, {duration:.1f} s, "
-        f"{sum(samples.values())} samples, one per {SAMPLE_INTERVAL * 1000:.0f} ms of CPU. "
-        "Percentages are of samples: CPU time spent in a function (self) or below it "
-        "(inclusive); idle time is not sampled.</p>"
-        f"<h2>Self</h2><table><tr><th>%</th><th>samples</th><th>function</th></tr>"
-        f"{rows(own, 40)}</table>"
-        f"<h2>Inclusive</h2><table><tr><th>%</th><th>samples</th><th>function</th></tr>"
-        f"{rows(inclusive, 60)}</table><h2>Hottest stacks (innermost last)</h2><ol>{stacks}</ol>"
-    )
-
-
-def _speedscope(samples: Counter[Stack], duration: float) -> str:
-    index: dict[Frame, int] = {}
-    frames: list[dict[str, object]] = []
-    stacks: list[list[int]] = []
-    weights: list[float] = []
-    for stack, count in samples.items():
-        ids = []
-        for frame in stack:
-            if frame not in index:
-                index[frame] = len(frames)
-                frames.append({"name": frame[0], "file": frame[1], "line": frame[2]})
-            ids.append(index[frame])
-        stacks.append(ids)
-        weights.append(count * SAMPLE_INTERVAL)
-    document = {
-        "$schema": "https://www.speedscope.app/file-format-schema.json",
-        "exporter": "dispatch",
-        "name": "Dispatch CPU profile",
-        "shared": {"frames": frames},
-        "profiles": [
-            {
-                "type": "sampled",
-                "name": "Trio thread",
-                "unit": "seconds",
-                "startValue": 0,
-                "endValue": duration,
-                "samples": stacks,
-                "weights": weights,
-            }
-        ],
-    }
-    return json.dumps(document)
+    return render(profile, fmt), CONTENT_TYPES[fmt]
 
 
 class MemoryTracing:

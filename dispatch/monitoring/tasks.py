@@ -73,7 +73,9 @@ def _walk(
         lines.append(f"{indent}task {task.name}{marker}")
         for frame, lineno in task.iter_await_frames():
             code = frame.f_code
-            lines.append(f"{indent}  | {code.co_qualname} ({_short(code.co_filename)}:{lineno})")
+            lines.append(
+                f"{indent}  | {code.co_qualname} ({short_path(code.co_filename)}:{lineno})"
+            )
     for nursery in task.child_nurseries:
         children = nursery.child_tasks
         if children and seen[0] <= MAX_TASKS:
@@ -83,7 +85,8 @@ def _walk(
     return seen[0]
 
 
-def _short(filename: str) -> str:
+def short_path(filename: str) -> str:
+    """``filename`` relative to site-packages, the standard library or Dispatch's root."""
     for prefix in _PREFIXES:
         if filename.startswith(prefix):
             return filename[len(prefix) :]

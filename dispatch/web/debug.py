@@ -14,7 +14,7 @@ are relative to where it was asked for, so each leads under ``/debug/``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Literal
+from typing import cast
 
 import attrs
 from quart import Response, jsonify, request
@@ -23,13 +23,16 @@ from quart_trio import QuartTrio
 from dispatch.monitoring import pages, queue_page
 from dispatch.monitoring.flags import CommandLineFlag, command_line, flags_page, flags_text
 from dispatch.monitoring.profiling import (
+    CONTENT_TYPES,
     MEMORY_TRACE_SECONDS,
     MemoryTracing,
+    ProfileFormat,
     ProfilerBusyError,
     cpu_profile,
 )
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.tasks import task_tree_text
+from dispatch.monitoring.threads import threads_text
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo, RelayCounters, debug_vars
 from dispatch.spool import SpoolCounts, SpoolEntry
@@ -104,20 +107,31 @@ def register_debug(app: QuartTrio, sources: DebugSources) -> None:
     async def tasks() -> Response:
         return _html(pages.tasks_page(task_tree_text()))
 
+    @app.get("/debug/threads")
+    async def threads() -> Response:
+        text = threads_text()
+        if request.args.get("format") == "text":
+            return Response(text, content_type="text/plain; charset=utf-8")
+        return _html(pages.threads_page(text))
+
     @app.get("/debug/profile")
     async def profile() -> Response:
         try:
             seconds = float(request.args.get("seconds", "5"))
         except ValueError:
-            return _html(pages.memory_page("seconds must be a number, e.g. ?seconds=5"), 400)
-        fmt: Literal["html", "speedscope"] = (
-            "speedscope" if request.args.get("format") == "speedscope" else "html"
-        )
+            return _html(pages.profile_error_page("seconds must be a number, e.g. ?seconds=5"), 400)
+        fmt = request.args.get("format", "html")
+        if fmt not in CONTENT_TYPES:
+            known = ", ".join(CONTENT_TYPES)
+            return _html(pages.profile_error_page(f"format must be one of {known}"), 400)
         try:
-            body, content_type = await cpu_profile(seconds, fmt)
+            body, content_type = await cpu_profile(seconds, cast(ProfileFormat, fmt))
         except ProfilerBusyError as exc:
-            return _html(pages.memory_page(str(exc)), 409)
-        return Response(body, content_type=content_type)
+            return _html(pages.profile_error_page(str(exc)), 409)
+        response = Response(body, content_type=content_type)
+        if fmt == "pprof":  # `curl -OJ` and browsers save it under the name pprof expects
+            response.headers["Content-Disposition"] = 'attachment; filename="profile.pb.gz"'
+        return response
 
     @app.get("/debug/memory")
     async def memory() -> Response:

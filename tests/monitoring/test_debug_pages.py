@@ -201,8 +201,8 @@ async def test_cpu_profile_speedscope_is_json() -> None:
 
 
 async def test_cpu_profile_rejects_unknown_formats() -> None:
-    with pytest.raises(ValueError, match="'pprof'"):
-        await cpu_profile(1, "pprof")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'flamegraph'"):
+        await cpu_profile(1, "flamegraph")  # type: ignore[arg-type]
 
 
 def test_profile_seconds_are_clamped() -> None:
