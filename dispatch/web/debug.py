@@ -4,8 +4,8 @@ Mounted on the monitoring server (``monitoring.address``: off by default, plain 
 for loopback). The pages read in-memory state only, except ``profile`` (which samples the
 process for the requested seconds), ``memory`` (which turns tracemalloc on for a bounded
 time, see :class:`~dispatch.monitoring.profiling.MemoryTracing`), ``queue?state=captured``
-(which lists the Local inbox in a worker thread) and ``vars`` (which reads a few ``/proc``
-files of this process).
+(which lists the Local inbox) and ``vars`` (which reads a few ``/proc`` files of this
+process). Every ``queue`` page is built in a worker thread from a snapshot of the index.
 
 The index answers at ``/``, ``/debug`` and ``/debug/`` alike (200, no redirect); its links
 are relative to where it was asked for, so each leads under ``/debug/``.
@@ -14,9 +14,11 @@ are relative to where it was asked for, so each leads under ``/debug/``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from typing import cast
 
 import attrs
+import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
@@ -158,21 +160,20 @@ async def _queue(sources: DebugSources) -> Response:
         if as_text:
             return _text(problem + "\n", 400)
         return _html(queue_page.error_page("Spool queue", problem), 400)
-    view = await _queue_view(sources, state, limit)
-    if as_text:
-        return _text(queue_page.queue_text(view))
-    return _html(queue_page.queue_html(view))
-
-
-async def _queue_view(sources: DebugSources, state: str | None, limit: int) -> queue_page.QueueView:
     counts = sources.spool_counts()
-    if state == "captured":
-        if sources.captured is None:
-            return queue_page.QueueView((), 0, state, counts)
-        listing = await sources.captured(limit)
-        rows = queue_page.captured_rows(listing)
-        return queue_page.QueueView(rows, listing.total, state, counts, captured=listing.total)
-    entries, matching = queue_page.select_entries(sources.spool_entries(), state, limit)
-    router = sources.router() if sources.router is not None else None
-    rows = queue_page.message_rows(entries, router)
-    return queue_page.QueueView(rows, matching, state, counts)
+    captured = None
+    if state == "captured" and sources.captured is not None:
+        captured = await sources.captured(limit)
+    entries = () if state == "captured" else tuple(sources.spool_entries())  # a snapshot
+    render = partial(
+        queue_page.render,
+        entries,
+        captured=captured,
+        router=sources.router() if sources.router is not None else None,
+        counts=counts,
+        state=state,
+        limit=limit,
+        as_text=as_text,
+    )
+    body = await trio.to_thread.run_sync(render)
+    return _text(body) if as_text else _html(body)
