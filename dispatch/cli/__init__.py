@@ -1,6 +1,6 @@
 """The command line (SPEC §12): ``python -m dispatch [run]`` and the operator commands.
 
-``check-config``, ``hash-password``, ``api-key create|list|revoke``,
+``check-config``, ``hash-password``, ``set-admin-password``, ``api-key create|list|revoke``,
 ``spool list|show|retry|delete``, ``send-test``, ``route simulate``, ``audit``.
 
 Exit codes: 0 success, 1 the daemon could not start or a command failed (one line on
@@ -11,7 +11,6 @@ stderr says why), 2 the configuration or the command line is invalid (every prob
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import time
@@ -23,10 +22,12 @@ from typing import Final
 import trio
 
 from dispatch import __version__
+from dispatch.cli import admin as admin_cli
 from dispatch.cli import api_key as api_key_cli
 from dispatch.cli import audit as audit_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
+from dispatch.cli.prompt import MIN_PASSWORD_LENGTH, read_new_password
 from dispatch.cli.whereabouts import no_daemon_notice
 from dispatch.config import (
     ConfigError,
@@ -48,7 +49,6 @@ EXIT_CANNOT_START: Final = 1
 EXIT_FAILED: Final = 1
 EXIT_BAD_CONFIG: Final = 2
 EXIT_INTERRUPTED: Final = 130  # what a shell reports for a command ended by Ctrl-C
-MIN_PASSWORD_LENGTH: Final = 12
 DEFAULT_LOG_FORMAT: Final = "text"
 DEFAULT_LOG_LEVEL: Final = "info"
 CONFIG_SEARCH: Final = "$DISPATCH_CONFIG, else ./dispatch.toml if present, else built-in defaults"
@@ -58,6 +58,7 @@ examples:
   python -m dispatch --config dispatch.toml           run the daemon
   python -m dispatch check-config dispatch.toml       validate a file, print the result
   python -m dispatch hash-password                    hash an SMTP AUTH password
+  python -m dispatch set-admin-password               set the dashboard's admin password
   python -m dispatch api-key create --name billing    make an HTTP API key
   python -m dispatch spool list --state failed        messages that failed, and why
   python -m dispatch spool retry --all                deliver all waiting mail now
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     for add in (
         _add_check_config,
         _add_hash_password,
+        _add_set_admin_password,
         _add_api_key,
         _add_spool,
         _add_send_test,
@@ -143,6 +145,21 @@ def _add_hash_password(commands: Commands, common: argparse.ArgumentParser) -> N
         "asked twice without echo; otherwise the first line of stdin is read.",
     )
     hashpw.add_argument(
+        "--stdin", action="store_true", help="read the password from stdin, not the terminal"
+    )
+
+
+def _add_set_admin_password(commands: Commands, common: argparse.ArgumentParser) -> None:
+    admin = commands.add_parser(
+        "set-admin-password",
+        parents=[common],
+        help=f"set or change the dashboard's admin password (at least {MIN_PASSWORD_LENGTH} "
+        "characters; read from the terminal or stdin)",
+        description="Store the dashboard's admin password (argon2id) in the database of "
+        "database.url and end every dashboard session. On a terminal it is asked twice "
+        "without echo; otherwise the first line of stdin is read. No daemon is needed.",
+    )
+    admin.add_argument(
         "--stdin", action="store_true", help="read the password from stdin, not the terminal"
     )
 
@@ -313,43 +330,11 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_password(from_stdin: bool) -> str | None:
-    """The password typed twice at the terminal, or stdin's first line; None if they differ.
-
-    Raises EOFError when stdin ends first (Ctrl-D at the prompt, or an empty stdin).
-    """
-    if from_stdin:
-        line = sys.stdin.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\r\n")
-    password = getpass.getpass("Password: ")
-    return password if getpass.getpass("Again: ") == password else None
-
-
 def _hash_password(args: argparse.Namespace) -> int:
     from_stdin = args.stdin or not sys.stdin.isatty()
-    try:
-        password = _read_password(from_stdin)
-    except (EOFError, KeyboardInterrupt) as exc:
-        # At a prompt the cursor still stands after "Password: ": end that line first.
-        start = "" if from_stdin else "\n"
-        if isinstance(exc, KeyboardInterrupt):
-            print(f"{start}dispatch: interrupted; nothing hashed", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        source = "on stdin" if from_stdin else "given"
-        print(f"{start}dispatch: no password {source}; nothing hashed", file=sys.stderr)
-        return EXIT_FAILED
-    if password is None:
-        print("dispatch: the two passwords differ; nothing hashed", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    if len(password) < MIN_PASSWORD_LENGTH:
-        print(
-            f"dispatch: the password has {len(password)} characters; use at least "
-            f"{MIN_PASSWORD_LENGTH}",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_CONFIG
+    password = read_new_password(from_stdin, nothing_done="nothing hashed")
+    if isinstance(password, int):
+        return password
     print(hash_password(password))
     return EXIT_OK
 
@@ -451,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command == "set-admin-password":
+        settings = _settings_or_exit(args)
+        if settings is None:
+            return EXIT_BAD_CONFIG
+        return admin_cli.main(settings, from_stdin=args.stdin or not sys.stdin.isatty())
     if args.command in ("spool", "route", "send-test", "api-key", "audit"):
         settings = _settings_or_exit(args)
         if settings is None:
