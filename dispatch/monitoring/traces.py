@@ -404,6 +404,7 @@ class Tracer:
         session or request that queued it (``parent``; None when that is not traced here)."""
         title = message_title(message_id, mail_from, recipients)
         note = f"queued {message_id} ({size} bytes)"
+        self._make_room(message_id)
         trace = (
             self.start("message", title)
             if parent is None
@@ -419,6 +420,7 @@ class Tracer:
         if trace is not None:
             self._messages.move_to_end(message_id)
             return trace
+        self._make_room(message_id)
         trace = self.start("message", title or message_id)
         trace.event(
             "picked up for delivery: queued by another process (an intake worker, an earlier "
@@ -445,19 +447,23 @@ class Tracer:
             for trace in family.stored()
         )
 
-    def _follow(self, message_id: str, trace: Trace) -> Trace:
-        trace.message_id = message_id
+    def _make_room(self, message_id: str) -> None:
+        """Before following ``message_id``: stop following the least recently touched message
+        if the limit is reached (first, so that the new trace is listed as active)."""
         previous = self._messages.pop(message_id, None)
         if previous is not None:  # queued again under the same id: a bug, but stay bounded
             previous.finish()
-        self._messages[message_id] = trace
-        while len(self._messages) > MAX_MESSAGES_FOLLOWED:
+        while len(self._messages) >= MAX_MESSAGES_FOLLOWED:
             _, oldest = self._messages.popitem(last=False)
             oldest.event(
                 f"no longer followed: more than {MAX_MESSAGES_FOLLOWED} messages are waiting "
                 "(a later attempt starts a new trace)"
             )
             oldest.finish()
+
+    def _follow(self, message_id: str, trace: Trace) -> Trace:
+        trace.message_id = message_id
+        self._messages[message_id] = trace
         return trace
 
     def _finished(self, trace: Trace) -> None:
