@@ -14,10 +14,13 @@ import pytest
 import trio
 import trustme
 
+from dispatch.config import parse_settings
 from dispatch.monitoring.file_figures import FileFigures
 from dispatch.monitoring.metrics import MetricsCollector, build_registry, render
 from dispatch.monitoring.stats import Stats, relay_outcomes
+from dispatch.security.certs import certificate_file
 from tests.monitoring.test_metrics import Relay, Sources, samples, value
+from tests.support.config import base_config
 
 DELIVERIES = "dispatch_relay_deliveries_total"
 DURATIONS = "dispatch_relay_attempt_duration_seconds"
@@ -187,3 +190,18 @@ async def test_a_certificate_not_made_yet_has_no_series_until_it_exists(
     with trio.fail_after(10):
         await files.refresh()
     assert list(files.certificate_expiries()) == [str(cert)]
+
+
+def test_the_certificate_in_use_is_the_configured_one_or_the_self_signed_one(
+    tmp_path: Path,
+) -> None:
+    leaf = trustme.CA().issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    configured = parse_settings(
+        base_config(tmp_path, tls={"cert_file": str(cert), "key_file": str(key)})
+    )
+    assert certificate_file(configured) == cert
+    default = parse_settings(base_config(tmp_path))
+    assert certificate_file(default) == tmp_path / "data" / "tls" / "selfsigned-cert.pem"

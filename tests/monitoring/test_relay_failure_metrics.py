@@ -9,9 +9,12 @@ out; that failure is counted against that relay.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -112,3 +115,59 @@ def test_relays_that_are_down_or_refuse_count_their_failures(
     assert value(final, "dispatch_messages_today", event="failed") == 2
     assert value(final, "dispatch_spool_files", state="failed") == 2
     assert refusing.messages == []
+
+
+@contextlib.contextmanager
+def silent_upstream() -> Iterator[int]:
+    """A TCP server on loopback that accepts connections and never says a word: an upstream
+    that hangs. Yields its port; closes everything on exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_a_relay_whose_upstream_hangs_is_shown_suspended(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    monitoring = f"127.0.0.1:{free_port()}"
+    with silent_upstream() as port:
+        config = base_config(
+            tmp_path,
+            relays=[
+                {"name": "inbox", "kind": "local"},
+                smtp_relay("hung", port, timeout_seconds=1),
+            ],
+            default_relay="hung",
+            monitoring={"address": monitoring},
+        )
+        daemon = start_daemon(dump(config))
+        daemon.wait_for("all components ready")
+        before = scrape(monitoring)
+        assert value(before, "dispatch_relay_suspended", relay="hung") == 0
+        with smtplib.SMTP("127.0.0.1", config["listener"]["ports"][0], timeout=10) as client:
+            client.sendmail("a@example.test", ["b@example.test"], MESSAGE)
+        # The greeting does not come within the relay's timeout: the relay is suspended.
+        during = wait_for_series(
+            monitoring,
+            lambda s: value(s, "dispatch_relay_suspended", relay="hung") == 1,
+            "the hung relay suspended",
+        )
+    assert value(during, "dispatch_relay_suspended", relay="inbox") == 0
+    assert value(during, "dispatch_relay_deliveries_total", relay="hung", outcome="transient") == 1
