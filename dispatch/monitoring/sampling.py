@@ -56,6 +56,8 @@ ranks functions well enough; each pass takes the GIL from the Trio thread once."
 
 MAX_DEPTH: Final = 80  # frames kept per sample, innermost first
 MAX_STACKS: Final = 20_000  # distinct (thread, stack) pairs kept per profile
+MAX_THREADS: Final = 1_000  # thread names kept once MAX_STACKS is reached; then one for all
+OTHER_THREADS: Final = "(other threads)"
 
 Frame = tuple[str, str, int, int]
 """Function (qualified name), file, the function's first line, the line executing."""
@@ -135,6 +137,8 @@ class _Store:
         if tally is None:
             if room <= len(self.stacks):
                 stack = NOT_KEPT
+                if (thread, NOT_KEPT) not in self.stacks and room + MAX_THREADS <= len(self.stacks):
+                    thread = OTHER_THREADS
             tally = self.stacks.setdefault((thread, stack), Tally())
         tally.samples += 1
         tally.cpu_ns += cpu_ns
