@@ -49,6 +49,8 @@ from dispatch.relays.smtp_transaction import (
     Transaction,
     TransactionResult,
     open_message,
+    verb_of,
+    verbs,
 )
 from dispatch.smtp import NEED_DATA, ClientConnection, Extensions, Reply
 from dispatch.smtp import auth as sasl
@@ -335,9 +337,9 @@ class SmtpClientSession:
         pipelined = self.extensions.pipelining
         if pipelined:
             wire = b"".join(self._send_traced(command) for command in commands)
-            await self._write(wire, self.timeouts.mail, f"sending {_verbs(commands)}")
+            await self._write(wire, self.timeouts.mail, f"sending {verbs(commands)}")
         for command in commands:
-            verb, seconds = _verb(command), self._timeout_for(command)
+            verb, seconds = verb_of(command), self._timeout_for(command)
             if pipelined:
                 reply = await self._read(seconds, f"waiting for the reply to {verb}")
             elif wanted(command):
@@ -502,13 +504,3 @@ class SmtpClientSession:
     def _note(self, text: str, *, error: bool = False) -> None:
         if self.trace is not None:
             (self.trace.error if error else self.trace.event)(text)
-
-
-def _verb(command: Command) -> str:
-    return type(command).__name__.upper()
-
-
-def _verbs(commands: Sequence[Command]) -> str:
-    """ "MAIL, RCPT and DATA": each verb once, in order."""
-    verbs = list(dict.fromkeys(_verb(c) for c in commands))
-    return verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} and {verbs[-1]}"

@@ -213,3 +213,14 @@ def open_message(path: Path) -> tuple[BinaryIO, bytes]:
     except BaseException:
         message.close()
         raise
+
+
+def verb_of(command: Command) -> str:
+    """The command's verb as the dialogue names it: ``MAIL``, ``RCPT``, ``DATA``."""
+    return type(command).__name__.upper()
+
+
+def verbs(commands: Sequence[Command]) -> str:
+    """ "MAIL, RCPT and DATA": each verb once, in order."""
+    named = list(dict.fromkeys(verb_of(c) for c in commands))
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
