@@ -33,6 +33,12 @@
     }
   });
 
+  // On a phone the menu scrolls sideways: bring the current page's entry into view.
+  var current = document.querySelector('.site-nav [aria-current="page"]');
+  if (current && current.parentElement.parentElement.scrollWidth > window.innerWidth) {
+    current.scrollIntoView({ block: "nearest", inline: "center" });
+  }
+
   // The session's CSRF token for scripts that POST with fetch (header X-CSRF-Token).
   var meta = document.querySelector('meta[name="csrf-token"]');
   window.dispatchCsrfToken = meta ? meta.getAttribute("content") : "";
