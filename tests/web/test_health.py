@@ -204,7 +204,11 @@ async def test_allow_list_unknown_paths_and_the_smtp_port(tmp_path: Path) -> Non
     assert denied.status_code == 403
     assert "not in webui.allowed_cidrs" in denied.json()["detail"]
     assert metrics_denied.status_code == 403
-    assert missing.status_code == 404
-    assert debug_hidden.status_code == 404  # /debug lives on the monitoring server only
+    # Every other path of the dashboard port is the dashboard's, behind its admin login
+    # (first run here: no password yet), /debug/ included (SPEC §10): nothing is served.
+    assert missing.status_code == 303
+    assert missing.headers["location"] == "/setup"
+    assert debug_hidden.status_code == 303
+    assert debug_hidden.headers["location"] == "/setup"
     assert b"HTTP/" not in smtp_answer
     assert b"502 5.5.1" in smtp_answer
