@@ -91,6 +91,8 @@ class Parts:
     files: FileFigures  # free disk and certificate expiry, for /metrics
     started_at: float
     flags: tuple[CommandLineFlag, ...] = ()  # the command line's, for /debug/flags
+    # /debug/memory's bounded tracing, one for both servers; owned by the "figures" component
+    memory: MemoryTracing = attrs.Factory(MemoryTracing)
     started: trio.Event = attrs.Factory(trio.Event)  # set once every component has started
 
 
@@ -148,11 +150,15 @@ def build_parts(
 def build_components(parts: Parts) -> list[Component]:
     """Every component, handed the parts it uses, in start order."""
     settings, spool, store = parts.settings, parts.spool, parts.store
+    verifier = ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit))
+    retention = Retention(
+        lambda: settings.current.retention, store, SpoolSweeper(spool), parts.stats
+    )
     api = ApiSources(
         settings=lambda: settings.current.api,
         door=IntakeDoor("api", spool, parts.stats, store.log.record),
         spool=spool,
-        verifier=ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit)),
+        verifier=verifier,
         queries=store.queries,
         stats=parts.stats,
         tracer=parts.tracer,
@@ -161,15 +167,14 @@ def build_components(parts: Parts) -> list[Component]:
     servers = OpsServers(
         settings,
         ops=partial(ops_sources, parts),
-        debug=partial(debug_sources, parts),
-        dashboard=partial(register_dashboard, sources=dashboard_sources(parts)),
+        debug=lambda _own: debug_sources(parts, parts.memory),  # one tracemalloc owner
+        dashboard=partial(
+            register_dashboard, sources=dashboard_sources(parts, verifier, retention)
+        ),
     )
     control = ControlServer(
         Path(settings.current.data_dir),
         Operations(spool, lambda: settings.current, parts.attempt, audit=store.log.audit),
-    )
-    retention = Retention(
-        lambda: settings.current.retention, store, SpoolSweeper(spool), parts.stats
     )
     components = [
         Component("storage", store.run),
@@ -224,9 +229,12 @@ def health_sources(parts: Parts) -> HealthSources:
     )
 
 
-def dashboard_sources(parts: Parts) -> DashboardSources:
+def dashboard_sources(
+    parts: Parts, verifier: ApiKeyVerifier | None = None, retention: Retention | None = None
+) -> DashboardSources:
     """What the dashboard's pages read and act on (built once: its login throttle outlives a
-    restart of the "webui" component)."""
+    restart of the "webui" component); ``verifier`` and ``retention`` are the API's and the
+    retention component's own objects."""
     return DashboardSources(
         settings=parts.settings,
         store=parts.store,
@@ -239,11 +247,14 @@ def dashboard_sources(parts: Parts) -> DashboardSources:
         figures=parts.figures,
         health=health_sources(parts),
         audit=parts.store.log.audit,
+        verifier=verifier,
+        retention=retention,
+        debug=debug_sources(parts, parts.memory),
     )
 
 
 def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
-    """What the ``/debug`` pages read; ``memory`` is owned by the monitoring server."""
+    """What the ``/debug`` pages read (on either server); ``memory``: ``parts.memory``."""
     return DebugSources(
         info=ProcessInfo.current(),
         tracer=parts.tracer,
@@ -265,11 +276,12 @@ async def refresh_figures(
 ) -> None:
     """The "figures" component: the database figures /metrics shows, refreshed every 5 s,
     and the disk and certificate figures, every 15 s, off the event loop until the stop
-    request."""
+    request. Also owns /debug/memory's tracing (stopped when its time is up, or here)."""
     task_status.started()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(parts.figures.refresh_forever, parts.store.queries)
         nursery.start_soon(parts.files.refresh_forever)
+        nursery.start_soon(parts.memory.run)
         await shutdown.requested.wait()
         nursery.cancel_scope.cancel()
 

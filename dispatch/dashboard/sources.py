@@ -24,9 +24,12 @@ from dispatch.monitoring.metrics import DatabaseFigures
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.relays.registry import RelaySet
+from dispatch.retention import Retention
+from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Spool
 from dispatch.storage import AuditEntry, Store
+from dispatch.web.debug import DebugSources
 
 LOGIN_FAILURES: int = 5
 """Wrong passwords one address may give per :data:`LOGIN_WINDOW_SECONDS`."""
@@ -58,3 +61,8 @@ class DashboardSources:
     health: HealthSources
     audit: Callable[[AuditEntry], None]
     logins: FailureThrottle = attrs.field(factory=login_throttle)
+    # The API's key verifier (create and revoke go through it: audited, its cache emptied),
+    # the retention component's object ("purge now"), and what /debug/ reads on this port.
+    verifier: ApiKeyVerifier | None = None
+    retention: Retention | None = None
+    debug: DebugSources | None = None

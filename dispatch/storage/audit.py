@@ -27,6 +27,11 @@ spool retry / flush       System      Notice   control socket, or the CLI withou
 spool delete              System      Notice   control socket, or the CLI without a daemon
 relay suspended           Relay       Warning  the relay (connections timed out)
 relay resumed             Relay       Info     the relay (a trial connection worked)
+relay test sent           Relay       Notice   the dashboard's Relays page
+captured mail released    System      Notice   the dashboard's Local inbox
+captured mail deleted     System      Notice   the dashboard's Local inbox
+certificate regenerated   Config      Notice   the dashboard's Settings page
+retention run (purge now) System      Notice   the dashboard's Settings page
 ========================  ==========  =======  ==============================================
 
 Levels: ``Info`` for routine facts, ``Notice`` for changes an operator made or should know
@@ -375,4 +380,72 @@ def relay_resumed(relay: str) -> AuditEntry:
         level="Info",
         message=f"relay {relay} resumed: a trial connection worked",
         actor="dispatch",
+    )
+
+
+# -- the dashboard's operations -----------------------------------------------------------
+
+
+def relay_test_sent(relay: str, recipient_domain: str, outcome: str, *, actor: str) -> AuditEntry:
+    """A test message was sent through ``relay``; ``outcome`` says what the upstream did.
+    Only the recipient's domain is named (the audit log is not a message log)."""
+    return AuditEntry(
+        category="Relay",
+        level="Notice",
+        message=(
+            f"relay {relay}: test message to a recipient at {_peer_text(recipient_domain)}: "
+            f"{_peer_text(outcome)}"
+        ),
+        actor=actor,
+    )
+
+
+def captured_released(
+    message_id: str, relay: str, recipients: int, outcome: str, *, actor: str
+) -> AuditEntry:
+    """A Local inbox copy was sent on through ``relay`` to ``recipients`` addresses."""
+    plural = "" if recipients == 1 else "es"
+    return AuditEntry(
+        category="System",
+        level="Notice",
+        message=(
+            f"Local inbox: {message_id} released through relay {relay} to {recipients} "
+            f"address{plural}: {_peer_text(outcome)}"
+        ),
+        actor=actor,
+    )
+
+
+def captured_deleted(removed: int, message_id: str | None, *, actor: str) -> AuditEntry:
+    """Copies were deleted from the Local inbox: one (``message_id``) or every one (None)."""
+    what = f"{message_id} deleted" if message_id else f"all {removed} messages deleted"
+    if message_id and not removed:
+        what = f"{message_id} deleted (it was gone already)"
+    return AuditEntry(
+        category="System", level="Notice", message=f"Local inbox: {what}", actor=actor
+    )
+
+
+def certificate_regenerated(path: str, fingerprint: str, *, actor: str) -> AuditEntry:
+    """A new self-signed certificate was written to ``path`` (served after a restart)."""
+    return AuditEntry(
+        category="Config",
+        level="Notice",
+        message=(
+            f"self-signed TLS certificate regenerated in {path} (SHA-256 {fingerprint}); "
+            "listeners serve it from their next start"
+        ),
+        actor=actor,
+    )
+
+
+def retention_run_requested(removed: int, errors: int, *, actor: str) -> AuditEntry:
+    """Retention ran at an operator's request ("purge now") and removed ``removed`` rows and
+    files in all; ``errors`` parts could not be done (named in the daemon log)."""
+    problems = f"; {errors} part(s) failed (see the daemon log)" if errors else ""
+    return AuditEntry(
+        category="System",
+        level="Notice",
+        message=f"retention run on request (purge now): {removed} rows and files removed{problems}",
+        actor=actor,
     )

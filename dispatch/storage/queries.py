@@ -16,6 +16,7 @@ search(address=…)          ``message_log_addresses`` primary key (address, at)
 search(status=…)           ``message_log_event_at``
 search(…)                  ``message_log_at``
 audit_entries              ``audit_log_at``
+relay_events               ``message_log_at`` (rows of other relays are skipped)
 =========================  ====================================================
 
 ``search`` walks its index newest first between ``since`` and ``until`` and stops after
@@ -42,6 +43,7 @@ from dispatch.storage.records import (
     MESSAGE_COLUMNS,
     AuditCategory,
     AuditEntry,
+    AuditLevel,
     EventKind,
     MessageEvent,
     audit_from_row,
@@ -182,18 +184,27 @@ class LogQueries:
         self,
         *,
         category: AuditCategory | None = None,
+        level: AuditLevel | None = None,
         since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Audit log entries, newest first."""
+        """Audit log entries, newest first; ``since <= at < until``. ``category`` and
+        ``level`` are checked on the rows the time index walks."""
         where = ["1 = 1"]
         params: list[object] = []
         if since is not None:
             where.append("at >= ?")
             params.append(since)
+        if until is not None:
+            where.append("at < ?")
+            params.append(until)
         if category is not None:
             where.append("category = ?")
             params.append(category)
+        if level is not None:
+            where.append("level = ?")
+            params.append(level)
         params.append(max(1, min(limit, MAX_SEARCH_LIMIT)))
         rows = await self._rows(
             f"SELECT {_AUDIT_SELECT} FROM audit_log WHERE {' AND '.join(where)} "  # noqa: S608
@@ -201,6 +212,16 @@ class LogQueries:
             params,
         )
         return [audit_from_row(row) for row in rows]
+
+    async def relay_events(self, relay: str, limit: int = 50) -> list[MessageEvent]:
+        """The newest log rows written by one relay's attempts (delivered, retried, failed),
+        newest first. Walks ``message_log_at`` newest first and stops after ``limit``."""
+        rows = await self._rows(
+            f"SELECT {_MESSAGE_SELECT} FROM message_log m "  # noqa: S608 (constants only)
+            "WHERE m.relay = ? ORDER BY m.at DESC, m.id DESC LIMIT ?",
+            (relay, max(1, min(limit, MAX_SEARCH_LIMIT))),
+        )
+        return [message_from_row(row) for row in rows]
 
     async def _rows(self, sql: str, params: Sequence[object]) -> list[Any]:
         def work(cursor: SqlCursor) -> list[Any]:

@@ -13,9 +13,9 @@ are relative to where it was asked for, so each leads under ``/debug/``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import cast
+from typing import Final, cast
 
 import attrs
 import trio
@@ -68,13 +68,21 @@ def _text(body: str, status: int = 200) -> Response:
     return Response(body, status=status, content_type="text/plain; charset=utf-8")
 
 
-def register_debug(app: QuartTrio, sources: DebugSources) -> None:
+INDEX_PATHS: Final = ("/", "/debug", "/debug/")
+
+
+def register_debug(
+    app: QuartTrio, sources: DebugSources, *, index_paths: Sequence[str] = INDEX_PATHS
+) -> None:
+    """Add the pages to ``app``; the index answers at ``index_paths`` (the dashboard port,
+    whose ``/`` is the Overview, passes ``("/debug", "/debug/")``)."""
+
     async def index() -> Response:
         base = "" if request.path == "/debug/" else "debug/"
         memory = sources.tracer.memory_estimate()
         return _html(pages.index_page(sources.info, trace_memory_bytes=memory, base=base))
 
-    for path in ("/", "/debug", "/debug/"):
+    for path in index_paths:
         app.add_url_rule(path, "debug_index", index, methods=["GET"], strict_slashes=False)
 
     @app.get("/debug/config")
