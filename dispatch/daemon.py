@@ -35,6 +35,7 @@ from dispatch.api.service import HttpApi
 from dispatch.config import Settings, redacted_toml
 from dispatch.config.advice import config_warnings
 from dispatch.config.live import LiveSettings, ReloadResult
+from dispatch.control.commands import spool_flush
 from dispatch.control.server import ControlServer, Operations
 from dispatch.dashboard import DashboardSources, register_dashboard
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
@@ -51,6 +52,7 @@ from dispatch.monitoring.flags import CommandLineFlag
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures, MetricsCollector, build_registry, render
 from dispatch.monitoring.profiling import MemoryTracing
+from dispatch.monitoring.queue_history import QueueHistory
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo
@@ -94,6 +96,8 @@ class Parts:
     # /debug/memory's bounded tracing, one for both servers; owned by the "figures" component
     memory: MemoryTracing = attrs.Factory(MemoryTracing)
     started: trio.Event = attrs.Factory(trio.Event)  # set once every component has started
+    stopping: trio.Event = attrs.Factory(trio.Event)  # set when the stop begins (live streams)
+    queue_history: QueueHistory = attrs.Factory(QueueHistory)  # sampled by "figures"
 
 
 def assemble(
@@ -250,6 +254,11 @@ def dashboard_sources(
         verifier=verifier,
         retention=retention,
         debug=debug_sources(parts, parts.memory),
+        queue_history=parts.queue_history,
+        stopping=parts.stopping,
+        flush=lambda relay, state, who: spool_flush(
+            parts.spool, parts.settings.current, relay, state, who=who
+        ),
     )
 
 
@@ -276,12 +285,14 @@ async def refresh_figures(
 ) -> None:
     """The "figures" component: the database figures /metrics shows, refreshed every 5 s,
     and the disk and certificate figures, every 15 s, off the event loop until the stop
-    request. Also owns /debug/memory's tracing (stopped when its time is up, or here)."""
+    request. Also owns /debug/memory's tracing (stopped when its time is up, or here) and
+    samples the spool's depth every minute for the dashboard's queue chart."""
     task_status.started()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(parts.figures.refresh_forever, parts.store.queries)
         nursery.start_soon(parts.files.refresh_forever)
         nursery.start_soon(parts.memory.run)
+        nursery.start_soon(parts.queue_history.sample_forever, parts.spool.counts)
         await shutdown.requested.wait()
         nursery.cancel_scope.cancel()
 
@@ -342,6 +353,7 @@ async def serve(
             notifier.ready(f"accepting mail on SMTP port(s) {', '.join(map(str, ports))}")
 
         def stopping() -> None:
+            parts.stopping.set()  # the dashboard's live streams end now
             record_audit(audit.daemon_stopping(__version__, os.getpid()))
             notifier.stopping("stopping: finishing the work in hand")
 

@@ -12,15 +12,18 @@ restart of the "webui" component: a crash does not forgive an attacker's guesses
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
+import trio
 
 from dispatch.config.live import LiveSettings
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.intake.service import SmtpIntake
 from dispatch.monitoring.health import HealthSources
 from dispatch.monitoring.metrics import DatabaseFigures
+from dispatch.monitoring.queue_history import QueueHistory
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.relays.registry import RelaySet
@@ -61,6 +64,15 @@ class DashboardSources:
     health: HealthSources
     audit: Callable[[AuditEntry], None]
     logins: FailureThrottle = attrs.field(factory=login_throttle)
+    queue_history: QueueHistory = attrs.field(factory=QueueHistory)
+    """The spool's depth sampled every minute (the Overview's chart; the "figures" component
+    samples it)."""
+    stopping: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the daemon begins to stop: live streams (the Overview's events) end then,
+    so an open browser never holds the port's shutdown."""
+    flush: Callable[[str | None, str | None, str], Awaitable[dict[str, Any]]] | None = None
+    """``spool retry --all`` (the control room's ``spool_flush`` on the current settings):
+    ``flush(relay, state, who)``; None when not wired (the Spool page then hides it)."""
     # The API's key verifier (create and revoke go through it: audited, its cache emptied),
     # the retention component's object ("purge now"), and what /debug/ reads on this port.
     verifier: ApiKeyVerifier | None = None

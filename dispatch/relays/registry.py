@@ -22,7 +22,7 @@ from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.smarthost import SmtpRelayClient
-from dispatch.relays.suspension import AuditSink, no_audit
+from dispatch.relays.suspension import AuditSink, Suspension, no_audit
 
 log = logging.getLogger("dispatch.delivery")
 
@@ -49,14 +49,20 @@ def build_relay(
     )
 
 
-def suspended_because(relay: Relay) -> str | None:
-    """Why ``relay``'s deliveries are suspended now (its upstream hung), or None. Only
+def suspension_of(relay: Relay) -> Suspension | None:
+    """The suspension state of ``relay``, or None for a kind that never suspends. Only
     ``smtp`` relays suspend (`dispatch.relays.suspension`), rate-limited or not."""
     if isinstance(relay, RateLimitedRelay):
         relay = relay.relay
     if isinstance(relay, SmtpRelayClient):
-        return relay.suspension.reason
+        return relay.suspension
     return None
+
+
+def suspended_because(relay: Relay) -> str | None:
+    """Why ``relay``'s deliveries are suspended now (its upstream hung), or None."""
+    suspension = suspension_of(relay)
+    return None if suspension is None else suspension.reason
 
 
 class BrokenRelay:

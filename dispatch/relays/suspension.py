@@ -62,6 +62,13 @@ class Suspension:
         """The error that suspended the relay, or None when it is not suspended."""
         return self._reason or None
 
+    def seconds_left(self) -> float:
+        """Seconds until a trial connection may go through (0 when not suspended, or when
+        the trial is due or under way)."""
+        if not self._reason:
+            return 0.0
+        return max(0.0, self._until - trio.current_time())
+
     def why_blocked(self) -> str | None:
         """Why a delivery must fail fast right now, or None if it may try to connect."""
         if not self._reason:

@@ -336,6 +336,17 @@ def spool_retried(message_id: str, *, actor: str) -> AuditEntry:
     )
 
 
+def spool_made_due(message_id: str, *, actor: str) -> AuditEntry:
+    """A waiting message was made due now (its attempts kept): the dashboard's Retry of one
+    incoming message."""
+    return AuditEntry(
+        category="System",
+        level="Notice",
+        message=f"spool retry {message_id}: waiting message made due now (attempts kept)",
+        actor=actor,
+    )
+
+
 def spool_flushed(made_due: int, relay: str | None, state: str | None, *, actor: str) -> AuditEntry:
     """``spool retry --all``: ``made_due`` messages made due now (waiting and failed ones)."""
     plural = "" if made_due == 1 else "s"

@@ -33,7 +33,7 @@ async def test_purge_removes_only_old_rows_of_the_kinds_asked(tmp_path: Path) ->
         MessageEvent(message_id="msg-3", event="delivered", at=recent, relay="r"),
         AuditEntry(category="Auth", level="Info", message="old login", at=old),
         AuditEntry(category="Auth", level="Info", message="new login", at=recent),
-        received(4, at=now - 2 * 3600),  # its minute counter is past the hour kept
+        received(4, at=now - 26 * 3600),  # its minute counter is past the 25 hours kept
     ]
     async with running(store):
         for record in records:

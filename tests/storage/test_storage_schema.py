@@ -41,6 +41,7 @@ INDEXES = {
     "audit_log_at",
     "sessions_expires_at",
     "message_log_key_at",
+    "message_log_message_id_event",
 }
 
 
