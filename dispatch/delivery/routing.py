@@ -71,6 +71,11 @@ class Router:
         self._rules = indexed
         self._default = default_relay
 
+    @property
+    def rules(self) -> list[tuple[int, RouteSettings]]:
+        """The enabled rules in the order they are tried, with their position in ``routes``."""
+        return list(self._rules)
+
     def route(self, sender: str, recipient: str) -> RouteDecision:
         sender_domain, recipient_domain = domain_of(sender), domain_of(recipient)
         for index, rule in self._rules:
