@@ -27,6 +27,7 @@ import attrs
 import httpx
 from playwright.sync_api import Browser, Page, Playwright, ViewportSize
 
+from dispatch.dashboard.nav import NAV
 from tests.conftest import Daemon
 from tests.support.config import Ports, base_config, dump
 
@@ -44,6 +45,9 @@ CHROMIUM_ARGS: Final = (
 VIEWPORT: Final = ViewportSize(width=1280, height=800)
 PASSWORD: Final = "correct horse battery staple"  # 28 characters: over the minimum of 12
 READY: Final = "all components ready"
+# Every menu page but Debug is drawn in the dashboard's layout; /debug/ serves the monitoring
+# server's own plain pages (no menu, no script at all, a policy of their own).
+LAYOUT_PAGES: Final = tuple(entry for entry in NAV if entry.key != "debug")
 
 
 @attrs.frozen

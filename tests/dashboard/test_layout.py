@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from dispatch.dashboard.nav import NAV
-from tests.dashboard.support import DashboardDaemon
+from tests.dashboard.support import LAYOUT_PAGES, DashboardDaemon
 
 
 def test_the_menu_leads_to_every_page_and_marks_the_current_one(
     admin_page: Page, dashboard: DashboardDaemon
 ) -> None:
     menu = admin_page.get_by_role("navigation", name="Dashboard pages")
-    for entry in NAV:
+    for entry in LAYOUT_PAGES:
         menu.get_by_role("link", name=entry.label, exact=True).click()
         admin_page.wait_for_url(dashboard.url + entry.path)
         expect(admin_page.get_by_role("heading", level=1)).to_have_text(entry.label)
@@ -64,7 +63,7 @@ def test_phone_width_needs_no_sideways_scrolling(
     admin_page: Page, dashboard: DashboardDaemon
 ) -> None:
     admin_page.set_viewport_size({"width": 360, "height": 740})
-    for entry in NAV:
+    for entry in LAYOUT_PAGES:
         admin_page.goto(dashboard.url + entry.path)
         overflow = admin_page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
