@@ -60,11 +60,20 @@ class SpoolRow:
 
     @property
     def reason(self) -> str:
-        """Why it waits or failed: the last error, else the recipients' last replies."""
+        """Why it waits or failed: each refused recipient's reply, each deferred one's last
+        reply, else the last error (a relay that could not be reached)."""
         envelope = self.envelope
-        if envelope.last_error:
-            return envelope.last_error
-        replies = [f"{r}: {d.response}" for r, d in envelope.deferrals.items()]
+        replies = [
+            f"{rcpt}: {result.response}"
+            for rcpt, result in envelope.recipient_results.items()
+            if result.status == "failed"
+        ]
+        replies += [f"{rcpt}: {deferral.response}" for rcpt, deferral in envelope.deferrals.items()]
+        error = envelope.last_error or ""
+        if not replies:
+            return error
+        if error.startswith("retries exhausted"):
+            return "retries exhausted: " + "; ".join(replies)
         return "; ".join(replies)
 
     @property

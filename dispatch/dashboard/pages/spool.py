@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from quart import Blueprint, Response, request
 
@@ -45,7 +46,7 @@ class ActionRefused(Exception):
     """An action that cannot be done to a message as it is now (being delivered)."""
 
 
-async def retry_one(spool: Spool, message_id: str, who: str) -> str:
+async def retry_one(spool: Spool, message_id: str) -> str:
     """Retry one message; return what happened (for the notice). Raises ``SpoolError``."""
     entry = spool.get(message_id)
     if entry.state is MessageState.FAILED:
@@ -84,7 +85,7 @@ async def act(sources: DashboardSources, action: str, ids: list[str]) -> Notice:
             if not is_valid_id(message_id):
                 raise UnknownMessageError(message_id)
             if action == "retry":
-                result = await retry_one(sources.spool, message_id, who)
+                result = await retry_one(sources.spool, message_id)
                 _audit_retry(sources, message_id, result, who)
                 done.append(f"{message_id}: {result}")
             else:
@@ -139,6 +140,7 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             relay_names=[r.name for r in sources.settings.current.relays],
             notice=notices.take(),
             flush_available=sources.flush is not None,
+            here=this_list(),
             age=age,
             fmt=formats,
         )
@@ -187,6 +189,12 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             sources.audit(audit.spool_flushed(result["made_due"], relay, state, actor=who))
             notice = flush_notice(result)
         return back(notice, form.get("back", ""))
+
+
+def this_list() -> str:
+    """This list's path and query without its ``notice`` (where actions send the browser)."""
+    query = [(k, v) for k, v in request.args.items(multi=True) if k != "notice"]
+    return "/spool" + (f"?{urlencode(query)}" if query else "")
 
 
 def flush_notice(result: Mapping[str, Any]) -> Notice:
