@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from dispatch.config.settings import (
     LocalRelay,
+    MailgunRelay,
     MxRelay,
     RelaySettings,
     Settings,
@@ -19,6 +20,7 @@ from dispatch.config.settings import (
 )
 from dispatch.relays.base import CaptureSink, DeliveryRequest, DeliveryResult, Relay
 from dispatch.relays.local import LocalRelayClient
+from dispatch.relays.mailgun import MailgunRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.smarthost import SmtpRelayClient
@@ -43,6 +45,8 @@ def build_relay(
         return SmtpRelayClient(settings, helo_name, audit=audit)
     if isinstance(settings, MxRelay):
         return MxRelayClient(settings, helo_name)
+    if isinstance(settings, MailgunRelay):
+        return MailgunRelayClient(settings)
     raise RelayUnavailable(
         f"relay {settings.name}: kind {settings.kind!r} is not available in this version of "
         "Dispatch; use smtp, mx or local"
