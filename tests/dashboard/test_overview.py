@@ -13,7 +13,6 @@ from playwright.sync_api import Page, expect
 from tests.dashboard.support import (
     AdminClient,
     DashboardDaemon,
-    Screenshots,
     StartDashboard,
     set_up_in_browser,
 )
@@ -35,7 +34,7 @@ def live(page: Page, key: str) -> str:
 
 
 def test_the_overview_shows_real_traffic(
-    page: Page, start_dashboard: StartDashboard, start_sink: StartSink, screenshots: Screenshots
+    page: Page, start_dashboard: StartDashboard, start_sink: StartSink
 ) -> None:
     sink = start_sink()
     dashboard = start_dashboard(
@@ -76,7 +75,6 @@ def test_the_overview_shows_real_traffic(
     queue = page.locator("#queue-chart")
     expect(queue.locator("desc")).to_contain_text("1 failed")
     expect(page.locator("#live-status")).to_contain_text("Live")
-    screenshots.take(page, "overview", full_page=True)
 
 
 def test_a_message_sent_while_the_overview_is_open_appears_without_reload(
