@@ -14,7 +14,9 @@ from dispatch.config.settings import (
     LocalRelay,
     MailgunRelay,
     MxRelay,
+    PostmarkRelay,
     RelaySettings,
+    SesRelay,
     Settings,
     SmtpRelay,
 )
@@ -22,7 +24,9 @@ from dispatch.relays.base import CaptureSink, DeliveryRequest, DeliveryResult, R
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mailgun import MailgunRelayClient
 from dispatch.relays.mx import MxRelayClient
+from dispatch.relays.postmark import PostmarkRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
+from dispatch.relays.ses import SesRelayClient
 from dispatch.relays.smarthost import SmtpRelayClient
 from dispatch.relays.suspension import AuditSink, Suspension, no_audit
 
@@ -47,6 +51,10 @@ def build_relay(
         return MxRelayClient(settings, helo_name)
     if isinstance(settings, MailgunRelay):
         return MailgunRelayClient(settings)
+    if isinstance(settings, PostmarkRelay):
+        return PostmarkRelayClient(settings)
+    if isinstance(settings, SesRelay):
+        return SesRelayClient(settings)
     raise RelayUnavailable(
         f"relay {settings.name}: kind {settings.kind!r} is not available in this version of "
         "Dispatch; use smtp, mx or local"

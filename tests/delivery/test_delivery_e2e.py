@@ -175,10 +175,10 @@ async def test_mail_flows_while_the_database_file_is_deleted(
     await trio.lowlevel.checkpoint()
 
 
-async def test_a_relay_kind_not_available_keeps_mail_waiting_with_the_reason(
+async def test_a_relay_that_cannot_be_built_keeps_mail_waiting_with_the_reason(
     tmp_path: Path,
 ) -> None:
-    relays = [{"name": "pm", "kind": "postmark", "api_key": "token"}]
+    relays = [{"name": "pm", "kind": "postmark", "api_key": "token", "message_stream": ""}]
     config = base_config(
         tmp_path, relays=relays, spool={"retry_delays_seconds": [60], "max_retries": 5}
     )
@@ -188,4 +188,4 @@ async def test_a_relay_kind_not_available_keeps_mail_waiting_with_the_reason(
         await wait_until_async(lambda: spool.get(message_id).envelope.attempts == 1)
         envelope = spool.get(message_id).envelope
     assert spool.get(message_id).state is MessageState.INCOMING
-    assert "kind 'postmark' is not available" in (envelope.last_error or "")
+    assert "postmark needs message_stream" in (envelope.last_error or "")
