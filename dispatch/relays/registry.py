@@ -16,7 +16,6 @@ from dispatch.config.settings import (
     MxRelay,
     PostmarkRelay,
     RelaySettings,
-    SesRelay,
     Settings,
     SmtpRelay,
 )
@@ -26,7 +25,6 @@ from dispatch.relays.mailgun import MailgunRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.postmark import PostmarkRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
-from dispatch.relays.ses import SesRelayClient
 from dispatch.relays.smarthost import SmtpRelayClient
 from dispatch.relays.suspension import AuditSink, Suspension, no_audit
 
@@ -53,8 +51,6 @@ def build_relay(
         return MailgunRelayClient(settings)
     if isinstance(settings, PostmarkRelay):
         return PostmarkRelayClient(settings)
-    if isinstance(settings, SesRelay):
-        return SesRelayClient(settings)
     raise RelayUnavailable(
         f"relay {settings.name}: kind {settings.kind!r} is not available in this version of "
         "Dispatch; use smtp, mx or local"
