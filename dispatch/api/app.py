@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from dispatch.api.body import LARGE_BODY_THREADS, BodyRefusal, prepare_in_thread
 from dispatch.api.compose import Composed
 from dispatch.api.gate import Admitted, ApiGate, GateSources, admitted
+from dispatch.api.mailgun import MailgunRoutes
 from dispatch.api.status import SpoolLookup, message_status
 from dispatch.config.settings import ApiSettings
 from dispatch.intake.door import IntakeDoor, SpoolFullError, SpoolWriteError
@@ -109,6 +110,7 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
     app.get("/api/v1/messages/<message_id>")(routes.status)
     app.get("/api/v1/messages")(routes.listing)
     app.get("/api/v1/openapi.json")(routes.openapi)
+    MailgunRoutes(sources, routes.large_bodies, MESSAGE_ID_DOMAIN).register(app)
     app.errorhandler(HTTPException)(_http_error)
     app.errorhandler(Exception)(_crash)
     return app

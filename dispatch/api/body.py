@@ -278,6 +278,17 @@ def _interruptible_decoder() -> json.JSONDecoder:
 
 
 def _read_multipart(body: ReceivedBody, content_type: str) -> ComposeRequest | BodyRefusal:
+    form = read_form(body, content_type)
+    if isinstance(form, BodyRefusal):
+        return form
+    return ComposeRequest.from_form(*form)
+
+
+def read_form(
+    body: ReceivedBody, content_type: str
+) -> tuple[list[tuple[str, str]], list[UploadedFile]] | BodyRefusal:
+    """The text fields (in order per name) and the files of a ``multipart/form-data`` body
+    (blocking: call it in a thread). Raises OSError when the files' temporary files fail."""
     boundary = parse_options_header(content_type)[1].get("boundary", "")
     if not boundary:
         return BodyRefusal(
@@ -306,7 +317,7 @@ def _read_multipart(body: ReceivedBody, content_type: str) -> ComposeRequest | B
         for stream in opened:
             stream.close()
     pairs = [(name, value) for name in fields for value in fields.getlist(name)]
-    return ComposeRequest.from_form(pairs, uploads)
+    return pairs, uploads
 
 
 def _in_directory(directory: Path, opened: list[IO[bytes]]) -> Callable[..., IO[bytes]]:
@@ -334,5 +345,6 @@ __all__ = [
     "media_type",
     "prepare",
     "prepare_in_thread",
+    "read_form",
     "receive_to_file",
 ]

@@ -36,8 +36,11 @@ per-request tasks and keeps no task of its own.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -73,6 +76,10 @@ DRAIN_SECONDS: Final = 5.0
 """How long a refusal keeps taking Hypercorn's queued body chunks while the connection closes."""
 ADMITTED_SCOPE_KEY: Final = "dispatch.admitted"
 BODY_TYPES: Final = ("application/json", "multipart/form-data")
+MAILGUN_SEND: Final = re.compile(r"/v3/[^/]+/messages(\.mime)?")
+"""The Mailgun-compatible sending paths (:mod:`dispatch.api.mailgun`): keyed like
+``/api/v1/messages``, Basic ``api:KEY`` as Mailgun's SDKs send it, urlencoded forms too."""
+FORM_TYPES: Final = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @attrs.frozen
@@ -186,9 +193,10 @@ class ApiGate:
         self, scope: Scope, receive: Receive, send: Send, peer: str, settings: ApiSettings
     ) -> None:
         path: str = scope["path"]
-        sending = scope["method"] == "POST" and path == MESSAGES_PATH
+        mailgun = MAILGUN_SEND.fullmatch(path) is not None
+        sending = scope["method"] == "POST" and (path == MESSAGES_PATH or mailgun)
         trace = (
-            self.sources.tracer.trace("api.request", f"POST {MESSAGES_PATH} from {peer}")
+            self.sources.tracer.trace("api.request", f"POST {path} from {peer}")
             if sending
             else None
         )
@@ -196,10 +204,11 @@ class ApiGate:
         try:
             try:
                 key = None
-                if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"):
+                if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/") or mailgun:
                     key = await self._authenticate(scope, peer, settings)
                 if sending:
-                    body = await self._receive_message_body(scope, receive, settings)
+                    types = FORM_TYPES if mailgun else BODY_TYPES
+                    body = await self._receive_message_body(scope, receive, settings, types)
                     replay = b""
                 else:
                     replay = await _small_body(receive)
@@ -226,11 +235,16 @@ class ApiGate:
     async def _authenticate(self, scope: Scope, peer: str, settings: ApiSettings) -> VerifiedKey:
         stats = self.sources.stats
         scheme, _, presented = _header(scope, b"authorization").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        if scheme.lower() == "basic":
+            presented = _basic_api_key(presented)
+        elif scheme.lower() != "bearer":
+            presented = ""
+        if not presented.strip():
             raise _Refused(
                 401,
                 "unauthorized",
-                "send the key as 'Authorization: Bearer dsp_live_…'",
+                "send the key as 'Authorization: Bearer dsp_live_…' "
+                "(or Basic auth with user 'api' and the key as password, as Mailgun's SDKs do)",
                 WWW_Authenticate='Bearer realm="dispatch"',
             )
         outcome = await self.sources.verifier.verify(presented.strip(), peer)
@@ -265,12 +279,10 @@ class ApiGate:
         return outcome
 
     async def _receive_message_body(
-        self, scope: Scope, receive: Receive, settings: ApiSettings
+        self, scope: Scope, receive: Receive, settings: ApiSettings, types: tuple[str, ...]
     ) -> ReceivedBody:
-        if media_type(_header(scope, b"content-type")) not in BODY_TYPES:
-            raise _Refused(
-                415, "unsupported media type", "send application/json or multipart/form-data"
-            )
+        if media_type(_header(scope, b"content-type")) not in types:
+            raise _Refused(415, "unsupported media type", f"send {' or '.join(types)}")
         limit = settings.max_message_bytes
         too_large = _Refused(413, "request too large", f"api.max_message_bytes is {limit} bytes")
         declared = _header(scope, b"content-length")
@@ -291,6 +303,16 @@ class ApiGate:
                 refusal.detail,
                 Retry_After=str(refusal.retry_after),
             ) from None
+
+
+def _basic_api_key(credentials: str) -> str:
+    """The key of HTTP Basic credentials ``api:KEY`` (RFC 7617), or "" for any others."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    user, _, key = decoded.partition(":")
+    return key if user == "api" else ""
 
 
 def _header(scope: Scope, name: bytes) -> str:
