@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +31,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from dispatch.config import toml_errors
 from dispatch.config.render import redact_url_credentials
-from dispatch.config.settings import RELAY_KINDS, SECRET, RelaySettings, Settings
+from dispatch.config.settings import RELAY_KINDS, SECRET, RelaySettings, SesRelay, Settings
 from dispatch.config.types import (
     BindAddresses,
     Cidr,
@@ -361,6 +362,27 @@ def _flatten(exc: BaseException, path: str) -> Iterator[ConfigProblem]:
 
 # --- checks across keys --------------------------------------------------------------------
 
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def _ses_checks(where: str, relay: SesRelay) -> Iterator[ConfigProblem]:
+    """An ``ses`` relay's region and credentials: a pair of keys or none (the environment)."""
+    if not _AWS_REGION.fullmatch(relay.region):
+        yield ConfigProblem(
+            f"{where}.region", f"{relay.region!r} is not an AWS region name, e.g. eu-west-1"
+        )
+    if bool(relay.access_key_id) != bool(relay.secret_access_key):
+        yield ConfigProblem(
+            f"{where}.access_key_id",
+            "set both access_key_id and secret_access_key (or their _env / _file forms), or "
+            "neither to use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment",
+        )
+    elif relay.session_token and not relay.access_key_id:
+        yield ConfigProblem(
+            f"{where}.session_token",
+            "is only used with access_key_id and secret_access_key; set them too, or remove it",
+        )
+
 
 def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
     listener = settings.listener
@@ -383,6 +405,9 @@ def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
         elif relay.name in names:
             yield ConfigProblem(f"relays[{i}].name", f"{relay.name!r} is used by another relay")
         names.append(relay.name)
+    for i, relay in enumerate(settings.relays):
+        if isinstance(relay, SesRelay):
+            yield from _ses_checks(f"relays[{i}]", relay)
     known = ", ".join(names) or "(none)"
     if not settings.relays:
         yield ConfigProblem("relays", "is empty; configure at least one relay")

@@ -210,8 +210,12 @@ class MailgunRelay(RelayCommon):
 class SesRelay(RelayCommon):
     kind: Literal["ses"] = "ses"
     region: str
-    access_key_id: str
+    # Both empty: the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_SESSION_TOKEN). Secrets, so each also takes *_env and *_file.
+    access_key_id: Secret = secret()
     secret_access_key: Secret = secret()
+    session_token: Secret = secret()  # temporary credentials (STS) only
+    configuration_set: str = ""  # SES's ConfigurationSetName; empty: none
     base_url: str = ""  # empty: https://email.<region>.amazonaws.com
 
 

@@ -16,6 +16,7 @@ from dispatch.config.settings import (
     MxRelay,
     PostmarkRelay,
     RelaySettings,
+    SesRelay,
     Settings,
     SmtpRelay,
 )
@@ -25,6 +26,7 @@ from dispatch.relays.mailgun import MailgunRelayClient
 from dispatch.relays.mx import MxRelayClient
 from dispatch.relays.postmark import PostmarkRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
+from dispatch.relays.ses import SesRelayClient
 from dispatch.relays.smarthost import SmtpRelayClient
 from dispatch.relays.suspension import AuditSink, Suspension, no_audit
 
@@ -49,6 +51,8 @@ def build_relay(
         return MxRelayClient(settings, helo_name)
     if isinstance(settings, MailgunRelay):
         return MailgunRelayClient(settings)
+    if isinstance(settings, SesRelay):
+        return SesRelayClient(settings)
     if isinstance(settings, PostmarkRelay):
         return PostmarkRelayClient(settings)
     raise RelayUnavailable(
