@@ -9,10 +9,10 @@ The message is parsed with the standard library (``email.policy.default``), neve
 - :func:`frame_document` is the HTML part for the sandboxed frame. The frame's own
   Content-Security-Policy (``dispatch/dashboard/pages/inbox.py``) is what stops script and
   remote loads; here, images the HTML references as ``cid:`` are inlined as ``data:`` URIs
-  (the frame may load nothing else), and the few elements a policy does not govern are cut
-  out: ``<meta http-equiv>`` (a refresh navigates the frame), ``<link>`` (preconnect and
-  prefetch open connections) and ``<base>``. A ``<base target="_blank">`` of ours makes a
-  link the operator clicks open in a new tab rather than inside the frame.
+  (the frame may load nothing else), and the elements a policy does not fully govern are cut
+  out: ``<meta http-equiv>`` (a refresh), ``<link>`` (preconnect and prefetch), child frames
+  (see :data:`_CUT_TAGS`) and ``<base>``. A ``<base target="_blank">`` of ours makes a link
+  the operator clicks open in a new tab rather than inside the frame.
 - :func:`read_part` is one attachment's bytes, for a download or a thumbnail.
 
 Parts are numbered by their position in ``message.walk()`` (0 is the message itself), the
@@ -46,7 +46,10 @@ MAX_LINKS: Final = 500
 MAX_HEADER_CHARS: Final = 4000  # of one header value shown
 
 _CID: Final = re.compile(r"(?i)\bcid:([^\s\"'()<>]+)")
-_CUT_TAGS: Final = frozenset({"link", "base"})
+_CUT_TAGS: Final = frozenset({"link", "base", "iframe", "frame", "portal", "fencedframe"})
+"""Start tags cut out of captured HTML: the policy stops their loads, but Chromium opens a
+connection for a child frame's URL before the policy refuses it (measured: one TCP connect,
+no request), and a ``<link rel=preconnect>`` is not governed at all."""
 _BASE: Final = '<base target="_blank">'  # links the operator clicks open in a new tab
 
 
