@@ -53,7 +53,7 @@ async def send_with_mailgun_js(modules: Path, payload: dict[str, object]) -> dic
 async def test_mailgun_js_sends_text_html_files_tags_and_headers(
     tmp_path: Path, node_modules: Path
 ) -> None:
-    message = {
+    message: dict[str, object] = {
         "from": "Zoë Sender <zoe@example.com>",
         "to": ["ann@example.org", "Bob <bob@example.org>"],
         "cc": "carol@example.net",
@@ -68,7 +68,7 @@ async def test_mailgun_js_sends_text_html_files_tags_and_headers(
     }
     async with api(tmp_path) as (dispatch, client, key):
         port = dispatch.parts.settings.current.api.port
-        payload = {
+        payload: dict[str, object] = {
             "url": f"http://127.0.0.1:{port}",
             "key": key,
             "domain": "mg.example.org",
