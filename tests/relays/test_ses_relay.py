@@ -21,6 +21,7 @@ from dispatch.config.types import PositiveFloat, PositiveInt, Secret
 from dispatch.relays.base import DeliveryRequest
 from dispatch.relays.registry import build_relay
 from dispatch.relays.ses import SesRelayClient, outcome_of_error, retry_after_seconds
+from tests.delivery.harness import running_dispatch
 from tests.relays.peers import raw_server
 from tests.relays.ses_peer import (
     KEY_ID,
@@ -30,6 +31,8 @@ from tests.relays.ses_peer import (
     moto_ses,
     scripted_ses,
 )
+from tests.support.config import base_config
+from tests.support.waiting import wait_until_async
 
 # UTF-8 headers and an 8-bit UTF-8 body (as SMTPUTF8/8BITMIME intake keeps it), an HTML part,
 # a base64 attachment, CRLF line ends: every byte must reach SES as spooled. (moto keeps the
@@ -373,3 +376,28 @@ async def test_8bit_text_that_is_not_utf8_and_an_idn_domain_reach_ses_unchanged(
     assert b64decode(received.payload["Content"]["Raw"]["Data"]) == latin1
     # The domain goes as IDNA; the local part is SES's to accept or refuse.
     assert received.payload["Destination"] == {"ToAddresses": ["jürgen@xn--bcher-kva.example"]}
+
+
+async def test_the_daemon_delivers_through_ses_and_logs_its_message_id(
+    ses: MotoSes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await trio.to_thread.run_sync(ses.verify, "example.test")
+    monkeypatch.setenv("SES_TEST_SECRET", SECRET)
+    relay = {
+        "name": "ses",
+        "kind": "ses",
+        "region": REGION,
+        "access_key_id": KEY_ID,
+        "secret_access_key_env": "SES_TEST_SECRET",
+        "base_url": ses.base_url,
+    }
+    async with running_dispatch(tmp_path, base_config(tmp_path, relays=[relay])) as dispatch:
+        message_id = await dispatch.submit(SENDER, list(RECIPIENTS), MESSAGE)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
+        history = await dispatch.history(message_id)
+    [sent] = await trio.to_thread.run_sync(ses.sent)
+    # Intake prepends its Received header; the rest is the submitted message, unchanged.
+    assert sent["raw_data"].encode("utf-8").endswith(MESSAGE)
+    assert tuple(sent["destinations"][:2]) == RECIPIENTS
+    delivered = [e for e in history if e.event == "delivered"]
+    assert [e.remote_id for e in delivered] == [sent["id"]]
