@@ -35,6 +35,7 @@ from dispatch.api.body import LARGE_BODY_THREADS, BodyRefusal, prepare_in_thread
 from dispatch.api.compose import Composed
 from dispatch.api.gate import Admitted, ApiGate, GateSources, admitted
 from dispatch.api.mailgun import MailgunRoutes
+from dispatch.api.postmark import PostmarkRoutes
 from dispatch.api.status import SpoolLookup, message_status
 from dispatch.config.settings import ApiSettings
 from dispatch.intake.door import IntakeDoor, SpoolFullError, SpoolWriteError
@@ -111,6 +112,7 @@ def create_api_app(sources: ApiSources) -> QuartTrio:
     app.get("/api/v1/messages")(routes.listing)
     app.get("/api/v1/openapi.json")(routes.openapi)
     MailgunRoutes(sources, routes.large_bodies, MESSAGE_ID_DOMAIN).register(app)
+    PostmarkRoutes(sources, routes.large_bodies, MESSAGE_ID_DOMAIN).register(app)
     app.errorhandler(HTTPException)(_http_error)
     app.errorhandler(Exception)(_crash)
     return app

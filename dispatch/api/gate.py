@@ -80,6 +80,10 @@ MAILGUN_SEND: Final = re.compile(r"/v3/[^/]+/messages(\.mime)?")
 """The Mailgun-compatible sending paths (:mod:`dispatch.api.mailgun`): keyed like
 ``/api/v1/messages``, Basic ``api:KEY`` as Mailgun's SDKs send it, urlencoded forms too."""
 FORM_TYPES: Final = ("multipart/form-data", "application/x-www-form-urlencoded")
+POSTMARK_SEND: Final = frozenset({"/email", "/email/batch"})
+"""The Postmark-compatible sending paths (:mod:`dispatch.api.postmark`): keyed like
+``/api/v1/messages``, the key in ``X-Postmark-Server-Token`` as Postmark's SDKs send it."""
+JSON_TYPES: Final = ("application/json",)
 
 
 @attrs.frozen
@@ -113,6 +117,8 @@ class GateSources:
 
 
 class _Refused(Exception):
+    postmark = False  # answered in Postmark's shape too (ErrorCode, Message): its SDKs read it
+
     def __init__(self, status: int, error: str, detail: object, **headers: str) -> None:
         super().__init__(status, error)
         self.status = status
@@ -194,7 +200,8 @@ class ApiGate:
     ) -> None:
         path: str = scope["path"]
         mailgun = MAILGUN_SEND.fullmatch(path) is not None
-        sending = scope["method"] == "POST" and (path == MESSAGES_PATH or mailgun)
+        postmark = path in POSTMARK_SEND
+        sending = scope["method"] == "POST" and (path == MESSAGES_PATH or mailgun or postmark)
         trace = (
             self.sources.tracer.trace("api.request", f"POST {path} from {peer}")
             if sending
@@ -206,8 +213,10 @@ class ApiGate:
                 key = None
                 if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/") or mailgun:
                     key = await self._authenticate(scope, peer, settings)
+                elif postmark:
+                    key = await self._authenticate(scope, peer, settings, postmark=True)
                 if sending:
-                    types = FORM_TYPES if mailgun else BODY_TYPES
+                    types = FORM_TYPES if mailgun else JSON_TYPES if postmark else BODY_TYPES
                     body = await self._receive_message_body(scope, receive, settings, types)
                     replay = b""
                 else:
@@ -215,6 +224,7 @@ class ApiGate:
             except _Refused as refused:
                 if trace is not None:
                     trace.error(f"refused: {refused.status}")
+                refused.postmark = postmark
                 await _refuse(send, receive, refused)
                 return
             except ClientGone:
@@ -232,9 +242,13 @@ class ApiGate:
             if trace is not None:
                 trace.finish()
 
-    async def _authenticate(self, scope: Scope, peer: str, settings: ApiSettings) -> VerifiedKey:
+    async def _authenticate(
+        self, scope: Scope, peer: str, settings: ApiSettings, *, postmark: bool = False
+    ) -> VerifiedKey:
         stats = self.sources.stats
         scheme, _, presented = _header(scope, b"authorization").partition(" ")
+        if postmark:  # Postmark's SDKs send the server token in their own header
+            scheme, presented = "bearer", _header(scope, b"x-postmark-server-token")
         if scheme.lower() == "basic":
             presented = _basic_api_key(presented)
         elif scheme.lower() != "bearer":
@@ -243,7 +257,9 @@ class ApiGate:
             raise _Refused(
                 401,
                 "unauthorized",
-                "send the key as 'Authorization: Bearer dsp_live_…' "
+                "send the key in 'X-Postmark-Server-Token: dsp_live_…', as Postmark's SDKs do"
+                if postmark
+                else "send the key as 'Authorization: Bearer dsp_live_…' "
                 "(or Basic auth with user 'api' and the key as password, as Mailgun's SDKs do)",
                 WWW_Authenticate='Bearer realm="dispatch"',
             )
@@ -364,6 +380,9 @@ async def _refuse(send: Send, receive: Receive, refused: _Refused) -> None:
     after the answer), for at most :data:`DRAIN_SECONDS`.
     """
     payload: dict[str, Any] = {"error": refused.error, "detail": refused.detail}
+    if refused.postmark:  # Postmark's code for a bad token is 10; otherwise the status
+        payload["ErrorCode"] = 10 if refused.status == 401 else refused.status
+        payload["Message"] = f"{refused.error}: {refused.detail}"
     content = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
