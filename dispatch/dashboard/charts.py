@@ -44,14 +44,14 @@ class Series:
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^n that is at least ``value``; at least
-    :data:`MIN_TOP`, so that small counts get whole-number grid lines."""
-    if value <= MIN_TOP:
-        return MIN_TOP
-    magnitude = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * magnitude >= value:
-            return float(step * magnitude)
+    """The smallest of 1, 2, 2.5, 4, 5 x 10^n that is at least ``value`` and whose half (the
+    middle grid line) is a whole number; at least :data:`MIN_TOP`."""
+    magnitude = 10 ** math.floor(math.log10(max(value, MIN_TOP)))
+    for scale in (magnitude, magnitude * 10):
+        for step in (1, 2, 2.5, 4, 5):
+            top = step * scale
+            if top >= max(value, MIN_TOP) and (top / 2).is_integer():
+                return float(top)
     raise AssertionError("unreachable")
 
 

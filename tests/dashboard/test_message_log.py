@@ -258,8 +258,8 @@ def test_the_message_log_in_the_browser(
     timeline = page.locator("ol.timeline")
     expect(timeline).to_contain_text("deferred for 1 recipient")
     expect(timeline).to_contain_text("451 4.3.0 try later")
+    screenshots.take(page, "message")
     with page.expect_download() as download:
         page.get_by_role("link", name="Download the raw message (.eml)").click()
     saved = download.value.path()
     assert saved.read_bytes().endswith(traffic.sent["C"])
-    screenshots.take(page, "message")

@@ -248,4 +248,10 @@ def test_spool_actions_need_the_csrf_token(waiting: DashboardDaemon) -> None:
     done = client.post_form("/spool/act", {"one": f"delete:{message_id}"})
     assert done.status_code == 303
     assert message_id not in spool_ids(waiting, "incoming")
+    # Where an action sends the browser back is a path of this page, and nothing else.
+    for back in ("https://attacker.example/spool", "/spool\r\nSet-Cookie: x=1", "//x/spool"):
+        answer = client.post_form("/spool/act", {"action": "retry", "back": back})
+        assert answer.status_code == 303
+        assert answer.headers["location"].startswith("/spool?notice=")
+        assert "set-cookie" not in answer.headers
     client.close()

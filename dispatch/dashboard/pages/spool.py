@@ -147,7 +147,7 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
 
     def back(notice: Notice, target: str) -> Response:
         """Redirect to the list the form was on (``back``: a path of this page only)."""
-        if not target.startswith("/spool") or "\\" in target:
+        if not target.startswith("/spool") or "\\" in target or not target.isprintable():
             target = "/spool"
         separator = "&" if "?" in target else "?"
         return redirect_to(f"{target}{separator}notice={notices.keep(notice)}")
