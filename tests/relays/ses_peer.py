@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -79,7 +78,6 @@ def moto_ses() -> Iterator[MotoSes]:
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "false"},
     )
     peer = MotoSes(f"http://127.0.0.1:{port}")
     try:

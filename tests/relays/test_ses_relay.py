@@ -18,6 +18,7 @@ import trio
 from dispatch.config.loader import ConfigError, load_settings
 from dispatch.config.settings import SesRelay
 from dispatch.config.types import PositiveFloat, PositiveInt, Secret
+from dispatch.monitoring.traces import Tracer
 from dispatch.relays.base import DeliveryRequest
 from dispatch.relays.registry import build_relay
 from dispatch.relays.ses import SesRelayClient, outcome_of_error, retry_after_seconds
@@ -401,3 +402,21 @@ async def test_the_daemon_delivers_through_ses_and_logs_its_message_id(
     assert tuple(sent["destinations"][:2]) == RECIPIENTS
     delivered = [e for e in history if e.event == "delivered"]
     assert [e.remote_id for e in delivered] == [sent["id"]]
+
+
+async def test_each_attempt_is_traced_as_a_relay_dialogue(tmp_path: Path) -> None:
+    tracer = Tracer()
+    with scripted_ses() as peer:
+        peer.error(500, "InternalFailure", "An internal error occurred.")
+        relay = SesRelayClient(settings_for(peer.base_url))
+        for name in ("t1", "t2"):
+            with tracer.start("delivery.attempt", name) as attempt:
+                request = attrs.evolve(request_for(tmp_path / f"{name}.eml"), trace=attempt)
+                await relay.deliver(request)
+        await relay.aclose()
+    family = tracer.families["relay.dialogue"]
+    [failed] = family.errors
+    assert failed.title == f"relay ses → {peer.base_url}/v2/email/outbound-emails"
+    assert ["500 InternalFailure" in e.message and e.is_error for e in failed.events()] == [True]
+    ok = [t for t in family.stored() if t is not failed]
+    assert [[("sent by SES as 0100-" in e.message) for e in t.events()] for t in ok] == [[True]]
