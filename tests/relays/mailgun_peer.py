@@ -42,6 +42,8 @@ class MailgunPeer:
     requests: int = 0
     script: list[tuple[int, dict[str, str], bytes]] = attrs.Factory(list)
     delay: float = 0.0
+    concurrent: int = 0  # requests being answered now, and the most at once
+    most_concurrent: int = 0
     lock: threading.Lock = attrs.Factory(threading.Lock)
 
     @property
@@ -106,6 +108,16 @@ def _handler(peer: MailgunPeer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # the client gave up (a timeout test)
 
         def do_POST(self) -> None:
+            with peer.lock:
+                peer.concurrent += 1
+                peer.most_concurrent = max(peer.most_concurrent, peer.concurrent)
+            try:
+                self.handle_post()
+            finally:
+                with peer.lock:
+                    peer.concurrent -= 1
+
+        def handle_post(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             with peer.lock:

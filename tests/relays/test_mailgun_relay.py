@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
 from dispatch.config.settings import MailgunRelay
-from dispatch.config.types import PositiveFloat, Secret
+from dispatch.config.types import PositiveFloat, PositiveInt, Secret
+from dispatch.monitoring.traces import Tracer
 from dispatch.relays.base import DeliveryRequest
 from dispatch.relays.mailgun import MailgunRelayClient, outcome_of_status, retry_after_seconds
 from dispatch.relays.registry import build_relay
@@ -44,7 +46,7 @@ RECIPIENTS = ("ana@example.net", "bo@example.net")
 
 
 def relay_for(
-    peer: MailgunPeer, *, key: str | None = None, timeout: float = 10.0
+    peer: MailgunPeer, *, key: str | None = None, timeout: float = 10.0, max_inflight: int = 8
 ) -> MailgunRelayClient:
     settings = MailgunRelay(
         name="mg",
@@ -52,6 +54,7 @@ def relay_for(
         domain=peer.domain,
         base_url=peer.base_url,
         timeout_seconds=PositiveFloat(timeout),
+        max_inflight=PositiveInt(max_inflight),
     )
     return MailgunRelayClient(settings)
 
@@ -207,3 +210,38 @@ async def test_delivery_rate_to_the_peer(tmp_path: Path) -> None:
     assert all(a.message == MESSAGE for a in peer.accepted)
     assert request.size == len(MESSAGE)
     print(f"mailgun relay: 200 messages in {elapsed:.2f}s = {200 / elapsed:.0f} messages/s")
+
+
+async def test_max_inflight_bounds_the_requests_at_mailgun(tmp_path: Path) -> None:
+    with mailgun_peer() as peer:
+        peer.delay = 0.2  # each answer waits, so the deliveries overlap
+        relay = relay_for(peer, max_inflight=2)
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(relay.deliver, request_for(tmp_path / "m.eml", f"m{n}"))
+        await relay.aclose()
+    assert len(peer.accepted) == 6
+    assert peer.most_concurrent == 2
+
+
+async def test_the_dialogue_is_traced_under_the_attempt(tmp_path: Path) -> None:
+    tracer = Tracer()
+    with mailgun_peer() as peer:
+        peer.script.append((500, {"Content-Type": "application/json"}, b'{"message": "down"}'))
+        relay = relay_for(peer)
+        traced = []
+        for _ in range(2):
+            with tracer.start("delivery.attempt", "m1") as attempt:
+                plain = request_for(tmp_path / "m.eml")
+                await relay.deliver(attrs.evolve(plain, trace=attempt))
+            [dialogue] = [c for c in attempt.children if c.family == "relay.dialogue"]
+            traced.append(tracer.find(dialogue.trace_id))
+        await relay.aclose()
+    failed, delivered = traced
+    assert failed is not None
+    assert delivered is not None
+    assert failed.finished
+    assert failed.errored
+    assert any("Mailgun answered 500: down" in e.message for e in failed.events())
+    assert not delivered.errored
+    assert any("queued by Mailgun as <" in e.message for e in delivered.events())
