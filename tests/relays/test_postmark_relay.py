@@ -239,9 +239,10 @@ async def test_the_dialogue_is_traced_under_the_attempt(tmp_path: Path) -> None:
     assert any("accepted by Postmark as" in e.message for e in found.events())
 
 
-def test_latin1_text_is_re_encoded_and_a_message_attachment_stays_whole() -> None:
+def test_latin1_text_and_encoded_words_are_decoded_and_an_attached_message_stays_whole() -> None:
     raw = (
-        b"From: a@example.test\r\nTo: b@example.net\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        b"From: a@example.test\r\nTo: b@example.net\r\nSubject: =?iso-8859-1?q?Caf=E9?=\r\n"
+        b"MIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
         b"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
         b"Content-Transfer-Encoding: 8bit\r\n\r\nCaf\xe9\r\n"
@@ -252,6 +253,7 @@ def test_latin1_text_is_re_encoded_and_a_message_attachment_stays_whole() -> Non
     mapped = map_message(raw, ("b@example.net",), "outbound")
     [(body, covered)] = mapped.bodies()
     assert body["TextBody"] == "Café"
+    assert body["Subject"] == "Café"
     assert covered == ("b@example.net",)
     attachments = body["Attachments"]
     assert isinstance(attachments, list)
