@@ -14,11 +14,14 @@ wins:
 3. ``api.max_concurrent_requests`` and ``api.max_concurrent_requests_per_ip``: requests in
    progress, across the API and from this address (``503`` with ``Retry-After``, counted in
    ``dispatch_api_busy_requests_total``); the request holds its two slots until it ends;
-4. under ``/api/v1/messages``: the bearer key (``401``; ``429`` for a source throttled for
+4. under ``/api/v1/messages`` and on the provider-compatible sending paths
+   (:data:`MAILGUN_SEND`, :data:`POSTMARK_SEND`): the key — bearer, Basic ``api:KEY`` or
+   ``X-Postmark-Server-Token`` — (``401``; ``429`` for a source throttled for
    bad keys; ``503`` when the key store cannot answer), then ``api.rate_limit_per_key``
    (``429`` with ``Retry-After``; a key's first refusal in a row is audited, see
    :meth:`~dispatch.api.ratelimit.KeyRateLimiter.newly_limited`);
-5. for ``POST /api/v1/messages``: the media type (``415``) and a declared
+5. for a sending ``POST`` (JSON or multipart; Mailgun's urlencoded forms too; Postmark's JSON
+   only): the media type (``415``) and a declared
    ``Content-Length`` above ``api.max_message_bytes`` (``413``).
 
 A refusal is answered at once with ``Connection: close``; the unread body is never read
@@ -118,6 +121,7 @@ class GateSources:
 
 class _Refused(Exception):
     postmark = False  # answered in Postmark's shape too (ErrorCode, Message): its SDKs read it
+    mailgun = False  # answered with Mailgun's `message` too: its SDKs show that text
 
     def __init__(self, status: int, error: str, detail: object, **headers: str) -> None:
         super().__init__(status, error)
@@ -225,6 +229,7 @@ class ApiGate:
                 if trace is not None:
                     trace.error(f"refused: {refused.status}")
                 refused.postmark = postmark
+                refused.mailgun = mailgun
                 await _refuse(send, receive, refused)
                 return
             except ClientGone:
@@ -380,6 +385,8 @@ async def _refuse(send: Send, receive: Receive, refused: _Refused) -> None:
     after the answer), for at most :data:`DRAIN_SECONDS`.
     """
     payload: dict[str, Any] = {"error": refused.error, "detail": refused.detail}
+    if refused.mailgun:
+        payload["message"] = f"{refused.error}: {refused.detail}"
     if refused.postmark:  # Postmark's code for a bad token is 10; otherwise the status
         payload["ErrorCode"] = 10 if refused.status == 401 else refused.status
         payload["Message"] = f"{refused.error}: {refused.detail}"

@@ -183,6 +183,7 @@ async def test_urlencoded_form_and_basic_auth_and_mailgun_error_shape(tmp_path: 
         assert sent.status_code == 200, sent.text
         await delivered(dispatch, sent.json()["id"])
     assert wrong.status_code == 401
+    assert wrong.json()["message"].startswith("unauthorized: ")
     assert other_user.status_code == 401
     assert option.status_code == 400
     assert "o:tracking" in option.json()["message"]
