@@ -139,11 +139,14 @@ class Snapshot:
         return [attrs.asdict(message) for message in self.latest]
 
 
-def relay_state_text(relay: RelayState) -> str:
+def relay_state_text(relay: RelayState, now: float | None = None) -> str:
+    """``delivering``; ``suspended until <time>`` while its deliveries fail fast; after that,
+    until a connection works again, ``suspended: the next delivery tries one connection``."""
     if relay.suspended is None:
         return "delivering"
-    if relay.suspended_until is None or relay.suspended_until <= time.time():
-        return "suspended: trying one connection"
+    at = time.time() if now is None else now
+    if relay.suspended_until is None or relay.suspended_until <= at:
+        return "suspended: the next delivery tries one connection"
     return f"suspended until {utc(relay.suspended_until)}"
 
 

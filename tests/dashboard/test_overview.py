@@ -8,8 +8,10 @@ import signal
 import threading
 import time
 
+import attrs
 from playwright.sync_api import Page, expect
 
+from dispatch.dashboard.overview_feed import RelayState, relay_state_text
 from tests.dashboard.support import (
     AdminClient,
     DashboardDaemon,
@@ -25,6 +27,7 @@ from tests.dashboard.traffic import (
 )
 from tests.support.config import smtp_relay
 from tests.support.sink import StartSink
+from tests.system.faults import HungServer
 
 LOCAL = {"name": "local", "kind": "local"}
 
@@ -149,3 +152,41 @@ def test_sigterm_with_the_overview_open_ends_the_stream_and_exits_promptly(
     expect(page.locator("#live-status")).to_contain_text(re.compile("stopping|stopped|not running"))
     print(f"SIGTERM to exit with the Overview open: {took:.2f} s")
     client.close()
+
+
+def test_a_hung_relay_shows_suspended_with_its_reason(
+    start_dashboard: StartDashboard, page: Page
+) -> None:
+    hung = HungServer()
+    try:
+        dashboard = start_dashboard(
+            spool={"retry_delays_seconds": [600]},
+            relays=[smtp_relay("upstream", hung.port, timeout_seconds=2)],
+            default_relay="upstream",
+        )
+        set_up_in_browser(page, dashboard)
+        send_smtp(dashboard, "app@example.com", ["ann@example.org"], "Into the void")
+        wait_for_events(dashboard, id_of_subject(dashboard, "Into the void"), "retried")
+        state = page.locator(live(page, "relay.upstream.state"))
+        expect(state).to_have_text(re.compile(r"^suspended (until \d{4}-|: the next delivery)"))
+        page.reload()  # the reason is drawn with the page
+        row = page.locator("tr", has=page.locator(live(page, "relay.upstream.state")))
+        expect(row).to_contain_text("timed out")
+        # Health is checked at most every 10 s (overview_feed.HEALTH_SECONDS) and sent live.
+        health = page.locator(live(page, "health.status"))
+        expect(health).to_have_text("degraded", timeout=30_000)
+        expect(page.locator(live(page, "health.delivery.error"))).to_contain_text("upstream")
+        expect(page.locator(live(page, "spool.retrying"))).to_have_text("1")
+    finally:
+        hung.stop()
+
+
+def test_the_relay_state_reads_until_when_it_is_suspended() -> None:
+    suspended = RelayState("upstream", "smtp", 0, 0, 0, "connection timed out", 1_800_000_060.0)
+    assert relay_state_text(suspended, now=1_800_000_000.0) == (
+        "suspended until 2027-01-15 08:01:00Z"
+    )
+    assert relay_state_text(suspended, now=1_800_000_061.0) == (
+        "suspended: the next delivery tries one connection"
+    )
+    assert relay_state_text(attrs.evolve(suspended, suspended=None)) == "delivering"
