@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import assert_never
 
 from dispatch.config.settings import (
     LocalRelay,
@@ -34,14 +35,14 @@ log = logging.getLogger("dispatch.delivery")
 
 
 class RelayUnavailable(Exception):
-    """A configured relay kind this build cannot deliver through."""
+    """A relay name that is not configured."""
 
 
 def build_relay(
     settings: RelaySettings, capture: CaptureSink, helo_name: str, audit: AuditSink = no_audit
 ) -> Relay:
     """A client for one configured relay. Raises ValueError for settings that cannot work
-    (an unreadable ``ca_file``) and :class:`RelayUnavailable` for unsupported kinds.
+    (an unreadable ``ca_file``, missing provider credentials).
     ``audit`` takes the relay's audit entries (an ``smtp`` relay's suspensions)."""
     if isinstance(settings, LocalRelay):
         return LocalRelayClient(settings.name, capture)
@@ -55,10 +56,7 @@ def build_relay(
         return SesRelayClient(settings)
     if isinstance(settings, PostmarkRelay):
         return PostmarkRelayClient(settings)
-    raise RelayUnavailable(
-        f"relay {settings.name}: kind {settings.kind!r} is not available in this version of "
-        "Dispatch; use smtp, mx or local"
-    )
+    assert_never(settings)  # every kind SPEC §6 names has a client
 
 
 def suspension_of(relay: Relay) -> Suspension | None:
