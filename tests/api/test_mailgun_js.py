@@ -23,7 +23,7 @@ from tests.api.test_mailgun_api import PDF, PNG, parts_of
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / ".nox" / "node-mailgun"
 SCRIPT = Path(__file__).parent / "node" / "mailgun_send.cjs"
-PACKAGES = ("mailgun.js@>=14,<15", "form-data@>=4,<5")
+PACKAGES = ("mailgun.js@^14", "form-data@^4")
 
 
 @pytest.fixture(scope="session")
