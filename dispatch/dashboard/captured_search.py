@@ -28,8 +28,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+import email.errors
+import email.header
+import email.message
 import email.parser
 import email.policy
+import os
 import shlex
 import time
 from collections.abc import Iterable, Sequence
@@ -40,9 +45,10 @@ from typing import Final
 import attrs
 import trio
 
-from dispatch.dashboard.captured_mail import header_text
-from dispatch.spool.captured import captured_ids, read_captured
+from dispatch.spool.captured import captured_ids
+from dispatch.spool.envelope import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
+from dispatch.spool.layout import EML, JSON
 
 PAGE_SIZE: Final = 50
 READ_BATCH: Final = 200
@@ -132,36 +138,53 @@ class InboxPage:
     version: int
 
 
-def _read_summary(directory: Path, message_id: str) -> Summary | None:
-    """Blocking: a copy's summary; None when it is gone or cannot be read."""
+def _read_summary(directory: str, message_id: str) -> Summary | None:
+    """Blocking: a copy's summary; None when it is gone or cannot be read.
+
+    Plain ``open`` on string paths and one ``fstat``: a search makes tens of thousands of
+    these calls, and ``pathlib`` and a second ``stat`` were a third of their time."""
+    base = os.path.join(directory, message_id)
     try:
-        copy = read_captured(directory, message_id)
-        if copy is None:
-            return None
-        with copy.path.open("rb") as body:
+        with open(base + JSON, "rb") as file:
+            data = file.read()
+            captured_at = os.fstat(file.fileno()).st_mtime
+        envelope = Envelope.from_json(data, path=base + JSON)
+        with open(base + EML, "rb") as body:
             head = body.read(HEADER_BYTES)
     except (OSError, CorruptEnvelopeError):
         return None
     end = head.find(b"\r\n\r\n")
-    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
+    # compat32 and decode_header: a tenth of the time of policy.default's header objects,
+    # which counts when a search reads thousands of header blocks.
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         head if end < 0 else head[: end + 4]
     )
-    envelope = copy.envelope
     return Summary(
         id=message_id,
-        captured_at=copy.captured_at,
+        captured_at=captured_at,
         mail_from=envelope.mail_from,
         recipients=envelope.recipients,
         tags=envelope.tags,
         size=envelope.size,
-        subject=header_text(headers, "Subject")[:MAX_FIELD_CHARS],
-        from_header=header_text(headers, "From")[:MAX_FIELD_CHARS],
-        to_header=header_text(headers, "To")[:MAX_FIELD_CHARS],
+        subject=_decoded(headers, "Subject"),
+        from_header=_decoded(headers, "From"),
+        to_header=_decoded(headers, "To"),
         mixed=headers.get_content_type() == "multipart/mixed",
     )
 
 
-def _read_summaries(directory: Path, message_ids: Sequence[str]) -> list[Summary | None]:
+def _decoded(headers: email.message.Message, name: str) -> str:
+    """A header's text with RFC 2047 encoded words decoded, cut to :data:`MAX_FIELD_CHARS`."""
+    raw = headers.get(name)
+    if raw is None:
+        return ""
+    text = str(raw)
+    with contextlib.suppress(email.errors.HeaderParseError, UnicodeError, LookupError, ValueError):
+        text = str(email.header.make_header(email.header.decode_header(text)))  # else as it came
+    return " ".join(text.split())[:MAX_FIELD_CHARS]
+
+
+def _read_summaries(directory: str, message_ids: Sequence[str]) -> list[Summary | None]:
     return [_read_summary(directory, message_id) for message_id in message_ids]
 
 
@@ -202,7 +225,8 @@ class CapturedInbox:
         """The summaries of these ids, in order; copies gone since the listing are left out."""
         missing = [m for m in message_ids if m not in self._summaries]
         if missing:
-            read = await trio.to_thread.run_sync(partial(_read_summaries, self.directory, missing))
+            work = partial(_read_summaries, str(self.directory), missing)
+            read = await trio.to_thread.run_sync(work)
             for summary in read:
                 if summary is not None:
                     self._summaries[summary.id] = summary

@@ -24,6 +24,7 @@ Routes (all behind the gate's login; the ``POST`` ones behind its CSRF check):
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -33,7 +34,7 @@ from quart import Blueprint, Response, request
 
 from dispatch.dashboard import formats
 from dispatch.dashboard.captured_mail import Attachment, MailView, read_frame, read_part, read_view
-from dispatch.dashboard.captured_search import PAGE_SIZE, CapturedInbox, Query
+from dispatch.dashboard.captured_search import CapturedInbox, Query
 from dispatch.dashboard.notices import (
     LIVE_VERSION_HEADER,
     Notice,
@@ -53,6 +54,12 @@ from dispatch.storage import audit
 VIEWS: Final = ("html", "source", "text", "headers", "raw", "links")
 MAX_RAW_SHOWN: Final = 512 << 10  # characters of the raw source printed on the page
 MAX_QUERY: Final = 500
+
+
+def server_timing(seconds: float) -> str:
+    """``Server-Timing``: the listing's time (folder, summaries, search), for the browser's
+    network panel and the scale test."""
+    return f'inbox;dur={seconds * 1000:.1f};desc="captured mail listed"'
 
 
 def frame_policy(*, remote: bool) -> str:
@@ -127,8 +134,10 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
     notices = Notices()
 
     async def listing(query: Query, before: str | None) -> dict[str, Any]:
+        began = time.perf_counter()
         page = await captured.page(query, before)
-        return {"listing": page, "query": query, "before": before, "page_size": PAGE_SIZE}
+        took = time.perf_counter() - began
+        return {"listing": page, "query": query, "before": before, "took": took}
 
     def query_args() -> tuple[Query, str | None]:
         text = request.args.get("q", "")[:MAX_QUERY]
@@ -138,14 +147,17 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
     @bp.get("/inbox")
     async def inbox() -> Response:
         query, before = query_args()
-        return await render_page(
+        context = await listing(query, before)
+        response = await render_page(
             "dashboard/inbox.html",
             title="Local inbox",
             active="inbox",
             fmt=formats,
             notice=notices.take(),
-            **await listing(query, before),
+            **context,
         )
+        response.headers["Server-Timing"] = server_timing(context["took"])
+        return response
 
     @bp.get("/inbox/rows")
     async def inbox_rows() -> Response:
@@ -157,6 +169,7 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             "dashboard/inbox_rows.html", title="Local inbox", fmt=formats, **context
         )
         response.headers[LIVE_VERSION_HEADER] = str(context["listing"].version)
+        response.headers["Server-Timing"] = server_timing(context["took"])
         return response
 
     @bp.get("/inbox/<message_id>")
