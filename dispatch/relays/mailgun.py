@@ -26,11 +26,9 @@ stream; Mailgun either got the whole multipart body or nothing it will accept.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
-import time
 from typing import IO, Final
 
 import httpx
@@ -38,6 +36,7 @@ import trio
 
 from dispatch.config.settings import MailgunRelay
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, Outcome, dialogue_trace
+from dispatch.relays.retry_after import retry_after_seconds
 
 __all__ = ["EU_BASE_URL", "US_BASE_URL", "MailgunRelayClient", "outcome_of_status"]
 
@@ -48,7 +47,6 @@ EU_BASE_URL: Final = "https://api.eu.mailgun.net"
 
 _CONFIGURATION: Final = frozenset({401, 403, 404})
 _TRY_LATER: Final = frozenset({408, 429})
-_LONGEST_HOLD: Final = 3600.0  # a Retry-After further away than an hour is not believed
 
 
 def outcome_of_status(status: int) -> Outcome:
@@ -58,24 +56,6 @@ def outcome_of_status(status: int) -> Outcome:
     if status >= 500 or status in _TRY_LATER or status in _CONFIGURATION:
         return "transient"
     return "permanent"
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` value in seconds from now (RFC 9110 §10.2.3), None if absent or
-    unreadable; capped at an hour."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), _LONGEST_HOLD)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), _LONGEST_HOLD)
 
 
 def _reason(response: httpx.Response) -> str:

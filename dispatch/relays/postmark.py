@@ -44,8 +44,8 @@ from dispatch.relays.base import (
     RecipientOutcome,
     dialogue_trace,
 )
-from dispatch.relays.mailgun import retry_after_seconds
 from dispatch.relays.postmark_mapping import PostmarkMessage, map_message
+from dispatch.relays.retry_after import retry_after_seconds
 
 __all__ = ["DEFAULT_BASE_URL", "PostmarkRelayClient", "outcome_of"]
 

@@ -42,11 +42,9 @@ either got the whole signed body or nothing it will accept.
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Final
 
@@ -65,6 +63,7 @@ from dispatch.relays.base import (
     RecipientOutcome,
     dialogue_trace,
 )
+from dispatch.relays.retry_after import retry_after_seconds
 
 __all__ = ["SesRelayClient", "outcome_of_error"]
 
@@ -72,7 +71,6 @@ log = logging.getLogger("dispatch.relays.ses")
 
 MAX_DESTINATIONS: Final = 50  # SES: recipients per SendEmail call
 MAX_RAW_BYTES: Final = 40 * 1024 * 1024  # SES: a message, after base64 encoding
-_LONGEST_HOLD: Final = 3600.0  # a Retry-After further away than an hour is not believed
 
 _THROTTLED: Final = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException", "Throttling"}
@@ -107,22 +105,6 @@ def outcome_of_error(status: int, code: str) -> Outcome:
     if status >= 500 or status in (403, 408, 429):
         return "transient"
     return "permanent"
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` (seconds or an HTTP date, RFC 9110 §10.2.3) in seconds from now;
-    None if absent or unreadable; capped at an hour."""
-    if not value or not (value := value.strip()):
-        return None
-    if value.isdigit():
-        return min(float(value), _LONGEST_HOLD)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return min(max(when.timestamp() - time.time(), 0.0), _LONGEST_HOLD)
 
 
 def _ascii_address(address: str) -> str:

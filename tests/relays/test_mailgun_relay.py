@@ -15,8 +15,9 @@ from dispatch.config.settings import MailgunRelay
 from dispatch.config.types import PositiveFloat, PositiveInt, Secret
 from dispatch.monitoring.traces import Tracer
 from dispatch.relays.base import DeliveryRequest
-from dispatch.relays.mailgun import MailgunRelayClient, outcome_of_status, retry_after_seconds
+from dispatch.relays.mailgun import MailgunRelayClient, outcome_of_status
 from dispatch.relays.registry import build_relay
+from dispatch.relays.retry_after import retry_after_seconds
 from tests.relays.mailgun_peer import MailgunPeer, mailgun_peer
 
 # UTF-8 headers and body (8-bit, as SMTPUTF8/8BITMIME intake keeps it), a base64 attachment,

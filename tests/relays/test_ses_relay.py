@@ -21,7 +21,8 @@ from dispatch.config.types import PositiveFloat, PositiveInt, Secret
 from dispatch.monitoring.traces import Tracer
 from dispatch.relays.base import DeliveryRequest
 from dispatch.relays.registry import build_relay
-from dispatch.relays.ses import SesRelayClient, outcome_of_error, retry_after_seconds
+from dispatch.relays.retry_after import retry_after_seconds
+from dispatch.relays.ses import SesRelayClient, outcome_of_error
 from tests.delivery.harness import running_dispatch
 from tests.relays.peers import raw_server
 from tests.relays.ses_peer import (
