@@ -109,8 +109,13 @@ class Sessions:
         await self._admin.create_session(row)
         return token, Session(row.csrf_token, row.created_at, row.expires_at)
 
-    async def find(self, token: str | None, *, now: float | None = None) -> Session | None:
-        """The live session of a cookie's token (extended when due), or ``None``."""
+    async def find(
+        self, token: str | None, *, now: float | None = None, extend: bool = True
+    ) -> Session | None:
+        """The live session of a cookie's token (extended when due), or ``None``.
+
+        ``extend=False`` for requests a page makes by itself (live updates): an Overview left
+        open must not keep its session alive past the idle limit."""
         if not token:
             return None
         at = time.time() if now is None else now
@@ -120,7 +125,7 @@ class Sessions:
             return None
         wanted = min(at + IDLE_SECONDS, row.created_at + ABSOLUTE_SECONDS)
         expires_at = row.expires_at
-        if wanted - expires_at >= EXTEND_EVERY_SECONDS:
+        if extend and wanted - expires_at >= EXTEND_EVERY_SECONDS:
             await self._admin.extend_session(hashed, wanted)
             expires_at = wanted
         return Session(row.csrf_token, row.created_at, expires_at)

@@ -44,6 +44,17 @@ STATIC_PREFIX: Final = "/static/"
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+LIVE_HEADER: Final = "X-Dispatch-Live"
+"""Sent by our scripts' own polls (live.js, the Overview's charts); EventSource sends
+``Accept: text/event-stream`` instead. Neither is the operator's doing."""
+
+
+def is_background(live: str | None, accept: str | None) -> bool:
+    """Whether a request is a page's own live update rather than the operator's, from its
+    :data:`LIVE_HEADER` and ``Accept`` headers."""
+    return live == "1" or "text/event-stream" in (accept or "")
+
+
 def content_security_policy(nonce: str) -> str:
     """The pages' policy: only this origin; inline script only with this request's nonce;
     no plugins, no ``<base>``, forms post here only, and no page may frame the dashboard."""
@@ -137,7 +148,12 @@ def install_gate(app: QuartTrio, sessions: Sessions, state: AdminState) -> None:
         try:
             if not await state.password_set():
                 return None if path == "/setup" else redirect_to("/setup")
-            session = await sessions.find(request.cookies.get(SESSION_COOKIE))
+            session = await sessions.find(
+                request.cookies.get(SESSION_COOKIE),
+                extend=not is_background(
+                    request.headers.get(LIVE_HEADER), request.headers.get("Accept")
+                ),
+            )
             if path in OPEN_PATHS:
                 g.session = session  # the login page sends a signed-in browser on
                 return None

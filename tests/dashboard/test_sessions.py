@@ -15,6 +15,7 @@ from dispatch.dashboard.auth import (
     password_problem,
     token_hash,
 )
+from dispatch.dashboard.gate import is_background
 from dispatch.storage import SqliteDatabase
 from dispatch.storage.admin import AdminStore
 from tests.storage.conftest import query
@@ -49,6 +50,21 @@ async def test_a_session_used_within_the_idle_limit_lives_on(admin: AdminStore) 
     token, _ = await sessions.begin(now=T0)
     for hour in range(1, 100, 11):  # a request every 11 hours: never 12 h idle
         assert await sessions.find(token, now=T0 + hour * HOUR) is not None
+
+
+async def test_a_pages_own_live_updates_do_not_keep_its_session_alive(admin: AdminStore) -> None:
+    sessions = Sessions(admin)
+    token, _ = await sessions.begin(now=T0)
+    for minute in range(1, 13 * 60, 25):  # an Overview left open: an update every 25 minutes
+        await sessions.find(token, now=T0 + minute * 60, extend=False)
+    assert await sessions.find(token, now=T0 + IDLE_SECONDS + 1) is None
+
+
+def test_a_live_update_is_told_from_the_operators_requests() -> None:
+    assert is_background(None, "text/event-stream")
+    assert is_background("1", "text/html")
+    assert not is_background(None, "text/html,application/xhtml+xml")
+    assert not is_background(None, None)
 
 
 async def test_a_session_idle_for_twelve_hours_has_ended(admin: AdminStore) -> None:

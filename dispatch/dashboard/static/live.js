@@ -27,7 +27,10 @@
       var url = element.getAttribute("data-live-url");
       var version = element.getAttribute("data-live-version") || "";
       url += (url.indexOf("?") < 0 ? "?" : "&") + "version=" + encodeURIComponent(version);
-      fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      fetch(url, {
+        credentials: "same-origin",
+        headers: { Accept: "text/html", "X-Dispatch-Live": "1" },
+      })
         .then(function (response) {
           var next = response.headers.get("X-Live-Version");
           if (response.redirected || response.status !== 200 || next === null) {

@@ -89,7 +89,11 @@
   function refreshCharts() {
     chartsTimer = null;
     if (!charts || document.hidden) return;
-    fetch("/overview/charts", { credentials: "same-origin", redirect: "error" })
+    fetch("/overview/charts", {
+      credentials: "same-origin",
+      redirect: "error",
+      headers: { "X-Dispatch-Live": "1" },
+    })
       .then(function (response) {
         if (!response.ok) throw new Error(String(response.status));
         return response.text();
