@@ -126,16 +126,15 @@ def _all_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
 
 
 def decoded_text(part: email.message.Message) -> str:
-    """A text part's content as a string, whatever its charset claims."""
+    """A text part's content as a string, whatever its charset claims; lines end in ``\n``."""
     try:
         content = part.get_content()  # type: ignore[attr-defined]
-        if isinstance(content, str):
-            return content
     except (LookupError, UnicodeError, ValueError, AssertionError):
-        pass
-    payload = part.get_payload(decode=True)
-    data = payload if isinstance(payload, bytes) else b""
-    return data.decode("utf-8", "replace")
+        content = None
+    if not isinstance(content, str):
+        payload = part.get_payload(decode=True)
+        content = (payload if isinstance(payload, bytes) else b"").decode("utf-8", "replace")
+    return content.replace("\r\n", "\n")
 
 
 def _payload(part: email.message.Message) -> bytes:

@@ -184,3 +184,38 @@ def test_screenshots_of_the_operator_pages(
     debug = screenshots.directory / "debug-light.png"  # its pages have one scheme only
     page.screenshot(path=str(debug))
     assert debug.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_operator_pages_fit_a_phone(
+    start_dashboard: StartDashboard, start_sink: StartSink, page: Page
+) -> None:
+    sink, dashboard = sink_and_dashboard(start_dashboard, start_sink)
+    set_up_in_browser(page, dashboard)
+    key = create_key_in_page(page, dashboard, "a key with a rather long descriptive name")
+    assert api_send(dashboard, key, MESSAGE).status_code == 202
+    (message_id,) = wait_for_captured(dashboard, 1)
+    page.goto(f"{dashboard.url}/relays/upstream")
+    page.get_by_label("From").fill("ops@example.com")
+    page.get_by_label("To").fill("check@partner.example")
+    page.get_by_role("button", name="Send the test message").click()
+    expect(page.locator("#relay-log table")).to_contain_text("delivered", timeout=15_000)
+    page.set_viewport_size({"width": 360, "height": 740})
+    paths = [
+        "/inbox",
+        f"/inbox/{message_id}",
+        f"/inbox/{message_id}?view=headers",
+        f"/inbox/{message_id}?view=raw",
+        "/relays",
+        "/relays/upstream",
+        "/routing?from=a%40example.com&to=b%40partner.example",
+        "/api-keys",
+        "/audit",
+        "/settings",
+    ]
+    for path in paths:
+        page.goto(dashboard.url + path)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (path, overflow)
+    assert len(sink.messages) == 1

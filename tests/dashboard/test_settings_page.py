@@ -209,3 +209,16 @@ def test_debug_pages_need_the_login_and_have_their_own_policy(
     overview = admin_client.http.get("/")
     assert "debug" not in overview.headers.get("content-security-policy", "")
     assert "script-src 'self'" in overview.headers["content-security-policy"]
+
+
+def test_settings_actions_need_the_csrf_token(
+    dashboard: DashboardDaemon, admin_client: AdminClient
+) -> None:
+    before = dashboard.certificate.read_bytes()
+    for path in ("/settings/reload", "/settings/certificate", "/settings/purge"):
+        assert admin_client.http.post(path).status_code == 403, path
+        wrong = admin_client.http.post(path, data={"csrf_token": "not-the-token"})
+        assert wrong.status_code == 403, path
+    assert dashboard.certificate.read_bytes() == before
+    audit = admin_client.http.get("/audit").text
+    assert "reload" not in audit.partition("<tbody>")[2]

@@ -19,6 +19,7 @@ from quart import Blueprint, Response, request
 from quart.blueprints import BlueprintSetupState
 from quart_trio import QuartTrio
 
+from dispatch.dashboard.render import redirect_to
 from dispatch.dashboard.sources import DashboardSources
 from dispatch.web.debug import register_debug
 
@@ -45,3 +46,8 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             return response
 
     bp.record_once(add_to_app)
+
+    @bp.get("/favicon.ico")
+    async def favicon() -> Response:
+        """The debug pages name no icon, so the browser asks for this one; the dashboard's."""
+        return redirect_to("/static/favicon.svg", status=301)
