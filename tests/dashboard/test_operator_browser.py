@@ -22,7 +22,7 @@ from tests.support.config import dump, smtp_relay
 from tests.support.sink import Sink, StartSink
 from tests.support.waiting import wait_until
 
-MESSAGE = {
+MESSAGE: dict[str, object] = {
     "from": "billing@shop.example.com",
     "to": "customer@example.org",
     "subject": "Your invoice",
