@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ import trio
 
 from tests.api.test_http_api import api, captured, delivered
 from tests.api.test_mailgun_api import PDF, PNG, parts_of
+from tests.support.npm import node_modules as install_node_modules
 
-ROOT = Path(__file__).resolve().parents[2]
-MODULES = ROOT / ".nox" / "node-mailgun"
 SCRIPT = Path(__file__).parent / "node" / "mailgun_send.cjs"
 PACKAGES = ("mailgun.js@^14", "form-data@^4")
 
@@ -29,12 +27,7 @@ PACKAGES = ("mailgun.js@^14", "form-data@^4")
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """``node_modules`` holding mailgun.js and form-data, installed once with npm."""
-    installed = MODULES / "node_modules"
-    if not (installed / "mailgun.js" / "package.json").exists():
-        MODULES.mkdir(parents=True, exist_ok=True)
-        command = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(MODULES)]
-        subprocess.run([*command, *PACKAGES], check=True, timeout=300, capture_output=True)
-    return installed
+    return install_node_modules("node-mailgun", PACKAGES, "mailgun.js")
 
 
 async def send_with_mailgun_js(modules: Path, payload: dict[str, object]) -> dict[str, object]:

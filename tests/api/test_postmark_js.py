@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ import trio
 
 from tests.api.test_http_api import api, captured, delivered
 from tests.api.test_mailgun_api import PDF, PNG, parts_of
+from tests.support.npm import node_modules as install_node_modules
 
-ROOT = Path(__file__).resolve().parents[2]
-MODULES = ROOT / ".nox" / "node-postmark"
 SCRIPT = Path(__file__).parent / "node" / "postmark_send.cjs"
 PACKAGES = ("postmark@^4",)
 
@@ -30,12 +28,7 @@ PACKAGES = ("postmark@^4",)
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     """``node_modules`` holding postmark.js, installed once with npm."""
-    installed = MODULES / "node_modules"
-    if not (installed / "postmark" / "package.json").exists():
-        MODULES.mkdir(parents=True, exist_ok=True)
-        command = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(MODULES)]
-        subprocess.run([*command, *PACKAGES], check=True, timeout=300, capture_output=True)
-    return installed
+    return install_node_modules("node-postmark", PACKAGES, "postmark")
 
 
 async def send_with_postmark_js(modules: Path, payload: dict[str, Any]) -> dict[str, Any]:
