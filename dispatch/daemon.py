@@ -56,22 +56,25 @@ from dispatch.monitoring.queue_history import QueueHistory
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.vars import ProcessInfo
+from dispatch.relays.dkim_sign import DkimSigner
 from dispatch.relays.registry import RelaySet
 from dispatch.retention import Retention
 from dispatch.security.api_keys import ApiKeyVerifier
 from dispatch.security.certs import certificate_file
+from dispatch.security.dkim_keys import DkimKeyError
 from dispatch.spool import Spool
 from dispatch.spool.captured import captured_copies
 from dispatch.spool.layout import SpoolLayout
 from dispatch.spool.lock import SpoolLock
 from dispatch.spool.sweep import SpoolSweeper
-from dispatch.storage import Store, audit, open_store
+from dispatch.storage import MessageEvent, Store, audit, open_store
 from dispatch.supervisor import ComponentStartError, Supervisor, describe
 from dispatch.systemd.activation import ActivationError, InheritedSocket, take_listen_fds
 from dispatch.systemd.notify import SystemdNotifier, reload_status
 from dispatch.web.debug import DebugSources
 from dispatch.web.ops import OpsSources
 from dispatch.web.ops_servers import AllowList, OpsServers
+from dispatch.webhooks import WebhookSender, outbox_directory
 
 log = logging.getLogger("dispatch")
 
@@ -91,6 +94,7 @@ class Parts:
     delivery: Delivery
     figures: DatabaseFigures
     files: FileFigures  # free disk and certificate expiry, for /metrics
+    webhooks: WebhookSender  # the "webhooks" component; hears delivery's events
     started_at: float
     flags: tuple[CommandLineFlag, ...] = ()  # the command line's, for /debug/flags
     # /debug/memory's bounded tracing, one for both servers; owned by the "figures" component
@@ -122,7 +126,11 @@ def build_parts(
     except ValueError as exc:
         raise ComponentStartError("storage", str(exc)) from exc
     stats, tracer = Stats(), Tracer()
-    relays = RelaySet(lambda: settings.current, spool, audit=store.log.audit)
+    try:
+        signer = DkimSigner.load(current.dkim, stats)
+    except DkimKeyError as exc:
+        raise ComponentStartError("delivery", str(exc)) from exc
+    relays = RelaySet(lambda: settings.current, spool, audit=store.log.audit, signer=signer)
 
     def plan() -> DeliveryPlan:
         now = settings.current
@@ -132,7 +140,15 @@ def build_parts(
             relay=relays.get,
         )
 
-    attempt = DeliveryAttempt(spool, plan, store.log.record, stats, tracer)
+    webhooks = WebhookSender(
+        lambda: settings.current.webhooks, outbox_directory(current.data_dir), stats
+    )
+
+    def record(event: MessageEvent) -> None:
+        store.log.record(event)  # the message log, and
+        webhooks.record(event)  # the receivers: both only queue, neither waits
+
+    attempt = DeliveryAttempt(spool, plan, record, stats, tracer)
     return Parts(
         settings=settings,
         spool=spool,
@@ -148,6 +164,7 @@ def build_parts(
         figures=DatabaseFigures(),
         files=FileFigures(Path(current.spool.directory), lambda: [certificate_file(current)]),
         started_at=time.monotonic(),
+        webhooks=webhooks,
     )
 
 
@@ -178,11 +195,18 @@ def build_components(parts: Parts) -> list[Component]:
     )
     control = ControlServer(
         Path(settings.current.data_dir),
-        Operations(spool, lambda: settings.current, parts.attempt, audit=store.log.audit),
+        Operations(
+            spool,
+            lambda: settings.current,
+            parts.attempt,
+            audit=store.log.audit,
+            webhooks=parts.stats.webhook_activity,
+        ),
     )
     components = [
         Component("storage", store.run),
         Component("figures", partial(refresh_figures, parts)),
+        Component("webhooks", parts.webhooks.run),
         Component("delivery", parts.delivery.run),
         Component("retention", retention.run),
         Component("smtp", parts.intake.run),

@@ -25,8 +25,10 @@ from dispatch import __version__
 from dispatch.cli import admin as admin_cli
 from dispatch.cli import api_key as api_key_cli
 from dispatch.cli import audit as audit_cli
+from dispatch.cli import dkim as dkim_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
+from dispatch.cli import webhooks as webhooks_cli
 from dispatch.cli.prompt import MIN_PASSWORD_LENGTH, read_new_password
 from dispatch.cli.whereabouts import no_daemon_notice
 from dispatch.config import (
@@ -40,6 +42,7 @@ from dispatch.config import (
 from dispatch.config.advice import config_warnings
 from dispatch.logs import configure_logging
 from dispatch.monitoring.flags import CommandLineFlag
+from dispatch.monitoring.webhook_activity import RECENT_CALLS
 from dispatch.security.passwords import hash_password
 from dispatch.storage import AUDIT_CATEGORIES
 from dispatch.storage.queries import MAX_SEARCH_LIMIT
@@ -65,6 +68,7 @@ examples:
   python -m dispatch route simulate a@example.com b@example.org
                                                       which relay would take this mail
   python -m dispatch audit --since 24h                what was changed, by whom
+  python -m dispatch dkim generate example.com        a DKIM key and its DNS record
   python -m dispatch COMMAND --help                   more about one command
 
 docs/ explains each command; the configuration keys are in docs/configuration.md.
@@ -119,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         _add_send_test,
         _add_route,
         _add_audit,
+        _add_webhooks,
+        dkim_cli.add_parser,
     ):
         add(commands, common)
     return parser
@@ -299,6 +305,25 @@ def _add_audit(commands: Commands, common: argparse.ArgumentParser) -> None:
     audit.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_webhooks(commands: Commands, common: argparse.ArgumentParser) -> None:
+    webhooks = commands.add_parser(
+        "webhooks", parents=[common], help="the running daemon's delivery webhook calls"
+    )
+    actions = webhooks.add_subparsers(dest="action", metavar="ACTION", required=True)
+    recent = actions.add_parser(
+        "recent",
+        parents=[common],
+        help="the latest webhook calls, newest first, and how many are owed",
+        description="The running daemon's latest webhook calls (status, error, attempt), "
+        "newest first, and the calls still owed in its outbox. Asks the daemon over its "
+        "control socket. docs/webhooks.md explains the calls.",
+    )
+    recent.add_argument(
+        "--limit", metavar="N", type=int, default=20, help="the newest N calls (default 20)"
+    )
+    recent.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _worker_parser() -> argparse.ArgumentParser:
     """``intake-worker``: started by the main process only, so absent from ``--help``."""
     worker = argparse.ArgumentParser(prog="dispatch intake-worker")
@@ -436,11 +461,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command == "dkim":
+        settings = _settings_or_exit(args)
+        return EXIT_BAD_CONFIG if settings is None else dkim_cli.generate(settings, args)
     if args.command == "set-admin-password":
         settings = _settings_or_exit(args)
         if settings is None:
             return EXIT_BAD_CONFIG
         return admin_cli.main(settings, from_stdin=args.stdin or not sys.stdin.isatty())
+    if args.command == "webhooks":
+        settings = _settings_or_exit(args)
+        if settings is None:
+            return EXIT_BAD_CONFIG
+        if not 1 <= args.limit <= RECENT_CALLS:
+            parser.error(f"webhooks recent: --limit must be from 1 to {RECENT_CALLS}")
+        return webhooks_cli.recent(settings, args.limit, args.json)
     if args.command in ("spool", "route", "send-test", "api-key", "audit"):
         settings = _settings_or_exit(args)
         if settings is None:

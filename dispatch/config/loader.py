@@ -16,6 +16,7 @@ import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -30,8 +31,16 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from dispatch.config import toml_errors
+from dispatch.config.dkim_checks import dkim_problems
 from dispatch.config.render import redact_url_credentials
-from dispatch.config.settings import RELAY_KINDS, SECRET, RelaySettings, SesRelay, Settings
+from dispatch.config.settings import (
+    RELAY_KINDS,
+    SECRET,
+    RelaySettings,
+    SesRelay,
+    Settings,
+    WebhookSettings,
+)
 from dispatch.config.types import (
     BindAddresses,
     Cidr,
@@ -40,8 +49,10 @@ from dispatch.config.types import (
     Port,
     PositiveFloat,
     PositiveInt,
+    ProcessCount,
     RelayChoice,
     Secret,
+    auto_processes,
 )
 
 CONFIG_ENV: Final = "DISPATCH_CONFIG"
@@ -136,6 +147,14 @@ def _positive_int(value: object, _: object) -> PositiveInt:
     if number < 1:
         raise ValueError(f"{number} is too small; use 1 or more")
     return PositiveInt(number)
+
+
+def _process_count(value: object, _: object) -> ProcessCount:
+    if value == "auto":
+        return auto_processes()
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f'expected a number of processes or "auto", got {_type_name(value)} {value!r}')
+    return ProcessCount(_positive_int(value, None))
 
 
 def _positive_float(value: object, _: object) -> PositiveFloat:
@@ -314,6 +333,7 @@ def make_converter() -> cattrs.Converter:
         (Port, _port),
         (NonNegativeInt, _non_negative_int),
         (PositiveInt, _positive_int),
+        (ProcessCount, _process_count),
         (PositiveFloat, _positive_float),
         (Cidr, _cidr),
         (BindAddresses, _bind_addresses),
@@ -384,8 +404,40 @@ def _ses_checks(where: str, relay: SesRelay) -> Iterator[ConfigProblem]:
         )
 
 
+def _webhook_checks(webhooks: tuple[WebhookSettings, ...]) -> Iterator[ConfigProblem]:
+    """Each ``[[webhooks]]``: an http(s) URL used once, a secret, at least one event."""
+    seen: set[str] = set()
+    for i, hook in enumerate(webhooks):
+        where = f"webhooks[{i}]"
+        parts = urllib.parse.urlsplit(hook.url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            yield ConfigProblem(
+                f"{where}.url", f"{hook.url!r} is not an http(s) URL, e.g. 'https://app/hooks'"
+            )
+        elif hook.url in seen:
+            yield ConfigProblem(f"{where}.url", f"{hook.url!r} is used by another webhook")
+        seen.add(hook.url)
+        if not hook.secret:
+            yield ConfigProblem(
+                f"{where}.secret",
+                "is empty; set secret_env (an environment variable's name) or secret_file "
+                "to the key the receiver checks the signature with",
+            )
+        if not hook.events:
+            yield ConfigProblem(
+                f"{where}.events", "is empty; list at least one of delivered, deferred, failed, "
+                "bounced (or remove the webhook)",
+            )
+        if hook.retry_max_seconds < hook.retry_first_seconds:
+            yield ConfigProblem(
+                f"{where}.retry_max_seconds", "is below retry_first_seconds; raise it"
+            )
+
+
 def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
     listener = settings.listener
+    for where, message in dkim_problems(settings.dkim):
+        yield ConfigProblem(where, message)
     if not listener.ports:
         yield ConfigProblem("listener.ports", "is empty; list at least one SMTP port")
     for port in sorted(set(listener.tls_ports) & set(listener.ports)):
@@ -408,6 +460,7 @@ def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
     for i, relay in enumerate(settings.relays):
         if isinstance(relay, SesRelay):
             yield from _ses_checks(f"relays[{i}]", relay)
+    yield from _webhook_checks(settings.webhooks)
     known = ", ".join(names) or "(none)"
     if not settings.relays:
         yield ConfigProblem("relays", "is empty; configure at least one relay")

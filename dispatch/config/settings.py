@@ -23,8 +23,10 @@ from dispatch.config.types import (
     Port,
     PositiveFloat,
     PositiveInt,
+    ProcessCount,
     RelayChoice,
     Secret,
+    auto_processes,
 )
 
 LIVE: Final = "dispatch_live"
@@ -73,9 +75,14 @@ class ListenerSettings:
     max_connections: PositiveInt = live(PositiveInt(100))
     max_connections_per_ip: PositiveInt = live(PositiveInt(50))
     users: tuple[SmtpUser, ...] = live(())
-    processes: PositiveInt = PositiveInt(1)
+    processes: ProcessCount = attrs.field(factory=auto_processes)  # the file may say "auto"
     submission_ports: tuple[Port, ...] = live(())
     tls_ports: tuple[Port, ...] = ()
+    # Inbound DKIM verification (RFC 6376 §6), counted only: docs/deliverability.md.
+    dkim_verify: bool = live(False)
+    dkim_verify_nameservers: tuple[str, ...] = live(())  # empty: the system resolver
+    dkim_verify_nameserver_port: Port = live(Port(53))
+    dkim_verify_timeout_seconds: PositiveFloat = live(PositiveFloat(5.0))
 
 
 @attrs.frozen
@@ -151,6 +158,25 @@ class MonitoringSettings:
     allowed_cidrs: tuple[Cidr, ...] = live(factory=_loopback)
 
 
+@attrs.frozen
+class BouncesSettings:
+    """Delivery status notifications (RFC 3464) to the envelope sender: docs/deliverability.md."""
+
+    enabled: bool = live(True)
+    reporting_mta: str = live("")  # empty: listener.server_name
+    # A "delayed" notice once a message has waited this long; 0: never.
+    delay_warning_after_seconds: NonNegativeInt = live(NonNegativeInt(0))
+
+
+@attrs.frozen
+class SuppressionSettings:
+    """Addresses that bounced hard are not mailed again for ``days``: docs/deliverability.md."""
+
+    enabled: bool = live(True)
+    mode: Literal["intake", "delivery"] = live("intake")
+    days: PositiveInt = live(PositiveInt(30))
+
+
 # --- relays (SPEC §6): one class per kind, chosen by the `kind` key -----------------------
 
 
@@ -173,6 +199,7 @@ class SmtpRelay(RelayCommon):
     verify_certificates: bool = True
     ca_file: str = ""
     helo_name: str = ""  # empty: listener.server_name
+    dkim_sign: bool = True  # with the [[dkim]] key of the sender's domain, if there is one
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +215,13 @@ class MxRelay(RelayCommon):
     nameserver_port: Port = Port(53)
     require_tls: bool = False
     helo_name: str = ""
+    # Outbound security (docs/deliverability.md#mta-sts, docs/delivery.md): MTA-STS policies
+    # (RFC 8461) and the per-domain record that refuses a downgrade.
+    mta_sts: bool = True
+    mta_sts_port: Port = Port(443)  # HTTPS port of mta-sts.<domain> (tests use another)
+    security_levels: bool = True
+    ca_file: str = ""  # PEM bundle trusted instead of the system store (MX and policy hosts)
+    dkim_sign: bool = True  # with the [[dkim]] key of the sender's domain, if there is one
 
 
 @attrs.frozen(kw_only=True)
@@ -242,6 +276,38 @@ class RouteSettings:
     enabled: bool = True
 
 
+@attrs.frozen(kw_only=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376; Ed25519 per RFC 8463) for one sender domain and its
+    subdomains; made by ``dispatch dkim generate``. Loaded at start-up."""
+
+    domain: str
+    selector: str
+    private_key_file: str
+
+
+WebhookEvent = Literal["delivered", "deferred", "failed", "bounced"]
+
+
+def _all_webhook_events() -> tuple[WebhookEvent, ...]:
+    return ("delivered", "deferred", "failed", "bounced")
+
+
+@attrs.frozen(kw_only=True)
+class WebhookSettings:
+    """One receiver of delivery events (``[[webhooks]]``, docs/webhooks.md): a signed JSON
+    POST per event, retried from the outbox until answered 2xx or given up."""
+
+    url: str
+    events: tuple[WebhookEvent, ...] = attrs.field(factory=_all_webhook_events)
+    secret: Secret = secret()  # HMAC-SHA256 key; required (secret_env or secret_file too)
+    timeout_seconds: PositiveFloat = PositiveFloat(10.0)
+    max_concurrency: PositiveInt = PositiveInt(4)
+    retry_first_seconds: PositiveFloat = PositiveFloat(5.0)
+    retry_max_seconds: PositiveFloat = PositiveFloat(600.0)
+    give_up_after_seconds: PositiveFloat = PositiveFloat(86400.0)
+
+
 def _default_relays() -> tuple[RelaySettings, ...]:
     return (LocalRelay(name="local"),)
 
@@ -260,9 +326,13 @@ class Settings:
     retention: RetentionSettings = attrs.Factory(RetentionSettings)
     health: HealthSettings = attrs.Factory(HealthSettings)
     monitoring: MonitoringSettings = attrs.Factory(MonitoringSettings)
+    bounces: BouncesSettings = attrs.Factory(BouncesSettings)
+    suppression: SuppressionSettings = attrs.Factory(SuppressionSettings)
     relays: tuple[RelaySettings, ...] = live(factory=_default_relays)
     routes: tuple[RouteSettings, ...] = live(())
     default_relay: str = live("")  # empty: the only relay, if there is exactly one
+    webhooks: tuple[WebhookSettings, ...] = live(())
+    dkim: tuple[DkimKey, ...] = ()
 
     def relay(self, name: str) -> RelaySettings:
         for relay in self.relays:

@@ -36,6 +36,7 @@ COMMANDS: Final[dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
     "spool.flush": {"relay": (_STR, False), "state": (_STR, False)},
     "spool.delete": {"id": (_STR, True)},
     "send-test": {"relay": (_STR, True), "to": (_STR, True), "from": (_STR, False)},
+    "webhooks.recent": {"limit": ((int,), False)},
 }
 
 _TYPE_NAMES: Final = {str: "a string", int: "an integer"}

@@ -40,6 +40,7 @@ from dispatch.control.protocol import (
 )
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.lifecycle import Shutdown
+from dispatch.monitoring.webhook_activity import RECENT_CALLS, WebhookActivity
 from dispatch.spool import Spool
 from dispatch.storage import AuditEntry
 from dispatch.storage import audit as entries
@@ -68,6 +69,20 @@ class Operations:
     settings: Callable[[], Settings]
     attempt: DeliveryAttempt | None = None
     audit: Callable[[AuditEntry], None] = attrs.field(kw_only=True)
+    webhooks: WebhookActivity | None = attrs.field(default=None, kw_only=True)
+
+    def webhooks_recent(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.webhooks is None:
+            raise commands.CommandError(
+                "webhooks recent needs the running daemon (its recent calls are kept in its "
+                "memory); start it with `python -m dispatch`"
+            )
+        calls = self.webhooks.recent(args.get("limit", RECENT_CALLS))
+        return {
+            "outbox_depth": self.webhooks.outbox_depth,
+            "oldest_pending_at": self.webhooks.oldest_pending_at,
+            "calls": [call.as_json() for call in calls],
+        }
 
     async def send_test(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.attempt is None:
@@ -129,6 +144,7 @@ async def run(ops: Operations, request: Request, *, who: str = LOCAL_CLIENT) -> 
         "spool.flush": lambda: ops.flush(args, who),
         "spool.delete": lambda: ops.delete(args, who),
         "send-test": lambda: ops.send_test(args),
+        "webhooks.recent": lambda: ops.webhooks_recent(args),
     }
     try:
         result = handlers[request.command]()

@@ -227,6 +227,9 @@ class MetricsCollector:
         yield from self._relay_families(populated, relays)
         yield from self._spool_and_files(populated)
         yield self._retention_success(populated)
+        yield from self._dkim_families(populated)
+        yield from self._bounce_families(populated)
+        yield from self._webhook_families(populated)
         info = GaugeMetricFamily(
             "dispatch_build_info",
             "Dispatch version and Python version of this process (always 1)",
@@ -329,6 +332,73 @@ class MetricsCollector:
             for (kind, outcome), count in self._delivery_attempts(relays).items():
                 attempts.add_metric([kind, outcome], count)
         yield attempts
+
+    def _webhook_families(self, populated: bool) -> Iterator[Metric]:
+        """Delivery webhooks (docs/webhooks.md): calls by result, and the calls still owed."""
+        s = self._stats
+        for name, counter in (
+            ("dispatch_webhook_queued", s.webhook_queued),
+            ("dispatch_webhook_sent", s.webhook_sent),
+            ("dispatch_webhook_retried", s.webhook_retried),
+            ("dispatch_webhook_failed", s.webhook_failed),
+            ("dispatch_webhook_outbox_errors", s.webhook_outbox_errors),
+        ):
+            family = CounterMetricFamily(name, counter.help)
+            if populated:
+                family.add_metric([], counter.value)
+            yield family
+        depth = GaugeMetricFamily(
+            "dispatch_webhook_outbox_depth",
+            "webhook calls in the outbox: not yet answered 2xx nor given up",
+        )
+        if populated:
+            depth.add_metric([], s.webhook_activity.outbox_depth)
+        yield depth
+
+    def _bounce_families(self, populated: bool) -> Iterator[Metric]:
+        """Bounces (DSNs) spooled, and the suppression list (docs/deliverability.md)."""
+        s = self._stats
+        for name, counter in (
+            ("dispatch_dsn_queued", s.dsn_queued),
+            ("dispatch_suppression_added", s.suppression_added),
+        ):
+            family = CounterMetricFamily(name, counter.help)
+            if populated:
+                family.add_metric([], counter.value)
+            yield family
+        refused = CounterMetricFamily(
+            "dispatch_suppression_refused", s.suppressed.help, labels=["where"]
+        )
+        if populated:
+            for value, count in _with_known(s.suppressed, ("intake", "delivery")):
+                refused.add_metric([value], count)
+        yield refused
+
+    def _dkim_families(self, populated: bool) -> Iterator[Metric]:
+        """DKIM (docs/deliverability.md): messages signed at delivery and signing failures;
+        received messages checked when listener.dkim_verify is on, and each signature's
+        result."""
+        s = self._stats
+        for name, counter in (
+            ("dispatch_dkim_signed", s.dkim_signed),
+            ("dispatch_dkim_sign_errors", s.dkim_sign_errors),
+            ("dispatch_dkim_verify_found", s.dkim_verify_found),
+            ("dispatch_dkim_verify_not_found", s.dkim_verify_not_found),
+            ("dispatch_dkim_verify_valid", s.dkim_verify_valid),
+            ("dispatch_dkim_verify_errors", s.dkim_verify_errors),
+        ):
+            family = CounterMetricFamily(name, counter.help)
+            if populated:
+                family.add_metric([], counter.value)
+            yield family
+        results = CounterMetricFamily(
+            "dispatch_dkim_verify_results", s.dkim_verify_results.help, labels=["result"]
+        )
+        if populated:
+            known = ("pass", "fail", "temperror", "permerror")
+            for value, count in _with_known(s.dkim_verify_results, known):
+                results.add_metric([value], count)
+        yield results
 
     def _retention_success(self, populated: bool) -> Metric:
         gauge = GaugeMetricFamily(

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import attrs
 
+from dispatch.monitoring.webhook_activity import WebhookActivity
+
 MAX_LABEL_VALUES: Final = 200
 """Distinct values one map keeps; later ones are counted under ``"other"`` (bounded memory)."""
 
@@ -206,6 +208,33 @@ class Stats:
             p + "wrongProtoCount", "commands of other protocols (e.g. HTTP) on SMTP", "verb"
         )
         self.smtp_loops = Counter(p + "loopsDetected", "messages refused as mail loops")
+        # DKIM, under chasquid's names (smtpIn/dkim*): signing happens at delivery (mx and
+        # smtp relays, dispatch/relays/dkim_sign.py), verification at intake when
+        # listener.dkim_verify is on (dispatch/intake/dkim_verify.py).
+        self.dkim_signed = Counter(p + "dkimSigned", "messages DKIM-signed for delivery")
+        self.dkim_sign_errors = Counter(
+            p + "dkimSignErrors", "DKIM signing failures (the message went unsigned)"
+        )
+        self.dkim_verify_found = Counter(
+            p + "dkimVerifyFound", "received messages with at least one DKIM signature"
+        )
+        self.dkim_verify_not_found = Counter(
+            p + "dkimVerifyNotFound", "received messages with no DKIM signature"
+        )
+        self.dkim_verify_valid = Counter(
+            p + "dkimVerifyValid", "received messages with at least one valid DKIM signature"
+        )
+        self.dkim_verify_errors = Counter(
+            p + "dkimVerifyErrors",
+            "DKIM verifications that could not finish (DNS failure, timeout, message too "
+            "large to check)",
+        )
+        self.dkim_verify_results = CounterMap(
+            p + "dkimVerifyResult",
+            "DKIM signatures checked on received messages, by result (pass, fail, temperror, "
+            "permerror)",
+            "result",
+        )
         self.smtp_violations = CounterMap(
             p + "protocolViolations",
             "SMTP sessions closed or messages refused for breaking the protocol",
@@ -223,6 +252,20 @@ class Stats:
         )
         self.spool_writes = CounterMap(
             "dispatch/queue/itemsWritten", "spool write attempts", "result"
+        )
+        # Bounces and the suppression list (dispatch/delivery/bounces.py, docs/deliverability.md)
+        self.dsn_queued = Counter(
+            "dispatch/queue/dsnQueued",
+            "delivery status notifications (bounces, delay and success notices) spooled",
+        )
+        self.suppressed = CounterMap(
+            "dispatch/suppression/refusedCount",
+            "recipients on the suppression list refused at RCPT (intake) or skipped at "
+            "delivery (delivery)",
+            "where",
+        )
+        self.suppression_added = Counter(
+            "dispatch/suppression/addedCount", "addresses put on the suppression list"
         )
         self.api_denied = CounterMap(
             "dispatch/api/deniedCount", "API requests refused at the allow-list", "reason"
@@ -277,9 +320,69 @@ class Stats:
         self.retention_runs = CounterMap(
             "dispatch/retention/runCount", "retention runs, by result (ok, failed)", "result"
         )
+        o = "dispatch/smtpOut/"  # outbound security (relays/mx.py, docs/delivery.md)
+        self.smtp_out_tls = CounterMap(
+            o + "tlsCount",
+            "outbound SMTP connections by TLS status: tls:secure (certificate verified), "
+            "tls:insecure (not verified), tls:failed (handshake failed), plain",
+            "status",
+        )
+        self.smtp_out_security_checks = CounterMap(
+            o + "securityLevelChecks",
+            "outbound security level checks (no downgrade below the best level seen for the "
+            "domain), by result (pass, fail)",
+            "result",
+        )
+        self.sts_mode = CounterMap(
+            o + "sts/mode", "MTA-STS policies applied to deliveries, by mode", "mode"
+        )
+        self.sts_security = CounterMap(
+            o + "sts/security",
+            "MTA-STS checks of an exchanger (policy match and verified TLS), by result",
+            "result",
+        )
+        c = "dispatch/sts/cache/"  # the MTA-STS policy cache (relays/sts_cache.py)
+        self.sts_cache_fetches = Counter(c + "fetches", "MTA-STS policy fetches over HTTPS")
+        self.sts_cache_hits = Counter(c + "hits", "MTA-STS policies answered from the cache")
+        self.sts_cache_expired = Counter(
+            c + "expired", "cached MTA-STS policies found past their max_age"
+        )
+        self.sts_cache_failed_fetch = Counter(
+            c + "failedFetch", "MTA-STS TXT lookups or policy fetches that failed"
+        )
+        self.sts_cache_invalid = Counter(
+            c + "invalid", "MTA-STS TXT records or policies refused as invalid"
+        )
+        self.sts_cache_io_errors = Counter(
+            c + "ioErrors", "MTA-STS cache files that could not be read or written"
+        )
+        self.sts_cache_marshal_errors = Counter(
+            c + "marshalErrors", "MTA-STS cache entries that could not be encoded"
+        )
+        self.sts_cache_unmarshal_errors = Counter(
+            c + "unmarshalErrors", "MTA-STS cache files that could not be decoded"
+        )
         # Not counters: set by the retention component in the main process only.
         self.retention_last_run: RetentionRun | None = None
         self.retention_last_success: float | None = None  # Unix time the last ok run ended
+        w = "dispatch/webhooks/"  # delivery webhooks (dispatch/webhooks/, docs/webhooks.md)
+        self.webhook_queued = Counter(
+            w + "queued", "webhook calls put in the outbox (one per event and receiver)"
+        )
+        self.webhook_sent = Counter(w + "sent", "webhook calls answered with a 2xx status")
+        self.webhook_retried = Counter(
+            w + "retried",
+            "webhook calls that got no 2xx (error status, timeout, connection refused) and "
+            "are tried again later",
+        )
+        self.webhook_failed = Counter(
+            w + "failed", "webhook calls given up after webhooks[].give_up_after_seconds"
+        )
+        self.webhook_outbox_errors = Counter(
+            w + "outboxErrors", "writes or fsyncs of the webhook outbox file that failed"
+        )
+        # Not a counter: the sender's recent calls and the outbox depth (main process only).
+        self.webhook_activity = WebhookActivity()
 
     def all(self) -> Iterator[Counter | CounterMap | Histogram | HistogramMap]:
         for value in vars(self).values():

@@ -142,6 +142,7 @@ def debug_vars(
             "dispatch/spool/bytes": spool_counts.total_bytes,
             "dispatch/relays/inflight": {name: r.inflight for name, r in sorted(by_name.items())},
             "dispatch/retention/lastRun": _retention_run(stats.retention_last_run),
+            "dispatch/webhooks/outboxDepth": stats.webhook_activity.outbox_depth,
         }
     )
     return dict(sorted(result.items()))
