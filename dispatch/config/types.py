@@ -8,6 +8,7 @@ Each type here is a ``NewType`` (or a small class) whose cattrs structure hook l
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Final, NewType
 
 Port = NewType("Port", int)
@@ -16,6 +17,25 @@ Port = NewType("Port", int)
 NonNegativeInt = NewType("NonNegativeInt", int)
 PositiveInt = NewType("PositiveInt", int)
 PositiveFloat = NewType("PositiveFloat", float)
+
+ProcessCount = NewType("ProcessCount", int)
+"""``listener.processes``: a positive integer; ``"auto"`` in the file (:func:`auto_processes`)."""
+
+MAX_AUTO_PROCESSES: Final = 8
+"""``"auto"`` never starts more: ``listener.max_connections`` (and the per-address limit) is
+shared out among the processes, and on a large machine a share of 1 or 2 sessions per process
+would refuse clients while other processes sit idle. Set a number to go beyond it."""
+
+
+def auto_processes() -> ProcessCount:
+    """``"auto"``: one process per core this process may run on (its CPU affinity, so a
+    container limited by ``cpuset`` counts its own cores), at most :data:`MAX_AUTO_PROCESSES`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return ProcessCount(max(1, min(cores, MAX_AUTO_PROCESSES)))
+
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -42,7 +42,8 @@ def base_config(root: Path, ports: Ports | None = None, **sections: Any) -> dict
     ports = ports or Ports.pick()
     config: dict[str, Any] = {
         "data_dir": str(root / "data"),
-        "listener": {"ports": [ports.smtp], "bind_address": "127.0.0.1"},
+        # One SMTP process (the default is one per core): a test about several says so.
+        "listener": {"ports": [ports.smtp], "bind_address": "127.0.0.1", "processes": 1},
         "spool": {"directory": str(root / "spool")},
         "database": {"url": f"sqlite:///{root / 'data' / 'dispatch.db'}"},
         "webui": {"port": ports.webui, "bind_address": "127.0.0.1"},
