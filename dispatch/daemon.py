@@ -39,11 +39,14 @@ from dispatch.control.commands import spool_flush
 from dispatch.control.server import ControlServer, Operations
 from dispatch.dashboard import DashboardSources, register_dashboard
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
+from dispatch.delivery.bounces import Bounces
 from dispatch.delivery.routing import Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.delivery.service import Delivery
+from dispatch.delivery.suppression import DeliverySuppression
 from dispatch.intake.door import IntakeDoor
 from dispatch.intake.service import SmtpIntake
+from dispatch.intake.suppression import RecipientGate
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
 from dispatch.monitoring.delivery_health import DeliverySources
@@ -130,7 +133,9 @@ def build_parts(
         signer = DkimSigner.load(current.dkim, stats)
     except DkimKeyError as exc:
         raise ComponentStartError("delivery", str(exc)) from exc
-    relays = RelaySet(lambda: settings.current, spool, audit=store.log.audit, signer=signer)
+    relays = RelaySet(
+        lambda: settings.current, spool, audit=store.log.audit, signer=signer, stats=stats
+    )
 
     def plan() -> DeliveryPlan:
         now = settings.current
@@ -148,7 +153,17 @@ def build_parts(
         store.log.record(event)  # the message log, and
         webhooks.record(event)  # the receivers: both only queue, neither waits
 
-    attempt = DeliveryAttempt(spool, plan, record, stats, tracer)
+    attempt = DeliveryAttempt(
+        spool,
+        plan,
+        record,
+        stats,
+        tracer,
+        bounces=Bounces(spool, lambda: settings.current, stats, record),
+        suppression=DeliverySuppression(
+            store.suppressions, lambda: settings.current.suppression, stats
+        ),
+    )
     return Parts(
         settings=settings,
         spool=spool,
@@ -158,7 +173,16 @@ def build_parts(
         relays=relays,
         attempt=attempt,
         intake=SmtpIntake(
-            settings, spool, stats, tracer, store.log.record, store.log.audit, inherited=inherited
+            settings,
+            spool,
+            stats,
+            tracer,
+            store.log.record,
+            store.log.audit,
+            inherited=inherited,
+            refuse_recipient=RecipientGate(
+                store.suppressions, lambda: settings.current.suppression, stats
+            ),
         ),
         delivery=Delivery(settings, spool, attempt, relays),
         figures=DatabaseFigures(),

@@ -153,7 +153,8 @@ def _process_count(value: object, _: object) -> ProcessCount:
     if value == "auto":
         return auto_processes()
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f'expected a number of processes or "auto", got {_type_name(value)} {value!r}')
+        wanted = 'a number of processes or "auto"'
+        raise TypeError(f"expected {wanted}, got {_type_name(value)} {value!r}")
     return ProcessCount(_positive_int(value, None))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -31,6 +31,7 @@ import trio
 
 from dispatch.config.settings import ListenerSettings
 from dispatch.intake import records
+from dispatch.intake.dkim_verify import MessageCopy, verify_received
 from dispatch.intake.login import BUSY as BUSY_CHECKING_PASSWORDS
 from dispatch.intake.login import SmtpAuthenticator
 from dispatch.intake.received import protocol_name, received_header
@@ -41,6 +42,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
 from dispatch.smtp import NEED_DATA, PAUSED, Limits, Reply, ServerConnection, State, replies
+from dispatch.smtp.dsn import MailDsn, RcptDsn, mail_dsn, rcpt_dsn
 from dispatch.smtp.events import (
     Auth,
     AuthResponse,
@@ -87,6 +89,9 @@ class IntakeContext:
     record: Callable[[MessageEvent], None]  # the message log; never blocks
     tracer: Tracer
     audit: Callable[[AuditEntry], None]  # the audit log (AUTH throttling); never blocks
+    # The reply refusing a recipient at RCPT (a suppressed address, intake/suppression.py),
+    # None to accept it. Answers from memory; an intake worker process has none (accepts).
+    refuse_recipient: Callable[[str], Awaitable[Reply | None]] | None = None
 
 
 class SmtpSession:
@@ -255,10 +260,8 @@ class SmtpSession:
                 self._reply(replies.helo(self.settings.server_name))
             case Mail():
                 self._reply(self._mail(event))
-            case Rcpt(forward_path):
-                assert self.transactions.current is not None
-                self.transactions.current.recipients.append(forward_path)
-                self._reply(replies.RECIPIENT_OK)
+            case Rcpt():
+                self._reply(await self._rcpt(event))
             case Data():
                 await self._open_message()
                 self._reply(replies.START_DATA)
@@ -341,6 +344,7 @@ class SmtpSession:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",  # RFC 3461: NOTIFY, ORCPT, RET, ENVID (dispatch/delivery/bounces.py)
         ]
         if self.context.tls and not self.tls_active:
             keywords.append("STARTTLS")
@@ -359,8 +363,25 @@ class SmtpSession:
     def _mail(self, command: Mail) -> Reply:
         if (self.settings.require_auth or self.submission) and self.auth.identity is None:
             return replies.AUTH_REQUIRED
-        self.transactions.current = MailTransaction(command.reverse_path)
+        dsn = mail_dsn(command.params)
+        assert isinstance(dsn, MailDsn)  # the core refused the command otherwise
+        self.transactions.current = MailTransaction(command.reverse_path, mail_dsn=dsn)
         return replies.SENDER_OK
+
+    async def _rcpt(self, command: Rcpt) -> Reply:
+        transaction = self.transactions.current
+        assert transaction is not None
+        refuse = self.context.refuse_recipient
+        refusal = None if refuse is None else await refuse(command.forward_path)
+        if refusal is not None:
+            self.trace.error(f"refused {command.forward_path}: {refusal.text}")
+            return refusal
+        transaction.recipients.append(command.forward_path)
+        dsn = rcpt_dsn(command.params)
+        assert isinstance(dsn, RcptDsn)  # the core refused the command otherwise
+        if dsn != RcptDsn():
+            transaction.recipient_dsn[command.forward_path] = dsn
+        return replies.RECIPIENT_OK
 
     async def _auth_start(self, command: Auth) -> None:
         if not (self.tls_active or self._plaintext_auth_allowed):
@@ -384,8 +405,11 @@ class SmtpSession:
     # --- message data ----------------------------------------------------------------------
 
     async def _open_message(self) -> None:
-        assert self.transactions.current is not None
-        await self.transactions.current.open_message(self.context.spool, self._received_header)
+        transaction = self.transactions.current
+        assert transaction is not None
+        if self.settings.dkim_verify and transaction.dkim_copy is None:
+            transaction.dkim_copy = MessageCopy()
+        await transaction.open_message(self.context.spool, self._received_header)
 
     def _received_header(self, message_id: str) -> bytes:
         return received_header(
@@ -432,6 +456,8 @@ class SmtpSession:
                     source="smtp",
                     peer_ip=self.peer_ip,
                     auth_identity=self.auth.identity,
+                    mail_dsn=transaction.mail_dsn,
+                    recipient_dsn=transaction.recipient_dsn,
                 )
             except SpoolWriteError as exc:
                 full = isinstance(exc, SpoolFullError)
@@ -461,6 +487,9 @@ class SmtpSession:
             self._reply(replies.queued(envelope.id))
             await self._flush()
         self.context.record(records.received(envelope, subject=transaction.loops.subject))
+        if transaction.dkim_copy is not None:  # after the 250: see intake/dkim_verify.py
+            copy, transaction.dkim_copy = transaction.dkim_copy, None
+            await verify_received(copy, self.settings, self.context.stats, envelope.id)
 
     async def _discard_message(self) -> None:
         """Abort the open transaction's message, keeping the transaction itself."""

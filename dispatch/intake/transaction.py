@@ -21,7 +21,9 @@ from typing import Protocol
 import attrs
 import trio
 
+from dispatch.intake.dkim_verify import MessageCopy
 from dispatch.intake.received import LoopDetector
+from dispatch.smtp.dsn import MailDsn, RcptDsn
 from dispatch.spool import IncomingMessage
 
 
@@ -38,9 +40,12 @@ class MailTransaction:
 
     mail_from: str
     recipients: list[str] = attrs.Factory(list)
+    mail_dsn: MailDsn = attrs.Factory(MailDsn)  # RET, ENVID (RFC 3461)
+    recipient_dsn: dict[str, RcptDsn] = attrs.Factory(dict)  # NOTIFY, ORCPT given per RCPT
     message: IncomingMessage | None = None
     loops: LoopDetector = attrs.Factory(LoopDetector)
     chunk_size: int = 0  # the BDAT chunk being read
+    dkim_copy: MessageCopy | None = None  # kept for listener.dkim_verify (intake/dkim_verify.py)
 
     async def open_message(self, spool: MessageSpool, received: Callable[[str], bytes]) -> None:
         """Start the spool message with its ``Received:`` header (made from the new id).
@@ -57,6 +62,8 @@ class MailTransaction:
         if self.message is None:
             return
         self.loops.feed(data)
+        if self.dkim_copy is not None:
+            self.dkim_copy.feed(data)
         await self.message.write(data)
 
 

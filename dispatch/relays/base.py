@@ -13,14 +13,21 @@ Reply classes (RFC 5321 §4.2.1): 2xx delivered, 4xx and network errors ``transi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, Protocol
 
 import attrs
 
 from dispatch.monitoring.traces import Trace
+from dispatch.smtp.dsn import MailDsn, RcptDsn
 
 Outcome = Literal["delivered", "transient", "permanent"]
+
+
+def _frozen_dsn(value: Mapping[str, RcptDsn]) -> Mapping[str, RcptDsn]:
+    return MappingProxyType(dict(value))
 
 
 @attrs.frozen
@@ -31,6 +38,12 @@ class DeliveryRequest:
     message_path: Path
     size: int
     smtputf8: bool = False  # some address or header needs SMTPUTF8 (RFC 6531)
+    # Header lines a relay sends before the stored bytes: its DKIM-Signature, added by the
+    # relay itself (dispatch/relays/dkim_sign.py); the spool file is never changed.
+    prefix: bytes = b""
+    # RFC 3461 parameters the message came with, passed to an upstream that offers DSN.
+    mail_dsn: MailDsn = attrs.field(factory=MailDsn)
+    recipient_dsn: Mapping[str, RcptDsn] = attrs.field(factory=dict, converter=_frozen_dsn)
     trace: Trace | None = attrs.field(default=None, eq=False, repr=False)
     """The delivery attempt's trace: a relay that talks to an upstream traces each dialogue
     as its child (:func:`dialogue_trace`)."""
@@ -57,6 +70,10 @@ class RecipientOutcome:
 class DeliveryResult:
     outcomes: tuple[RecipientOutcome, ...]
     remote_id: str | None = None  # the upstream's queue id / provider message id, if known
+    # The upstream offered DSN and was given the message's DSN parameters: a success notice
+    # is its to send now (RFC 3461 §5.2.2), not Dispatch's.
+    dsn_passed: bool = False
+    remote_mta: str | None = None  # the upstream host that answered, for a DSN's Remote-MTA
 
     @classmethod
     def all(cls, request: DeliveryRequest, outcome: Outcome, response: str) -> DeliveryResult:

@@ -10,11 +10,12 @@ addresses in turn, until one accepts a connection and answers the transaction: c
 greeting, EHLO and TLS failures move on to the next address; once a transaction has started
 its replies are final for this attempt. DNS timeouts and server failures are transient.
 
-TLS is opportunistic (RFC 7435): STARTTLS when offered, the certificate not checked, as most
-MTAs do between each other; if the handshake fails the same address is tried once more in
-plaintext. ``require_tls = true`` makes STARTTLS mandatory (an exchanger that
-does not offer it is skipped, transiently) and verifies the certificate against the system
-store and the exchanger's name.
+TLS is opportunistic (RFC 7435): STARTTLS when offered; a certificate that does not verify
+is still used (as most MTAs do between each other), and if the handshake fails the same
+address is tried once more in plaintext. What a domain's delivery must meet — its MTA-STS
+policy (RFC 8461), the best security level it was seen with, ``require_tls = true`` (verified
+TLS) — is `dispatch.relays.mx_security`'s: an exchanger that cannot meet it is skipped,
+transiently.
 
 Ownership and stopping: with ``nameservers`` set, exactly those are asked (on
 ``nameserver_port``), never the system resolver. Connections are not pooled: each domain's
@@ -28,6 +29,7 @@ import logging
 import random
 import ssl
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -40,6 +42,7 @@ import dns.resolver
 import trio
 
 from dispatch.config.settings import MxRelay
+from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace
 from dispatch.relays.base import (
     DeliveryRequest,
@@ -48,6 +51,9 @@ from dispatch.relays.base import (
     RecipientOutcome,
     dialogue_trace,
 )
+from dispatch.relays.dkim_sign import DkimSigner
+from dispatch.relays.mx_security import DomainPlan, OutboundGuard
+from dispatch.relays.security_levels import DomainLevels
 from dispatch.relays.smarthost import count_outcomes
 from dispatch.relays.smtp_options import SessionError, SessionOptions, Timeouts
 from dispatch.relays.smtp_session import SmtpClientSession
@@ -98,9 +104,17 @@ class MxRelayClient:
         *,
         ssl_context: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
+        signer: DkimSigner | None = None,
+        stats: Stats | None = None,
+        levels: DomainLevels | None = None,
+        state_dir: Path | None = None,
     ) -> None:
-        """``helo_name`` is the fallback for ``settings.helo_name``; ``ssl_context`` replaces
-        the one built from ``require_tls`` (tests); ``rng`` orders equal preferences."""
+        """``helo_name`` is the fallback for ``settings.helo_name``; ``ssl_context`` verifies
+        certificates instead of the system store or ``ca_file`` (tests); ``rng`` orders equal
+        preferences. Outbound security (`dispatch.relays.mx_security`): ``stats`` gets the
+        TLS, MTA-STS and security level counters, ``levels`` is the shared store of levels
+        seen (None: one of its own in ``state_dir``), ``state_dir`` (``data_dir``) keeps the
+        MTA-STS cache and the levels (None: memory only)."""
         self.name = settings.name
         self.settings = settings
         self.inflight = 0
@@ -112,14 +126,9 @@ class MxRelayClient:
         self._limiter = trio.CapacityLimiter(settings.max_inflight)
         self._rng = rng or random.Random()
         self._timeouts = Timeouts.scaled(settings.timeout_seconds)
-        if ssl_context is None:
-            ssl_context = ssl.create_default_context()
-            if not settings.require_tls:
-                # RFC 7435 opportunistic security: encryption without authentication still
-                # beats plaintext, and most exchangers' certificates would not verify anyway.
-                ssl_context.check_hostname = False
-                ssl_context.verify_mode = ssl.CERT_NONE
-        self._ssl_context = ssl_context
+        # DKIM: once per attempt, for every domain and exchanger (dispatch/relays/dkim_sign.py).
+        self._signer = signer if settings.dkim_sign else None
+        self._stats = stats or Stats()
         if settings.nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = list(settings.nameservers)
@@ -133,9 +142,23 @@ class MxRelayClient:
                     f"({exc}); set nameservers"
                 ) from exc
         self._resolver.lifetime = min(settings.timeout_seconds, DNS_LIFETIME_CAP)
+        if levels is None:
+            levels = DomainLevels(None if state_dir is None else state_dir / "domaininfo")
+        self._guard = OutboundGuard(
+            settings,
+            label=self._label,
+            resolver=self._resolver,
+            stats=self._stats,
+            levels=levels,
+            state_dir=state_dir,
+            ssl_context=ssl_context,
+        )
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryResult:
         """Deliver to every recipient domain at once; outcomes in the request's order."""
+        if self._signer is not None:
+            prefix = await self._signer.signature(request, self._label)
+            request = attrs.evolve(request, prefix=prefix)
         groups: dict[str, list[int]] = {}
         for i, recipient in enumerate(request.recipients):
             groups.setdefault(_domain_of(recipient), []).append(i)
@@ -196,9 +219,13 @@ class MxRelayClient:
         if dialogue is not None:
             shown = ", ".join(hosts) + (" (no MX: the domain itself)" if implicit else "")
             dialogue.event(f"exchangers of {domain}: {shown}")
+        plan = await self._guard.plan(_host_text(dns.name.from_text(domain)), hosts, dialogue)
+        if plan.refusal is not None:
+            log.warning("%s: %s", self._label, plan.refusal)
+            return TransactionResult.all(recipients, "transient", f"{self._label}: {plan.refusal}")
         errors: list[str] = []
         tried = 0
-        for host in hosts:
+        for host in plan.hosts:
             if tried >= MAX_ADDRESSES:
                 break
             try:
@@ -220,10 +247,15 @@ class MxRelayClient:
                     break
                 tried += 1
                 try:
-                    session = await self._connect(host, address, dialogue)
+                    session = await self._guard.connect(
+                        self._options(host, address), plan, dialogue
+                    )
                 except SessionError as exc:
                     log.debug("%s", exc.text)  # the outcome line lists every address's error
                     errors.append(exc.detail)
+                    continue
+                if (refusal := await self._admit(session, host, plan)) is not None:
+                    errors.append(refusal)
                     continue
                 self.connections[session.transport] += 1
                 return await self._send(session, request, recipients)
@@ -234,17 +266,17 @@ class MxRelayClient:
             f"{self._label}: no mail exchanger of {domain} took the message: {reasons}",
         )
 
-    async def _connect(self, host: str, address: str, dialogue: Trace | None) -> SmtpClientSession:
-        options = self._options(host, address)
+    async def _admit(self, session: SmtpClientSession, host: str, plan: DomainPlan) -> str | None:
+        """The outbound security checks of an open session; a refused one is closed."""
         try:
-            return await SmtpClientSession.connect(options, dialogue)
-        except SessionError as exc:
-            if not (exc.tls_failure and options.tls == "opportunistic"):
-                raise
-            # RFC 7435 §6.2: opportunistic TLS must not make mail less deliverable than
-            # plaintext would; a server whose TLS is broken gets the mail without it.
-            log.info("%s; trying %s again without TLS", exc.text, options.display)
-        return await SmtpClientSession.connect(attrs.evolve(options, tls="none"), dialogue)
+            refusal = await self._guard.admit(session, host, plan)
+        except BaseException:
+            await session.abort()
+            raise
+        if refusal is not None:
+            log.warning("%s: %s", self._label, refusal)
+            await session.aclose()
+        return refusal
 
     async def _send(
         self, session: SmtpClientSession, request: DeliveryRequest, recipients: Sequence[str]
@@ -256,6 +288,9 @@ class MxRelayClient:
                 request.message_path,
                 request.size,
                 smtputf8=request.smtputf8,
+                mail_dsn=request.mail_dsn,
+                recipient_dsn=request.recipient_dsn,
+                prefix=request.prefix,
             )
         except BaseException:  # cancelled, or a bug: never finish a half-sent message
             await session.abort()
@@ -272,9 +307,10 @@ class MxRelayClient:
             tls_server_name=host,
             display=f"{host}[{address}]:{port}",
             helo_name=self._helo_name,
-            tls="required" if self.settings.require_tls else "opportunistic",
-            ssl_context=self._ssl_context,
+            tls="opportunistic",  # OutboundGuard.connect sets the mode and context
+            ssl_context=None,
             timeouts=self._timeouts,
+            tls_count=self._stats.smtp_out_tls,
         )
 
     # --- DNS -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import assert_never
 
 from dispatch.config.settings import (
@@ -21,10 +22,13 @@ from dispatch.config.settings import (
     Settings,
     SmtpRelay,
 )
+from dispatch.monitoring.stats import Stats
 from dispatch.relays.base import CaptureSink, DeliveryRequest, DeliveryResult, Relay
+from dispatch.relays.dkim_sign import DkimSigner
 from dispatch.relays.local import LocalRelayClient
 from dispatch.relays.mailgun import MailgunRelayClient
 from dispatch.relays.mx import MxRelayClient
+from dispatch.relays.mx_security import OutboundState
 from dispatch.relays.postmark import PostmarkRelayClient
 from dispatch.relays.ratelimit import RateLimitedRelay
 from dispatch.relays.ses import SesRelayClient
@@ -39,17 +43,35 @@ class RelayUnavailable(Exception):
 
 
 def build_relay(
-    settings: RelaySettings, capture: CaptureSink, helo_name: str, audit: AuditSink = no_audit
+    settings: RelaySettings,
+    capture: CaptureSink,
+    helo_name: str,
+    audit: AuditSink = no_audit,
+    signer: DkimSigner | None = None,
+    outbound: OutboundState | None = None,
 ) -> Relay:
     """A client for one configured relay. Raises ValueError for settings that cannot work
     (an unreadable ``ca_file``, missing provider credentials).
-    ``audit`` takes the relay's audit entries (an ``smtp`` relay's suspensions)."""
+    ``audit`` takes the relay's audit entries (an ``smtp`` relay's suspensions); ``signer``
+    DKIM-signs for ``smtp`` and ``mx`` relays with ``dkim_sign`` on (providers sign
+    themselves, local copies are not signed); ``outbound`` gives SMTP relays their TLS
+    counters and ``mx`` relays the MTA-STS cache and security levels (None: their own)."""
     if isinstance(settings, LocalRelay):
         return LocalRelayClient(settings.name, capture)
     if isinstance(settings, SmtpRelay):
-        return SmtpRelayClient(settings, helo_name, audit=audit)
+        tls_count = None if outbound is None else outbound.stats.smtp_out_tls
+        return SmtpRelayClient(settings, helo_name, audit=audit, signer=signer, tls_count=tls_count)
     if isinstance(settings, MxRelay):
-        return MxRelayClient(settings, helo_name)
+        if outbound is None:
+            return MxRelayClient(settings, helo_name, signer=signer)
+        return MxRelayClient(
+            settings,
+            helo_name,
+            signer=signer,
+            stats=outbound.stats,
+            levels=outbound.levels,
+            state_dir=outbound.state_dir,
+        )
     if isinstance(settings, MailgunRelay):
         return MailgunRelayClient(settings)
     if isinstance(settings, SesRelay):
@@ -96,10 +118,15 @@ class BrokenRelay:
 
 
 def _build_or_explain(
-    settings: RelaySettings, capture: CaptureSink, helo_name: str, audit: AuditSink
+    settings: RelaySettings,
+    capture: CaptureSink,
+    helo_name: str,
+    audit: AuditSink,
+    signer: DkimSigner | None,
+    outbound: OutboundState | None = None,
 ) -> Relay:
     try:
-        relay = build_relay(settings, capture, helo_name, audit)
+        relay = build_relay(settings, capture, helo_name, audit, signer, outbound)
     except (RelayUnavailable, ValueError) as exc:
         log.error("relay %s cannot deliver: %s", settings.name, exc)
         return BrokenRelay(settings.name, settings.kind, str(exc))
@@ -117,9 +144,17 @@ class RelaySet:
         capture: CaptureSink,
         *,
         audit: AuditSink = no_audit,
+        signer: DkimSigner | None = None,
+        stats: Stats | None = None,
     ) -> None:
-        """``audit`` takes the relays' audit entries (``store.log.audit`` in the daemon)."""
+        """``audit`` takes the relays' audit entries (``store.log.audit`` in the daemon);
+        ``signer`` holds the ``[[dkim]]`` keys (None: nothing is signed); ``stats`` gets the
+        outbound TLS, MTA-STS and security level counters (`OutboundState`, made at the first
+        build from ``data_dir``)."""
         self._settings = settings
+        self._stats = stats or Stats()
+        self._outbound: OutboundState | None = None
+        self._signer = signer
         self._capture = capture  # the local relay's copies (the spool, in the daemon)
         self._audit = audit
         self._built_from: tuple[RelaySettings, ...] | None = None
@@ -131,8 +166,12 @@ class RelaySet:
         if current.relays == self._built_from:
             return
         helo_name = current.listener.server_name
+        if self._outbound is None:  # data_dir is not live: made once, kept across reloads
+            self._outbound = OutboundState.under(Path(current.data_dir), self._stats)
         fresh = {
-            relay.name: _build_or_explain(relay, self._capture, helo_name, self._audit)
+            relay.name: _build_or_explain(
+                relay, self._capture, helo_name, self._audit, self._signer, self._outbound
+            )
             for relay in current.relays
         }
         self._retired.extend(self._relays.values())

@@ -31,11 +31,14 @@ import logging
 import ssl
 from typing import Final
 
+import attrs
 import trio
 
 from dispatch.config.settings import SmtpRelay
+from dispatch.monitoring.stats import CounterMap
 from dispatch.monitoring.traces import Trace
 from dispatch.relays.base import DeliveryRequest, DeliveryResult, dialogue_trace
+from dispatch.relays.dkim_sign import DkimSigner
 from dispatch.relays.smtp_options import SessionError, SessionOptions, Timeouts, TlsMode
 from dispatch.relays.smtp_pool import ConnectionPool
 from dispatch.relays.smtp_session import SmtpClientSession
@@ -90,8 +93,11 @@ class SmtpRelayClient:
         *,
         audit: AuditSink = no_audit,
         ssl_context: ssl.SSLContext | None = None,
+        signer: DkimSigner | None = None,
+        tls_count: CounterMap | None = None,
     ) -> None:
-        """``helo_name`` is the fallback for ``settings.helo_name`` (``listener.server_name``);
+        """``tls_count`` counts each connection's TLS status (``dispatch/smtpOut/tlsCount``).
+        ``helo_name`` is the fallback for ``settings.helo_name`` (``listener.server_name``);
         ``audit`` takes the audit entries of suspensions (`no_audit` keeps none);
         ``ssl_context`` replaces the one built from the settings (tests). Raises ValueError
         when ``ca_file`` cannot be loaded."""
@@ -102,6 +108,8 @@ class SmtpRelayClient:
         self.failed = 0
         self._limiter = trio.CapacityLimiter(settings.max_inflight)
         self._suspension = Suspension(settings.name, settings.timeout_seconds, audit)
+        # DKIM: once per attempt, before connecting (dispatch/relays/dkim_sign.py).
+        self._signer = signer if settings.dkim_sign else None
         tls = _TLS_MODES[settings.tls]
         if tls != "none" and ssl_context is None:
             try:
@@ -134,6 +142,7 @@ class SmtpRelayClient:
                 password=settings.password.reveal(),
                 # Only an explicit tls = "none" lets the password go in the clear.
                 auth_without_tls=settings.tls == "none",
+                tls_count=tls_count,
             )
         )
 
@@ -155,6 +164,9 @@ class SmtpRelayClient:
         if (why := self._suspension.why_blocked()) is not None:  # not even waiting for a token
             self.failed += 1
             return DeliveryResult.all(request, "transient", why)
+        if self._signer is not None:
+            prefix = await self._signer.signature(request, f"relay {self.name}")
+            request = attrs.evolve(request, prefix=prefix)
         async with self._limiter:
             self.inflight += 1
             try:
@@ -207,6 +219,9 @@ class SmtpRelayClient:
                 request.message_path,
                 request.size,
                 smtputf8=request.smtputf8,
+                mail_dsn=request.mail_dsn,
+                recipient_dsn=request.recipient_dsn,
+                prefix=request.prefix,
             )
             done = True
         finally:

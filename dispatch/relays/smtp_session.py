@@ -35,10 +35,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
+import attrs
 import trio
 
 from dispatch.monitoring.dialogue import TlsFacts, command_line, reply_lines
@@ -54,6 +55,7 @@ from dispatch.relays.smtp_transaction import (
 )
 from dispatch.smtp import NEED_DATA, ClientConnection, Extensions, Reply
 from dispatch.smtp import auth as sasl
+from dispatch.smtp.dsn import MailDsn, RcptDsn
 from dispatch.smtp.errors import RemoteProtocolError, UnexpectedReply
 from dispatch.smtp.events import (
     Auth,
@@ -95,6 +97,7 @@ class SmtpClientSession:
         self.timeouts = options.timeouts
         self.usable = True
         self.tls_active = False
+        self.tls_verified = False  # the certificate was verified for tls_server_name
         self.transactions = 0
         self.replies = 0  # replies read to our commands (unsolicited 421s not counted)
         self._conn = ClientConnection(options.limits)
@@ -137,6 +140,8 @@ class SmtpClientSession:
         await self._hello()
         if options.tls in ("opportunistic", "required") and not self.tls_active:
             await self._starttls()
+        if not self.tls_active:
+            self._count_tls("plain")
         if options.username:
             await self._authenticate()
 
@@ -171,12 +176,16 @@ class SmtpClientSession:
         required = self.options.tls == "required"
         if not self.extensions.starttls:
             if required:
-                raise self._broken(f"{self.options.display} does not offer STARTTLS")
+                raise self._broken(
+                    f"{self.options.display} does not offer STARTTLS", tls_failure=True
+                )
             return
         reply = await self._command(StartTls(), self.timeouts.command, "STARTTLS")
         if reply.code != 220:
             if required:
-                raise self._broken(f"{self.options.display} refused STARTTLS: {reply}")
+                raise self._broken(
+                    f"{self.options.display} refused STARTTLS: {reply}", tls_failure=True
+                )
             return
         await self._handshake()
         self._conn.tls_established()  # forget the plaintext EHLO reply (RFC 3207 §4.2)
@@ -205,6 +214,7 @@ class SmtpClientSession:
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__
+            verify_failure = isinstance(cause, ssl.SSLCertVerificationError)
             if isinstance(cause, ssl.SSLCertVerificationError):
                 detail = (
                     f"TLS certificate of {options.display} failed verification: "
@@ -212,8 +222,14 @@ class SmtpClientSession:
                 )
             else:
                 detail = f"TLS handshake with {options.display} failed: {cause or exc}"
-            raise self._broken(detail, tls_failure=True) from None
+            # chasquid counts a certificate that does not verify as insecure TLS, not failed.
+            self._count_tls("tls:insecure" if verify_failure else "tls:failed")
+            raise self._broken(detail, tls_failure=True, verify_failure=verify_failure) from None
         self.tls_active = True
+        self.tls_verified = (
+            options.ssl_context.verify_mode != ssl.CERT_NONE and options.ssl_context.check_hostname
+        )
+        self._count_tls("tls:secure" if self.tls_verified else "tls:insecure")
         if self.trace is not None:
             verified = options.ssl_context.verify_mode != ssl.CERT_NONE
             facts = TlsFacts.of(tls_stream, options.tls_server_name, verified=verified)
@@ -275,8 +291,14 @@ class SmtpClientSession:
         size: int,
         *,
         smtputf8: bool = False,
+        mail_dsn: MailDsn | None = None,
+        recipient_dsn: Mapping[str, RcptDsn] | None = None,
+        prefix: bytes = b"",
     ) -> TransactionResult:
         """Run one mail transaction; every ordinary failure is an outcome, not an exception.
+
+        ``prefix``: header lines sent before the stored message, as bytes (a DKIM-Signature,
+        `dispatch.relays.dkim_sign`); ``size`` is the stored message's, the prefix is added.
 
         The checks that need no round trip come first and fail permanently without sending
         (see :meth:`Transaction.refusal`).
@@ -284,7 +306,15 @@ class SmtpClientSession:
         if not self.usable:
             raise RuntimeError("send() on an unusable session")  # a bug in the pool
         label = self.options.label
-        tx = Transaction.plan(self.extensions, mail_from, recipients, size, smtputf8=smtputf8)
+        tx = Transaction.plan(
+            self.extensions,
+            mail_from,
+            recipients,
+            size + len(prefix),
+            smtputf8=smtputf8,
+            mail_dsn=mail_dsn,
+            recipient_dsn=recipient_dsn,
+        )
         if (refusal := tx.refusal(self.options.display)) is not None:
             self._note(f"not sent: {refusal}", error=True)
             return TransactionResult.all(recipients, "permanent", f"{label}: {refusal}")
@@ -297,13 +327,14 @@ class SmtpClientSession:
         self.transactions += 1
         replies_before = self.replies
         try:
-            await self._run(tx, message, first)
+            await self._run(tx, message, prefix + first)
         except SessionError as exc:
             tx.fail_rest(exc.outcome, exc.text)
         finally:
             message.close()  # a read-only file: closing cannot block on writing back
         self._check_quiet()
-        return tx.result(answered=self.replies > replies_before)
+        result = tx.result(answered=self.replies > replies_before)
+        return attrs.evolve(result, remote_mta=self.options.tls_server_name or None)
 
     async def _run(self, tx: Transaction, message: BinaryIO, first: bytes) -> None:
         """MAIL, RCPT..., DATA (see `_exchange`), then the message if the server said 354 and
@@ -500,6 +531,10 @@ class SmtpClientSession:
     def _note_reply(self, reply: Reply) -> None:
         if self.trace is not None:
             self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
+
+    def _count_tls(self, status: str) -> None:
+        if self.options.tls_count is not None:
+            self.options.tls_count.add(status)
 
     def _note(self, text: str, *, error: bool = False) -> None:
         if self.trace is not None:

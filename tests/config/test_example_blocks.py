@@ -81,6 +81,7 @@ def test_the_example_blocks_are_found() -> None:
         "[[relays]] postmark",
         "[[relays]] mailgun",
         "[[relays]] ses",
+        "[[dkim]]",
         "[[routes]]",
     ]
 
