@@ -70,6 +70,9 @@ REFRESH_INTERVAL: Final = 5.0
 """Seconds between refreshes of :class:`DatabaseFigures`: a scrape every 15 s sees figures at
 most this old, and the database answers three indexed queries each time."""
 
+_TLS_STATUSES: Final = ("plain", "tls:secure", "tls:insecure", "tls:failed")
+"""``dispatch/smtpOut/tlsCount`` keys, chasquid's (dispatch/relays/smtp_session.py)."""
+
 # Label values that exist before anything happened, so rate() and alerts have a series.
 _KNOWN_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
     "smtp_sessions": ("plain", "tls"),
@@ -230,6 +233,7 @@ class MetricsCollector:
         yield from self._dkim_families(populated)
         yield from self._bounce_families(populated)
         yield from self._webhook_families(populated)
+        yield from self._outbound_families(populated)
         info = GaugeMetricFamily(
             "dispatch_build_info",
             "Dispatch version and Python version of this process (always 1)",
@@ -332,6 +336,41 @@ class MetricsCollector:
             for (kind, outcome), count in self._delivery_attempts(relays).items():
                 attempts.add_metric([kind, outcome], count)
         yield attempts
+
+    def _outbound_families(self, populated: bool) -> Iterator[Metric]:
+        """Outbound SMTP security (docs/delivery.md, docs/deliverability.md#mta-sts): TLS
+        status per connection, security level checks, MTA-STS checks and its cache."""
+        s = self._stats
+        for name, counter_map, label, known in (
+            ("dispatch_smtp_out_tls", s.smtp_out_tls, "status", _TLS_STATUSES),
+            (
+                "dispatch_smtp_out_security_level_checks",
+                s.smtp_out_security_checks,
+                "result",
+                ("pass", "fail"),
+            ),
+            ("dispatch_sts_mode", s.sts_mode, "mode", ("enforce", "testing", "none")),
+            ("dispatch_sts_security_checks", s.sts_security, "result", ("pass", "fail")),
+        ):
+            family = CounterMetricFamily(name, counter_map.help, labels=[label])
+            if populated:
+                for value, count in _with_known(counter_map, known):
+                    family.add_metric([value], count)
+            yield family
+        for name, counter in (
+            ("dispatch_sts_cache_fetches", s.sts_cache_fetches),
+            ("dispatch_sts_cache_hits", s.sts_cache_hits),
+            ("dispatch_sts_cache_expired", s.sts_cache_expired),
+            ("dispatch_sts_cache_failed_fetches", s.sts_cache_failed_fetch),
+            ("dispatch_sts_cache_invalid", s.sts_cache_invalid),
+            ("dispatch_sts_cache_io_errors", s.sts_cache_io_errors),
+            ("dispatch_sts_cache_marshal_errors", s.sts_cache_marshal_errors),
+            ("dispatch_sts_cache_unmarshal_errors", s.sts_cache_unmarshal_errors),
+        ):
+            family = CounterMetricFamily(name, counter.help)
+            if populated:
+                family.add_metric([], counter.value)
+            yield family
 
     def _webhook_families(self, populated: bool) -> Iterator[Metric]:
         """Delivery webhooks (docs/webhooks.md): calls by result, and the calls still owed."""

@@ -12,6 +12,7 @@ from typing import Final, Literal
 
 import attrs
 
+from dispatch.monitoring.stats import CounterMap
 from dispatch.relays.base import Outcome
 from dispatch.smtp import ClientLimits
 
@@ -93,14 +94,19 @@ class SessionOptions:
     # Only when the operator explicitly chose tls = "none": send credentials in the clear.
     auth_without_tls: bool = False
     limits: ClientLimits = attrs.Factory(ClientLimits)
+    # chasquid's smtpOut/tlsCount: each connection's TLS status (see SmtpClientSession._open).
+    tls_count: CounterMap | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class SessionError(Exception):
     """The session could not be set up, or broke: every pending recipient gets ``outcome``.
 
     ``detail`` says what failed; ``text`` prefixes it with the relay's label, for the log.
-    ``tls_failure`` is True when the TLS handshake failed (a caller doing opportunistic TLS
-    may then try again in plaintext). ``timed_out`` is True when a wait ran out of time —
+    ``tls_failure`` is True when TLS could not be set up: the handshake failed (a caller
+    doing opportunistic TLS may then try again in plaintext) or, with ``tls = "required"``,
+    STARTTLS was not offered or refused; ``verify_failure`` when the handshake failed because
+    the certificate did not verify (a caller may try again without verification).
+    ``timed_out`` is True when a wait ran out of time —
     one of the :class:`Timeouts`, or the operating system's own connect timeout — rather
     than being refused or broken: the server may be hung, and a relay may stop sending it
     more work for a while (see `dispatch.relays.suspension`).
@@ -113,6 +119,7 @@ class SessionError(Exception):
         detail: str,
         *,
         tls_failure: bool = False,
+        verify_failure: bool = False,
         timed_out: bool = False,
     ) -> None:
         super().__init__(f"{label}: {detail}")
@@ -120,6 +127,7 @@ class SessionError(Exception):
         self.detail = detail
         self.text = f"{label}: {detail}"
         self.tls_failure = tls_failure
+        self.verify_failure = verify_failure
         self.timed_out = timed_out
 
 

@@ -1,0 +1,465 @@
+"""The mx relay's outbound security end to end: MTA-STS (RFC 8461) and security levels.
+
+Real peers on loopback: the `dns_server` fixture answers MX, A and ``_mta-sts`` TXT records;
+`policy_host` serves ``https://mta-sts.example.test/.well-known/mta-sts.txt`` with a trustme
+certificate; aiosmtpd sinks are the exchangers, with STARTTLS and a certificate for
+``mx.example.test`` (the ``pki`` fixture) or for another name, or without TLS. The relay
+trusts the test CA only (``ssl_context=pki.client_context()``), never the system store.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatch.config.settings import MxRelay
+from dispatch.config.types import Port, PositiveFloat
+from dispatch.monitoring.stats import Stats
+from dispatch.relays.base import DeliveryRequest, DeliveryResult
+from dispatch.relays.mx import MxRelayClient
+from tests.relays.peers import DnsServer
+from tests.relays.policy_host import PolicyHost, policy_host, policy_text
+from tests.support.sink import Pki, StartSink
+
+MESSAGE = b"From: a@example.com\r\nTo: b@example.test\r\nSubject: sts\r\n\r\nbody\r\n"
+WELL_KNOWN = "/.well-known/mta-sts.txt"
+
+
+@pytest.fixture
+def eml(tmp_path: Path) -> Path:
+    path = tmp_path / "message.eml"
+    path.write_bytes(MESSAGE)
+    return path
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def request(path: Path, *recipients: str) -> DeliveryRequest:
+    return DeliveryRequest("m1", "a@example.com", recipients, path, path.stat().st_size)
+
+
+def outcomes(result: DeliveryResult) -> list[str]:
+    return [o.outcome for o in result.outcomes]
+
+
+def make_relay(
+    dns: DnsServer,
+    port: int,
+    pki: Pki,
+    *,
+    stats: Stats,
+    state: Path | None,
+    policy: PolicyHost | None = None,
+    **overrides: Any,
+) -> MxRelayClient:
+    values: dict[str, Any] = {
+        "name": "direct",
+        "port": Port(port),
+        "nameservers": ("127.0.0.1",),
+        "nameserver_port": Port(dns.port),
+        "timeout_seconds": PositiveFloat(3.0),
+    }
+    if policy is not None:
+        values["mta_sts_port"] = Port(policy.port)
+    values.update(overrides)
+    return MxRelayClient(
+        MxRelay(**values),
+        "dispatch.test",
+        ssl_context=pki.client_context(),
+        stats=stats,
+        state_dir=state,
+    )
+
+
+def publish(dns: DnsServer, *, sts_id: str | None = "20261204") -> None:
+    """example.test: one exchanger on 127.0.0.1, the policy host too, and the TXT record."""
+    dns.add("example.test", "MX", "10 mx.example.test.")
+    dns.add("mx.example.test", "A", "127.0.0.1")
+    dns.add("mta-sts.example.test", "A", "127.0.0.1")
+    if sts_id is not None:
+        dns.add("_mta-sts.example.test", "TXT", f'"v=STSv1; id={sts_id}"')
+
+
+def other_name_context(pki: Pki) -> ssl.SSLContext:
+    """A server certificate from the trusted CA, but for a name that is not the exchanger's."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki.ca.issue_cert("elsewhere.test").configure_cert(context)
+    return context
+
+
+# --- MTA-STS enforce -------------------------------------------------------------------------
+
+
+async def test_enforce_delivers_over_verified_tls_and_caches_the_policy(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink(tls="starttls")  # certificate for mx.example.test from the test CA
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+        assert outcomes(await relay.deliver(request(eml, "c@example.test"))) == ["delivered"]
+        # One fetch, from the policy host by its name (SNI and Host), then the cache.
+        assert host.requests == [
+            ("mta-sts.example.test", f"mta-sts.example.test:{host.port}", WELL_KNOWN)
+        ]
+    assert [m.tls for m in sink.messages] == [True, True]
+    assert stats.sts_cache_fetches.value == 1
+    assert stats.sts_cache_hits.value == 1
+    assert stats.sts_mode.values == {"enforce": 2}
+    assert stats.sts_security.values == {"pass": 2}
+    assert stats.smtp_out_tls.values == {"tls:secure": 2}
+    cached = json.loads((state / "mta-sts" / "example.test.json").read_text())
+    assert cached["id"] == "20261204"
+    assert (cached["mode"], cached["mx"], cached["max_age"]) == (
+        "enforce",
+        ["mx.example.test"],
+        86400,
+    )
+
+
+async def test_enforce_refuses_an_exchanger_whose_certificate_does_not_verify(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink(tls="starttls", tls_context=other_name_context(pki))
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        [outcome] = (await relay.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "TLS certificate of mx.example.test[127.0.0.1]" in outcome.response
+    assert "failed verification" in outcome.response
+    assert "example.test requires verified TLS: its MTA-STS policy is in enforce mode" in (
+        outcome.response
+    )
+    assert sink.messages == []
+    assert stats.sts_security.values == {"fail": 1}
+    assert stats.smtp_out_tls.values == {"tls:insecure": 1}  # one connection, never retried
+
+
+async def test_enforce_refuses_an_exchanger_without_starttls(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink()  # no STARTTLS
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        [outcome] = (await relay.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "does not offer STARTTLS" in outcome.response
+    assert "requires verified TLS" in outcome.response
+    assert sink.messages == []
+    assert stats.sts_security.values == {"fail": 1}
+
+
+async def test_enforce_refuses_when_no_exchanger_matches_the_policy(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink(tls="starttls")
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        # "*." stands for one label: neither mx.example.test nor a.b.other.test would match.
+        host.serve(policy_text("enforce", "*.other.test", "example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        [outcome] = (await relay.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert outcome.response == (
+        "relay direct: no mail exchanger of example.test (mx.example.test) matches its "
+        "MTA-STS policy (mx: *.other.test, example.test, mode enforce); the delivery waits "
+        "until the domain's MX records or policy are fixed"
+    )
+    assert sink.connections == 0
+    assert stats.sts_security.values == {"fail": 1}
+
+
+async def test_enforce_skips_an_unlisted_exchanger_for_a_listed_one(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    dns_server.add("example.test", "MX", "5 rogue.example.test.")
+    dns_server.add("rogue.example.test", "A", "127.0.0.1")
+    sink = start_sink(tls="starttls")
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert ("rogue.example.test", "A") not in dns_server.queries  # never even looked up
+    assert sink.connections == 1
+
+
+# --- MTA-STS testing and none ----------------------------------------------------------------
+
+
+async def test_testing_mode_delivers_without_tls_and_counts_the_failure(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink()  # plaintext only
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("testing", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert not sink.messages[0].tls
+    assert stats.sts_mode.values == {"testing": 1}
+    assert stats.sts_security.values == {"fail": 1}
+    assert stats.smtp_out_tls.values == {"plain": 1}
+
+
+async def test_testing_mode_with_verified_tls_passes(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink(tls="starttls")
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("testing", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.sts_security.values == {"pass": 1}
+
+
+async def test_mode_none_and_no_record_deliver_as_usual(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    dns_server.add("plain.test", "MX", "10 mx.example.test.")
+    sink = start_sink()
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("none"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        result = await relay.deliver(request(eml, "b@example.test", "c@plain.test"))
+    assert outcomes(result) == ["delivered", "delivered"]
+    assert stats.sts_mode.values == {"none": 1}
+    assert stats.sts_security.values == {}
+    assert ("_mta-sts.plain.test", "TXT") in dns_server.queries
+
+
+async def test_mta_sts_false_never_looks(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink()
+    relay = make_relay(dns_server, sink.port, pki, stats=Stats(), state=state, mta_sts=False)
+    assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert ("_mta-sts.example.test", "TXT") not in dns_server.queries
+
+
+# --- fetch failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "counter"),
+    [
+        (404, "text/plain", "not here", "failed_fetch"),
+        (200, "text/html", policy_text("enforce", "mx.example.test"), "failed_fetch"),
+        (301, "text/plain", "", "failed_fetch"),
+        (200, "text/plain", "version: STSv1\r\nmode: enforce\r\nmax_age: 60\r\n", "invalid"),
+        (200, "text/plain", policy_text("strict", "mx.example.test"), "invalid"),
+    ],
+)
+async def test_a_policy_that_cannot_be_had_is_no_policy(
+    dns_server: DnsServer,
+    start_sink: StartSink,
+    pki: Pki,
+    eml: Path,
+    state: Path,
+    status: int,
+    content_type: str,
+    body: str,
+    counter: str,
+) -> None:
+    publish(dns_server)
+    sink = start_sink()  # plaintext: an enforced policy would refuse it
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(body, status=status, content_type=content_type)
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.sts_cache_fetches.value == 1
+    failed = stats.sts_cache_failed_fetch.value
+    invalid = stats.sts_cache_invalid.value
+    assert (failed, invalid) == ((1, 0) if counter == "failed_fetch" else (0, 1))
+    assert stats.sts_mode.values == {}
+    assert not (state / "mta-sts" / "example.test.json").exists()
+
+
+async def test_a_policy_host_with_a_certificate_for_another_name_is_not_trusted(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink()
+    stats = Stats()
+    async with policy_host(pki.ca, "elsewhere.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.sts_cache_failed_fetch.value == 1
+    assert host.requests == []  # the handshake failed before any request
+
+
+# --- the cache across restarts ----------------------------------------------------------------
+
+
+async def test_the_cached_policy_survives_a_restart_and_a_removed_record(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    tls = start_sink(tls="starttls")
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        first = make_relay(dns_server, tls.port, pki, stats=Stats(), state=state, policy=host)
+        assert outcomes(await first.deliver(request(eml, "b@example.test"))) == ["delivered"]
+        policy_port = host.port
+    # The policy host is gone and so is the TXT record (an attacker could remove both); a
+    # new process with the same data_dir still enforces the cached policy (RFC 8461 §5.1).
+    del dns_server.records["_mta-sts.example.test"]
+    plain = start_sink()
+    stats = Stats()
+    second = make_relay(
+        dns_server,
+        plain.port,
+        pki,
+        stats=stats,
+        state=state,
+        mta_sts_port=Port(policy_port),
+        security_levels=False,
+    )
+    [outcome] = (await second.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "does not offer STARTTLS" in outcome.response
+    assert "its MTA-STS policy is in enforce mode" in outcome.response
+    assert plain.messages == []
+    assert (stats.sts_cache_hits.value, stats.sts_cache_fetches.value) == (1, 0)
+
+
+async def test_a_new_policy_id_fetches_the_policy_again(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server, sts_id="one")
+    sink = start_sink()
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["transient"]
+        dns_server.records["_mta-sts.example.test"]["TXT"] = ['"v=STSv1; id=two"']
+        host.serve(policy_text("testing", "mx.example.test"))
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+        assert len(host.requests) == 2
+    assert stats.sts_mode.values == {"enforce": 1, "testing": 1}
+    cached = json.loads((state / "mta-sts" / "example.test.json").read_text())
+    assert (cached["id"], cached["mode"]) == ("two", "testing")
+
+
+async def test_a_corrupt_cache_file_is_counted_and_fetched_again(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    (state / "mta-sts").mkdir(parents=True)
+    (state / "mta-sts" / "example.test.json").write_text("{not json")
+    sink = start_sink(tls="starttls")
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.sts_cache_unmarshal_errors.value == 1
+    assert stats.sts_cache_fetches.value == 1
+    assert json.loads((state / "mta-sts" / "example.test.json").read_text())["id"] == "20261204"
+
+
+# --- security levels --------------------------------------------------------------------------
+
+
+async def test_a_domain_seen_with_verified_tls_is_never_sent_plaintext(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server, sts_id=None)
+    verified = start_sink(tls="starttls")
+    stats = Stats()
+    first = make_relay(dns_server, verified.port, pki, stats=stats, state=state)
+    assert outcomes(await first.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    record = json.loads((state / "domaininfo" / "example.test.json").read_text())
+    assert record["outgoing_level"] == "tls_verified"
+    assert stats.smtp_out_security_checks.values == {"pass": 1}
+
+    # A restart, and the exchanger now offers no STARTTLS (an attacker stripped it).
+    plain = start_sink()
+    after = Stats()
+    second = make_relay(dns_server, plain.port, pki, stats=after, state=state)
+    [outcome] = (await second.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "does not offer STARTTLS" in outcome.response
+    assert "example.test requires verified TLS: it was seen with verified TLS before" in (
+        outcome.response
+    )
+    assert plain.messages == []
+    assert after.smtp_out_security_checks.values == {"fail": 1}
+
+    # A forged certificate (trusted CA, wrong name) is refused the same way.
+    forged = start_sink(tls="starttls", tls_context=other_name_context(pki))
+    third = make_relay(dns_server, forged.port, pki, stats=after, state=state)
+    [outcome] = (await third.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "failed verification" in outcome.response
+    assert forged.messages == []
+    assert after.smtp_out_security_checks.values == {"fail": 2}
+
+
+async def test_unverified_tls_is_recorded_and_plaintext_then_refused(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server, sts_id=None)
+    unverified = start_sink(tls="starttls", tls_context=other_name_context(pki))
+    stats = Stats()
+    first = make_relay(dns_server, unverified.port, pki, stats=stats, state=state)
+    assert outcomes(await first.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert unverified.messages[0].tls
+    # Checked first (refused: wrong name), then again without verification.
+    assert stats.smtp_out_tls.values == {"tls:insecure": 2}
+    record = json.loads((state / "domaininfo" / "example.test.json").read_text())
+    assert record["outgoing_level"] == "tls_unverified"
+
+    plain = start_sink()
+    second = make_relay(dns_server, plain.port, pki, stats=stats, state=state)
+    [outcome] = (await second.deliver(request(eml, "b@example.test"))).outcomes
+    assert outcome.outcome == "transient"
+    assert "requires TLS with an unverified certificate" in outcome.response
+    # Better is always fine, and raises the record.
+    good = start_sink(tls="starttls")
+    third = make_relay(dns_server, good.port, pki, stats=stats, state=state)
+    assert outcomes(await third.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    record = json.loads((state / "domaininfo" / "example.test.json").read_text())
+    assert record["outgoing_level"] == "tls_verified"
+
+
+async def test_security_levels_false_allows_a_downgrade(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server, sts_id=None)
+    (state / "domaininfo").mkdir(parents=True)
+    (state / "domaininfo" / "example.test.json").write_text(
+        '{"domain": "example.test", "outgoing_level": "tls_verified"}'
+    )
+    plain = start_sink()
+    stats = Stats()
+    relay = make_relay(dns_server, plain.port, pki, stats=stats, state=state, security_levels=False)
+    assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.smtp_out_security_checks.values == {}
