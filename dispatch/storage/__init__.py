@@ -24,6 +24,8 @@ from dispatch.storage.api_keys import ApiKeyRecord, ApiKeyStore, UnknownApiKeyEr
 from dispatch.storage.database import Database, DatabaseUnavailableError, SqlCursor
 from dispatch.storage.journal import JOURNAL_NAME
 from dispatch.storage.log_writer import MessageLog, StopRequest
+from dispatch.storage.nodes import NodeRow, list_nodes
+from dispatch.storage.postgres import PostgresDatabase
 from dispatch.storage.purge import AUDIT, purge
 from dispatch.storage.queries import LogQueries
 from dispatch.storage.records import (
@@ -63,12 +65,15 @@ __all__ = [
     "MessageEvent",
     "MessageLog",
     "Migration",
+    "NodeRow",
+    "PostgresDatabase",
     "Source",
     "SqlCursor",
     "SqliteDatabase",
     "StopRequest",
     "Store",
     "UnknownApiKeyError",
+    "list_nodes",
     "open_store",
     "purge",
     "sqlite_path",

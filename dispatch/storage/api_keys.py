@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar, Final
 
@@ -118,8 +118,13 @@ class ApiKeyStore:
     )
     """What every method raises when the database cannot answer now (try again later)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, *, announce: Callable[[SqlCursor, str], None] | None = None
+    ) -> None:
+        """``announce(cursor, prefix)``: called inside the transaction that creates or revokes
+        a key (PostgreSQL: a NOTIFY to the other nodes, see ``notifications.py``)."""
         self._database = database
+        self._announce = announce
 
     async def insert(
         self, name: str, prefix: str, key_hash: str, *, now: float | None = None
@@ -131,7 +136,9 @@ class ApiKeyStore:
         name = _name(name)
         created_at = time.time() if now is None else now
         row = (name, prefix, key_hash, created_at)
-        key_id = await self._database.write(partial(_insert_unless_taken, row=row))
+        key_id = await self._database.write(
+            partial(_insert_unless_taken, row=row, announce=self._announce)
+        )
         if key_id is None:
             return None
         return ApiKeyRecord(id=key_id, name=name, prefix=prefix, created_at=created_at)
@@ -180,7 +187,10 @@ class ApiKeyStore:
             )
             changed = cursor.rowcount > 0
             cursor.execute(f"{_SELECT} WHERE {column} = ?", (value,))
-            return cursor.fetchone(), changed
+            found = cursor.fetchone()
+            if changed and found is not None and self._announce is not None:
+                self._announce(cursor, found[2])
+            return found, changed
 
         row, changed = await self._database.write(work)
         if row is None:
@@ -216,7 +226,12 @@ class ApiKeyStore:
         await self._database.write(work)
 
 
-def _insert_unless_taken(cursor: SqlCursor, *, row: tuple[object, ...]) -> int | None:
+def _insert_unless_taken(
+    cursor: SqlCursor,
+    *,
+    row: tuple[object, ...],
+    announce: Callable[[SqlCursor, str], None] | None = None,
+) -> int | None:
     """Insert ``(name, prefix, hash, created_at)``; the new id, or None if the prefix is taken.
 
     ``ON CONFLICT DO NOTHING`` rather than catching the UNIQUE violation: each driver raises
@@ -224,7 +239,11 @@ def _insert_unless_taken(cursor: SqlCursor, *, row: tuple[object, ...]) -> int |
     """
     cursor.execute(_INSERT, row)
     found = cursor.fetchone()
-    return None if found is None else int(found[0])
+    if found is None:
+        return None
+    if announce is not None:
+        announce(cursor, str(row[1]))
+    return int(found[0])
 
 
 def _reference(id_or_prefix: int | str) -> tuple[str, int | str]:

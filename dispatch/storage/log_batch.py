@@ -33,14 +33,14 @@ def _placeholders(count: int) -> str:
 
 
 INSERT_MESSAGE: Final = (
-    f"INSERT INTO message_log ({', '.join(MESSAGE_COLUMNS)}) "  # noqa: S608 (constants only)
-    f"VALUES ({_placeholders(len(MESSAGE_COLUMNS))}) "
+    f"INSERT INTO message_log ({', '.join(MESSAGE_COLUMNS)}, node) "  # noqa: S608 (constants)
+    f"VALUES ({_placeholders(len(MESSAGE_COLUMNS) + 1)}) "
     "ON CONFLICT (event_id) DO NOTHING RETURNING id"
 )
 INSERT_ADDRESS: Final = "INSERT INTO message_log_addresses (address, at, log_id) VALUES (?, ?, ?)"
 INSERT_AUDIT: Final = (
-    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "  # noqa: S608 (constants only)
-    f"VALUES ({_placeholders(len(AUDIT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING"
+    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}, node) "  # noqa: S608 (constants only)
+    f"VALUES ({_placeholders(len(AUDIT_COLUMNS) + 1)}) ON CONFLICT (event_id) DO NOTHING"
 )
 UPSERT_DAY: Final = (
     "INSERT INTO counters (day, event, relay, count) VALUES (?, ?, ?, ?) "
@@ -72,21 +72,27 @@ def addresses_of(event: MessageEvent) -> set[str]:
 
 
 def write_batch(
-    cursor: SqlCursor, records: Sequence[LogRecord], *, prune_minutes_before: int | None = None
+    cursor: SqlCursor,
+    records: Sequence[LogRecord],
+    *,
+    prune_minutes_before: int | None = None,
+    node: str | None = None,
 ) -> int:
     """Insert ``records`` that are not in the database yet; return how many were inserted.
 
     ``prune_minutes_before``: also delete per-minute counters older than this minute.
+    ``node``: the id of the node writing them (its journal holds only its own records), put
+    on every row so that nodes sharing one database can tell their rows apart.
     """
     inserted = 0
     per_day: Counter[tuple[str, str, str]] = Counter()
     per_minute: Counter[tuple[int, str]] = Counter()
     for record in records:
         if isinstance(record, AuditEntry):
-            cursor.execute(INSERT_AUDIT, audit_to_row(record))
+            cursor.execute(INSERT_AUDIT, (*audit_to_row(record), node))
             inserted += max(cursor.rowcount, 0)
             continue
-        cursor.execute(INSERT_MESSAGE, message_to_row(record))
+        cursor.execute(INSERT_MESSAGE, (*message_to_row(record), node))
         row = cursor.fetchone()
         if row is None:
             continue  # already written by an earlier attempt

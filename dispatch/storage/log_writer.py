@@ -83,8 +83,17 @@ class MessageLog:
     after :meth:`run`.
     """
 
-    def __init__(self, database: Database, journal_path: Path, *, batch_size: int = BATCH_SIZE):
+    def __init__(
+        self,
+        database: Database,
+        journal_path: Path,
+        *,
+        batch_size: int = BATCH_SIZE,
+        node_id: str | None = None,
+    ):
         self._database = database
+        self.node_id = node_id
+        """The id written on every row (see ``dispatch/storage/nodes.py``); None: no id."""
         self._journal = Journal(journal_path)
         self._batch_size = batch_size
         self._queue: collections.deque[LogRecord] = collections.deque()
@@ -213,7 +222,12 @@ class MessageLog:
         return progressed
 
     async def _write(self, records: list[LogRecord]) -> bool:
-        work = partial(write_batch, records=records, prune_minutes_before=self._minute_to_prune())
+        work = partial(
+            write_batch,
+            records=records,
+            prune_minutes_before=self._minute_to_prune(),
+            node=self.node_id,
+        )
         try:
             self.written_total += await self._database.write(work)
         except DatabaseUnavailableError as exc:

@@ -186,6 +186,37 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         # choose from, SQLite probes (event, at) and reads every row of that event instead.
         ("CREATE INDEX message_log_message_id_event ON message_log (message_id, event)",),
     ),
+    Migration(
+        4,
+        "nodes sharing the database: the node of each log row, and each node's heartbeat",
+        (
+            # NULL on rows written before: a single node's history, whatever its id.
+            "ALTER TABLE message_log ADD COLUMN node TEXT",
+            "ALTER TABLE audit_log ADD COLUMN node TEXT",
+            """CREATE TABLE nodes (
+                node_id TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL,
+                version TEXT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        5,
+        "suppression list: addresses not mailed again after a hard bounce, until an expiry",
+        # dispatch/storage/suppression.py; one row per lower-cased address.
+        (
+            """CREATE TABLE suppressions (
+                address TEXT PRIMARY KEY,
+                reason TEXT NOT NULL,
+                message_id TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX suppressions_expires_at ON suppressions (expires_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -1,8 +1,14 @@
 """Helpers for storage tests: a running store, event factories, a loop watchdog, mounts.
 
-Everything runs against real SQLite files under ``tmp_path``. The outage tests need real
-outages: a tmpfs that fills up and a read-only bind mount, which need root (CI has it).
-Like the spool's disk-full tests they fail rather than skip without it.
+The suite runs against both engines: the :func:`db` fixture is parametrised, giving a real
+SQLite file under ``tmp_path`` or a fresh database of the session's real PostgreSQL 15
+(``tests/support/postgres.py``), and the helpers here (:func:`url_for`, :func:`query`,
+:func:`database_for`, ...) accept either, so every test written against ``db`` makes the
+same assertions on both. Tests about one engine's own failure modes (a deleted file, a
+stopped server) ask for ``tmp_path`` or ``postgres_url`` instead.
+
+The outage tests need real outages: a tmpfs that fills up and a read-only bind mount, which
+need root (CI has it). Like the spool's disk-full tests they fail rather than skip without it.
 """
 
 from __future__ import annotations
@@ -14,22 +20,87 @@ from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
 from dispatch.lifecycle import Shutdown
-from dispatch.storage import MessageEvent, MessageLog, Store, open_store
+from dispatch.storage import (
+    MIGRATIONS,
+    Database,
+    MessageEvent,
+    MessageLog,
+    Migration,
+    PostgresDatabase,
+    SqliteDatabase,
+    Store,
+    open_store,
+)
+from dispatch.storage.postgres import to_psycopg
 
 # 2027-01-15T08:00:00Z, exactly on a minute: tests say "today" and "5 minutes ago" about it.
 BASE = 1_800_000_000.0
 DAY = 86_400.0
 
 
-def url_for(path: Path) -> str:
-    return f"sqlite:///{path}"
+class PgDb(str):
+    """The URL of a PostgreSQL test database, where SQLite tests pass the file's path."""
 
 
-def make_store(db: Path, data_dir: Path) -> Store:
+DbRef = Path | PgDb
+
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=ENGINES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> DbRef:
+    """The database of one test, on each engine in turn (not created yet on SQLite)."""
+    if request.param == "sqlite":
+        return tmp_path / "data" / "dispatch.db"
+    return PgDb(request.getfixturevalue("postgres_url"))
+
+
+class Outage:
+    """A database of the test's engine that cannot be used until :meth:`end`.
+
+    SQLite: its directory is a file. PostgreSQL: the database does not exist yet (the server
+    answers "database ... does not exist", an outage like any other to Dispatch).
+    """
+
+    def __init__(self, db: DbRef, tmp_path: Path) -> None:
+        if isinstance(db, PgDb):
+            self.db: DbRef = PgDb(db.rpartition("/")[0] + "/" + db.rpartition("/")[2] + "_later")
+        else:
+            self._blocker = tmp_path / "not-a-directory"
+            self._blocker.write_text("a file where the database's directory should be")
+            self.db = self._blocker / "dispatch.db"
+
+    def end(self) -> None:
+        if isinstance(self.db, PgDb):
+            base, _, name = self.db.rpartition("/")
+            with psycopg.connect(f"{base}/postgres", autocommit=True) as pg:
+                pg.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        else:
+            self._blocker.unlink()
+
+
+@pytest.fixture
+def outage(db: DbRef, tmp_path: Path) -> Outage:
+    """A database that is down until ``outage.end()``, on each engine (see :class:`Outage`)."""
+    return Outage(db, tmp_path)
+
+
+def url_for(db: DbRef) -> str:
+    return db if isinstance(db, PgDb) else f"sqlite:///{db}"
+
+
+def database_for(db: DbRef, migrations: tuple[Migration, ...] = MIGRATIONS) -> Database:
+    if isinstance(db, PgDb):
+        return PostgresDatabase(db, migrations=migrations)
+    return SqliteDatabase(db, migrations=migrations)
+
+
+def make_store(db: DbRef, data_dir: Path) -> Store:
     return open_store(url_for(db), data_dir)
 
 
@@ -57,17 +128,30 @@ def received(number: int = 0, *, at: float = BASE, **fields: Any) -> MessageEven
     return MessageEvent(**values)
 
 
-def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+def query(db: DbRef, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
     """Rows of ``sql`` read with a separate plain connection (blocking: call when idle)."""
+    if isinstance(db, PgDb):
+        with psycopg.connect(db, autocommit=True) as pg:
+            return pg.execute(to_psycopg(sql), params).fetchall()
     with closing(sqlite3.connect(db)) as connection:
         return connection.execute(sql, params).fetchall()
 
 
-def row_count(db: Path, table: str = "message_log") -> int:
+def execute(db: DbRef, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run one statement and commit it, with a separate plain connection."""
+    if isinstance(db, PgDb):
+        with psycopg.connect(db, autocommit=True) as pg:
+            pg.execute(to_psycopg(sql), params)
+        return
+    with closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(sql, params)
+
+
+def row_count(db: DbRef, table: str = "message_log") -> int:
     return int(query(db, f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: S608
 
 
-def assert_exactly_once(db: Path, events: list[MessageEvent]) -> None:
+def assert_exactly_once(db: DbRef, events: list[MessageEvent]) -> None:
     """Every event is in ``message_log`` once, nothing else is, and the counters agree."""
     ids = [row[0] for row in query(db, "SELECT event_id FROM message_log")]
     assert sorted(ids) == sorted(e.event_id for e in events)

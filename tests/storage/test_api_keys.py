@@ -1,4 +1,4 @@
-"""The ``api_keys`` table through :class:`ApiKeyStore`, on real SQLite files.
+"""The ``api_keys`` table through :class:`ApiKeyStore`, on SQLite and PostgreSQL.
 
 To storage a key's prefix and hash are opaque strings (what a key looks like and how it is
 hashed are security's: tests/security/test_key_format.py); the rows here carry made-up ones.
@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 
 from dispatch.storage import ApiKeyStore, SqliteDatabase, UnknownApiKeyError
-from tests.storage.conftest import BASE, make_store, query
+from tests.storage.conftest import BASE, DbRef, database_for, make_store, query
 
 HASH = "$argon2id$v=19$m=64,t=1,p=1$opaque-to-storage"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "dispatch.db"
-
-
-@pytest.fixture
-async def keys(db: Path) -> AsyncIterator[ApiKeyStore]:
-    database = SqliteDatabase(db)
+async def keys(db: DbRef) -> AsyncIterator[ApiKeyStore]:
+    database = database_for(db)
     yield ApiKeyStore(database)
     await database.aclose()
 
@@ -35,7 +30,7 @@ async def add(keys: ApiKeyStore, name: str, prefix: str, *, now: float = BASE) -
     return record.id
 
 
-async def test_insert_stores_the_row_and_returns_its_record(keys: ApiKeyStore, db: Path) -> None:
+async def test_insert_stores_the_row_and_returns_its_record(keys: ApiKeyStore, db: DbRef) -> None:
     record = await keys.insert("  billing app  ", "dsp_live_AbCd1234", HASH, now=BASE)
     assert record is not None
     assert (record.name, record.prefix, record.created_at) == (
@@ -77,8 +72,11 @@ async def test_find_by_prefix_returns_the_hash_but_never_shows_it(keys: ApiKeySt
     assert await keys.find_by_prefix("dsp_live_Zzzzzzzz") is None
 
 
-async def test_lookup_by_prefix_uses_the_unique_index(keys: ApiKeyStore, db: Path) -> None:
-    await add(keys, "app", "dsp_live_AbCd1234")
+async def test_lookup_by_prefix_uses_the_unique_index(tmp_path: Path) -> None:
+    db = tmp_path / "dispatch.db"  # SQLite's plan
+    database = SqliteDatabase(db)
+    await add(ApiKeyStore(database), "app", "dsp_live_AbCd1234")
+    await database.aclose()
     plan = query(db, "EXPLAIN QUERY PLAN SELECT * FROM api_keys WHERE prefix = ?", ("x",))
     assert "SEARCH api_keys USING INDEX sqlite_autoindex_api_keys_1 (prefix=?)" in str(plan)
 
@@ -130,8 +128,8 @@ async def test_rehash_replaces_only_the_hash_it_was_told_of(keys: ApiKeyStore) -
     assert found.key_hash == "new"
 
 
-async def test_the_store_exposes_its_api_keys(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "dispatch.db", tmp_path)
+async def test_the_store_exposes_its_api_keys(db: DbRef, tmp_path: Path) -> None:
+    store = make_store(db, tmp_path)
     record = await store.api_keys.insert("app", "dsp_live_AbCd1234", HASH)
     assert await store.api_keys.find_by_prefix("dsp_live_AbCd1234") == record
     await store.database.aclose()

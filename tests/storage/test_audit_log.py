@@ -16,7 +16,7 @@ from dispatch.config.loader import load_settings
 from dispatch.config.render import changed_keys
 from dispatch.storage import AuditEntry, audit
 from dispatch.storage.api_keys import ApiKeyRecord
-from tests.storage.conftest import make_store, query, running
+from tests.storage.conftest import Outage, make_store, query, running
 from tests.support.waiting import wait_until_async
 
 KEY = ApiKeyRecord(id=7, name="billing", prefix="dsp_live_abcd", created_at=1.0)
@@ -139,11 +139,9 @@ def test_text_a_peer_chose_cannot_forge_a_line_or_grow_without_bound() -> None:
 
 
 async def test_entries_written_while_the_database_is_down_land_after_a_restart(
-    tmp_path: Path,
+    tmp_path: Path, outage: Outage
 ) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("a file where the database's directory should be")
-    db = blocker / "dispatch.db"
+    db = outage.db
     entries = [audit.spool_deleted(f"spl_{n}", "failed", actor="uid 0 (pid 1)") for n in range(3)]
     entries.append(audit.smtp_auth_address_throttled("127.0.0.9", 5, 300, 300))
     store = make_store(db, tmp_path / "data")
@@ -154,7 +152,7 @@ async def test_entries_written_while_the_database_is_down_land_after_a_restart(
         assert not store.log.database_reachable
     # The store stopped with the database still down: the journal keeps the entries.
     assert store.log.journal_path.exists()
-    blocker.unlink()
+    outage.end()
 
     again = make_store(db, tmp_path / "data")  # the next run of the daemon
     async with running(again):

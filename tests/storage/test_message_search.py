@@ -1,4 +1,4 @@
-"""The Message log's searches and the Overview's per-minute figures on a real SQLite file:
+"""The Message log's searches and the Overview's per-minute figures on SQLite and PostgreSQL:
 every filter, the outcomes as events, keyset pages both ways, denied rows, subjects, and the
 24-hour throughput buckets."""
 
@@ -20,7 +20,7 @@ from dispatch.storage.message_search import (
     subjects_of,
 )
 from dispatch.storage.throughput import counts_last_minutes, throughput
-from tests.storage.conftest import BASE, make_store, received, running
+from tests.storage.conftest import BASE, DbRef, make_store, received, running
 
 
 def final(
@@ -41,8 +41,8 @@ def final(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return make_store(tmp_path / "db" / "dispatch.db", tmp_path / "data")
+def store(db: DbRef, tmp_path: Path) -> Store:
+    return make_store(db, tmp_path / "data")
 
 
 @asynccontextmanager

@@ -14,6 +14,8 @@ from dispatch.storage import AuditEntry, MessageEvent
 from dispatch.storage.journal import Journal
 from tests.conftest import fill
 from tests.storage.conftest import (
+    DbRef,
+    Outage,
     assert_exactly_once,
     make_store,
     received,
@@ -23,14 +25,14 @@ from tests.storage.conftest import (
 from tests.support.waiting import wait_until_async
 
 
-async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(tmp_path: Path) -> None:
+async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(
+    tmp_path: Path, outage: Outage
+) -> None:
     data = tmp_path / "data"
-    blocker = tmp_path / "blocker"
-    blocker.write_text("the database cannot be created under a file")
     events = [received(i) for i in range(1200)]  # more than one replay chunk
     audit = AuditEntry(category="System", level="Warning", message="database down")
 
-    crashed = make_store(blocker / "dispatch.db", data)
+    crashed = make_store(outage.db, data)
     async with trio.open_nursery() as nursery:
         await nursery.start(crashed.run, _NeverStop())
         for event in events:
@@ -43,7 +45,8 @@ async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(tmp_path:
     saved = tmp_path / "journal.copy"
     shutil.copy(journal, saved)
 
-    db = tmp_path / "good.db"
+    outage.end()
+    db = outage.db
     for attempt in range(2):  # the second time: a crash after the replay, before the delete
         if attempt:
             shutil.copy(saved, journal)
@@ -58,8 +61,7 @@ async def test_crash_leaves_a_journal_that_is_replayed_once_even_twice(tmp_path:
         assert row_count(db, "audit_log") == 1
 
 
-async def test_cancelled_writer_journals_what_it_still_held(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_cancelled_writer_journals_what_it_still_held(db: DbRef, tmp_path: Path) -> None:
     events = [received(i) for i in range(3000)]
     store = make_store(db, tmp_path)
     async with trio.open_nursery() as nursery:

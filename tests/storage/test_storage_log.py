@@ -25,6 +25,7 @@ from dispatch.storage.records import MAX_FREE_TEXT, from_journal, to_journal
 from tests.storage.conftest import (
     BASE,
     DAY,
+    DbRef,
     make_store,
     query,
     received,
@@ -54,12 +55,7 @@ FULL = MessageEvent(
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "dispatch.db"
-
-
-@pytest.fixture
-def store(db: Path, tmp_path: Path) -> Store:
+def store(db: DbRef, tmp_path: Path) -> Store:
     return make_store(db, tmp_path / "data")
 
 
@@ -73,7 +69,7 @@ async def write(store: Store, *records: MessageEvent | AuditEntry) -> None:
         await store.log.wait_until_written()
 
 
-async def test_recorded_events_become_rows_with_every_field(store: Store, db: Path) -> None:
+async def test_recorded_events_become_rows_with_every_field(store: Store, db: DbRef) -> None:
     minimal = MessageEvent(message_id=None, event="denied", at=BASE, peer_ip="198.51.100.9")
     async with running(store):
         await write(store, FULL, minimal)
@@ -204,7 +200,7 @@ async def test_audit_entries_go_through_the_same_writer(store: Store) -> None:
     assert store.log.written_total == 3
 
 
-async def test_stop_writes_everything_queued(store: Store, db: Path) -> None:
+async def test_stop_writes_everything_queued(store: Store, db: DbRef) -> None:
     assert Component(name="storage", run=store.run)  # what the daemon will run
     early = [received(i) for i in range(100)]
     for event in early:  # recorded before the writer even runs
@@ -284,7 +280,8 @@ class PlanRecorder:
         await self.database.aclose()
 
 
-async def test_every_query_reads_an_index_range(store: Store) -> None:
+async def test_every_query_reads_an_index_range(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "plans.db", tmp_path / "data")  # SQLite's plans
     async with running(store):
         await write(store, *(received(i, at=BASE + i) for i in range(50)))
     assert isinstance(store.database, SqliteDatabase)

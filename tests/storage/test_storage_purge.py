@@ -9,18 +9,17 @@ import trio
 
 from dispatch.storage import AUDIT, AuditEntry, MessageEvent
 from dispatch.storage.purge import PURGE_CHUNK
-from tests.storage.conftest import BASE, DAY, make_store, query, received, running
+from tests.storage.conftest import BASE, DAY, DbRef, make_store, query, received, running
 
 WEEK = 7 * DAY
 
 
-def kinds_left(db: Path) -> list[tuple[str, str]]:
+def kinds_left(db: DbRef) -> list[tuple[str, str]]:
     rows = query(db, "SELECT message_id, event FROM message_log ORDER BY message_id, at")
     return [(message_id, event) for message_id, event in rows]
 
 
-async def test_purge_removes_only_old_rows_of_the_kinds_asked(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_purge_removes_only_old_rows_of_the_kinds_asked(db: DbRef, tmp_path: Path) -> None:
     store = make_store(db, tmp_path)
     now = BASE
     old, recent = now - WEEK - 60, now - WEEK + 60
@@ -69,8 +68,7 @@ async def test_purge_removes_only_old_rows_of_the_kinds_asked(tmp_path: Path) ->
     assert query(db, "SELECT COUNT(*) FROM message_log_addresses") == [(8,)]
 
 
-async def test_purge_goes_in_chunks_until_done(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_purge_goes_in_chunks_until_done(db: DbRef, tmp_path: Path) -> None:
     store = make_store(db, tmp_path)
     total = 2 * PURGE_CHUNK + 7
     async with running(store):
@@ -85,7 +83,7 @@ async def test_purge_goes_in_chunks_until_done(tmp_path: Path) -> None:
     assert query(db, "SELECT COUNT(*) FROM message_log_addresses") == [(2,)]
 
 
-async def test_purge_refuses_unknown_kinds(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "dispatch.db", tmp_path)
+async def test_purge_refuses_unknown_kinds(db: DbRef, tmp_path: Path) -> None:
+    store = make_store(db, tmp_path)
     with pytest.raises(ValueError, match="cannot purge \\['bounced'\\]"):
         await store.purge({"bounced": 1.0})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dispatch.storage import (
@@ -14,13 +14,23 @@ from dispatch.storage import (
     MIGRATIONS,
     DatabaseUnavailableError,
     Migration,
+    PostgresDatabase,
     SqlCursor,
     SqliteDatabase,
     open_store,
     sqlite_path,
 )
 from dispatch.storage.schema import POSTGRESQL, SQLITE
-from tests.storage.conftest import query, received, running
+from tests.storage.conftest import (
+    DbRef,
+    PgDb,
+    database_for,
+    execute,
+    query,
+    received,
+    running,
+    url_for,
+)
 
 TABLES = {
     "schema_version",
@@ -32,6 +42,8 @@ TABLES = {
     "sessions",
     "counters",
     "minute_counters",
+    "nodes",
+    "suppressions",
 }
 INDEXES = {
     "message_log_message_id_at",
@@ -42,15 +54,25 @@ INDEXES = {
     "sessions_expires_at",
     "message_log_key_at",
     "message_log_message_id_event",
+    "suppressions_expires_at",
 }
 
 
-def names(db: Path, kind: str) -> set[str]:
+def names(db: DbRef, kind: str) -> set[str]:
+    if isinstance(db, PgDb):
+        if kind == "table":
+            sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        else:  # indexes we created, not those of primary keys and UNIQUE constraints
+            sql = (
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+                "AND indexname NOT LIKE '%pkey' AND indexname NOT LIKE '%key'"
+            )
+        return {name for (name,) in query(db, sql)}
     rows = query(db, "SELECT name FROM sqlite_master WHERE type = ?", (kind,))
     return {name for (name,) in rows if not name.startswith("sqlite_")}
 
 
-def versions(db: Path) -> list[int]:
+def versions(db: DbRef) -> list[int]:
     return [v for (v,) in query(db, "SELECT version FROM schema_version ORDER BY version")]
 
 
@@ -59,9 +81,9 @@ def count_versions(cursor: SqlCursor) -> int:
     return int(cursor.fetchone()[0])
 
 
-async def open_once(db: Path, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+async def open_once(db: DbRef, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
     """Open ``db`` (applying ``migrations``), close it; return the number of versions."""
-    database = SqliteDatabase(db, migrations=migrations)
+    database = database_for(db, migrations)
     try:
         return await database.read(count_versions)
     finally:
@@ -85,10 +107,16 @@ async def test_first_use_creates_the_file_the_schema_and_the_version(tmp_path: P
     assert "event_id TEXT NOT NULL UNIQUE" in unique
 
 
-async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_first_use_creates_the_schema_on_either_engine(db: DbRef) -> None:
+    assert await open_once(db) == len(MIGRATIONS)
+    assert names(db, "table") == TABLES
+    assert names(db, "index") == INDEXES
+    assert versions(db) == [m.version for m in MIGRATIONS]
+
+
+async def test_opening_again_applies_nothing_twice(db: DbRef, tmp_path: Path) -> None:
     for round_ in range(3):
-        store = open_store(f"sqlite:///{db}", tmp_path)
+        store = open_store(url_for(db), tmp_path)
         async with running(store):
             store.log.record(received(round_))
             await store.log.wait_until_written()
@@ -96,8 +124,7 @@ async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
     assert query(db, "SELECT COUNT(*) FROM message_log") == [(3,)]
 
 
-async def test_a_new_migration_is_applied_once(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_a_new_migration_is_applied_once(db: DbRef) -> None:
     await open_once(db)
     extended = (
         *MIGRATIONS,
@@ -116,8 +143,7 @@ async def test_a_new_migration_is_applied_once(tmp_path: Path) -> None:
     assert "relay_notes" in names(db, "table")
 
 
-async def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_a_failing_migration_leaves_no_trace(db: DbRef) -> None:
     broken = (
         *MIGRATIONS,
         Migration(LATEST_VERSION + 1, "broken", ("CREATE TABLE half (x TEXT)", "CREATE TABLE (")),
@@ -128,11 +154,9 @@ async def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     assert "half" not in names(db, "table")  # the failed one is rolled back whole
 
 
-async def test_a_schema_from_a_newer_dispatch_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "dispatch.db"
+async def test_a_schema_from_a_newer_dispatch_is_refused(db: DbRef) -> None:
     await open_once(db)
-    with closing(sqlite3.connect(db)) as connection, connection:
-        connection.execute("INSERT INTO schema_version VALUES (99, 'future', 0)")
+    execute(db, "INSERT INTO schema_version VALUES (99, 'future', 0)")
     with pytest.raises(DatabaseUnavailableError, match="schema version 99, newer than"):
         await open_once(db)
 
@@ -165,8 +189,11 @@ def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("sqlite://x.db", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?mode=ro"):
         with pytest.raises(ValueError, match=r"database\.url"):
             sqlite_path(bad)
-    with pytest.raises(ValueError, match="PostgreSQL is not supported"):
-        open_store("postgresql://dispatch@db/dispatch", tmp_path)
+    postgres = open_store("postgresql://dispatch:s3cret@db.example.test/dispatch", tmp_path)
+    assert isinstance(postgres.database, PostgresDatabase)
+    assert (
+        postgres.database.description == "postgresql://dispatch:<redacted>@db.example.test/dispatch"
+    )
     with pytest.raises(ValueError, match="unknown database 'mysql'"):
         open_store("mysql://x", tmp_path)
     store = open_store("sqlite:///./.dispatch/dispatch.db", "./.dispatch")
@@ -174,8 +201,8 @@ def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert store.log.journal_path == tmp_path / ".dispatch" / "message-log.journal"
 
 
-async def test_a_bug_in_work_escapes_unchanged_and_the_connection_goes_on(tmp_path: Path) -> None:
-    database = SqliteDatabase(tmp_path / "dispatch.db")
+async def test_a_bug_in_work_escapes_unchanged_and_the_connection_goes_on(db: DbRef) -> None:
+    database = database_for(db)
     insert = "INSERT INTO counters (day, event, relay, count) VALUES ('d', 'received', '', 1)"
 
     def insert_then_fail(cursor: SqlCursor) -> None:
@@ -192,7 +219,8 @@ async def test_a_bug_in_work_escapes_unchanged_and_the_connection_goes_on(tmp_pa
 
     with pytest.raises(ZeroDivisionError):
         await database.write(insert_then_fail)
-    with pytest.raises(sqlite3.IntegrityError):  # a bug, not an outage
+    integrity = psycopg.IntegrityError if isinstance(db, PgDb) else sqlite3.IntegrityError
+    with pytest.raises(integrity):  # a bug, not an outage
         await database.write(insert_twice)
     assert await database.read(count) == 0  # both rolled back
     await database.write(lambda cursor: cursor.execute(insert))
