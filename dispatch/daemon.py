@@ -125,8 +125,14 @@ def build_parts(
     """The long-lived objects, each built once."""
     current = settings.current
     try:
-        store = open_store(current.database.url, current.data_dir)
-    except ValueError as exc:
+        store = open_store(
+            current.database.url,
+            current.data_dir,
+            node_id=current.database.node_id,
+            pool_size=current.database.pool_size,
+            statement_timeout=current.database.statement_timeout_seconds,
+        )
+    except (ValueError, OSError) as exc:
         raise ComponentStartError("storage", str(exc)) from exc
     stats, tracer = Stats(), Tracer()
     try:
@@ -196,6 +202,8 @@ def build_components(parts: Parts) -> list[Component]:
     """Every component, handed the parts it uses, in start order."""
     settings, spool, store = parts.settings, parts.spool, parts.store
     verifier = ApiKeyVerifier(store.api_keys, audit.ApiKeyAudit(store.log.audit))
+    if store.key_changes is not None:  # other nodes' creations and revocations (PostgreSQL)
+        store.key_changes.subscribe(verifier.forget)
     retention = Retention(
         lambda: settings.current.retention, store, SpoolSweeper(spool), parts.stats
     )

@@ -32,6 +32,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from dispatch.config import toml_errors
 from dispatch.config.dkim_checks import dkim_problems
+from dispatch.config.node_id import RULE, check_node_id
 from dispatch.config.render import redact_url_credentials
 from dispatch.config.settings import (
     RELAY_KINDS,
@@ -426,7 +427,8 @@ def _webhook_checks(webhooks: tuple[WebhookSettings, ...]) -> Iterator[ConfigPro
             )
         if not hook.events:
             yield ConfigProblem(
-                f"{where}.events", "is empty; list at least one of delivered, deferred, failed, "
+                f"{where}.events",
+                "is empty; list at least one of delivered, deferred, failed, "
                 "bounced (or remove the webhook)",
             )
         if hook.retry_max_seconds < hook.retry_first_seconds:
@@ -498,6 +500,11 @@ def _cross_checks(settings: Settings) -> Iterator[ConfigProblem]:
             f"{redact_url_credentials(repr(url))} is not a database URL; use 'sqlite:///PATH' "
             "or 'postgresql://…'",
         )
+    if settings.database.node_id:
+        try:
+            check_node_id(settings.database.node_id)
+        except ValueError:
+            yield ConfigProblem("database.node_id", f"{settings.database.node_id!r}: {RULE}")
     if settings.health.disk_critical_bytes > settings.health.disk_warning_bytes:
         yield ConfigProblem(
             "health.disk_critical_bytes", "is above health.disk_warning_bytes; lower it"

@@ -129,6 +129,12 @@ class DatabaseSettings:
     # A plain string (it names the database and is shown, its password redacted), but it may
     # carry a password (postgresql://user:pw@host/db), so it accepts url_env / url_file too.
     url: str = attrs.field(default="sqlite:///./.dispatch/dispatch.db", metadata={SECRET: True})
+    # This node's id on every log row and in the dashboard's node list; "" = generated once
+    # and kept in data_dir/node-id (docs/scaling.md).
+    node_id: str = ""
+    # PostgreSQL only: connections per node, and the server-side statement and lock timeout.
+    pool_size: PositiveInt = PositiveInt(4)
+    statement_timeout_seconds: PositiveFloat = PositiveFloat(5.0)
 
 
 @attrs.frozen

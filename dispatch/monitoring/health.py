@@ -43,6 +43,8 @@ from dispatch.monitoring.delivery_health import DeliverySources, check_delivery
 from dispatch.monitoring.traces import Tracer
 from dispatch.spool import SpoolCounts
 from dispatch.storage import sqlite_path
+from dispatch.storage.postgres import is_postgresql_url
+from dispatch.storage.postgres import probe as probe_postgres
 
 CheckStatus = Literal["ok", "timeout", "error"]
 Status = Literal["healthy", "degraded", "critical"]
@@ -148,6 +150,14 @@ def probe_sqlite(url: str) -> None:
         connection.close()
 
 
+def probe_database(url: str) -> None:
+    """The database check for either engine (PostgreSQL: ``dispatch.storage.postgres.probe``)."""
+    if is_postgresql_url(url):
+        probe_postgres(url, DATABASE_BUSY_SECONDS)
+    else:
+        probe_sqlite(url)
+
+
 def probe_spool_writable(directory: Path) -> None:
     """Create and remove a file in the spool's ``tmp/`` (intake writes there first)."""
     path = directory / "tmp" / f".health-{secrets.token_hex(4)}"
@@ -192,7 +202,7 @@ async def check_health(sources: HealthSources) -> tuple[Status, dict[str, Any]]:
         results[name] = await _timed(name, probe, deadline)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "database", lambda: probe_sqlite(sources.database_url))
+        nursery.start_soon(run, "database", lambda: probe_database(sources.database_url))
         nursery.start_soon(run, "disk", lambda: shutil.disk_usage(directory))
         nursery.start_soon(run, "spool", lambda: probe_spool_writable(directory))
 

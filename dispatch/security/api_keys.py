@@ -232,6 +232,14 @@ class ApiKeyVerifier:
         self.stats.accepted += 1
         return VerifiedKey(key_id=record.id, name=record.name, prefix=record.prefix)
 
+    def forget(self, prefix: str | None) -> None:
+        """Drop the cached key ``prefix`` (every cached key: ``None``), because it changed on
+        another node: the cache must not accept it during a later database outage."""
+        if prefix is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(prefix, None)
+
     async def _lookup(self, prefix: str) -> KeyRecord | None:
         self.stats.lookups += 1
         with trio.move_on_after(self._lookup_timeout):

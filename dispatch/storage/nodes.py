@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from dispatch import __version__
+from dispatch.config.node_id import check_node_id
 from dispatch.storage.database import Database, DatabaseUnavailableError, SqlCursor
 
 log = logging.getLogger("dispatch.storage")
@@ -35,7 +36,6 @@ NODE_ID_FILE: Final = "node-id"
 HEARTBEAT_SECONDS: Final = 10.0
 # A node not seen for three heartbeats is shown as not answering.
 STALE_AFTER_SECONDS: Final = 3 * HEARTBEAT_SECONDS
-_VALID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 UPSERT_NODE: Final = (
     "INSERT INTO nodes (node_id, hostname, version, started_at, last_seen) "
@@ -43,16 +43,6 @@ UPSERT_NODE: Final = (
     "hostname = excluded.hostname, version = excluded.version, "
     "started_at = excluded.started_at, last_seen = excluded.last_seen"
 )
-
-
-def check_node_id(node_id: str) -> str:
-    """``node_id`` if it is a usable id; :class:`ValueError` naming the key otherwise."""
-    if not _VALID.fullmatch(node_id):
-        raise ValueError(
-            f"database.node_id {node_id!r}: use 1 to 63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return node_id
 
 
 def resolve_node_id(configured: str, data_dir: str | os.PathLike[str]) -> str:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import socket
 import threading
 import time
@@ -369,6 +370,41 @@ class PostgresDatabase:
     def _describe(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__
         return f"database {self.description}: {text}"
+
+
+def probe(url: str, timeout: float) -> None:
+    """``/health``'s check (blocking, for a worker thread): on a connection of its own, take
+    and release the lock a log write takes on ``message_log``; :class:`ConnectionError`
+    (an ``OSError``) naming the database if that fails.
+
+    Waits at most ``timeout`` seconds for anything: a session holding a conflicting lock
+    (``lock_timeout``), a server that stopped answering (a timer shuts the socket, as for an
+    abandoned hop), so the thread never outlives the probe by long.
+    """
+    description = redact_url_credentials(url)
+    timeout_ms = max(1, round(timeout * 1000))
+    timer: threading.Timer | None = None
+    try:
+        connection = psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(2, math.ceil(timeout)),
+            application_name="dispatch health",
+            options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+        )
+        try:
+            timer = threading.Timer(timeout, _shut_down, (connection,))
+            timer.daemon = True
+            timer.start()
+            with connection.transaction(force_rollback=True):
+                connection.execute("LOCK TABLE message_log IN ROW EXCLUSIVE MODE")
+        finally:
+            if timer is not None:
+                timer.cancel()
+            connection.close()
+    except psycopg.Error as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConnectionError(f"database {description}: {text}") from exc
 
 
 def migrate(
