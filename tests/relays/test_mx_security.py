@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from dispatch.config import Settings
 from dispatch.config.settings import MxRelay
 from dispatch.config.types import Port, PositiveFloat
 from dispatch.monitoring.stats import Stats
 from dispatch.relays.base import DeliveryRequest, DeliveryResult
 from dispatch.relays.mx import MxRelayClient
+from dispatch.relays.registry import BrokenRelay, RelaySet
 from tests.relays.peers import DnsServer
 from tests.relays.policy_host import PolicyHost, policy_host, policy_text
 from tests.support.sink import Pki, StartSink
@@ -463,3 +465,51 @@ async def test_security_levels_false_allows_a_downgrade(
     relay = make_relay(dns_server, plain.port, pki, stats=stats, state=state, security_levels=False)
     assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
     assert stats.smtp_out_security_checks.values == {}
+
+
+# --- wiring: the relay set ----------------------------------------------------------------------
+
+
+async def test_the_relay_set_keeps_levels_and_policies_in_data_dir(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, tmp_path: Path
+) -> None:
+    publish(dns_server)
+    sink = start_sink(tls="starttls")
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        relay = MxRelay(
+            name="direct",
+            port=Port(sink.port),
+            nameservers=("127.0.0.1",),
+            nameserver_port=Port(dns_server.port),
+            timeout_seconds=PositiveFloat(3.0),
+            mta_sts_port=Port(host.port),
+            ca_file=str(pki.ca_file),  # trusted for the exchanger and the policy host
+        )
+        settings = Settings(data_dir=str(tmp_path / "data"), relays=(relay,))
+        relays = RelaySet(lambda: settings, NoCapture(), stats=stats)
+        result = await relays.get("direct").deliver(request(eml, "b@example.test"))
+        await relays.aclose()
+    assert outcomes(result) == ["delivered"]
+    assert stats.smtp_out_tls.values == {"tls:secure": 1}
+    assert stats.sts_security.values == {"pass": 1}
+    level = json.loads((tmp_path / "data" / "domaininfo" / "example.test.json").read_text())
+    assert level["outgoing_level"] == "tls_verified"
+    assert (tmp_path / "data" / "mta-sts" / "example.test.json").is_file()
+
+
+async def test_an_unreadable_ca_file_names_the_key(dns_server: DnsServer, tmp_path: Path) -> None:
+    relay = MxRelay(name="direct", nameservers=("127.0.0.1",), ca_file=str(tmp_path / "no.pem"))
+    relays = RelaySet(lambda: Settings(data_dir=str(tmp_path), relays=(relay,)), NoCapture())
+    broken = relays.get("direct")
+    assert isinstance(broken, BrokenRelay)
+    assert broken.reason.startswith(f"relay direct: cannot load ca_file '{tmp_path / 'no.pem'}'")
+    assert 'set ca_file = "" for the system store' in broken.reason
+
+
+class NoCapture:
+    """The capture sink a relay set takes; only the local relay would use it."""
+
+    async def capture(self, message_id: str) -> Path:
+        raise AssertionError("an mx relay never captures")
