@@ -333,6 +333,7 @@ def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
         captured=partial(captured_copies, SpoolLayout(parts.spool.directory).captured),
         router=lambda: Router(parts.settings.current.routes, parts.settings.current.default_relay),
         relays_today=parts.figures.relay_counts_today,
+        webhook_urls=lambda: [hook.url for hook in parts.settings.current.webhooks],
     )
 
 

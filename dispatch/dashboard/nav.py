@@ -29,6 +29,7 @@ NAV: Final[tuple[NavEntry, ...]] = (
     NavEntry("routing", "Routing", "/routing"),
     NavEntry("api_keys", "API keys", "/api-keys"),
     NavEntry("audit", "Audit log", "/audit"),
+    NavEntry("webhooks", "Webhooks", "/webhooks"),
     NavEntry("settings", "Settings", "/settings"),
     NavEntry("debug", "Debug", "/debug/"),
 )

@@ -40,6 +40,7 @@ DEBUG_LINKS: Final = (
     ("threads", "every OS thread with its Python stack, then the Trio task tree"),
     ("profile?seconds=10", "CPU profile of 10 seconds"),
     ("memory", "top allocations (traces memory for 5 minutes)"),
+    ("webhooks", "recent delivery webhook calls (status, error, attempt) and the calls owed"),
     ("/metrics", "Prometheus metrics"),
 )
 

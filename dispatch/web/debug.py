@@ -22,7 +22,7 @@ import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from dispatch.monitoring import pages, queue_page
+from dispatch.monitoring import pages, queue_page, webhook_page
 from dispatch.monitoring.flags import CommandLineFlag, command_line, flags_page, flags_text
 from dispatch.monitoring.profiling import (
     CONTENT_TYPES,
@@ -58,6 +58,8 @@ class DebugSources:
     router: Callable[[], queue_page.RouteLookup] | None = None  # the current routes
     # {relay: {"delivered": n, "failed": n}} today, the figures /metrics' gauges show
     relays_today: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
+    # the configured [[webhooks]] URLs (their calls are in stats.webhook_activity)
+    webhook_urls: Callable[[], Sequence[str]] = tuple
 
 
 def _html(body: str, status: int = 200) -> Response:
@@ -108,6 +110,13 @@ def register_debug(
         )
 
     register_trace_pages(app, sources.tracer)
+
+    @app.get("/debug/webhooks")
+    async def webhooks() -> Response:
+        activity, urls = sources.stats.webhook_activity, sources.webhook_urls()
+        if request.args.get("format") == "text":
+            return _text(webhook_page.webhooks_text(activity, urls))
+        return _html(webhook_page.webhooks_page(activity, urls))
 
     @app.get("/debug/queue")
     async def queue() -> Response:

@@ -28,6 +28,7 @@ from dispatch.dashboard.pages import (
     routing,
     settings,
     spool,
+    webhooks,
 )
 from dispatch.dashboard.sources import DashboardSources
 
@@ -40,6 +41,7 @@ PAGES: Final[tuple[Callable[[Blueprint, DashboardSources], None], ...]] = (
     routing.register,
     api_keys.register,
     audit_log.register,
+    webhooks.register,
     settings.register,
     debug.register,
 )
