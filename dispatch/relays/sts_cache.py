@@ -232,6 +232,17 @@ class StsPolicies:
         raise _FetchError("; ".join(errors))
 
     async def _fetch_from(self, host: str, address: str) -> str:
+        """One address: the whole exchange within the fetch timeout (a server trickling an
+        endless body is cut off there, as a timed-out fetch)."""
+        try:
+            with trio.fail_after(self._timeout):
+                return await self._get(host, address)
+        except trio.TooSlowError:
+            raise _FetchError(
+                f"{host} ({address}) did not answer within {self._timeout:g} s"
+            ) from None
+
+    async def _get(self, host: str, address: str) -> str:
         where = f"[{address}]" if ":" in address else address
         url = f"https://{where}:{self._port}{WELL_KNOWN}"
         shown = f"https://{host}{'' if self._port == 443 else f':{self._port}'}{WELL_KNOWN}"
@@ -260,11 +271,18 @@ class StsPolicies:
         content_type = response.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "text/plain":
             raise _FetchError(f"{shown} is served as {content_type or 'no type'}, not text/plain")
+        too_large = _FetchError(f"{shown} is larger than {MAX_POLICY_BYTES} bytes")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_POLICY_BYTES:
+            raise too_large
         body = bytearray()
+        # Read to the end (bounded by the fetch's deadline) rather than leave the loop early:
+        # httpcore's body generators are only finalised when exhausted.
         async for chunk in response.aiter_bytes():
-            body.extend(chunk)
-            if len(body) > MAX_POLICY_BYTES:
-                raise _FetchError(f"{shown} is larger than {MAX_POLICY_BYTES} bytes")
+            if len(body) <= MAX_POLICY_BYTES:
+                body.extend(chunk)
+        if len(body) > MAX_POLICY_BYTES:
+            raise too_large
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:

@@ -25,10 +25,19 @@ class PolicyHost:
     status: int = 200
     content_type: str = "text/plain"
     body: str = ""
+    content_length: bool = True  # False: the body ends when the connection closes
     requests: list[tuple[str, str, str]] = attrs.Factory(list)  # (sni, host, path)
 
-    def serve(self, body: str, *, status: int = 200, content_type: str = "text/plain") -> None:
+    def serve(
+        self,
+        body: str,
+        *,
+        status: int = 200,
+        content_type: str = "text/plain",
+        content_length: bool = True,
+    ) -> None:
         self.body, self.status, self.content_type = body, status, content_type
+        self.content_length = content_length
 
 
 def policy_text(mode: str, *mx: str, max_age: int = 86400) -> str:
@@ -64,9 +73,10 @@ async def policy_host(ca: trustme.CA, *names: str) -> AsyncIterator[PolicyHost]:
             }
             host.requests.append((sni_seen[-1] if sni_seen else "", fields.get("host", ""), path))
             body = host.body.encode()
+            length = f"Content-Length: {len(body)}\r\n" if host.content_length else ""
             reply = (
                 f"HTTP/1.1 {host.status} X\r\nContent-Type: {host.content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"{length}Connection: close\r\n\r\n"
             ).encode() + body
             await stream.send_all(reply)
             await stream.aclose()

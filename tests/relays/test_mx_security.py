@@ -274,6 +274,12 @@ async def test_mta_sts_false_never_looks(
         (301, "text/plain", "", "failed_fetch"),
         (200, "text/plain", "version: STSv1\r\nmode: enforce\r\nmax_age: 60\r\n", "invalid"),
         (200, "text/plain", policy_text("strict", "mx.example.test"), "invalid"),
+        (
+            200,
+            "text/plain",
+            policy_text("enforce", "mx.example.test") + "#" * 65_536,
+            "failed_fetch",
+        ),
     ],
 )
 async def test_a_policy_that_cannot_be_had_is_no_policy(
@@ -314,6 +320,44 @@ async def test_a_policy_host_with_a_certificate_for_another_name_is_not_trusted(
         assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
     assert stats.sts_cache_failed_fetch.value == 1
     assert host.requests == []  # the handshake failed before any request
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+async def test_a_policy_over_64_kib_is_refused(
+    dns_server: DnsServer,
+    start_sink: StartSink,
+    pki: Pki,
+    eml: Path,
+    state: Path,
+    content_length: bool,
+) -> None:
+    publish(dns_server)
+    sink = start_sink()
+    stats = Stats()
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        big = policy_text("enforce", "mx.example.test") + "#" * 65_536
+        host.serve(big, content_length=content_length)
+        relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state, policy=host)
+        assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert stats.sts_cache_failed_fetch.value == 1
+    assert stats.sts_mode.values == {}
+
+
+async def test_no_policy_host_or_two_records_is_no_policy(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    del dns_server.records["mta-sts.example.test"]  # the TXT record, but no policy host
+    dns_server.add("two.test", "MX", "10 mx.example.test.")
+    dns_server.add("_mta-sts.two.test", "TXT", '"v=STSv1; id=1"', '"v=STSv1; id=2"')
+    sink = start_sink()
+    stats = Stats()
+    relay = make_relay(dns_server, sink.port, pki, stats=stats, state=state)
+    result = await relay.deliver(request(eml, "b@example.test", "c@two.test"))
+    assert outcomes(result) == ["delivered", "delivered"]
+    assert (stats.sts_cache_failed_fetch.value, stats.sts_cache_invalid.value) == (1, 1)
+    assert stats.sts_cache_fetches.value == 1
+    assert stats.sts_mode.values == {}
 
 
 # --- the cache across restarts ----------------------------------------------------------------
