@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
+import httpx
 import pytest
 import trio
 
+from tests.conftest import free_port
 from tests.delivery.harness import running_dispatch
 from tests.support.config import base_config, smtp_relay
 from tests.support.sink import StartSink
 from tests.support.waiting import wait_until_async
+from tests.system.faults import metric
 from tests.webhooks.receiver import Receiver
 
 SECRET = "whsec-test-0123456789"
@@ -120,15 +124,27 @@ async def test_a_receiver_gets_only_the_events_it_listens_to(
         webhooks=[hook(every), hook(failures, events=["failed"])],
     )
     async with running_dispatch(tmp_path, config) as dispatch:
-        await dispatch.submit("a@example.com", ["ok@example.org"], MESSAGE)
-        await dispatch.submit("a@example.com", ["reject@example.org"], MESSAGE)
-        await dispatch.submit("a@example.com", ["later@example.org"], MESSAGE)
-        await wait_until_async(lambda: len(every.calls) == 3, what="three events")
-        await wait_until_async(lambda: len(failures.calls) == 1, what="one failure")
+        ids = [
+            await dispatch.submit("a@example.com", [to], MESSAGE)
+            for to in ("ok@example.org", "reject@example.org", "later@example.org")
+        ]
+
+        def about_ours(receiver: Receiver) -> list[dict[str, Any]]:
+            # A bounce (DSN) of the refused message is a message of its own, and its
+            # "bounced" event is not what this test is about: neither is counted.
+            return [
+                document
+                for document in (c.json() for c in receiver.calls)
+                if document["message_id"] in ids and document["event"] != "bounced"
+            ]
+
+        await wait_until_async(lambda: len(about_ours(every)) == 3, what="three events")
+        await wait_until_async(lambda: len(about_ours(failures)) == 1, what="one failure")
         await trio.sleep(0.3)  # nothing else arrives
-    kinds = sorted(c.json()["event"] for c in every.calls)
+    kinds = sorted(document["event"] for document in about_ours(every))
     assert kinds == ["deferred", "delivered", "failed"]
-    (failed,) = failures.calls
+    assert {c.json()["event"] for c in failures.calls} == {"failed"}  # nothing else
+    failed = next(c for c in failures.calls if c.json()["message_id"] == ids[1])
     assert failed.json()["event"] == "failed"
     assert failed.json()["recipients"] == ["reject@example.org"]
     assert failed.json()["response"].startswith("550")
@@ -161,3 +177,73 @@ async def test_a_hanging_receiver_does_not_slow_delivery(
     # waited on the first call's 60 s timeout.
     assert elapsed < 10, elapsed
     assert len(hanging.calls) == 2  # max_concurrency: the other eight wait their turn
+
+
+async def test_a_receiver_that_never_answers_2xx_is_given_up_and_counted(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    refusing = Receiver(default_status=500)
+    receivers.append(refusing)
+    port = free_port()
+    config = base_config(
+        tmp_path,
+        monitoring={"address": f"127.0.0.1:{port}"},
+        webhooks=[hook(refusing, give_up_after_seconds=0.6)],
+    )
+    async with (
+        running_dispatch(tmp_path, config) as dispatch,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        await dispatch.submit("a@example.com", ["b@example.org"], MESSAGE)
+        stats = dispatch.parts.stats
+        await wait_until_async(lambda: stats.webhook_failed.value == 1, what="given up")
+        recent = stats.webhook_activity.recent()
+        variables = (await client.get("/debug/vars")).json()
+        scraped = (await client.get("/metrics")).text
+        page = await client.get("/debug/webhooks")
+        text = (await client.get("/debug/webhooks?format=text")).text
+        index = (await client.get("/debug/")).text
+    assert recent[0].result == "gave up"
+    assert recent[0].status == 500
+    assert {c.result for c in recent[1:]} == {"retry"}
+    assert len(refusing.calls) == len(recent) >= 3  # 0.1 s, 0.2 s, then the deadline
+    assert stats.webhook_activity.outbox_depth == 0
+    assert (tmp_path / "data" / "webhooks" / "outbox.jsonl").read_bytes() == b""
+    retried = len(recent) - 1
+    assert variables["dispatch/webhooks/queued"] == 1
+    assert variables["dispatch/webhooks/sent"] == 0
+    assert variables["dispatch/webhooks/retried"] == retried
+    assert variables["dispatch/webhooks/failed"] == 1
+    assert variables["dispatch/webhooks/outboxDepth"] == 0
+    assert metric(scraped, "dispatch_webhook_queued_total") == 1
+    assert metric(scraped, "dispatch_webhook_retried_total") == retried
+    assert metric(scraped, "dispatch_webhook_failed_total") == 1
+    assert metric(scraped, "dispatch_webhook_sent_total") == 0
+    assert metric(scraped, "dispatch_webhook_outbox_depth") == 0
+    assert page.status_code == 200
+    assert "gave up" in page.text
+    assert refusing.url in page.text
+    assert 'href="webhooks"' in index
+    assert f"gave up  delivered attempt {len(recent)}" in text
+
+
+async def test_a_receiver_removed_by_a_reload_has_its_owed_calls_dropped(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    kept, removed = Receiver(), Receiver(default_status=500)
+    receivers.extend((kept, removed))
+    config = base_config(
+        tmp_path,
+        webhooks=[hook(kept), hook(removed, retry_first_seconds=0.2, retry_max_seconds=0.2)],
+    )
+    async with running_dispatch(tmp_path, config) as dispatch:
+        await dispatch.submit("a@example.com", ["b@example.org"], MESSAGE)
+        await wait_until_async(lambda: len(removed.calls) >= 1 and len(kept.calls) == 1)
+        live = dispatch.parts.settings
+        live.current = attrs.evolve(live.current, webhooks=live.current.webhooks[:1])
+        stats = dispatch.parts.stats
+        await wait_until_async(lambda: stats.webhook_activity.outbox_depth == 0, what="dropped")
+        assert stats.webhook_failed.value == 1
+        calls = len(removed.calls)
+        await trio.sleep(0.5)
+    assert len(removed.calls) == calls  # no call after the reload
