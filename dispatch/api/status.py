@@ -83,6 +83,12 @@ def _from_log(message_id: str, history: list[MessageEvent]) -> dict[str, Any]:
             }
     status = "failed" if any(e.event == "failed" for e in finals) else "delivered"
     last = history[-1]
+    waiting = [r for r in (received.recipients if received else ()) if r not in recipients]
+    if waiting:
+        # Still in the spool of the node that accepted it (several nodes sharing one
+        # PostgreSQL database answer for each other's mail from the log: docs/scaling.md).
+        status = "retrying" if retried else "queued"
+        recipients.update({r: {"status": "pending"} for r in waiting})
     return {
         "id": message_id,
         "status": status,
@@ -92,9 +98,9 @@ def _from_log(message_id: str, history: list[MessageEvent]) -> dict[str, Any]:
         "attempts": max((e.attempt or 0 for e in history), default=0),
         "relay": finals[-1].relay if finals else None,
         "receivedAt": received.at if received else None,
-        "finishedAt": last.at,
+        "finishedAt": None if waiting else last.at,
         "nextAttemptAt": None,
-        "lastError": retried[-1].response if retried and status == "failed" else None,
+        "lastError": retried[-1].response if retried and status in ("failed", "retrying") else None,
         "recipients": recipients,
     }
 

@@ -20,6 +20,8 @@ key or it needs a restart, and reloads the file on request.
 
 from __future__ import annotations
 
+import time
+
 import attrs
 import trio
 from quart import Blueprint, Response
@@ -40,6 +42,7 @@ from dispatch.retention import Retention
 from dispatch.security.certs import generate_self_signed
 from dispatch.spool.sweep import SpoolSweeper
 from dispatch.storage import DatabaseUnavailableError, audit
+from dispatch.storage.nodes import NodeRow, list_nodes
 from dispatch.storage.usage import DatabaseUsage, database_usage
 
 
@@ -68,6 +71,14 @@ async def _database(sources: DashboardSources) -> tuple[DatabaseUsage | None, st
         return await database_usage(sources.store.database), None
     except DatabaseUnavailableError as exc:
         return None, str(exc) or type(exc).__name__
+
+
+async def _nodes(sources: DashboardSources) -> list[NodeRow]:
+    """Every node sharing the database, from their heartbeats (docs/scaling.md)."""
+    try:
+        return await list_nodes(sources.store.database)
+    except DatabaseUnavailableError:
+        return []  # the Database section already says why
 
 
 def register(bp: Blueprint, sources: DashboardSources) -> None:
@@ -99,6 +110,9 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             spool_directory=sources.spool.directory,
             database=database,
             database_error=database_error,
+            nodes=await _nodes(sources),
+            this_node=sources.store.log.node_id,
+            now=time.time(),
             retention=attrs.asdict(current.retention),
             last_run=sources.stats.retention_last_run,
         )

@@ -1,0 +1,56 @@
+"""The Settings page lists every node sharing the PostgreSQL database (issue 17, item 2).
+
+A real daemon on a real PostgreSQL 15 writes its own heartbeat; a second node's heartbeat is
+written as that node writes it (:class:`dispatch.storage.nodes.Heartbeat` on its own
+connection), and a third node's row is old. The page shows all three, marks this node, and
+tells the answering nodes from the silent one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import trio
+
+from dispatch.storage import PostgresDatabase
+from dispatch.storage.nodes import STALE_AFTER_SECONDS, UPSERT_NODE, Heartbeat
+from tests.dashboard.support import AdminClient, StartDashboard
+from tests.support.waiting import wait_until
+
+
+async def beat_as_other_nodes(url: str) -> None:
+    database = PostgresDatabase(url)
+    try:
+        await Heartbeat(database, "node-b").beat()
+        old = time.time() - 10 * STALE_AFTER_SECONDS
+        row = ("node-c", "gone.example", "0.0.9", old - 60, old)
+        await database.write(lambda cursor: cursor.execute(UPSERT_NODE, row))
+    finally:
+        await database.aclose()
+
+
+def test_the_settings_page_lists_every_node(
+    start_dashboard: StartDashboard, postgres_url: str
+) -> None:
+    daemon = start_dashboard(database={"url": postgres_url, "node_id": "node-a"})
+    trio.run(beat_as_other_nodes, postgres_url)
+    client = AdminClient(daemon)
+    try:
+        wait_until(lambda: "node-a" in client.http.get("/settings").text, what="own heartbeat")
+        page = client.http.get("/settings").text
+    finally:
+        client.close()
+    rows = {
+        node: row
+        for row in re.findall(r"<tr><th scope=\"row\"><code>node-.*?</tr>", page)
+        for node in re.findall(r"<code>(node-[abc])</code>", row)
+    }
+    assert set(rows) == {"node-a", "node-b", "node-c"}
+    assert "(this node)" in rows["node-a"]
+    assert "(this node)" not in rows["node-b"]
+    assert "answering" in rows["node-a"]
+    assert "answering" in rows["node-b"]
+    assert "not answering" not in rows["node-b"]
+    assert "not answering" in rows["node-c"]
+    assert "gone.example" in rows["node-c"]
