@@ -63,6 +63,8 @@ ALLOWED_LABELS = {
     "python",
     "le",
     "certificate",  # a certificate file's path
+    "status",  # outbound TLS status: plain, tls:secure, tls:insecure, tls:failed
+    "mode",  # an MTA-STS policy's mode: enforce, testing, none
     # prometheus_client's platform and GC collectors
     "implementation",
     "major",
