@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 
-from dispatch.config.types import Port
+from dispatch.config.types import Port, PositiveFloat
 from dispatch.monitoring.stats import Stats
 from tests.relays.mx_outbound import (
     MESSAGE,
@@ -203,3 +204,20 @@ async def test_a_corrupt_cache_file_is_counted_and_fetched_again(
     assert stats.sts_cache_unmarshal_errors.value == 1
     assert stats.sts_cache_fetches.value == 1
     assert json.loads((state / "mta-sts" / "example.test.json").read_text())["id"] == "20261204"
+
+
+async def test_a_txt_lookup_that_times_out_goes_on_without_a_policy(
+    dns_server: DnsServer, start_sink: StartSink, pki: Pki, eml: Path, state: Path
+) -> None:
+    publish(dns_server)
+    dns_server.silent.add("_mta-sts.example.test")
+    sink = start_sink()
+    stats = Stats()
+    relay = make_relay(
+        dns_server, sink.port, pki, stats=stats, state=state, timeout_seconds=PositiveFloat(0.5)
+    )
+    started = trio.current_time()
+    assert outcomes(await relay.deliver(request(eml, "b@example.test"))) == ["delivered"]
+    assert trio.current_time() - started < 2.0  # bounded by the resolver's lifetime
+    assert stats.sts_cache_failed_fetch.value == 1
+    assert stats.sts_cache_fetches.value == 0
