@@ -1,7 +1,8 @@
 """The command line (SPEC §12): ``python -m dispatch [run]`` and the operator commands.
 
 ``check-config``, ``hash-password``, ``set-admin-password``, ``api-key create|list|revoke``,
-``spool list|show|retry|delete``, ``send-test``, ``route simulate``, ``audit``.
+``spool list|show|retry|delete``, ``send-test``, ``route simulate``, ``audit``,
+``suppression list|remove``.
 
 Exit codes: 0 success, 1 the daemon could not start or a command failed (one line on
 stderr says why), 2 the configuration or the command line is invalid (every problem listed),
@@ -28,6 +29,7 @@ from dispatch.cli import audit as audit_cli
 from dispatch.cli import dkim as dkim_cli
 from dispatch.cli import route as route_cli
 from dispatch.cli import spool as spool_cli
+from dispatch.cli import suppression as suppression_cli
 from dispatch.cli import webhooks as webhooks_cli
 from dispatch.cli.prompt import MIN_PASSWORD_LENGTH, read_new_password
 from dispatch.cli.whereabouts import no_daemon_notice
@@ -69,6 +71,7 @@ examples:
                                                       which relay would take this mail
   python -m dispatch audit --since 24h                what was changed, by whom
   python -m dispatch dkim generate example.com        a DKIM key and its DNS record
+  python -m dispatch suppression list                 addresses not mailed after a bounce
   python -m dispatch COMMAND --help                   more about one command
 
 docs/ explains each command; the configuration keys are in docs/configuration.md.
@@ -125,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_audit,
         _add_webhooks,
         dkim_cli.add_parser,
+        suppression_cli.add_parser,
     ):
         add(commands, common)
     return parser
@@ -464,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dkim":
         settings = _settings_or_exit(args)
         return EXIT_BAD_CONFIG if settings is None else dkim_cli.generate(settings, args)
+    if args.command == "suppression":
+        settings = _settings_or_exit(args)
+        return EXIT_BAD_CONFIG if settings is None else suppression_cli.main(settings, args)
     if args.command == "set-admin-password":
         settings = _settings_or_exit(args)
         if settings is None:

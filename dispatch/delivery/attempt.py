@@ -22,8 +22,10 @@ from typing import Final
 import attrs
 import trio
 
+from dispatch.delivery.bounces import Bounces, Settled
 from dispatch.delivery.routing import RouteDecision, Router
 from dispatch.delivery.schedule import RetrySchedule
+from dispatch.delivery.suppression import DeliverySuppression
 from dispatch.monitoring.delivery_health import RelayOutcomes
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer, message_title
@@ -71,8 +73,15 @@ class DeliveryAttempt:
         stats: Stats,
         tracer: Tracer,
         outcomes: RelayOutcomes | None = None,
+        *,
+        bounces: Bounces | None = None,
+        suppression: DeliverySuppression | None = None,
     ) -> None:
-        """``outcomes`` hears how each relay's answer went (``/health``'s delivery check)."""
+        """``outcomes`` hears how each relay's answer went (``/health``'s delivery check);
+        ``bounces`` writes the DSNs an attempt calls for (``delivery/bounces.py``);
+        ``suppression`` skips suppressed recipients and learns from hard bounces."""
+        self._bounces = bounces
+        self._suppression = suppression
         self._tracer = tracer
         self._spool = spool
         self._plan = plan
@@ -133,10 +142,23 @@ class DeliveryAttempt:
         Fills ``outcomes``: the final results, and for each recipient left for a retry the
         transient outcome of the last relay tried (what ``/debug/queue`` shows)."""
         results, transient = outcomes  # transient: why its last relay could not take it
-        groups = plan.router.split(envelope.mail_from, envelope.pending_recipients)
+        pending = envelope.pending_recipients
+        if self._suppression is not None:
+            skipped = await self._suppression.skip(pending)
+            if skipped:
+                results.update(skipped)
+                pending = tuple(r for r in pending if r not in skipped)
+                for recipient, refused in skipped.items():
+                    trace.error(refused.response)
+                    self._record(
+                        self._event(envelope, "failed", [recipient], response=refused.response)
+                    )
+                if not pending:
+                    return []
+        groups = plan.router.split(envelope.mail_from, pending)
         if forced is not None:
             decision = RouteDecision((forced.relay,), None, None, forced=True)
-            groups = {decision: envelope.pending_recipients}
+            groups = {decision: pending}
         for decision, recipients in groups.items():
             remaining = recipients
             for relay_name in decision.relays:
@@ -155,6 +177,12 @@ class DeliveryAttempt:
                     message_path=self._spool.message_path(envelope.id),
                     size=envelope.size,
                     smtputf8=_needs_smtputf8(envelope),
+                    mail_dsn=envelope.mail_dsn,
+                    recipient_dsn={
+                        r: envelope.recipient_dsn[r]
+                        for r in remaining
+                        if r in envelope.recipient_dsn
+                    },
                     trace=trace,
                 )
                 started = trio.current_time()
@@ -207,7 +235,13 @@ class DeliveryAttempt:
             if outcome.outcome != "transient":
                 status: ResultStatus = "delivered" if outcome.outcome == "delivered" else "failed"
                 results[outcome.recipient] = RecipientResult(
-                    status, outcome.response, relay.name, now, route=decision.label
+                    status,
+                    outcome.response,
+                    relay.name,
+                    now,
+                    route=decision.label,
+                    remote_mta=result.remote_mta,
+                    dsn_passed=result.dsn_passed,
                 )
         self._stats.relay_attempt_seconds.observe(relay.name, duration)
         self.outcomes.record(
@@ -258,6 +292,9 @@ class DeliveryAttempt:
         """Move the message on (see the module docstring); ``message`` (its trace) is told
         what became of it, and finished once nothing is left to try."""
         schedule = self._plan().schedule
+        if self._suppression is not None:
+            await self._suppression.learn(envelope.id, results)
+        delivered_now = [r for r, x in results.items() if x.status == "delivered"]
         left = [r for r in envelope.pending_recipients if r not in results]
         all_results = {**envelope.recipient_results, **results}
         any_failed = any(r.status == "failed" for r in all_results.values())
@@ -268,6 +305,7 @@ class DeliveryAttempt:
                 failed = envelope.after_attempt(
                     next_attempt_at=0.0, error=error or "permanently refused", results=results
                 )
+                failed = await self._notify(failed, "failed", delivered_now)
                 await self._move_on(self._spool.mark_failed, failed)
                 log.warning("%s failed: some recipients were refused permanently", envelope.id)
                 refused = (
@@ -275,6 +313,8 @@ class DeliveryAttempt:
                 )
                 message.error("failed: refused permanently: " + "; ".join(refused))
             else:
+                done = envelope.after_attempt(next_attempt_at=0.0, error=None, results=results)
+                await self._notify(done, "delivered", delivered_now)
                 await self._spool.remove(envelope.id)
                 message.event("delivered to every recipient")
             message.finish()
@@ -286,6 +326,7 @@ class DeliveryAttempt:
                 results=results,
                 deferrals=deferrals,
             )
+            failed = await self._notify(failed, "failed", delivered_now)
             await self._move_on(self._spool.mark_failed, failed)
             self._record_by_relay(envelope, "failed", left, deferrals, "retries exhausted: ")
             log.warning("%s failed after %d attempts: %s", envelope.id, attempts, error)
@@ -296,10 +337,22 @@ class DeliveryAttempt:
         retry = envelope.after_attempt(
             next_attempt_at=time.time() + delay, error=error, results=results, deferrals=deferrals
         )
+        retry = await self._notify(retry, "retried", delivered_now)
         await self._move_on(self._spool.release, retry)
         self._record_by_relay(envelope, "retried", left, deferrals)
         log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
         message.event(f"{len(left)} recipient(s) retried in {delay:.0f} s: {error}")
+
+    async def _notify(self, envelope: Envelope, settled: Settled, delivered: list[str]) -> Envelope:
+        """Spool the DSN this outcome calls for (``delivery/bounces.py``) before the message
+        moves on; the envelope to write."""
+        if self._bounces is None:
+            return envelope
+        try:
+            return await self._bounces.settled(envelope, settled, delivered)
+        except Exception:  # a notice must never keep a message from moving on
+            log.exception("%s: the delivery status notification failed", envelope.id)
+            return envelope
 
     def _record_by_relay(
         self,
@@ -357,8 +410,8 @@ class DeliveryAttempt:
         return MessageEvent(
             message_id=envelope.id,
             event=event,
-            source=envelope.source,
-            sender=envelope.mail_from,
+            source=None if envelope.source == "bounce" else envelope.source,  # the log's are
+            sender=envelope.mail_from,  # smtp and api; a DSN is told by its "bounce" tag
             recipients=tuple(recipients),
             size=envelope.size,
             tags=envelope.tags,

@@ -13,7 +13,7 @@ def received(envelope: Envelope, *, subject: str | None) -> MessageEvent:
         message_id=envelope.id,
         event="received",
         at=envelope.received_at,
-        source=envelope.source,
+        source=None if envelope.source == "bounce" else envelope.source,
         peer_ip=envelope.peer_ip,
         sender=envelope.mail_from,
         recipients=envelope.recipients,

@@ -13,7 +13,7 @@ close. On cancellation the sockets close too; the spool is the truth for what wa
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -29,6 +29,7 @@ from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
+from dispatch.smtp import Reply
 from dispatch.spool import Spool
 from dispatch.storage.records import AuditEntry, MessageEvent
 from dispatch.systemd.activation import InheritedSocket
@@ -47,6 +48,7 @@ class SmtpIntake:
         audit: Callable[[AuditEntry], None],
         *,
         inherited: Sequence[InheritedSocket] = (),
+        refuse_recipient: Callable[[str], Awaitable[Reply | None]] | None = None,
     ) -> None:
         self._settings = settings
         self._spool = spool
@@ -55,6 +57,7 @@ class SmtpIntake:
         self._record = record
         self._audit = audit
         self._inherited = tuple(inherited)  # socket activation: used instead of binding
+        self._refuse_recipient = refuse_recipient  # the suppression list (intake mode)
         self._auth_throttle = FailureThrottle()  # kept across restarts: so are the counts
         self._tls: ssl.SSLContext | None = None
         self.ports: ListeningPorts | None = None
@@ -80,6 +83,7 @@ class SmtpIntake:
             record=self._record,
             tracer=self._tracer,
             audit=self._audit,
+            refuse_recipient=self._refuse_recipient,
         )
         if self._inherited:
             listeners, self.ports = inherited_smtp_listeners(

@@ -17,7 +17,7 @@ so a 550 already received for one recipient stays permanent.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -25,6 +25,7 @@ import attrs
 
 from dispatch.relays.base import DeliveryResult, Outcome, RecipientOutcome, outcome_of_code
 from dispatch.smtp import Extensions, Reply
+from dispatch.smtp.dsn import MailDsn, RcptDsn, mail_params, rcpt_params
 from dispatch.smtp.events import Command, Data, Mail, Rcpt
 
 __all__ = [
@@ -52,6 +53,8 @@ class TransactionResult:
     outcomes: tuple[RecipientOutcome, ...]
     final_reply: Reply | None = None
     remote_id: str | None = None
+    dsn_passed: bool = False  # the server offers DSN and was given the message's parameters
+    remote_mta: str | None = None  # the server's name (a DSN's Remote-MTA)
     answered: bool = True
     """Whether the server replied to any command of the transaction. If not, no byte of the
     message was sent (it only goes after a 354), so the server cannot have taken it."""
@@ -63,7 +66,9 @@ class TransactionResult:
         return self.final_reply is not None
 
     def delivery_result(self) -> DeliveryResult:
-        return DeliveryResult(self.outcomes, self.remote_id)
+        return DeliveryResult(
+            self.outcomes, self.remote_id, dsn_passed=self.dsn_passed, remote_mta=self.remote_mta
+        )
 
     @classmethod
     def all(cls, recipients: Sequence[str], outcome: Outcome, text: str) -> TransactionResult:
@@ -87,18 +92,26 @@ class Transaction:
     """
 
     def __init__(
-        self, mail: Mail, recipients: Sequence[str], size: int, extensions: Extensions
+        self,
+        mail: Mail,
+        recipients: Sequence[str],
+        size: int,
+        extensions: Extensions,
+        rcpts: Sequence[Rcpt] | None = None,
     ) -> None:
         self.recipients = tuple(recipients)
         self.size = size
         self.extensions = extensions  # what the server offers
-        self.commands: tuple[Command, ...] = (mail, *(Rcpt(r) for r in recipients), Data())
+        if rcpts is None:
+            rcpts = [Rcpt(r) for r in recipients]
+        self.commands: tuple[Command, ...] = (mail, *rcpts, Data())
         self.accepted: list[int] = []  # indices of recipients whose RCPT was accepted
         self.data_reply: Reply | None = None
         self.final_reply: Reply | None = None
         self._outcomes: list[RecipientOutcome | None] = [None] * len(recipients)
         self._mail_accepted = False
         self._rcpt_replies = 0
+        self.dsn_passed = False  # set by plan
 
     @classmethod
     def plan(
@@ -109,17 +122,30 @@ class Transaction:
         size: int,
         *,
         smtputf8: bool,
+        mail_dsn: MailDsn | None = None,
+        recipient_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> Transaction:
         """The transaction for a server offering ``extensions``. BODY=8BITMIME is declared
         whenever the server offers it (RFC 6152): the message is sent as stored, so it is
-        never downgraded, and declaring it for a 7-bit message is harmless."""
+        never downgraded, and declaring it for a 7-bit message is harmless. The DSN
+        parameters (RFC 3461 §5.2.1: RET, ENVID, NOTIFY, ORCPT) go only to a server that
+        offers ``DSN``; to any other they are dropped, and the transaction says so
+        (:attr:`dsn_passed` false), which makes a requested success notice Dispatch's."""
+        dsn = extensions.has("DSN")
+        rcpt_dsn = recipient_dsn or {}
         mail = Mail(
             mail_from,
             size=size if extensions.has("SIZE") else None,
             body="8BITMIME" if extensions.eightbitmime else None,
             smtputf8=smtputf8 or not all(a.isascii() for a in (mail_from, *recipients)),
+            params=mail_params(mail_dsn) if dsn and mail_dsn is not None else {},
         )
-        return cls(mail, recipients, size, extensions)
+        rcpts = [
+            Rcpt(r, rcpt_params(rcpt_dsn[r]) if dsn and r in rcpt_dsn else {}) for r in recipients
+        ]
+        tx = cls(mail, recipients, size, extensions, rcpts)
+        tx.dsn_passed = dsn
+        return tx
 
     @property
     def mail(self) -> Mail:
@@ -197,7 +223,9 @@ class Transaction:
         assert len(done) == len(self.recipients), "a recipient was left undecided"
         final = self.final_reply
         remote_id = remote_id_of(final) if final is not None and final.is_positive else None
-        return TransactionResult(done, final, remote_id, answered=answered)
+        return TransactionResult(
+            done, final, remote_id, dsn_passed=self.dsn_passed, answered=answered
+        )
 
     def _decide(self, indices: Sequence[int], reply: Reply) -> None:
         outcome = outcome_of_code(reply.code)

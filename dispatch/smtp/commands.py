@@ -1,5 +1,5 @@
 """Parsing one client command line into an event (RFC 5321 §4.1, plus the extensions Dispatch
-offers: SIZE, 8BITMIME, SMTPUTF8, CHUNKING, STARTTLS, AUTH).
+offers: SIZE, 8BITMIME, SMTPUTF8, CHUNKING, STARTTLS, AUTH, DSN).
 
 Strict but RFC-correct: the verb is case-insensitive, arguments follow the RFC grammar, and
 every line that is not an acceptable command becomes an event carrying the reply to send.
@@ -14,6 +14,7 @@ from typing import Final
 
 from . import replies
 from .addresses import PathError, parse_path, valid_ehlo_argument
+from .dsn import mail_dsn, rcpt_dsn
 from .events import (
     Auth,
     Bdat,
@@ -149,8 +150,10 @@ def _parse_mail(verb: str, arg: str, _utf8: bool) -> Event:
         elif key == "AUTH":  # RFC 4954 §5: a server offering AUTH must accept AUTH=<mailbox>
             if value is None:
                 return _error(verb, replies.PARAMETER_SYNTAX)
-        else:
+        elif key not in ("RET", "ENVID"):  # RFC 3461 §4.3-4.4, checked below
             return _error(verb, replies.UNKNOWN_PARAMETER)
+    if isinstance(checked := mail_dsn(params), Reply):
+        return _error(verb, checked)
     utf8 = "SMTPUTF8" in params
     if not utf8 and not path.mailbox.isascii():
         return _error(verb, replies.NON_ASCII_ADDRESS)
@@ -168,8 +171,10 @@ def _parse_rcpt(verb: str, arg: str, utf8: bool) -> Event:
     params = _parse_params(arg[path.end :])
     if isinstance(params, Reply):
         return _error(verb, params)
-    if params:  # Dispatch offers no RCPT parameters (no DSN)
+    if any(key not in ("NOTIFY", "ORCPT") for key in params):  # RFC 3461 §4.1-4.2 only
         return _error(verb, replies.UNKNOWN_PARAMETER)
+    if isinstance(checked := rcpt_dsn(params), Reply):
+        return _error(verb, checked)
     if not utf8 and not path.mailbox.isascii():
         return _error(verb, replies.NON_ASCII_ADDRESS)
     return Rcpt(path.mailbox, params)

@@ -4,13 +4,13 @@ An :class:`Envelope` is everything about a message except its bytes: who sent it
 where it came from, and how delivery has gone so far. It is immutable; every change makes a
 new one (``attrs.evolve`` or the helpers below) which the spool then writes atomically.
 
-The JSON form carries ``"v": 1``. Fields added since (a result's ``route``, ``deferrals``)
-are optional when decoding, so envelopes written before them load unchanged; a build that
-predates them ignores them. Decoding checks every field's type, so a truncated,
-hand-edited or foreign file fails with a :class:`CorruptEnvelopeError` that names what is
-wrong instead of surfacing later as an ``AttributeError`` in a delivery worker. Encoding uses
-``ensure_ascii`` so that addresses containing lone surrogates (bytes that were not UTF-8,
-decoded with ``surrogateescape``) survive the round trip.
+The JSON form carries ``"v": 1``. Fields added since (a result's ``route``, ``deferrals``,
+``dsn`` and ``delay_warned``) are optional when decoding, so envelopes written before them
+load unchanged; a build that predates them ignores them. Decoding checks every field's type,
+so a truncated, hand-edited or foreign file fails with a :class:`CorruptEnvelopeError` that
+names what is wrong instead of surfacing later as an ``AttributeError`` in a delivery worker.
+Encoding uses ``ensure_ascii`` so that addresses containing lone surrogates (bytes that were
+not UTF-8, decoded with ``surrogateescape``) survive the round trip.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ from typing import Any, Final, Literal, cast
 
 import attrs
 
+from dispatch.smtp.dsn import MailDsn, RcptDsn
 from dispatch.spool.errors import CorruptEnvelopeError
 from dispatch.spool.ids import is_valid_id
 
 FORMAT_VERSION: Final = 1
 
-Source = Literal["smtp", "api"]
+# "bounce": a delivery status notification Dispatch wrote itself (dispatch/delivery/bounces.py).
+Source = Literal["smtp", "api", "bounce"]
 ResultStatus = Literal["delivered", "failed"]
-_SOURCES: Final = frozenset({"smtp", "api"})
+_SOURCES: Final = frozenset({"smtp", "api", "bounce"})
 _RESULT_STATUSES: Final = frozenset({"delivered", "failed"})
 
 
@@ -55,6 +57,11 @@ class RecipientResult:
     relay: str | None
     at: float
     route: str | None = None  # the routing decision's label (``routes[2]``, ``default``)
+    # What a delivery status notification about this result says; known only in the attempt
+    # that gave it, so never written to the envelope file: the upstream host that answered,
+    # and whether it took over the DSN duty (it offers DSN, RFC 3461 §5.2.2).
+    remote_mta: str | None = attrs.field(default=None, eq=False)
+    dsn_passed: bool = attrs.field(default=False, eq=False)
 
 
 @attrs.frozen
@@ -77,8 +84,15 @@ def _freeze_deferrals(value: Mapping[str, Deferral]) -> Mapping[str, Deferral]:
     return MappingProxyType(dict(value))
 
 
+def _freeze_rcpt_dsn(value: Mapping[str, RcptDsn]) -> Mapping[str, RcptDsn]:
+    return MappingProxyType(dict(value))
+
+
 _NO_RESULTS: Final[Mapping[str, RecipientResult]] = MappingProxyType({})
+_NO_RCPT_DSN: Final[Mapping[str, RcptDsn]] = MappingProxyType({})
+NO_MAIL_DSN: Final = MailDsn()
 _NO_DEFERRALS: Final[Mapping[str, Deferral]] = MappingProxyType({})
+_DEFAULT_RCPT_DSN: Final = RcptDsn()
 
 
 @attrs.frozen
@@ -108,6 +122,13 @@ class Envelope:
     deferrals: Mapping[str, Deferral] = attrs.field(
         default=_NO_DEFERRALS, converter=_freeze_deferrals, hash=False
     )
+    # RFC 3461: the MAIL (RET, ENVID) and per-recipient (NOTIFY, ORCPT) DSN parameters the
+    # message came with; intake facts like the addresses. Absent: none were given.
+    mail_dsn: MailDsn = NO_MAIL_DSN
+    recipient_dsn: Mapping[str, RcptDsn] = attrs.field(
+        default=_NO_RCPT_DSN, converter=_freeze_rcpt_dsn, hash=False
+    )
+    delay_warned: bool = False  # a "delayed" DSN went out (at most one per message)
 
     def __attrs_post_init__(self) -> None:
         if not is_valid_id(self.id):
@@ -115,7 +136,7 @@ class Envelope:
         if not self.recipients:
             raise ValueError(f"message {self.id}: an envelope needs at least one recipient")
         if self.source not in _SOURCES:
-            raise ValueError(f"message {self.id}: source must be 'smtp' or 'api'")
+            raise ValueError(f"message {self.id}: source must be 'smtp', 'api' or 'bounce'")
         if self.size < 0 or self.attempts < 0:
             raise ValueError(f"message {self.id}: size and attempts cannot be negative")
         unknown = set(self.recipient_results) - set(self.recipients)
@@ -124,6 +145,15 @@ class Envelope:
         unknown = set(self.deferrals) - set(self.recipients)
         if unknown:
             raise ValueError(f"message {self.id}: deferrals for non-recipients {sorted(unknown)}")
+        unknown = set(self.recipient_dsn) - set(self.recipients)
+        if unknown:
+            raise ValueError(
+                f"message {self.id}: DSN parameters for non-recipients {sorted(unknown)}"
+            )
+
+    def dsn_of(self, recipient: str) -> RcptDsn:
+        """The recipient's NOTIFY and ORCPT (none given: the defaults of RFC 3461 §4.1)."""
+        return self.recipient_dsn.get(recipient, _DEFAULT_RCPT_DSN)
 
     @property
     def pending_recipients(self) -> tuple[str, ...]:
@@ -180,6 +210,9 @@ class Envelope:
             other.tags,
             other.received_at,
             other.size,
+        ) and (self.mail_dsn, dict(self.recipient_dsn)) == (
+            other.mail_dsn,
+            dict(other.recipient_dsn),
         )
 
     def to_json(self) -> bytes:
@@ -219,6 +252,20 @@ class Envelope:
                 }
                 for rcpt, deferral in self.deferrals.items()
             }
+        if self.mail_dsn != NO_MAIL_DSN or self.recipient_dsn:  # absent: no DSN parameters
+            document["dsn"] = {
+                "ret": self.mail_dsn.ret,
+                "envid": self.mail_dsn.envid,
+                "recipients": {
+                    rcpt: {
+                        "notify": None if dsn.notify is None else list(dsn.notify),
+                        "orcpt": dsn.orcpt,
+                    }
+                    for rcpt, dsn in self.recipient_dsn.items()
+                },
+            }
+        if self.delay_warned:
+            document["delay_warned"] = True
         return json.dumps(document, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -279,6 +326,10 @@ def _decode_document(document: object) -> Envelope:
     raw_deferrals = doc.get("deferrals", {})
     if type(raw_deferrals) is not dict:
         raise _bad_field(doc, "deferrals", "dict")
+    mail_dsn, recipient_dsn = _decode_dsn(doc.get("dsn"))
+    delay_warned = doc.get("delay_warned", False)
+    if type(delay_warned) is not bool:
+        raise _bad_field(doc, "delay_warned", "bool")
     return Envelope(
         id=doc["id"],
         mail_from=doc["mail_from"],
@@ -296,7 +347,37 @@ def _decode_document(document: object) -> Envelope:
             rcpt: _decode_result(rcpt, value) for rcpt, value in raw_results.items()
         },
         deferrals={rcpt: _decode_deferral(rcpt, value) for rcpt, value in raw_deferrals.items()},
+        mail_dsn=mail_dsn,
+        recipient_dsn=recipient_dsn,
+        delay_warned=delay_warned,
     )
+
+
+def _decode_dsn(value: object) -> tuple[MailDsn, dict[str, RcptDsn]]:
+    if value is None:
+        return NO_MAIL_DSN, {}
+    if type(value) is not dict:
+        raise TypeError(f"dsn must be an object, not {type(value).__name__}")
+    doc = cast(dict[str, Any], value)
+    ret = doc.get("ret")
+    if ret not in (None, "FULL", "HDRS"):
+        raise ValueError(f"dsn.ret must be FULL, HDRS or null, not {ret!r}")
+    envid = _optional_string(doc, "envid")
+    raw = doc.get("recipients", {})
+    if type(raw) is not dict:
+        raise _bad_field(doc, "recipients", "dict")
+    recipients: dict[str, RcptDsn] = {}
+    for rcpt, item in raw.items():
+        if type(item) is not dict:
+            raise TypeError(f"the DSN parameters of {rcpt!r} are not an object")
+        notify = item.get("notify")
+        if notify is not None and (
+            type(notify) is not list or not all(type(n) is str for n in notify)
+        ):
+            raise TypeError(f"dsn notify of {rcpt!r} must be a list of strings or null")
+        orcpt = _optional_string(item, "orcpt")
+        recipients[rcpt] = RcptDsn(None if notify is None else tuple(notify), orcpt)
+    return MailDsn(ret, envid), recipients
 
 
 def _decode_result(recipient: str, value: object) -> RecipientResult:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -49,7 +49,8 @@ from typing import Final, Literal, Self
 
 import trio
 
-from dispatch.spool.envelope import Envelope, Source
+from dispatch.smtp.dsn import MailDsn, RcptDsn
+from dispatch.spool.envelope import NO_MAIL_DSN, Envelope, Source
 from dispatch.spool.errors import SpoolError, translate_os_error
 from dispatch.spool.ids import new_id
 from dispatch.spool.layout import (
@@ -137,6 +138,8 @@ class IncomingMessage:
         auth_identity: str | None = None,
         tags: Iterable[str] = (),
         received_at: float | None = None,
+        mail_dsn: MailDsn = NO_MAIL_DSN,
+        recipient_dsn: Mapping[str, RcptDsn] | None = None,
     ) -> Envelope:
         """Write the message and its envelope durably into ``incoming/``; return the envelope.
 
@@ -159,6 +162,8 @@ class IncomingMessage:
             size=self._size,
             attempts=0,
             next_attempt_at=now,
+            mail_dsn=mail_dsn,
+            recipient_dsn=recipient_dsn or {},
         )
         work = partial(
             _commit_sync, self._layout, self.id, self._fd, self._chunks, envelope.to_json()

@@ -3,7 +3,8 @@
 A :class:`Sink` records every message it accepts as it arrived (`decode_data=False`: the
 bytes after dot-unstuffing, nothing added), with the time it accepted it, and counts
 connections (distinct peers that said EHLO/HELO). It offers PIPELINING (unless told not to),
-STARTTLS or implicit TLS with a trustme certificate, AUTH, and fails on demand:
+STARTTLS or implicit TLS with a trustme certificate, AUTH, DSN (``dsn=True``: the RFC 3461
+parameters are taken and recorded), and fails on demand:
 
 - RCPT of ``reject…`` gets ``550``, of ``later…`` ``451``;
 - the first ``handler.fail_data`` messages get ``451`` after DATA;
@@ -36,7 +37,7 @@ import attrs
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from tests.conftest import free_port
 
@@ -94,6 +95,8 @@ class SinkHandler:
         self.peers: list[Any] = []
         self.auth: list[tuple[str, str]] = []  # (mechanism, login) of successful AUTHs
         self.quits = 0
+        self.dsn = False  # offer DSN (RFC 3461): see DsnController
+        self.rcpt_options: dict[str, tuple[str, ...]] = {}  # per recipient, as received
         self.data_started = threading.Event()
         self._random = random.Random(seed)
 
@@ -105,6 +108,8 @@ class SinkHandler:
             self.peers.append(session.peer)
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if self.dsn:
+            responses.insert(-1, "250-DSN")
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
@@ -116,6 +121,7 @@ class SinkHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        self.rcpt_options[address] = tuple(options)
         if address.startswith("reject"):
             self.refused["rcpt 550"] += 1
             return "550 5.1.1 no such user"
@@ -169,6 +175,27 @@ class SinkHandler:
         return AuthResult(success=True)
 
 
+_DSN_PARAMETERS: Final = ("RET", "ENVID", "NOTIFY", "ORCPT")
+
+
+class _DsnSmtp(SMTP):
+    """aiosmtpd refuses every MAIL and RCPT parameter it does not know; this one takes the
+    DSN ones (RFC 3461), which stay in ``mail_options`` / the handler's ``rcpt_options``.
+    aiosmtpd upper-cases parameters as it reads them."""
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is not None:
+            for key in _DSN_PARAMETERS:
+                result.pop(key, None)
+        return result
+
+
+class _DsnController(Controller):
+    def factory(self) -> SMTP:
+        return _DsnSmtp(self.handler, **self.SMTP_kwargs)
+
+
 class Sink:
     """A running aiosmtpd upstream on 127.0.0.1:``port`` (a free one unless given).
 
@@ -194,6 +221,7 @@ class Sink:
         seed: int = 1,
         rcpt_4xx: float = 0.0,
         data_4xx: float = 0.0,
+        dsn: bool = False,
     ) -> None:
         self.handler = SinkHandler(
             pipelining=pipelining,
@@ -222,7 +250,9 @@ class Sink:
                 auth_exclude_mechanism=list(auth_exclude),
             )
         self.port = port or free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.handler.dsn = dsn
+        controller = _DsnController if dsn else Controller
+        self.controller = controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
         self.controller.start()
         self.stopped = False
 
