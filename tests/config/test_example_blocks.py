@@ -82,6 +82,7 @@ def test_the_example_blocks_are_found() -> None:
         "[[relays]] mailgun",
         "[[relays]] ses",
         "[[dkim]]",
+        "[[webhooks]]",
         "[[routes]]",
     ]
 

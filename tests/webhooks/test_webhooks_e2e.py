@@ -79,6 +79,7 @@ async def test_a_delivery_is_posted_once_signed_with_every_field(
                 {
                     "headers": {k: v for k, v in call.headers.items() if k.startswith("dispatch-")},
                     "body": document,
+                    "raw_body": call.body.decode(),  # the signed bytes, exactly
                 },
                 indent=2,
             )
