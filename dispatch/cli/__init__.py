@@ -2,7 +2,7 @@
 
 ``check-config``, ``hash-password``, ``set-admin-password``, ``api-key create|list|revoke``,
 ``spool list|show|retry|delete``, ``send-test``, ``route simulate``, ``audit``,
-``suppression list|remove``.
+``suppression list|remove``, ``dkim generate``.
 
 Exit codes: 0 success, 1 the daemon could not start or a command failed (one line on
 stderr says why), 2 the configuration or the command line is invalid (every problem listed),
