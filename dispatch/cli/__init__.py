@@ -347,6 +347,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
     source = str(path) if path else "built-in defaults"
+    if key_problems := dkim_cli.key_problems(settings):  # what the daemon would refuse
+        lines = "\n".join(f"  {problem}" for problem in key_problems)
+        print(f"{source}: {len(key_problems)} problem(s):\n{lines}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     for problem in config_warnings(settings):
         print(f"{source}: warning: {problem}", file=sys.stderr)
     if args.json:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from dispatch.config import Settings
-from dispatch.security.dkim_keys import ALGORITHMS, DkimKeyError, generate_key
+from dispatch.security.dkim_keys import ALGORITHMS, DkimKeyError, generate_key, load_key
 
 DEFAULT_SELECTOR: Final = "dispatch"
 
@@ -49,6 +49,19 @@ def add_parser(
         metavar="PATH",
         help="where to write the key (default: <data_dir>/dkim/DOMAIN.SELECTOR.key)",
     )
+
+
+def key_problems(settings: Settings) -> list[str]:
+    """Each ``[[dkim]]`` key the daemon would refuse at start-up, and why (``check-config``
+    reads the key files as the daemon does)."""
+    problems = []
+    for i, key in enumerate(settings.dkim):
+        where = f"dkim[{i}].private_key_file"
+        try:
+            load_key(key.domain, key.selector, Path(key.private_key_file), where=where)
+        except DkimKeyError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:

@@ -211,9 +211,15 @@ def test_the_daemon_does_not_start_with_a_key_it_cannot_use(tmp_path: Path) -> N
     config = tmp_path / "dispatch.toml"
     table = {"domain": "example.com", "selector": "s", "private_key_file": str(key)}
     config.write_text(dump(base_config(tmp_path, dkim=[table])))
-    started = dispatch("--config", str(config), cwd=tmp_path)
-    assert started.returncode == 1
-    assert (
+    refusal = (
         f"dkim[0].private_key_file: {key} is readable or writable by group or others "
         f"(mode 0640); a private key must be the daemon user's alone: chmod 600 {key}"
-    ) in started.stderr
+    )
+    started = dispatch("--config", str(config), cwd=tmp_path)
+    assert started.returncode == 1
+    assert refusal in started.stderr
+    checked = dispatch("check-config", str(config), cwd=tmp_path)
+    assert checked.returncode == 2
+    assert refusal in checked.stderr
+    key.chmod(0o600)
+    assert dispatch("check-config", str(config), cwd=tmp_path).returncode == 0
