@@ -8,8 +8,8 @@ what the delivery must meet (:class:`DomainPlan`):
   the delivery) and each must offer STARTTLS with a certificate valid for its name (§4.2),
   else it is skipped and, if no other takes the mail, the delivery is deferred. In
   ``testing`` mode the mail goes as without a policy and each failure is counted and logged
-  (``dispatch/smtpOut/sts/security`` fail) so the domain's owner can see it in TLSRPT-less
-  form. ``none`` is no policy;
+  (``dispatch/smtpOut/sts/security`` fail); no TLSRPT report (RFC 8460) is sent. ``none`` is
+  no policy;
 - the best security level seen for the domain (`dispatch.relays.security_levels`): a
   connection may not be worse (chasquid's security level checks);
 - the relay's ``require_tls``: verified TLS.
@@ -124,6 +124,9 @@ class OutboundGuard:
             )
 
     async def plan(self, domain: str, hosts: Sequence[str], dialogue: Trace | None) -> DomainPlan:
+        """What delivering to ``domain`` (A-labels) through ``hosts`` (its exchangers, in
+        order) must meet; the policy and the level seen are looked up here (DNS, HTTPS,
+        files), so a cancelled call leaves at most a policy fetched and cached."""
         policy = await self.sts.policy_for(domain) if self.sts is not None else None
         if policy is not None:
             self.stats.sts_mode.add(policy.mode)
