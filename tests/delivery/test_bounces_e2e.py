@@ -29,13 +29,25 @@ MESSAGE = b"From: app@sender.test\r\nTo: b@y.test\r\nSubject: invoice %s\r\n\r\n
 SETTLE = 1.0  # seconds to wait for something that must not happen
 
 
+def parts_of(message: Message) -> list[Message]:
+    """The sub-parts of a multipart (or message/*) part, typed."""
+    payload = message.get_payload()
+    assert isinstance(payload, list)
+    return [part for part in payload if isinstance(part, Message)]
+
+
+def text_of(part: Message) -> str:
+    """The payload of a non-multipart part, as text."""
+    payload = part.get_payload()
+    assert isinstance(payload, str)
+    return payload
+
+
 def config_for(root: Path, upstream: Sink | int, returns: Sink, **sections: Any) -> dict[str, Any]:
     port = upstream if isinstance(upstream, int) else upstream.port
     relays = [smtp_relay("upstream", port), smtp_relay("returns", returns.port)]
     routes = [{"recipient_domain": "sender.test", "relay": "returns"}]
-    return base_config(
-        root, relays=relays, routes=routes, default_relay="upstream", **sections
-    )
+    return base_config(root, relays=relays, routes=routes, default_relay="upstream", **sections)
 
 
 def send(
@@ -71,11 +83,9 @@ def parsed(content: bytes) -> Message:
 
 
 def status_blocks(report: Message) -> list[Message]:
-    part = report.get_payload()[1]
+    part = parts_of(report)[1]
     assert part.get_content_type() == "message/delivery-status"
-    blocks = part.get_payload()
-    assert isinstance(blocks, list)
-    return blocks
+    return parts_of(part)
 
 
 async def test_one_refusal_gives_exactly_one_dsn_routed_back_to_the_sender(
@@ -135,10 +145,10 @@ async def test_one_refusal_gives_exactly_one_dsn_routed_back_to_the_sender(
     assert block["Status"] == "5.1.1"
     assert block["Remote-MTA"] == "dns; 127.0.0.1"
     assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
-    returned = report.get_payload()[2]
+    returned = parts_of(report)[2]
     assert returned.get_content_type() == "text/rfc822-headers"
-    assert "Subject: invoice 42" in returned.get_payload()
-    assert "Hello." not in returned.get_payload()
+    assert "Subject: invoice 42" in text_of(returned)
+    assert "Hello." not in text_of(returned)
     assert [e.event for e in history] == ["received", "delivered", "failed"]
 
 
@@ -249,9 +259,7 @@ async def test_a_delay_warning_goes_once_then_the_failure(
         await submit(dispatch, SENDER, ["b@y.test"], MESSAGE % b"slow")
         await wait_until_async(lambda: len(returns.messages) == 2)
         await trio.sleep(SETTLE)
-    actions = [
-        status_blocks(parsed(m.content))[1]["Action"] for m in returns.messages
-    ]
+    actions = [status_blocks(parsed(m.content))[1]["Action"] for m in returns.messages]
     assert actions == ["delayed", "failed"]
     first = parsed(returns.messages[0].content)
     assert first["Subject"] == "Delayed Mail (still being retried)"

@@ -68,7 +68,9 @@ def test_rcpt_parameters_decoded() -> None:
     assert rcpt_dsn({"ORCPT": "rfc822;b+40c.example"}) == RcptDsn(None, "rfc822;b@c.example")
     assert rcpt_dsn({"NOTIFY": "NEVER"}).wants("FAILURE") is False  # type: ignore[union-attr]
     default = RcptDsn()
-    assert default.wants("FAILURE") and default.wants("DELAY") and not default.wants("SUCCESS")
+    assert default.wants("FAILURE")
+    assert default.wants("DELAY")
+    assert not default.wants("SUCCESS")
 
 
 @pytest.mark.parametrize(

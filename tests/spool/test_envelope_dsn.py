@@ -52,7 +52,8 @@ def test_dsn_parameters_round_trip() -> None:
 def test_an_envelope_without_them_is_written_as_before_and_loads() -> None:
     envelope = make()
     document = json.loads(envelope.to_json())
-    assert "dsn" not in document and "delay_warned" not in document
+    assert "dsn" not in document
+    assert "delay_warned" not in document
     back = Envelope.from_json(envelope.to_json())
     assert back.mail_dsn == MailDsn()
     assert back.dsn_of("a@example.test") == RcptDsn()  # RFC 3461 defaults: FAILURE, DELAY

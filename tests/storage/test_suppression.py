@@ -11,7 +11,6 @@ import trio
 from dispatch.storage.suppression import SuppressionList
 from tests.storage.conftest import BASE, DAY, DbRef, database_for, query
 
-
 REFRESH = 0.3  # seconds: the daemon's REFRESH_SECONDS, shortened
 
 
