@@ -10,9 +10,12 @@ falls back on when the database stops answering. So a key's creation or revocati
 
 The listener (started by :meth:`dispatch.storage.store.Store.run` on PostgreSQL only, stopped
 by cancellation) keeps one connection of its own in a worker thread that waits for
-notifications one second at a time. When the connection is lost it reconnects with back-off;
-after every (re)connect it tells subscribers ``None`` ("forget every key"), because changes
-made while it was away were never delivered to it.
+notifications one second at a time. When the connection is lost it reconnects with back-off.
+A change committed while it was away is not delivered to it; that is no hole in revocation
+(every request still reads the key's row), only in the outage fallback, and only if the
+database became unreachable for this node right after such a change. Forgetting every key
+on reconnect instead would empty the fallback exactly when it is needed (a database restart
+disconnects the listener too).
 """
 
 from __future__ import annotations
@@ -72,7 +75,6 @@ class KeyChangeListener:
             while True:
                 try:
                     await trio.to_thread.run_sync(self._listen, abandon_on_cancel=True)
-                    self._tell(None)
                     self.listening.set()
                     backoff = RETRY_FIRST
                     while True:

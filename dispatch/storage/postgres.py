@@ -278,16 +278,33 @@ class PostgresDatabase:
                 hop.abandon()  # cancelled: the thread must not go on holding a connection
                 raise
 
+    def _begin(self, hop: _Hop, write: bool) -> psycopg.Connection[Any]:
+        """A connection with the hop's transaction begun.
+
+        A pooled connection may have died while idle (the server restarted, a proxy closed
+        it): if its ``BEGIN`` fails, nothing ran yet, so one fresh connection is tried.
+        """
+        for reused in (True, False):
+            try:
+                connection = self._checkout(fresh=not reused)
+            except (psycopg.Error, SchemaTooNewError) as exc:
+                raise DatabaseUnavailableError(self._describe(exc)) from exc
+            hop.attach(connection)
+            try:
+                connection.execute("BEGIN" if write else "BEGIN READ ONLY")
+            except _UNAVAILABLE as exc:
+                self._discard(connection)
+                if not reused or hop.abandoned:
+                    raise DatabaseUnavailableError(self._describe(exc)) from exc
+                continue
+            return connection
+        raise AssertionError("unreachable")
+
     def _run[T](self, work: Callable[[SqlCursor], T], write: bool, hop: _Hop) -> T:
         generation = self._generation
-        try:
-            connection = self._checkout()
-        except (psycopg.Error, SchemaTooNewError) as exc:
-            raise DatabaseUnavailableError(self._describe(exc)) from exc
-        hop.attach(connection)
+        connection = self._begin(hop, write)
         try:
             with connection.cursor() as cursor:
-                cursor.execute("BEGIN" if write else "BEGIN READ ONLY")
                 result = work(_Cursor(cursor))
                 cursor.execute("COMMIT" if write else "ROLLBACK")
         except _UNAVAILABLE as exc:
@@ -305,9 +322,9 @@ class PostgresDatabase:
             self._discard(connection)
         return result
 
-    def _checkout(self) -> psycopg.Connection[Any]:
+    def _checkout(self, *, fresh: bool = False) -> psycopg.Connection[Any]:
         with self._lock:
-            while self._idle:
+            while self._idle and not fresh:
                 connection = self._idle.pop()
                 if not connection.closed and not connection.broken:
                     return connection
