@@ -159,10 +159,16 @@ class DkimSigner:
                 request.message_id,
                 exc,
             )
+            if request.trace is not None:
+                request.trace.error(f"DKIM signing failed, sent unsigned: {exc}")
             return b""
         if key is not None:
             self._stats.dkim_signed.add()
             log.debug("%s: signed %s as %s", label, request.message_id, key.record_name)
+            if request.trace is not None:
+                request.trace.event(
+                    f"DKIM-signed: d={key.domain} s={key.selector} ({key.algorithm})"
+                )
         return header
 
     def _sign_file(self, path: Path, mail_from: str) -> tuple[SigningKey | None, bytes]:
