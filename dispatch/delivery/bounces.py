@@ -109,6 +109,8 @@ class Bounces:
             reports.extend(self._delays(envelope))
             envelope = attrs.evolve(envelope, delay_warned=True)
         if reports:
+            order = {recipient: i for i, recipient in enumerate(envelope.recipients)}
+            reports.sort(key=lambda report: order.get(report.recipient, 0))
             await self._send(envelope, reports, settings)
         return envelope
 

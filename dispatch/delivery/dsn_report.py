@@ -19,6 +19,7 @@ makes the report need 8BITMIME, as for any 8-bit message Dispatch relays.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 import secrets
@@ -93,7 +94,8 @@ def diagnostic_of(response: str) -> str | None:
 
 
 def _date(at: float) -> str:
-    return email.utils.formatdate(at, localtime=False)
+    """RFC 5322 date-time in UTC, ``+0000`` (``-0000`` would mean "offset unknown")."""
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(at, datetime.UTC))
 
 
 def _address_type(address: str) -> str:

@@ -95,14 +95,14 @@ def test_a_failure_report_field_by_field() -> None:
     per_message, recipient = _status_blocks(message)
     assert per_message["Reporting-MTA"] == "dns; mx.dispatch.test"
     assert per_message["Original-Envelope-Id"] == "env-42"
-    assert per_message["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 -0000"
+    assert per_message["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
     assert recipient["Original-Recipient"] == "rfc822;Reject-1@Y.test"
     assert recipient["Final-Recipient"] == "rfc822; reject-1@y.test"
     assert recipient["Action"] == "failed"
     assert recipient["Status"] == "5.1.1"
     assert recipient["Remote-MTA"] == "dns; smtp.y.test"
     assert recipient["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
-    assert recipient["Last-Attempt-Date"] == "Tue, 14 Nov 2023 22:21:40 -0000"
+    assert recipient["Last-Attempt-Date"] == "Tue, 14 Nov 2023 22:21:40 +0000"
     # RET=HDRS (the default): the header section only, byte for byte.
     returned = text_of(parts[2])
     assert returned.replace("\r\n", "\n").strip() == header_section(ORIGINAL).decode().replace(
