@@ -135,8 +135,12 @@ class StsPolicies:
     async def policy_for(self, domain: str) -> Policy | None:
         """The policy to apply to mail for ``domain`` (A-labels, lower case), or None."""
         lock = self._locks.setdefault(domain, trio.Lock())
-        async with lock:
-            return await self._policy_for(domain)
+        try:
+            async with lock:
+                return await self._policy_for(domain)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(domain, None)  # one lock per domain being looked up, not ever
 
     async def _policy_for(self, domain: str) -> Policy | None:
         s = self._stats

@@ -120,6 +120,40 @@ async def test_an_expired_policy_is_fetched_again(
     assert stats.sts_cache_expired.value == 1
 
 
+async def test_concurrent_lookups_of_one_domain_share_one_fetch(
+    dns_server: DnsServer, pki: Pki, tmp_path: Path
+) -> None:
+    dns_server.add("_mta-sts.example.test", "TXT", '"v=STSv1; id=1"')
+    dns_server.add("mta-sts.example.test", "A", "127.0.0.1")
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], dns_server.port
+    stats = Stats()
+    found: list[Policy | None] = []
+    async with policy_host(pki.ca, "mta-sts.example.test") as host:
+        host.serve(policy_text("enforce", "mx.example.test"))
+        policies = StsPolicies(
+            label="relay t",
+            resolver=resolver,
+            ssl_context=pki.client_context(),
+            directory=tmp_path,
+            stats=stats,
+            port=host.port,
+        )
+
+        async def look() -> None:
+            found.append(await policies.policy_for("example.test"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(look)
+    assert len(host.requests) == 1
+    assert (stats.sts_cache_fetches.value, stats.sts_cache_hits.value) == (1, 4)
+    assert len(found) == 5
+    assert len(set(found)) == 1
+    assert found[0] is not None
+    assert policies._locks == {}  # no lock kept for a domain nobody is looking up
+
+
 async def test_the_level_store_never_lowers_and_keeps_odd_names_in_memory(
     tmp_path: Path,
 ) -> None:
