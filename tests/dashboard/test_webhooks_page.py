@@ -47,6 +47,11 @@ def test_the_page_shows_a_refused_call_and_its_retry(
     expect(rows.nth(1)).to_contain_text("retry")
     expect(rows.nth(1)).to_contain_text("HTTP 500")
     expect(rows.nth(1)).to_contain_text("delivered")
+    page.set_viewport_size({"width": 360, "height": 740})  # long URLs and ids: still no
+    overflow = page.evaluate(  # sideways scrolling of the page (the table scrolls itself)
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, overflow
 
     # The command line asks the same daemon over its control socket.
     done = subprocess.run(
