@@ -22,6 +22,7 @@ ALERTS = {
     "DispatchDatabaseUnreachable",
     "DispatchTlsCertificateExpiresSoon",
     "DispatchRetentionFailing",
+    "DispatchDkimSignErrors",
 }
 
 
