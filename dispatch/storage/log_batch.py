@@ -43,12 +43,13 @@ INSERT_AUDIT: Final = (
     f"VALUES ({_placeholders(len(AUDIT_COLUMNS) + 1)}) ON CONFLICT (event_id) DO NOTHING"
 )
 UPSERT_DAY: Final = (
-    "INSERT INTO counters (day, event, relay, count) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (day, event, relay) DO UPDATE SET count = counters.count + excluded.count"
+    "INSERT INTO counters (day, event, relay, node, count) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (day, event, relay, node) DO UPDATE SET count = counters.count + excluded.count"
 )
 UPSERT_MINUTE: Final = (
-    "INSERT INTO minute_counters (minute, event, count) VALUES (?, ?, ?) "
-    "ON CONFLICT (minute, event) DO UPDATE SET count = minute_counters.count + excluded.count"
+    "INSERT INTO minute_counters (minute, event, node, count) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (minute, event, node) "
+    "DO UPDATE SET count = minute_counters.count + excluded.count"
 )
 PRUNE_MINUTES: Final = "DELETE FROM minute_counters WHERE minute < ?"
 
@@ -85,8 +86,8 @@ def write_batch(
     on every row so that nodes sharing one database can tell their rows apart.
     """
     inserted = 0
-    per_day: Counter[tuple[str, str, str]] = Counter()
-    per_minute: Counter[tuple[int, str]] = Counter()
+    per_day: Counter[tuple[str, str, str, str]] = Counter()
+    per_minute: Counter[tuple[int, str, str]] = Counter()
     for record in records:
         if isinstance(record, AuditEntry):
             cursor.execute(INSERT_AUDIT, (*audit_to_row(record), node))
@@ -100,8 +101,8 @@ def write_batch(
         cursor.executemany(
             INSERT_ADDRESS, ((address, record.at, row[0]) for address in addresses_of(record))
         )
-        per_day[(utc_day(record.at), record.event, record.relay or "")] += 1
-        per_minute[(minute_of(record.at), record.event)] += 1
+        per_day[(utc_day(record.at), record.event, record.relay or "", node or "")] += 1
+        per_minute[(minute_of(record.at), record.event, node or "")] += 1
     if per_day:
         cursor.executemany(UPSERT_DAY, _with_counts(per_day))
         cursor.executemany(UPSERT_MINUTE, _with_counts(per_minute))

@@ -65,14 +65,21 @@ class LogQueries:
     still waiting in the writer's queue or journal are not seen yet.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, node: str | None = None) -> None:
+        """``node``: count only this node's traffic in the counters (nodes sharing one
+        PostgreSQL database each report their own gauges; rows counted before the
+        counters had a node, node ``''``, count for every node)."""
         self._database = database
+        self._node_filter = "" if node is None else " AND node IN (?, '')"
+        self._node_params: tuple[str, ...] = () if node is None else (node,)
 
     async def counts_today(self, *, now: float | None = None) -> dict[str, int]:
         """Events of each kind (received, delivered, failed, retried, denied) today, UTC."""
         day = utc_day(time.time() if now is None else now)
         rows = await self._rows(
-            "SELECT event, SUM(count) FROM counters WHERE day = ? GROUP BY event", (day,)
+            f"SELECT event, SUM(count) FROM counters WHERE day = ?{self._node_filter} "  # noqa: S608
+            "GROUP BY event",
+            (day, *self._node_params),
         )
         counts: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
         counts.update({event: int(total) for event, total in rows})
@@ -82,9 +89,10 @@ class LogQueries:
         """Messages received and sent (delivered) in the current minute and the 4 before it."""
         first = minute_of(time.time() if now is None else now) - (LAST_MINUTES - 1)
         rows = await self._rows(
-            "SELECT event, SUM(count) FROM minute_counters "
-            "WHERE minute >= ? AND event IN ('received', 'delivered') GROUP BY event",
-            (first,),
+            "SELECT event, SUM(count) FROM minute_counters "  # noqa: S608 (constants only)
+            f"WHERE minute >= ? AND event IN ('received', 'delivered'){self._node_filter} "
+            "GROUP BY event",
+            (first, *self._node_params),
         )
         totals = {event: int(total) for event, total in rows}
         return {"received": totals.get("received", 0), "sent": totals.get("delivered", 0)}
@@ -93,9 +101,10 @@ class LogQueries:
         """``{relay: {"delivered": n, "failed": m}}`` for every relay with an event today."""
         day = utc_day(time.time() if now is None else now)
         rows = await self._rows(
-            "SELECT relay, event, count FROM counters "
-            "WHERE day = ? AND event IN ('delivered', 'failed') AND relay <> ''",
-            (day,),
+            "SELECT relay, event, SUM(count) FROM counters "  # noqa: S608 (constants only)
+            "WHERE day = ? AND event IN ('delivered', 'failed') AND relay <> ''"
+            f"{self._node_filter} GROUP BY relay, event",
+            (day, *self._node_params),
         )
         result: dict[str, dict[str, int]] = {}
         for relay, event, count in rows:

@@ -217,6 +217,37 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX suppressions_expires_at ON suppressions (expires_at)",
         ),
     ),
+    Migration(
+        6,
+        "counters per node, so that each node's /metrics gauges count its own traffic",
+        # A primary key cannot be changed in place in SQLite: each table is copied into one
+        # with the node in its key, then takes the old name. Rows from before are node ''.
+        (
+            """CREATE TABLE counters_by_node (
+                day TEXT NOT NULL,
+                event TEXT NOT NULL,
+                relay TEXT NOT NULL DEFAULT '',
+                node TEXT NOT NULL DEFAULT '',
+                count BIGINT NOT NULL,
+                PRIMARY KEY (day, event, relay, node)
+            )""",
+            "INSERT INTO counters_by_node (day, event, relay, node, count) "
+            "SELECT day, event, relay, '', count FROM counters",
+            "DROP TABLE counters",
+            "ALTER TABLE counters_by_node RENAME TO counters",
+            """CREATE TABLE minute_counters_by_node (
+                minute BIGINT NOT NULL,
+                event TEXT NOT NULL,
+                node TEXT NOT NULL DEFAULT '',
+                count BIGINT NOT NULL,
+                PRIMARY KEY (minute, event, node)
+            )""",
+            "INSERT INTO minute_counters_by_node (minute, event, node, count) "
+            "SELECT minute, event, '', count FROM minute_counters",
+            "DROP TABLE minute_counters",
+            "ALTER TABLE minute_counters_by_node RENAME TO minute_counters",
+        ),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version

@@ -50,7 +50,7 @@ class Store:
     def __init__(self, database: Database, log: MessageLog) -> None:
         self.database = database
         self.log = log
-        self.queries = LogQueries(database)
+        self.queries = LogQueries(database, node=log.node_id)  # this node's gauges
         shared = database if isinstance(database, PostgresDatabase) else None
         self.api_keys = ApiKeyStore(database, announce=announce_key_change if shared else None)
         self.admin = AdminStore(database)  # the dashboard's password and sessions

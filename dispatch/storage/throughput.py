@@ -5,7 +5,9 @@ The log writer upserts ``minute_counters`` (Unix minute, event kind, count) in t
 transaction as the rows it counts and keeps :data:`~dispatch.storage.schema.MINUTE_COUNTERS_KEPT`
 minutes of them (25 hours), so both answers read at most 1,500 x 5 small rows through the
 table's primary key, never ``message_log``. The minutes are the events' own times, so a
-journal replayed late still lands in the minute it happened.
+journal replayed late still lands in the minute it happened. Nodes sharing one PostgreSQL
+database each keep their own rows (the node is in the key): these answers add them up, so the
+chart shows every node's traffic (the /metrics gauges are per node: ``queries.py``).
 """
 
 from __future__ import annotations

@@ -22,16 +22,27 @@ from dispatch.storage.sqlite import SqliteDatabase
 
 _CREATE_TABLE: Final = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
 
-TABLES: Final[tuple[str, ...]] = (
-    "schema_version",
-    *dict.fromkeys(
-        match.group(1)
-        for migration in MIGRATIONS
-        for statement in migration.statements
-        for match in _CREATE_TABLE.finditer(statement)
-    ),
-)
-"""Every table of the schema, in the order the migrations create them."""
+_DROP_TABLE: Final = re.compile(r"DROP TABLE (?:IF EXISTS )?(\w+)", re.IGNORECASE)
+_RENAME_TABLE: Final = re.compile(r"ALTER TABLE (\w+) RENAME TO (\w+)", re.IGNORECASE)
+
+
+def _tables() -> tuple[str, ...]:
+    """The tables the migrations leave, in the order they were first created."""
+    tables: dict[str, None] = {"schema_version": None}
+    for migration in MIGRATIONS:
+        for statement in migration.statements:
+            for match in _CREATE_TABLE.finditer(statement):
+                tables[match.group(1)] = None
+            for match in _DROP_TABLE.finditer(statement):
+                tables.pop(match.group(1), None)
+            for match in _RENAME_TABLE.finditer(statement):
+                tables.pop(match.group(1), None)
+                tables[match.group(2)] = None
+    return tuple(tables)
+
+
+TABLES: Final[tuple[str, ...]] = _tables()
+"""Every table of the schema."""
 
 _SQLITE_SUFFIXES: Final = ("", "-wal", "-shm")
 

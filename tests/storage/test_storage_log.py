@@ -20,8 +20,10 @@ from dispatch.storage import (
     SqlCursor,
     SqliteDatabase,
     Store,
+    open_store,
 )
 from dispatch.storage.records import MAX_FREE_TEXT, from_journal, to_journal
+from dispatch.storage.throughput import counts_last_minutes
 from tests.storage.conftest import (
     BASE,
     DAY,
@@ -31,6 +33,7 @@ from tests.storage.conftest import (
     received,
     row_count,
     running,
+    url_for,
 )
 
 FULL = MessageEvent(
@@ -304,3 +307,33 @@ async def test_every_query_reads_an_index_range(tmp_path: Path) -> None:
         first = plan[0]
         assert first.startswith("SEARCH") or " USING INDEX " in first, (sql, plan)
         assert not any("FOR ORDER BY" in step for step in plan), (sql, plan)
+
+
+async def test_each_node_counts_its_own_traffic_in_one_database(db: DbRef, tmp_path: Path) -> None:
+    one = open_store(url_for(db), tmp_path / "one", node_id="node-1")
+    two = open_store(url_for(db), tmp_path / "two", node_id="node-2")
+    async with running(one), running(two):
+        await write(one, *(received(i, at=BASE + i) for i in range(3)))
+        await write(
+            two,
+            received(10, at=BASE),
+            MessageEvent(message_id="msg-10", event="delivered", at=BASE + 1, relay="smarthost"),
+        )
+        first = await one.queries.counts_today(now=BASE + 60)
+        second = await two.queries.counts_today(now=BASE + 60)
+        recent = await two.queries.counts_last_5_minutes(now=BASE + 60)
+        relays = (
+            (await one.queries.relay_counts_today(now=BASE)),
+            (await two.queries.relay_counts_today(now=BASE)),
+        )
+        everyone = LogQueries(one.database)
+        total = await everyone.counts_today(now=BASE + 60)
+        chart = await counts_last_minutes(one.database, now=BASE + 60)
+    assert (first["received"], first["delivered"]) == (3, 0)
+    assert (second["received"], second["delivered"]) == (1, 1)
+    assert recent == {"received": 1, "sent": 1}
+    assert relays == ({}, {"smarthost": {"delivered": 1, "failed": 0}})
+    assert (total["received"], total["delivered"]) == (4, 1)
+    assert (chart["received"], chart["delivered"]) == (4, 1)  # the dashboard chart: all nodes
+    nodes = {row[0] for row in query(db, "SELECT DISTINCT node FROM message_log")}
+    assert nodes == {"node-1", "node-2"}
