@@ -1,8 +1,11 @@
 """DKIM signing on the way out (RFC 6376; Ed25519 per RFC 8463), with dkimpy.
 
 Theory of operation: an ``mx`` or ``smtp`` relay with ``dkim_sign = true`` (the default)
-calls :meth:`DkimSigner.signature` once per delivery attempt, before it connects, so one
-signature serves every exchanger, address and reconnection of that attempt. The key is the
+calls :meth:`DkimSigner.signature` at the start of each delivery attempt, before it connects,
+so one signature serves every exchanger, address and reconnection of that attempt. The signer
+keeps the last :data:`REMEMBERED` messages' signatures by message id (the spooled bytes of a
+message never change), so a retry, or a failover relay, sends the signature made the first
+time: a message is signed once. The key is the
 ``[[dkim]]`` key of the ``From:`` header's domain (what DMARC aligns with, RFC 7489 §3.1.1),
 else of a parent domain, else of the envelope sender's domain or a parent; a message none of
 them covers goes unsigned (not an error: that domain has no key). The session then sends the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -46,6 +50,9 @@ from dispatch.security.dkim_keys import SigningKey, load_key
 __all__ = ["CANONICALIZATION", "DkimSigner", "sign_message"]
 
 log = logging.getLogger("dispatch.dkim")
+
+# Signatures kept for retries: a few hundred bytes each, so about 2 MB at most.
+REMEMBERED: Final = 4096
 
 # RFC 6376 §3.4: relaxed header, simple body (see the module docstring for why).
 CANONICALIZATION: Final = (b"relaxed", b"simple")
@@ -119,6 +126,8 @@ class DkimSigner:
     def __init__(self, keys: Sequence[SigningKey], stats: Stats) -> None:
         self.keys = {key.domain: key for key in keys}
         self._stats = stats
+        # message id → its header (b"" when no key covers it); the oldest forgotten first.
+        self._made: OrderedDict[str, bytes] = OrderedDict()
 
     @classmethod
     def load(cls, settings: Sequence[DkimKey], stats: Stats) -> DkimSigner:
@@ -147,6 +156,11 @@ class DkimSigner:
         signing failed: see the module docstring). ``label`` names the relay in warnings."""
         if not self.keys:
             return b""
+        if (made := self._made.get(request.message_id)) is not None:
+            self._made.move_to_end(request.message_id)
+            if made and request.trace is not None:
+                request.trace.event("DKIM-signed: the signature made at its first attempt")
+            return made
         try:
             key, header = await trio.to_thread.run_sync(
                 self._sign_file, request.message_path, request.mail_from
@@ -162,6 +176,9 @@ class DkimSigner:
             if request.trace is not None:
                 request.trace.error(f"DKIM signing failed, sent unsigned: {exc}")
             return b""
+        self._made[request.message_id] = header
+        if len(self._made) > REMEMBERED:
+            self._made.popitem(last=False)
         if key is not None:
             self._stats.dkim_signed.add()
             log.debug("%s: signed %s as %s", label, request.message_id, key.record_name)

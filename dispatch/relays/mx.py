@@ -126,7 +126,7 @@ class MxRelayClient:
         self._limiter = trio.CapacityLimiter(settings.max_inflight)
         self._rng = rng or random.Random()
         self._timeouts = Timeouts.scaled(settings.timeout_seconds)
-        # DKIM: once per attempt, for every domain and exchanger (dispatch/relays/dkim_sign.py).
+        # DKIM: once per message, for every domain and exchanger (dispatch/relays/dkim_sign.py).
         self._signer = signer if settings.dkim_sign else None
         self._stats = stats or Stats()
         if settings.nameservers:

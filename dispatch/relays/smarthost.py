@@ -108,7 +108,7 @@ class SmtpRelayClient:
         self.failed = 0
         self._limiter = trio.CapacityLimiter(settings.max_inflight)
         self._suspension = Suspension(settings.name, settings.timeout_seconds, audit)
-        # DKIM: once per attempt, before connecting (dispatch/relays/dkim_sign.py).
+        # DKIM: before connecting, once per message (dispatch/relays/dkim_sign.py).
         self._signer = signer if settings.dkim_sign else None
         tls = _TLS_MODES[settings.tls]
         if tls != "none" and ssl_context is None:

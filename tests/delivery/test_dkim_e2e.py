@@ -258,3 +258,29 @@ async def test_a_message_dkimpy_cannot_sign_goes_unsigned_and_is_counted(
         assert dispatch.parts.stats.dkim_sign_errors.value == 1
         assert dispatch.parts.stats.dkim_signed.value == 0
     assert strip_received(sink.messages[0].content) == headless
+
+
+async def test_retries_and_a_failover_relay_reuse_the_first_signature(
+    tmp_path: Path, start_sink: StartSink, dns_server: DnsServer
+) -> None:
+    sink = start_sink()
+    sink.handler.fail_data = 1  # the first attempt that reaches it gets 451 after the data
+    relays = [smtp_relay("down", free_port()), smtp_relay("sink", sink.port)]
+    config = base_config(
+        tmp_path,
+        relays=relays,
+        routes=[{"recipient_domain": "*", "relay": ["down", "sink"]}],
+        default_relay="sink",
+        spool={"retry_delays_seconds": [0.2]},
+        dkim=[make_key(tmp_path, dns_server, "rsa", "example.com")],
+    )
+    async with running_dispatch(tmp_path, config) as dispatch:
+        message_id = await dispatch.submit("b@example.com", ["x@example.org"], MESSAGE)
+        await wait_until_async(lambda: len(sink.messages) == 1)
+        await wait_until_async(lambda: dispatch.parts.spool.counts().total == 0)
+        events = [e.event for e in await dispatch.history(message_id)]
+        assert dispatch.parts.stats.dkim_signed.value == 1  # two attempts, two relays
+    assert events == ["received", "retried", "delivered"]
+    content = sink.messages[0].content
+    assert dkim.verify(content, dnsfunc=txt_from(dns_server))
+    assert strip_received(split_signature(content)[1]) == MESSAGE
