@@ -386,6 +386,8 @@ class PostgresDatabase:
 
     def _describe(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+            text += f" (database.statement_timeout_seconds = {self.statement_timeout:g})"
         return f"database {self.description}: {text}"
 
 
