@@ -23,6 +23,8 @@ from dispatch.storage.postgres import to_psycopg
 from tests.support.postgres import Cluster
 from tests.support.waiting import wait_until
 
+TIMEOUT_NAMED = r"timeout \(database\.statement_timeout_seconds = 0\.3\)"
+
 
 def count_versions(cursor: SqlCursor) -> int:
     cursor.execute("SELECT COUNT(*) FROM schema_version")
