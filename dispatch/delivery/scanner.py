@@ -1,12 +1,16 @@
 """The delivery component: the spool scanner feeding ``spool.worker_count`` workers.
 
 Theory of operation: the scanner waits until the spool's in-memory index says a message is
-due (no directory listing, no polling), claims it (a rename to ``processing/``) and hands it
-to a worker through an unbuffered channel, so at most one claimed message waits for a free
-worker. Each worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a time.
+due (no directory listing, no polling), claims as many due messages as there are idle workers
+(at least one) in one thread hop (renames to ``processing/``) and hands them to the workers
+through an unbuffered channel, so claimed messages wait only for workers that are free. Each
+worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a time. Claiming in
+batches matters while intake is busy: a thread hop then costs milliseconds of scheduling on a
+loaded machine, far more than the renames, and one claim per hop capped delivery at ~75
+messages/s on two cores (docs/delivery-throughput.md).
 
-Stopping: on ``shutdown.requested`` the scanner stops claiming (a message it had claimed but
-not handed over is released at once) and closes the channel; workers finish the attempt in
+Stopping: on ``shutdown.requested`` the scanner stops claiming (messages it had claimed but
+not handed over are released at once) and closes the channel; workers finish the attempt in
 hand and return. If the supervisor's grace period runs out first, the cancelled attempts
 release their claims (shielded), and anything a hard kill leaves in ``processing/`` is
 returned to ``incoming/`` by the next start-up.
@@ -54,7 +58,7 @@ class DeliveryScanner:
         cancels the scan wherever it waits. A claim is a shielded hop, so a cancel never
         interrupts one; a message claimed but not yet taken by a worker is released.
         """
-        claimed: Envelope | None = None
+        claimed: list[Envelope] = []  # claimed, not yet taken by a worker
         async with trio.open_nursery() as nursery:
 
             async def stop_when_requested() -> None:
@@ -65,13 +69,16 @@ class DeliveryScanner:
             try:
                 while True:
                     await self._spool.wait_until_due()
-                    for claimed in await self._spool.claim_due(limit=1):
-                        await send.send(claimed)
-                        claimed = None
+                    idle = self.worker_count - self.busy_workers
+                    claimed = await self._spool.claim_due(limit=max(1, idle))
+                    while claimed:
+                        await send.send(claimed[0])
+                        del claimed[0]
             finally:
-                if claimed is not None:  # claimed, but no worker took it before the stop
+                if claimed:  # no worker took them before the stop
                     with trio.CancelScope(shield=True):
-                        await self._spool.release(claimed)
+                        for envelope in claimed:
+                            await self._spool.release(envelope)
 
     async def _work(self, receive: trio.MemoryReceiveChannel[Envelope]) -> None:
         async with receive:
