@@ -215,6 +215,11 @@ class Outbox:
         return not self._held
 
     @property
+    def dirty(self) -> bool:
+        """Whether lines were written since the last :meth:`sync`."""
+        return self._dirty
+
+    @property
     def wants_compaction(self) -> bool:
         return self._settled >= COMPACT_AFTER_SETTLED and self._settled > len(self.owed)
 

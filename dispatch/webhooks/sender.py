@@ -368,6 +368,8 @@ class WebhookSender:
         errors = self.outbox.write_errors
         self.outbox.flush()
         self._stats.webhook_outbox_errors.add(self.outbox.write_errors - errors)
+        if not self.outbox.dirty:
+            return
         try:
             await trio.to_thread.run_sync(self.outbox.sync)
         except OSError as exc:
