@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import report
-from bench.figures import end_to_end, health, idle, intake, latency, scale
+from bench.figures import database, end_to_end, health, idle, intake, latency, scale
 from bench.figures.common import Context, started
 from bench.idle import raise_fd_limit
 from bench.install import ensure_opensmtpd, ensure_postfix
@@ -34,7 +34,7 @@ from bench.plan import Plan
 from bench.procs import Launcher, free_port, interrupt_on_sigterm, run_quiet
 from bench.results import DISPATCH_ONE_PROCESS, Figure, NotMeasured
 
-FIGURES = ("intake", "latency", "e2e", "health", "idle", "scale")
+FIGURES = ("intake", "latency", "e2e", "health", "idle", "scale", "database")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -129,6 +129,7 @@ def run(plan: Plan, out: Path, *, only: set[str], keep: bool, command: str) -> i
                 ("health", health.measure),
                 ("idle", idle.measure),
                 ("scale", scale.measure),
+                ("database", database.measure),
             ]
             for key, step in steps:
                 if key in wanted:

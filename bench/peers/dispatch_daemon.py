@@ -35,6 +35,7 @@ class DispatchOptions:
     processes: int = 1  # listener.processes
     connection_timeout_seconds: int = 60
     spool_dir: Path | None = None  # None: <directory>/spool
+    database_url: str | None = None  # None: a SQLite file in <directory>/data
 
 
 @dataclass
@@ -85,7 +86,7 @@ connection_timeout_seconds = {options.connection_timeout_seconds}
 directory = "{spool}"
 
 [database]
-url = "sqlite:///{database}"
+url = "{options.database_url or f"sqlite:///{database}"}"
 
 [webui]
 port = {ports["webui"]}
