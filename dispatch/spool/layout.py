@@ -8,9 +8,21 @@ Layout under the spool directory (SPEC §5)::
     captured/    the Local inbox: copies made by the ``local`` relay
     tmp/         files being written; anything here at start-up is a leftover
 
-A message is the pair ``<id>.eml`` (the bytes exactly as received) and ``<id>.json`` (the
-envelope). The directory holding the ``.json`` is the message's state; the ``.json`` is moved
-last and removed first, which is what makes every crash repairable (see ``recovery.py``).
+A message is ``<id>.eml`` (the bytes exactly as received) and its envelope, in one of two
+forms:
+
+* **one file**: the envelope is the extended attribute :data:`ENVELOPE_XATTR` of the
+  ``.eml`` itself (what intake writes: one file to fsync, so a commit costs two fsyncs —
+  the file and ``incoming/`` — instead of three);
+* **pair**: ``<id>.json`` beside the ``.eml`` (what earlier versions wrote, what a file
+  system without user extended attributes gets, and what a message becomes once delivery
+  rewrites its envelope). A ``.json`` always wins over the attribute.
+
+The directory holding the ``.json`` — or, without one, the ``.eml`` that carries the
+attribute — is the message's state; the ``.json`` is moved last and removed first, which is
+what makes every crash repairable (see ``recovery.py``). Copies of a spool must keep
+extended attributes (``cp -a``, ``rsync -aX``, ``tar --xattrs``): a one-file message whose
+attribute was dropped is a body without an envelope, which start-up deletes.
 
 Everything here blocks: call it from ``trio.to_thread.run_sync``, never from the Trio thread.
 """
@@ -19,14 +31,29 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 from pathlib import Path
+from typing import Final
 
 DIRECTORY_MODE = 0o700  # mail is private: only the daemon's user may list or read it
 FILE_MODE = 0o600
 
 EML = ".eml"
 JSON = ".json"
+
+ENVELOPE_XATTR: Final = "user.dispatch.envelope"
+"""The extended attribute of a one-file message's ``.eml`` that holds its envelope (JSON)."""
+
+MAX_XATTR_ENVELOPE: Final = 3584
+"""Longer envelopes go to a ``.json``: ext4 keeps all of a file's attributes in one block."""
+
+# What setxattr raises when the file system cannot keep this envelope as an attribute: no
+# user attributes (ENOTSUP; EPERM on some), or no room left for it (E2BIG, ERANGE, ENOSPC —
+# a disk that is really full then fails the ``.json`` write with ENOSPC as well).
+_NO_XATTR: Final = frozenset(
+    {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE, errno.ENOSPC}
+)
 
 
 class MessageState(enum.StrEnum):
@@ -103,3 +130,41 @@ def unlink_quietly(path: Path) -> None:
     """Remove ``path`` if it exists; used in cleanup, where a second error would hide the first."""
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
+
+
+def attach_envelope(fd: int, envelope: bytes) -> bool:
+    """Store ``envelope`` as the attribute of the open file ``fd``; False if it cannot be.
+
+    The caller writes a ``.json`` instead when this returns False; the attribute becomes
+    durable with the file's next fsync.
+    """
+    if len(envelope) > MAX_XATTR_ENVELOPE:
+        return False
+    try:
+        os.setxattr(fd, ENVELOPE_XATTR, envelope)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return False
+        raise
+    return True
+
+
+def attached_envelope(path: str | Path) -> bytes | None:
+    """The envelope attribute of ``path``, or None if it has none (or the file is gone)."""
+    try:
+        return os.getxattr(path, ENVELOPE_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOENT, *_NO_XATTR):
+            return None
+        raise
+
+
+def detach_envelope(path: Path) -> None:
+    """Remove the envelope attribute of ``path`` once a ``.json`` supersedes it.
+
+    Best effort: a leftover attribute is ignored while the ``.json`` exists, and if a crash
+    interrupts the removal of such a message between its two unlinks, the body's old
+    envelope brings it back: a duplicate delivery, never a loss.
+    """
+    with contextlib.suppress(OSError):
+        os.removexattr(path, ENVELOPE_XATTR)

@@ -3,17 +3,22 @@
 Theory of operation
 -------------------
 Every writer in the spool keeps one invariant (see ``writer.py`` and ``transitions.py``):
-**the directory holding ``<id>.json`` is the message's state, and a message without a
-``.json`` in a state directory was never acknowledged or is already finished.** Recovery
-applies that rule to whatever it finds, per id:
+**the directory holding ``<id>.json`` is the message's state — for a one-file message,
+without a ``.json``, the directory of the ``.eml`` carrying the envelope attribute
+(``layout.py``) — and a message without either in a state directory was never acknowledged
+or is already finished.** Recovery applies that rule to whatever it finds, per id:
 
 =================================================  =========================================
 found                                              done
 =================================================  =========================================
 anything in ``tmp/``                               deleted (an unfinished write)
-``.json`` and ``.eml`` in one state directory      kept
+``.json`` and ``.eml`` in one state directory      kept (an envelope attribute on the
+                                                   ``.eml`` is ignored: the ``.json`` wins)
 ``.json`` in S, ``.eml`` in T                      ``.eml`` moved to S (an interrupted move)
-``.eml`` without any ``.json``                     deleted (never acknowledged, or delivered
+a one-file ``.eml`` (envelope attribute), no      kept (if there are several: the one in
+``.json``                                          failed > incoming > processing; the
+                                                   others deleted)
+``.eml`` without any envelope                      deleted (never acknowledged, or delivered
                                                    and interrupted while being removed)
 ``.json`` without any ``.eml``                     envelope moved to ``failed/`` with
                                                    ``last_error = "message body missing"``,
@@ -48,7 +53,14 @@ from dispatch.spool.envelope import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
 from dispatch.spool.ids import is_valid_id
 from dispatch.spool.index import SpoolEntry
-from dispatch.spool.layout import EML, JSON, MessageState, SpoolLayout, fsync_dir
+from dispatch.spool.layout import (
+    EML,
+    JSON,
+    MessageState,
+    SpoolLayout,
+    attached_envelope,
+    fsync_dir,
+)
 from dispatch.spool.transitions import move_message, replace_envelope
 
 logger = logging.getLogger("dispatch.spool")
@@ -120,8 +132,10 @@ def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
         settled = _settle(layout, message_id, found, report)
         if settled is None:
             continue
-        state, has_body = settled
-        entry = _load(layout, message_id, state, has_body=has_body, report=report)
+        state, has_body, attached = settled
+        entry = _load(
+            layout, message_id, state, has_body=has_body, attached=attached, report=report
+        )
         if entry is not None:
             entries.append(entry)
     for directory in layout.state_dirs.values():
@@ -163,17 +177,15 @@ def _scan(layout: SpoolLayout, report: RecoveryReport) -> dict[str, _Found]:
 
 def _settle(
     layout: SpoolLayout, message_id: str, found: _Found, report: RecoveryReport
-) -> tuple[MessageState, bool] | None:
+) -> tuple[MessageState, bool, bytes | None] | None:
     """Leave the message's files in one state directory.
 
-    Return that state and whether the message has a body, or None if it was deleted.
+    Return that state, whether the message has a body and, for a one-file message, its
+    envelope attribute; None if it was deleted.
     """
     bodies = found.eml_states
     if not found.json_states:
-        for state in bodies:
-            os.unlink(layout.path(state, message_id, EML))
-            report.orphan_bodies_deleted += 1
-        return None
+        return _settle_one_file(layout, message_id, bodies, report)
     state = next(s for s in _JSON_PRIORITY if s in found.json_states)
     for other in found.json_states:
         if other is not state:
@@ -190,12 +202,40 @@ def _settle(
     for other in extra_bodies:
         os.unlink(layout.path(other, message_id, EML))
     if not bodies:
-        return state, False
-    if state is MessageState.PROCESSING:
-        move_message(layout, message_id, state, MessageState.INCOMING, durable=False)
-        report.claims_returned += 1
-        state = MessageState.INCOMING
-    return state, True
+        return state, False, None
+    return _unclaimed(layout, message_id, state, report), True, None
+
+
+def _settle_one_file(
+    layout: SpoolLayout, message_id: str, bodies: list[MessageState], report: RecoveryReport
+) -> tuple[MessageState, bool, bytes | None] | None:
+    """Bodies without a ``.json``: the first carrying an envelope attribute is the message."""
+    kept: tuple[MessageState, bytes] | None = None
+    for state in sorted(bodies, key=_JSON_PRIORITY.index):
+        envelope = None if kept else attached_envelope(layout.path(state, message_id, EML))
+        if envelope is not None:
+            kept = (state, envelope)
+            continue
+        os.unlink(layout.path(state, message_id, EML))
+        if kept:
+            report.duplicate_envelopes_removed += 1
+        else:
+            report.orphan_bodies_deleted += 1
+    if kept is None:
+        return None
+    state, envelope = kept
+    return _unclaimed(layout, message_id, state, report), True, envelope
+
+
+def _unclaimed(
+    layout: SpoolLayout, message_id: str, state: MessageState, report: RecoveryReport
+) -> MessageState:
+    """A claimed message goes back to ``incoming/``: its worker died with the process."""
+    if state is not MessageState.PROCESSING:
+        return state
+    move_message(layout, message_id, state, MessageState.INCOMING, durable=False)
+    report.claims_returned += 1
+    return MessageState.INCOMING
 
 
 def _load(
@@ -204,12 +244,14 @@ def _load(
     state: MessageState,
     *,
     has_body: bool,
+    attached: bytes | None,
     report: RecoveryReport,
 ) -> SpoolEntry | None:
     # Plain strings and os calls: pathlib would cost more than the decoding on this path.
-    path = f"{layout.state_dir_strings[state]}/{message_id}{JSON}"
+    path = f"{layout.state_dir_strings[state]}/{message_id}{EML if attached else JSON}"
     try:
-        envelope = Envelope.from_json(_read_file(path), path=path)
+        data = _read_file(path) if attached is None else attached
+        envelope = Envelope.from_json(data, path=path)
         if envelope.id != message_id:
             raise CorruptEnvelopeError(f"envelope is for {envelope.id}", path=Path(path))
     except CorruptEnvelopeError as exc:
@@ -248,24 +290,34 @@ def _read_file(path: str) -> bytes:
 
 
 def incoming_ids(layout: SpoolLayout) -> list[str]:
-    """Ids of the envelopes in ``incoming/`` (the envelope is a message's commit point)."""
-    ids = []
+    """Ids of the messages in ``incoming/``: every ``.json``, and every ``.eml`` without one
+    (a one-file message, or a body whose envelope is being moved: see
+    :func:`read_incoming_envelopes`)."""
+    ids = set()
     with os.scandir(layout.state_dirs[MessageState.INCOMING]) as listing:
         for item in listing:
             stem, _, suffix = item.name.rpartition(".")
-            if suffix == "json" and is_valid_id(stem):
-                ids.append(stem)
-    return ids
+            if suffix in ("json", "eml") and is_valid_id(stem):
+                ids.add(stem)
+    return sorted(ids)
 
 
 def read_incoming_envelopes(layout: SpoolLayout, message_ids: Iterable[str]) -> list[Envelope]:
     """The readable envelopes of these incoming messages (gone or corrupt ones are skipped:
-    start-up recovery deals with those)."""
+    start-up recovery deals with those; a body with neither envelope is skipped quietly)."""
     envelopes = []
     for message_id in message_ids:
         path = layout.path(MessageState.INCOMING, message_id, JSON)
         try:
-            envelopes.append(Envelope.from_json(path.read_bytes(), path=path))
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                path = layout.path(MessageState.INCOMING, message_id, EML)
+                attached = attached_envelope(path)
+                if attached is None:
+                    continue
+                data = attached
+            envelopes.append(Envelope.from_json(data, path=path))
         except (OSError, CorruptEnvelopeError) as exc:
             logger.warning("spool: cannot adopt %s: %s", message_id, exc)
     return envelopes

@@ -133,7 +133,10 @@ def _failed_before(layout: SpoolLayout, message_ids: Sequence[str], before: floa
         try:
             written = layout.path(MessageState.FAILED, message_id, JSON).stat().st_mtime
         except FileNotFoundError:
-            continue  # moved since the index was read
+            try:  # a one-file message (layout.py): its rename into failed/ set the ctime
+                written = layout.path(MessageState.FAILED, message_id, EML).stat().st_ctime
+            except FileNotFoundError:
+                continue  # moved since the index was read
         if written < before:
             old.append(message_id)
     return old

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dispatch.spool import Envelope, MessageState, Spool, new_id
+from dispatch.spool.layout import attached_envelope
 
 STATES = tuple(MessageState)
 
@@ -37,13 +38,36 @@ async def commit(
 
 
 def disk_state(root: Path) -> dict[str, tuple[set[MessageState], set[MessageState]]]:
-    """Per id: the state directories holding its ``.json`` and those holding its ``.eml``."""
+    """Per id: the state directories holding its envelope and those holding its ``.eml``.
+
+    The envelope is the ``.json``, or for a one-file message the ``.eml``'s attribute.
+    """
     found: dict[str, tuple[set[MessageState], set[MessageState]]] = {}
     for state in STATES:
         for path in (root / state.value).iterdir():
             jsons, emls = found.setdefault(path.stem, (set(), set()))
             (jsons if path.suffix == ".json" else emls).add(state)
+            if path.suffix == ".eml" and attached_envelope(path) is not None:
+                jsons.add(state)
     return found
+
+
+def envelope_ids(directory: Path) -> set[str]:
+    """Ids of the messages whose envelope is in ``directory`` (``.json`` or attribute)."""
+    ids = {p.stem for p in directory.glob("*.json")}
+    ids.update(p.stem for p in directory.glob("*.eml") if attached_envelope(p) is not None)
+    return ids
+
+
+def read_envelope(directory: Path, message_id: str) -> Envelope:
+    """The envelope of a message in ``directory``, in whichever form it is stored."""
+    json_path = directory / f"{message_id}.json"
+    if json_path.exists():
+        return Envelope.from_json(json_path.read_bytes(), path=json_path)
+    eml_path = directory / f"{message_id}.eml"
+    data = attached_envelope(eml_path)
+    assert data is not None, f"{message_id}: no envelope in {directory}"
+    return Envelope.from_json(data, path=eml_path)
 
 
 def placed(root: Path, *, ignore: Iterable[str] = ()) -> dict[str, MessageState]:

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A message's state is the directory holding its ``.json``; the ``.eml`` follows it. Every
+A message's state is the directory holding its ``.json`` — or, for a one-file message (its
+envelope an attribute of the ``.eml``: see ``layout.py``), its ``.eml``. Every
 function here orders its steps so that a crash between any two of them leaves a disk that
 start-up recovery (``recovery.py``) turns into exactly one state, never losing an
 acknowledged message:
@@ -10,13 +11,16 @@ acknowledged message:
 * **move** (claim, release, mark failed, retry, return a claim)::
 
       [write tmp/<id>.json, fsync, rename over src/<id>.json]   only if the envelope changes
-      rename src/<id>.eml  -> dst/<id>.eml
-      rename src/<id>.json -> dst/<id>.json                     the state changes here
+      rename src/<id>.eml  -> dst/<id>.eml                      a one-file message's
+                                                                state changes here
+      rename src/<id>.json -> dst/<id>.json                     a pair's state changes here
       fsync dst/, fsync src/                                    unless durable=False;
                                                                 a failure is logged only
 
   The new envelope replaces the old one *in place* before anything moves, so there is never
-  more than one ``.json`` per id. A crash after the ``.eml`` moved but before the ``.json``
+  more than one ``.json`` per id; a one-file message becomes a pair there (its ``.json``
+  renamed into place first, then the attribute removed, so that at every moment one of the
+  two holds an envelope). A crash after the ``.eml`` moved but before the ``.json``
   did leaves a split pair; recovery moves the ``.eml`` to where the ``.json`` is, which is
   the old state — as if the move never started. A crash before the in-place replace keeps
   the old envelope: only delivery bookkeeping (attempt count, last error) is lost; a crash
@@ -26,8 +30,8 @@ acknowledged message:
 * **remove** (delivered, or deleted by an operator)::
 
       unlink <state>/<id>.json                                  the message is gone here
-      unlink <state>/<id>.eml
-      fsync <state>/
+      unlink <state>/<id>.eml                                   (for a one-file message:
+      fsync <state>/                                            here)
 
   Envelope first: a crash in between leaves a body without an envelope, which recovery
   deletes (it was either never acknowledged or already finished). The other order would
@@ -53,6 +57,7 @@ from dispatch.spool.layout import (
     JSON,
     MessageState,
     SpoolLayout,
+    detach_envelope,
     fsync_dir,
     unlink_quietly,
     write_new_file,
@@ -67,7 +72,11 @@ PROCESSING = MessageState.PROCESSING
 def replace_envelope(
     layout: SpoolLayout, message_id: str, state: MessageState, envelope: bytes
 ) -> None:
-    """Atomically replace ``<state>/<id>.json`` with ``envelope`` (written and fsynced first)."""
+    """Atomically replace ``<state>/<id>.json`` with ``envelope`` (written and fsynced first).
+
+    A one-file message becomes a pair: once its ``.json`` is in place, the ``.eml``'s
+    envelope attribute is removed (see :func:`~dispatch.spool.layout.detach_envelope`).
+    """
     tmp = layout.tmp_path(message_id, JSON)
     unlink_quietly(tmp)  # a leftover of an earlier failed attempt
     write_new_file(tmp, (envelope,))
@@ -76,6 +85,7 @@ def replace_envelope(
     except BaseException:
         unlink_quietly(tmp)
         raise
+    detach_envelope(layout.path(state, message_id, EML))
 
 
 def move_message(
@@ -90,7 +100,8 @@ def move_message(
     """Move a message from ``src`` to ``dst``, optionally replacing its envelope on the way.
 
     If the ``.json`` cannot be moved, the ``.eml`` is moved back (best effort), so a failed
-    move normally leaves the message whole in ``src``. ``durable=False`` skips the directory
+    move normally leaves the message whole in ``src``; a message without a ``.json`` is a
+    one-file message, moved whole by the first rename. ``durable=False`` skips the directory
     fsyncs, for moves that recovery would redo anyway (a claim).
     """
     if envelope is not None:
@@ -99,6 +110,8 @@ def move_message(
     os.rename(src_eml, dst_eml)
     try:
         os.rename(layout.path(src, message_id, JSON), layout.path(dst, message_id, JSON))
+    except FileNotFoundError:
+        pass  # a one-file message: its envelope moved with the .eml
     except BaseException:
         with contextlib.suppress(OSError):
             os.rename(dst_eml, src_eml)
@@ -164,9 +177,18 @@ def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) ->
 
     Raises ``OSError`` only if the envelope could not be removed (the message is then still
     there). Once the envelope is gone the message is gone: a failure to remove the body or
-    to fsync is logged, not raised — start-up recovery deletes an envelope-less body.
+    to fsync is logged, not raised — start-up recovery deletes an envelope-less body. A
+    one-file message has no ``.json``: removing its ``.eml`` removes it.
     """
-    os.unlink(layout.path(state, message_id, JSON))
+    try:
+        os.unlink(layout.path(state, message_id, JSON))
+    except FileNotFoundError:
+        os.unlink(layout.path(state, message_id, EML))  # one file: raises if still there
+        try:
+            fsync_dir(layout.state_dirs[state])
+        except OSError as exc:
+            logger.warning("message %s: removed, but not yet durably (%s)", message_id, exc)
+        return
     try:
         layout.path(state, message_id, EML).unlink(missing_ok=True)  # bodiless: see recovery
         fsync_dir(layout.state_dirs[state])

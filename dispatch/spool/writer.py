@@ -10,16 +10,25 @@ and a 25 MiB message is never held whole in memory nor joined into one string.
 
 :meth:`IncomingMessage.commit` does all remaining file work in one thread hop, in this order::
 
-    1. write the rest of the bytes to tmp/<id>.eml, fsync it
-    2. write tmp/<id>.json (the envelope), fsync it
-    3. rename tmp/<id>.eml  -> incoming/<id>.eml
-    4. rename tmp/<id>.json -> incoming/<id>.json   (the commit point)
-    5. fsync incoming/
+    1. write the rest of the bytes to tmp/<id>.eml, attach the envelope to it as an
+       extended attribute (layout.ENVELOPE_XATTR), fsync it
+    2. rename tmp/<id>.eml -> incoming/<id>.eml      (the commit point)
+    3. fsync incoming/
 
-and returns only after step 5, so the caller may answer ``250``/``202``. A crash before
-step 4 leaves no ``.json`` in a state directory: start-up empties ``tmp/`` and deletes any
-``.eml`` without an envelope, so the never-acknowledged message vanishes.
-A crash after step 4 leaves a complete message, which will be delivered.
+and returns only after step 3, so the caller may answer ``250``/``202``: two fsyncs per
+message. A crash before step 2 leaves nothing in a state directory (start-up empties
+``tmp/``); a crash after it leaves a complete message, which will be delivered.
+
+Where the attribute cannot be set (a file system without user extended attributes, or an
+envelope too long for one), the envelope goes to its own file as earlier versions always
+did, one fsync more::
+
+    1. write the rest to tmp/<id>.eml, fsync it;  write tmp/<id>.json, fsync it
+    2. rename tmp/<id>.eml -> incoming/<id>.eml
+    3. rename tmp/<id>.json -> incoming/<id>.json   (the commit point)
+    4. fsync incoming/
+
+A crash between 2 and 3 leaves an ``.eml`` without an envelope, which start-up deletes.
 
 If any step fails, everything this message put in ``tmp/`` or ``incoming/`` is removed
 before the error is raised: :class:`SpoolFullError` for ENOSPC/EDQUOT, otherwise
@@ -59,6 +68,7 @@ from dispatch.spool.layout import (
     JSON,
     MessageState,
     SpoolLayout,
+    attach_envelope,
     fsync_dir,
     unlink_quietly,
     write_all,
@@ -261,22 +271,25 @@ def _discard_sync(fd: int, path: Path) -> None:
 def _commit_sync(
     layout: SpoolLayout, message_id: str, fd: int | None, chunks: list[bytes], envelope: bytes
 ) -> None:
-    """Steps 1-5 of the module docstring, undoing all of them if any fails. Closes ``fd``."""
+    """The steps of the module docstring, undoing all of them if any fails. Closes ``fd``."""
     incoming_dir = layout.state_dirs[MessageState.INCOMING]
     eml_tmp = layout.tmp_path(message_id, EML)
     json_tmp = layout.tmp_path(message_id, JSON)
     renamed: list[Path] = []
     try:
         if fd is None:
-            write_new_file(eml_tmp, chunks)
-        else:
-            try:
-                write_all(fd, chunks)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        write_new_file(json_tmp, (envelope,))
-        for tmp in (eml_tmp, json_tmp):  # the envelope last: its arrival is the commit
+            fd = os.open(eml_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            write_all(fd, chunks)
+            one_file = attach_envelope(fd, envelope)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        moves = [eml_tmp]
+        if not one_file:
+            write_new_file(json_tmp, (envelope,))
+            moves.append(json_tmp)  # the envelope last: its arrival is the commit
+        for tmp in moves:
             final = incoming_dir / tmp.name
             os.rename(tmp, final)
             renamed.append(final)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.spool import MessageState, Spool, SpoolFullError
+from dispatch.spool.layout import MAX_XATTR_ENVELOPE
 from dispatch.spool.testing import commit, placed, tmp_files
 from tests.conftest import FS_SIZE, fill
 
@@ -49,15 +50,33 @@ async def test_spilling_into_a_full_disk_aborts_the_message(small_fs: Path) -> N
 async def test_disk_full_between_body_and_envelope_then_space_freed(small_fs: Path) -> None:
     spool = await Spool.open(small_fs / "spool")
     filler = small_fs / "filler"
-    # One free page: the body fits, the envelope does not — the failure is mid-commit.
+    # An envelope too long for an attribute gets its own .json. One free page: the body
+    # fits, the envelope does not — the failure is mid-commit.
+    many = [f"recipient-{n}@example.test" for n in range(200)]
+    assert len((await commit(spool, recipients=many)).to_json()) > MAX_XATTR_ENVELOPE
     fill(filler, leave_pages=1)
     with pytest.raises(SpoolFullError):
-        await commit(spool, b"z" * 100)
-    assert_nothing_half_written(spool, {})
+        await commit(spool, b"z" * 100, recipients=many)
+    assert len(placed(spool.directory)) == 1
+    assert tmp_files(spool.directory) == []
 
     filler.unlink()  # the operator frees space
-    envelope = await commit(spool, b"z" * 100)
+    envelope = await commit(spool, b"z" * 100, recipients=many)
+    assert len(placed(spool.directory)) == 2
+    assert (spool.directory / "incoming" / f"{envelope.id}.json").exists()
+
+
+async def test_one_file_commit_on_a_full_disk_leaves_nothing(small_fs: Path) -> None:
+    spool = await Spool.open(small_fs / "spool")
+    filler = small_fs / "filler"
+    fill(filler, leave_pages=0)
+    with pytest.raises(SpoolFullError):
+        await commit(spool, b"z" * 5000)
+    assert_nothing_half_written(spool, {})
+    filler.unlink()
+    envelope = await commit(spool, b"z" * 5000)
     assert_nothing_half_written(spool, {envelope.id: MessageState.INCOMING})
+    assert not (spool.directory / "incoming" / f"{envelope.id}.json").exists()
 
 
 async def test_state_change_on_a_full_disk_keeps_the_message_whole(small_fs: Path) -> None:

@@ -16,6 +16,7 @@ from dispatch.spool import (
     SpoolError,
     SpoolWriteError,
 )
+from dispatch.spool.layout import ENVELOPE_XATTR
 from dispatch.spool.testing import commit, placed, tmp_files
 
 
@@ -24,7 +25,7 @@ async def spool(tmp_path: Path) -> Spool:
     return await Spool.open(tmp_path / "spool")
 
 
-async def test_commit_puts_both_files_in_incoming(spool: Spool) -> None:
+async def test_commit_puts_one_file_with_its_envelope_in_incoming(spool: Spool) -> None:
     body = b"From: a@example.test\r\nSubject: t\r\n\r\n" + os.urandom(5000) + b"\r\n"
     async with spool.begin() as message:
         for i in range(0, len(body), 100):  # many small chunks, like DATA lines
@@ -41,7 +42,8 @@ async def test_commit_puts_both_files_in_incoming(spool: Spool) -> None:
     root = spool.directory
     eml = root / "incoming" / f"{envelope.id}.eml"
     assert eml.read_bytes() == body
-    assert Envelope.from_json((root / "incoming" / f"{envelope.id}.json").read_bytes()) == envelope
+    assert Envelope.from_json(os.getxattr(eml, ENVELOPE_XATTR)) == envelope
+    assert not (root / "incoming" / f"{envelope.id}.json").exists()
     assert envelope.size == len(body)
     assert envelope.recipients == ("b@example.test", "c@example.test")
     assert envelope.attempts == 0

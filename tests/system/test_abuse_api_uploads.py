@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from dispatch.config.settings import ApiSettings
+from dispatch.spool.testing import envelope_ids
 from tests.conftest import Daemon
 from tests.support.config import Ports, base_config, write_config
 from tests.support.waiting import wait_until
@@ -167,7 +168,7 @@ def test_uploads_from_refused_keyless_and_valid_senders_keep_memory_bounded(
     assert daemon.wait_exit() == 0
     assert_spool_whole(spool)
     queued = len(
-        {p.stem for state in ("incoming", "processing") for p in (spool / state).glob("*.json")}
+        {i for state in ("incoming", "processing") for i in envelope_ids(spool / state)}
         | {p.stem for p in (spool / "captured").glob("*.eml")}
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.spool.testing import envelope_ids
 from tests.conftest import Daemon, free_port
 from tests.support.config import base_config, dump
 
@@ -75,7 +76,7 @@ def test_every_acknowledged_message_survives_sigkill(start_daemon: Start, tmp_pa
     restarted = start_daemon(dump(base_config(tmp_path, listener={"ports": [port]})))
     restarted.wait_for("all components ready")
     deadline = time.monotonic() + 30
-    while list((spool / "incoming").glob("*.json")) and time.monotonic() < deadline:
+    while envelope_ids(spool / "incoming") and time.monotonic() < deadline:
         time.sleep(0.1)
     restarted.signal(signal.SIGTERM)
     assert restarted.wait_exit() == 0

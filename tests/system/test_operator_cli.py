@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from dispatch.spool import CorruptEnvelopeError
+from dispatch.spool.testing import envelope_ids, read_envelope
 from tests.conftest import Daemon, free_port
 from tests.support.config import base_config, smtp_relay, write_config
 from tests.support.sink import StartSink
@@ -138,10 +140,10 @@ def attempts_of(spool: Path, message_id: str) -> tuple[str, int] | None:
     """(state, attempts) of a message as its envelope on disk says, or None if it is gone."""
     for state in ("incoming", "processing", "failed"):
         try:
-            envelope = json.loads((spool / state / f"{message_id}.json").read_bytes())
-        except (FileNotFoundError, ValueError):  # absent, or replaced right now
-            continue
-        return state, int(envelope["attempts"])
+            envelope = read_envelope(spool / state, message_id)
+        except (FileNotFoundError, AssertionError, CorruptEnvelopeError):  # absent, or
+            continue  # replaced right now
+        return state, envelope.attempts
     return None
 
 
@@ -232,7 +234,7 @@ def test_captured_mail_is_listed_and_shown_with_its_path(
     ids = [queue_id(config, "ops@mail.internal") for _ in range(2)]  # routed to the inbox
     captured = tmp_path / "spool" / "captured"
     wait_until(lambda: all((captured / f"{i}.json").exists() for i in ids))
-    wait_until(lambda: not list((tmp_path / "spool" / "processing").glob("*.json")))
+    wait_until(lambda: not list((tmp_path / "spool" / "processing").glob("*.eml")))
 
     def check_list_and_show() -> None:
         listed = cli(config, "spool", "list", "--state", "captured")
@@ -283,7 +285,7 @@ def test_send_test_reports_the_relay_answer(
     assert failed.stdout.startswith("transient: relay upstream")
     unknown = cli(config, "send-test", "--relay", "nope", "--to", "ops@example.org")
     assert "relay 'nope' is not configured" in unknown.stderr
-    assert list((tmp_path / "spool" / "incoming").glob("*.json")) == []  # tests are not retried
+    assert not envelope_ids(tmp_path / "spool" / "incoming")  # tests are not retried
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
@@ -297,7 +299,7 @@ def test_sigkill_during_delivery_loses_nothing(
     daemon.wait_for("all components ready")
     ids = [queue_id(config) for _ in range(3)]
     processing = tmp_path / "spool" / "processing"
-    wait_until(lambda: any(processing.glob("*.json")))
+    wait_until(lambda: any(processing.glob("*.eml")))
     daemon.process.kill()
     assert daemon.wait_exit() == -signal.SIGKILL
     slow.stop()
