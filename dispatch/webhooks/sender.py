@@ -94,7 +94,6 @@ class WebhookSender:
         self._sequence = 0
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._wakeup = trio.Event()
-        self._stopping = False
 
     # -- the delivery path --------------------------------------------------------------
 
@@ -140,7 +139,6 @@ class WebhookSender:
         if not self.outbox.loaded:
             await self._load()
         self._rebuild_schedule()
-        self._stopping = False
         task_status.started()
         try:
             async with (

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from dispatch.webhooks.outbox import read_owed
 from tests.conftest import free_port
 from tests.delivery.harness import running_dispatch
 from tests.support.config import base_config, smtp_relay
@@ -248,3 +249,23 @@ async def test_a_receiver_removed_by_a_reload_has_its_owed_calls_dropped(
         calls = len(removed.calls)
         await trio.sleep(0.5)
     assert len(removed.calls) == calls  # no call after the reload
+
+
+async def test_calls_cut_short_by_a_stop_are_made_by_the_next_start(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    receiver = Receiver(hang=True)
+    receivers.append(receiver)
+    config = base_config(tmp_path, webhooks=[hook(receiver)])
+    async with running_dispatch(tmp_path, config) as dispatch:
+        ids = [await dispatch.submit("a@example.com", ["b@example.org"], MESSAGE) for _ in "abc"]
+        await wait_until_async(lambda: len(receiver.calls) == 3, what="three calls hanging")
+    # The stop gave them STOP_GRACE_SECONDS, then cut them short: still owed, on disk.
+    owed = read_owed(tmp_path / "data" / "webhooks" / "outbox.jsonl").owed
+    assert sorted(call.message_id or "" for call in owed.values()) == sorted(ids)
+    receiver.hang = False
+    async with running_dispatch(tmp_path, config) as dispatch:
+        await wait_until_async(lambda: len(receiver.acknowledged) == 3, what="made again")
+        assert dispatch.parts.stats.webhook_activity.outbox_depth == 0
+    assert sorted(c.json()["message_id"] for c in receiver.acknowledged) == sorted(ids)
+    assert {c.headers["dispatch-attempt"] for c in receiver.acknowledged} == {"1"}  # new run
