@@ -49,11 +49,12 @@ def _print(result: dict[str, Any]) -> None:
 
 def recent(settings: Settings, limit: int, as_json: bool) -> int:
     try:
-        answer = request(Path(settings.data_dir), "webhooks.recent", {"limit": limit})
+        answer = request(Path(settings.data_dir).absolute(), "webhooks.recent", {"limit": limit})
     except DaemonUnreachable as exc:
+        outbox = Path(settings.data_dir).absolute() / "webhooks" / "outbox.jsonl"
         print(
             f"dispatch: {exc}; webhooks recent shows the running daemon's calls (kept in its "
-            f"memory). Owed calls wait in {Path(settings.data_dir) / 'webhooks' / 'outbox.jsonl'}",
+            f"memory): start it, or give the command its --config. Owed calls wait in {outbox}",
             file=sys.stderr,
         )
         return 1
