@@ -46,7 +46,6 @@ from dispatch.delivery.service import Delivery
 from dispatch.delivery.suppression import DeliverySuppression
 from dispatch.intake.door import IntakeDoor
 from dispatch.intake.service import SmtpIntake
-from dispatch.intake.suppression import RecipientGate
 from dispatch.lifecycle import Component, Shutdown
 from dispatch.logs import bind, log_context
 from dispatch.monitoring.delivery_health import DeliverySources
@@ -186,9 +185,7 @@ def build_parts(
             store.log.record,
             store.log.audit,
             inherited=inherited,
-            refuse_recipient=RecipientGate(
-                store.suppressions, lambda: settings.current.suppression, stats
-            ),
+            suppressions=store.suppressions,
         ),
         delivery=Delivery(settings, spool, attempt, relays),
         figures=DatabaseFigures(),

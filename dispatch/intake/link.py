@@ -8,7 +8,8 @@ that class's fields.
 What travels (see ``intake/processes.py`` and ``intake/worker.py``):
 
 - main → worker: :class:`Start` first (what the worker needs to begin), then
-  :class:`ListenerChanged` after each reload that changed a ``listener.*`` key;
+  :class:`ListenerChanged` after each reload that changed a ``listener.*`` key, and
+  :class:`SuppressionChanged` whenever the entries intake refuses change;
 - worker → main: :class:`Ready`, then :class:`Committed` for each message it wrote into the
   spool, :class:`Logged` for each message-log event or audit entry and :class:`Counters`
   every second. The
@@ -44,6 +45,7 @@ from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
 from dispatch.storage.records import LogRecord, from_journal, to_journal
+from dispatch.storage.suppression import Suppression
 
 _HEADER: Final = struct.Struct(">I")
 # Far above any frame: the settings are a few KiB, and :meth:`Link.send` splits a batch of
@@ -124,6 +126,42 @@ class ListenerChanged:
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
         return cls(_listener(fields["listener"]))
+
+
+def _suppression(item: object) -> Suppression:
+    match item:
+        case [str() as address, str() as reason, str() | None as message_id, float() | int() as
+              created_at, float() | int() as expires_at]:  # fmt: skip
+            return Suppression(
+                address=address,
+                reason=reason,
+                message_id=message_id,
+                created_at=float(created_at),
+                expires_at=float(expires_at),
+            )
+    raise TypeError(
+        "entries: expected [address, reason, message id, created at, expires at], "
+        f"got {item!r:.100}"
+    )
+
+
+@attrs.frozen
+class SuppressionChanged:
+    """main → worker: the suppression list's entries in force that intake refuses at RCPT
+    (none when the list is off or in ``delivery`` mode); replaces the previous ones."""
+
+    KIND: ClassVar = "suppression_changed"
+    entries: tuple[Suppression, ...]
+
+    def fields(self) -> dict[str, object]:
+        return {"entries": [list(attrs.astuple(entry)) for entry in self.entries]}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Self:
+        items = fields["entries"]
+        if not isinstance(items, list):
+            raise TypeError(f"entries: expected a list, got {type(items).__name__}")
+        return cls(tuple(_suppression(item) for item in items))
 
 
 @attrs.frozen
@@ -216,11 +254,11 @@ class Counters:
         return cls({name: _figure(name, value) for name, value in figures.items()})
 
 
-type ToWorker = Start | ListenerChanged
+type ToWorker = Start | ListenerChanged | SuppressionChanged
 type FromWorker = Ready | Committed | Logged | Counters
 type Message = ToWorker | FromWorker
 
-TO_WORKER: Final[tuple[type[ToWorker], ...]] = (Start, ListenerChanged)
+TO_WORKER: Final[tuple[type[ToWorker], ...]] = (Start, ListenerChanged, SuppressionChanged)
 FROM_WORKER: Final[tuple[type[FromWorker], ...]] = (Ready, Committed, Logged, Counters)
 _KINDS: Final[dict[str, type[Message]]] = {cls.KIND: cls for cls in (*TO_WORKER, *FROM_WORKER)}
 _FIELDS: Final[dict[str, frozenset[str]]] = {

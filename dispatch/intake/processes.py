@@ -8,8 +8,10 @@ sockets; the main process keeps its own listener as the N-th.
 :class:`IntakeWorkers` owns those processes and their links (typed messages, see
 ``intake/link.py``). For each worker it starts the process, sends :class:`Start` (the listener
 settings, the spool directory, the certificate), then waits on the live settings and sends
-:class:`ListenerChanged` as soon as a reload changes ``listener.*`` — pushed, never polled. It
-applies what comes back: committed envelopes are indexed by the spool
+:class:`ListenerChanged` as soon as a reload changes ``listener.*`` — pushed, never polled —
+and :class:`SuppressionChanged` when the addresses its sessions must refuse change (compared
+every few seconds with what it was last sent; ``intake/suppression.py``). It applies what
+comes back: committed envelopes are indexed by the spool
 (:meth:`~dispatch.spool.Spool.adopt`), events go to the message log, counters are merged into
 the main process's :class:`Stats`. A worker that exits unexpectedly is logged and started again
 with back-off; meanwhile :meth:`~dispatch.spool.Spool.adopt_unannounced` queues whatever it
@@ -50,6 +52,7 @@ from dispatch.intake.link import (
     Logged,
     Ready,
     Start,
+    SuppressionChanged,
 )
 from dispatch.lifecycle import RestartBackoff, Shutdown
 from dispatch.logs import logging_options
@@ -57,10 +60,14 @@ from dispatch.monitoring.stats import Stats
 from dispatch.security.certs import CertificateFiles, ensure_certificate
 from dispatch.spool import Spool
 from dispatch.storage.records import AuditEntry, MessageEvent
+from dispatch.storage.suppression import REFRESH_SECONDS, Suppression
 
 log = logging.getLogger("dispatch.smtp")
 
 READY_SECONDS: Final = 30.0
+# How often the entries workers refuse at RCPT are compared with those last pushed: the
+# list's own re-read interval, so a change reaches the workers within two of them.
+SUPPRESSION_CHECK_SECONDS: Final = REFRESH_SECONDS
 
 
 class WorkerStartError(Exception):
@@ -90,8 +97,12 @@ class IntakeWorkers:
         stats: Stats,
         record: Callable[[MessageEvent], None],
         audit: Callable[[AuditEntry], None],
+        suppressions: Callable[[], Awaitable[tuple[Suppression, ...]]] | None = None,
     ) -> None:
+        """``suppressions`` gives the entries the workers' sessions refuse at RCPT (none
+        when the list is off or in delivery mode); pushed to them when they change."""
         self.count = count
+        self._suppressions = suppressions
         self._settings = settings
         self._wait_changed = wait_changed
         self._spool = spool
@@ -191,6 +202,8 @@ class IntakeWorkers:
                         + (" (it exited)" if state.ended.is_set() else "")
                     )
                 nursery.start_soon(self._stop_on_request, process, shutdown)
+                if self._suppressions is not None:  # after Start, which must come first
+                    nursery.start_soon(self._push_suppressions, link, self._suppressions)
                 task_status.started()
                 await process.wait()
                 await state.ended.wait()  # every announcement made before the exit applied
@@ -261,6 +274,24 @@ class IntakeWorkers:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             sent = current.listener
+
+    async def _push_suppressions(
+        self,
+        link: Link[FromWorker],
+        entries: Callable[[], Awaitable[tuple[Suppression, ...]]],
+    ) -> None:
+        """Send :class:`SuppressionChanged` when the entries differ from those last sent
+        (checked every :data:`SUPPRESSION_CHECK_SECONDS`; the first check right away)."""
+        sent: tuple[Suppression, ...] | None = None
+        while True:
+            current = await entries()
+            if current != sent:
+                try:
+                    await link.send([SuppressionChanged(current)])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                sent = current
+            await trio.sleep(SUPPRESSION_CHECK_SECONDS)
 
     async def _stop_on_request(self, process: trio.Process, shutdown: Shutdown) -> None:
         await shutdown.requested.wait()

@@ -13,7 +13,7 @@ close. On cancellation the sockets close too; the spool is the truth for what wa
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -23,15 +23,16 @@ from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
 from dispatch.intake.processes import IntakeWorkers
 from dispatch.intake.session import IntakeContext
+from dispatch.intake.suppression import RecipientGate
 from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
-from dispatch.smtp import Reply
 from dispatch.spool import Spool
 from dispatch.storage.records import AuditEntry, MessageEvent
+from dispatch.storage.suppression import Suppression, SuppressionList
 from dispatch.systemd.activation import InheritedSocket
 
 
@@ -48,8 +49,10 @@ class SmtpIntake:
         audit: Callable[[AuditEntry], None],
         *,
         inherited: Sequence[InheritedSocket] = (),
-        refuse_recipient: Callable[[str], Awaitable[Reply | None]] | None = None,
+        suppressions: SuppressionList | None = None,
     ) -> None:
+        """``suppressions``: the list whose entries the sessions refuse at RCPT in
+        ``suppression.mode = "intake"`` (here, and pushed to the worker processes)."""
         self._settings = settings
         self._spool = spool
         self._stats = stats
@@ -57,10 +60,20 @@ class SmtpIntake:
         self._record = record
         self._audit = audit
         self._inherited = tuple(inherited)  # socket activation: used instead of binding
-        self._refuse_recipient = refuse_recipient  # the suppression list (intake mode)
+        self._suppressions = suppressions
         self._auth_throttle = FailureThrottle()  # kept across restarts: so are the counts
         self._tls: ssl.SSLContext | None = None
         self.ports: ListeningPorts | None = None
+
+    def _refusing_at_intake(self) -> bool:
+        settings = self._settings.current.suppression
+        return settings.enabled and settings.mode == "intake"
+
+    async def _refused_at_intake(self) -> tuple[Suppression, ...]:
+        """What the worker processes' sessions refuse at RCPT: none unless in intake mode."""
+        if self._suppressions is None or not self._refusing_at_intake():
+            return ()
+        return await self._suppressions.snapshot()
 
     def configured_and_listening(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The ports ``/health`` compares: configured (implicit-TLS included) and bound."""
@@ -83,7 +96,9 @@ class SmtpIntake:
             record=self._record,
             tracer=self._tracer,
             audit=self._audit,
-            refuse_recipient=self._refuse_recipient,
+            refuse_recipient=None
+            if self._suppressions is None
+            else RecipientGate(self._suppressions.check, self._refusing_at_intake, self._stats),
         )
         if self._inherited:
             listeners, self.ports = inherited_smtp_listeners(
@@ -93,20 +108,24 @@ class SmtpIntake:
             listeners, self.ports = await bind_smtp_ports(
                 current.ports, current.bind_address, current.tls_ports
             )
+        # With several processes the main one takes no sessions: it keeps a core for delivery,
+        # the API and /health, and the workers share the sockets among themselves.
+        serving = listeners if current.processes == 1 else []
         listener = SmtpListener(context, self.ports, processes=current.processes)
         workers = IntakeWorkers(
-            current.processes - 1,
+            current.processes if current.processes > 1 else 0,
             settings=lambda: self._settings.current,
             wait_changed=self._settings.wait_changed,
             spool=self._spool,
             stats=self._stats,
             record=self._record,
             audit=self._audit,
+            suppressions=None if self._suppressions is None else self._refused_at_intake,
         )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(workers.run, listeners, shutdown)
-                await listener.serve(listeners, shutdown, task_status=task_status)
+                await listener.serve(serving, shutdown, task_status=task_status)
         finally:
             self.ports = None  # closed: /health and /health/ready must not report them bound
             for socket_listener in listeners:

@@ -6,45 +6,53 @@ how an operator removes it; the client learns at once instead of through a DSN l
 other recipient (and every recipient in ``delivery`` mode) is accepted here, and delivery
 skips what is suppressed (``dispatch/delivery/suppression.py``).
 
-The lookup answers from the list's in-memory copy (``storage/suppression.py``): no database
-round trip on the RCPT path except a refresh every few seconds. Sessions of intake worker
-processes have no database and accept; delivery catches those.
+In the main process the lookup is the list's in-memory copy (``storage/suppression.py``): no
+database round trip on the RCPT path except a refresh every few seconds. An intake worker
+process has no database: the main process pushes it the entries in force
+(:class:`~dispatch.intake.link.SuppressionChanged`, empty when the list is off or in
+``delivery`` mode) whenever they change, and its gate reads that copy
+(:class:`PushedSuppressions`). A worker that has not received one yet accepts.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
-from dispatch.config.settings import SuppressionSettings
+import trio
+
 from dispatch.monitoring.stats import Stats
 from dispatch.smtp import Reply
-from dispatch.storage.suppression import SuppressionList
+from dispatch.storage.suppression import Suppression, normalise
 
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]+")
 MAX_REASON: Final = 120  # of the bounce quoted in the reply: a reply line stays short
 
 
 class RecipientGate:
-    """``refuse_recipient`` of the intake context (see the module docstring)."""
+    """``refuse_recipient`` of the intake context (see the module docstring).
+
+    ``lookup`` finds the entry in force for an address; ``active`` says whether intake
+    refuses at all now (the main process: ``suppression.enabled`` and ``mode = "intake"``).
+    """
 
     def __init__(
         self,
-        suppressions: SuppressionList,
-        settings: Callable[[], SuppressionSettings],
+        lookup: Callable[[str], Awaitable[Suppression | None]],
+        active: Callable[[], bool],
         stats: Stats,
     ) -> None:
-        self._suppressions = suppressions
-        self._settings = settings
+        self._lookup = lookup
+        self._active = active
         self._stats = stats
 
     async def __call__(self, address: str) -> Reply | None:
-        settings = self._settings()
-        if not settings.enabled or settings.mode != "intake":
+        if not self._active():
             return None
-        entry = await self._suppressions.check(address)
+        entry = await self._lookup(address)
         if entry is None:
             return None
         self._stats.suppressed.add("intake")
@@ -58,3 +66,18 @@ class RecipientGate:
             f"The operator can remove it: dispatch suppression remove {shown}",
             enhanced="5.1.1",
         )
+
+
+class PushedSuppressions:
+    """An intake worker's copy of the entries in force, replaced by each push."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Suppression] = {}
+
+    def replace(self, entries: Iterable[Suppression]) -> None:
+        self._entries = {entry.address: entry for entry in entries}
+
+    async def lookup(self, address: str) -> Suppression | None:
+        await trio.lowlevel.checkpoint()
+        entry = self._entries.get(normalise(address))
+        return entry if entry is not None and entry.expires_at > time.time() else None

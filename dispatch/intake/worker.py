@@ -14,11 +14,13 @@ messages into the spool exactly as the main process does — ``tmp/``, fsync, re
 It owns no other state. Over the link (typed messages, ``intake/link.py``) it receives
 :class:`~dispatch.intake.link.Start` — the listener settings, the spool directory and the
 certificate files — and :class:`~dispatch.intake.link.ListenerChanged` whenever a reload
-changes ``listener.*`` (the main process pushes it at once; the next connection sees it). It
-sends ``Ready``, ``Committed`` for each envelope it wrote (the main process indexes it for
-delivery), ``Logged`` for each message-log event (the main process writes the log) and, every
-second, ``Counters`` (merged into the main process's ``/metrics`` and ``/debug/vars``). It is
-never handed what it does not need: no relay credentials, no database URL.
+changes ``listener.*`` (the main process pushes it at once; the next connection sees it),
+and :class:`~dispatch.intake.link.SuppressionChanged` with the addresses its sessions refuse at
+RCPT (``intake/suppression.py``). It sends ``Ready``, ``Committed`` for each envelope it wrote
+(the main process indexes it for delivery), ``Logged`` for each message-log event (the main
+process writes the log) and, every second, ``Counters`` (merged into the main process's
+``/metrics`` and ``/debug/vars``). It is never handed what it does not need: no relay
+credentials, no database URL.
 
 Starting and stopping: ready once ``Start`` arrived and the TLS context is loaded. SIGTERM or
 SIGINT, or the link closing or breaking (the main process is gone, or sent something that is
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
@@ -54,11 +57,13 @@ from dispatch.intake.link import (
     Logged,
     Ready,
     Start,
+    SuppressionChanged,
     ToWorker,
 )
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
+from dispatch.intake.suppression import PushedSuppressions, RecipientGate
 from dispatch.lifecycle import Shutdown
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
@@ -86,7 +91,11 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     stats = Stats()
     share_among(listener_settings.processes)  # password checks: this process's share
     tls = await trio.to_thread.run_sync(server_context, start.certificate)
+    suppressions = PushedSuppressions()  # filled by the main process's pushes
     context = _context(start, lambda: listener_settings, tls, stats, outbox_send)
+    context = attrs.evolve(
+        context, refuse_recipient=RecipientGate(suppressions.lookup, lambda: True, stats)
+    )
     listeners = [
         trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         for fd in listen_fds
@@ -101,6 +110,8 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
             case ListenerChanged(listener=fresh):
                 listener_settings = fresh
                 log.info("listener settings of the reload applied")
+            case SuppressionChanged(entries):
+                suppressions.replace(entries)
             case Start():
                 raise LinkBroken("intake link: a second 'start' message")
 

@@ -144,21 +144,32 @@ class SuppressionList:
 
     async def check(self, address: str, *, now: float | None = None) -> Suppression | None:
         """The entry in force for ``address``, or None (see the module docstring)."""
-        if (
-            trio.current_time() - self._read_at >= self._refresh_seconds
-            and not self._refreshing.locked()
-        ):
-            async with self._refreshing:
-                try:
-                    entries = await self.list(now=now)
-                except self.unavailable_errors as exc:
-                    log.warning("suppression list not re-read (%s); using the copy in hand", exc)
-                else:
-                    self._active = {e.address: e for e in entries}
-                self._read_at = trio.current_time()
+        await self._refresh_if_stale(now)
         entry = self._active.get(normalise(address))
         at = time.time() if now is None else now
         return entry if entry is not None and entry.expires_at > at else None
+
+    async def snapshot(self, *, now: float | None = None) -> tuple[Suppression, ...]:
+        """The entries in force, from the in-memory copy (re-read when stale), sorted by
+        address: what the main process pushes to intake worker processes."""
+        await self._refresh_if_stale(now)
+        at = time.time() if now is None else now
+        return tuple(sorted((e for e in self._active.values() if e.expires_at > at),
+                            key=lambda e: e.address))  # fmt: skip
+
+    async def _refresh_if_stale(self, now: float | None) -> None:
+        if trio.current_time() - self._read_at < self._refresh_seconds:
+            return
+        if self._refreshing.locked():  # another task is re-reading: use the copy in hand
+            return
+        async with self._refreshing:
+            try:
+                entries = await self.list(now=now)
+            except self.unavailable_errors as exc:
+                log.warning("suppression list not re-read (%s); using the copy in hand", exc)
+            else:
+                self._active = {e.address: e for e in entries}
+            self._read_at = trio.current_time()
 
 
 def _select_active(cursor: SqlCursor, *, at: float) -> list[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from dispatch.spool import MessageState
+from dispatch.spool import MessageState, UnknownMessageError
 from tests.delivery.harness import Running, running_dispatch
 from tests.support.config import base_config, smtp_relay, write_config
 from tests.support.sink import Sink, StartSink
@@ -44,7 +44,14 @@ def rcpt_reply(dispatch: Running, recipient: str) -> tuple[int, str]:
 async def bounce_once(dispatch: Running, recipient: str) -> None:
     message_id = await dispatch.submit("app@sender.test", [recipient], MESSAGE)
     spool = dispatch.parts.spool
-    await wait_until_async(lambda: spool.get(message_id).state is MessageState.FAILED)
+
+    def failed() -> bool:  # a worker's commit reaches the main process's index a bit later
+        try:
+            return spool.get(message_id).state is MessageState.FAILED
+        except UnknownMessageError:
+            return False
+
+    await wait_until_async(failed)
 
 
 async def test_intake_mode_refuses_rcpt_after_a_hard_bounce(
@@ -63,6 +70,31 @@ async def test_intake_mode_refuses_rcpt_after_a_hard_bounce(
     assert "dispatch suppression remove Reject-7@Y.test" in text
     assert other[0] == 250
     assert sink.refused["rcpt 550"] == 1
+
+
+async def test_intake_worker_processes_refuse_too(tmp_path: Path, start_sink: StartSink) -> None:
+    """With ``listener.processes = 2`` every session is a worker's, which has no database:
+    the main process pushes the entries to refuse (intake/suppression.py)."""
+    sink = start_sink()
+    config = config_for(tmp_path, sink)
+    config["listener"]["processes"] = 2
+    async with running_dispatch(tmp_path, config) as dispatch:
+        await bounce_once(dispatch, "reject-11@y.test")
+        replies: list[int] = []
+
+        async def refused() -> bool:
+            code, _ = await trio.to_thread.run_sync(rcpt_reply, dispatch, "reject-11@y.test")
+            replies.append(code)
+            return code == 550
+
+        for _ in range(60):  # pushed at the next check, every 5 s: 30 s is ample
+            if await refused():
+                break
+            await trio.sleep(0.5)
+        await wait_until_async(lambda: dispatch.parts.stats.suppressed["intake"] >= 1)
+        code, _ = await trio.to_thread.run_sync(rcpt_reply, dispatch, "fine@y.test")
+    assert code == 250
+    assert replies[-1] == 550
 
 
 async def test_delivery_mode_skips_the_address_without_a_connection_until_it_expires(

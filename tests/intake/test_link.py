@@ -32,6 +32,7 @@ from dispatch.intake.link import (
     Message,
     Ready,
     Start,
+    SuppressionChanged,
     decode,
     encode,
     encode_one,
@@ -40,6 +41,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope, new_id
 from dispatch.storage.records import MessageEvent
+from dispatch.storage.suppression import Suppression
 
 ARGON2 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 
@@ -81,6 +83,21 @@ def counters() -> Counters:
 EVERY_KIND: list[Message] = [
     Start(listener_settings(), "/var/spool/dispatch", CertificateFiles(Path("c"), Path("k"), True)),
     ListenerChanged(listener_settings()),
+    SuppressionChanged(
+        (
+            Suppression(
+                address="a@y.test",
+                reason="550 5.1.1 no such user",
+                message_id="spl_1",
+                created_at=1.5,
+                expires_at=2.0,
+            ),
+            Suppression(
+                address="b@y.test", reason="x", message_id=None, created_at=1, expires_at=9
+            ),
+        )
+    ),
+    SuppressionChanged(()),
     Ready(),
     Committed(envelope()),
     Logged(MessageEvent(message_id="m1", event="received", source="smtp", subject="Hi \udce9")),
@@ -221,6 +238,15 @@ def test_a_worker_refuses_listener_settings_the_loader_would_refuse() -> None:
         decode(frame_of(document), TO_WORKER)
     assert "listener.ports[0]: 70000 is not a port" in str(refused.value)
     assert "listener.require_auth" in str(refused.value)
+
+
+def test_a_worker_refuses_a_suppression_entry_of_the_wrong_shape() -> None:
+    document = {"kind": "suppression_changed", "entries": [["a@y.test", "x", None, 1.0]]}
+    with pytest.raises(BadMessage, match="entries: expected \\[address, reason"):
+        decode(frame_of(document), TO_WORKER)
+    document = {"kind": "suppression_changed", "entries": "a@y.test"}
+    with pytest.raises(BadMessage, match="entries: expected a list"):
+        decode(frame_of(document), TO_WORKER)
 
 
 def test_a_worker_refuses_worker_messages_and_a_bad_start() -> None:
