@@ -35,6 +35,7 @@ from dispatch.api.service import HttpApi
 from dispatch.config import Settings, redacted_toml
 from dispatch.config.advice import config_warnings
 from dispatch.config.live import LiveSettings, ReloadResult
+from dispatch.config.render import redact_url_credentials
 from dispatch.control.commands import spool_flush
 from dispatch.control.server import ControlServer, Operations
 from dispatch.dashboard import DashboardSources, register_dashboard
@@ -330,7 +331,9 @@ def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
         captured=partial(captured_copies, SpoolLayout(parts.spool.directory).captured),
         router=lambda: Router(parts.settings.current.routes, parts.settings.current.default_relay),
         relays_today=parts.figures.relay_counts_today,
-        webhook_urls=lambda: [hook.url for hook in parts.settings.current.webhooks],
+        webhook_urls=lambda: [
+            redact_url_credentials(hook.url) for hook in parts.settings.current.webhooks
+        ],
     )
 
 

@@ -45,6 +45,7 @@ from typing import Final
 import httpx
 import trio
 
+from dispatch.config.render import redact_url_credentials
 from dispatch.config.settings import WebhookSettings
 from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.stats import Stats
@@ -278,7 +279,9 @@ class WebhookSender:
             result = "sent"
             self.outbox.done(call.call_id, "sent")
             self._stats.webhook_sent.add()
-            log.debug("webhook %s: %s %s answered %d", hook.url, call.event, call.event_id, status)
+            log.debug(
+                "webhook %s: %s %s answered %d", _shown(hook.url), call.event, call.event_id, status
+            )
         else:
             error = error or f"HTTP {status}"
             deadline = call.created + hook.give_up_after_seconds
@@ -289,7 +292,7 @@ class WebhookSender:
                 log.warning(
                     "webhook %s: gave up on %s event %s of message %s after %d attempt(s) "
                     "over %.0f s (give_up_after_seconds): %s",
-                    hook.url,
+                    _shown(hook.url),
                     call.event,
                     call.event_id,
                     call.message_id,
@@ -305,7 +308,7 @@ class WebhookSender:
                 self._stats.webhook_retried.add()
                 log.info(
                     "webhook %s: %s event %s: %s; attempt %d, next in %.1f s",
-                    hook.url,
+                    _shown(hook.url),
                     call.event,
                     call.event_id,
                     error,
@@ -315,7 +318,7 @@ class WebhookSender:
         self._activity.add(
             WebhookCall(
                 at=now,
-                url=hook.url,
+                url=_shown(hook.url),
                 event=call.event,
                 event_id=call.event_id,
                 message_id=call.message_id,
@@ -339,7 +342,9 @@ class WebhookSender:
         if dropped:
             self._stats.webhook_failed.add(len(dropped))
             log.warning(
-                "webhook %s is no longer configured: %d owed call(s) dropped", url, len(dropped)
+                "webhook %s is no longer configured: %d owed call(s) dropped",
+                _shown(url),
+                len(dropped),
             )
         self._changed()
 
@@ -385,6 +390,11 @@ class WebhookSender:
             log.error("cannot rewrite the webhook outbox %s: %s", self.outbox.path, exc)
         finally:
             self.outbox.end_compaction(replaced)
+
+
+def _shown(url: str) -> str:
+    """``url`` as logs and pages show it: a password in it (``https://user:pw@…``) redacted."""
+    return redact_url_credentials(url)
 
 
 def _trio_time(unix_time: float) -> float:

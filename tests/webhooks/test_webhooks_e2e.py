@@ -269,3 +269,28 @@ async def test_calls_cut_short_by_a_stop_are_made_by_the_next_start(
         assert dispatch.parts.stats.webhook_activity.outbox_depth == 0
     assert sorted(c.json()["message_id"] for c in receiver.acknowledged) == sorted(ids)
     assert {c.headers["dispatch-attempt"] for c in receiver.acknowledged} == {"1"}  # new run
+
+
+async def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(
+    tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    receiver = Receiver(statuses=[503])
+    receivers.append(receiver)
+    url = receiver.url.replace("http://", "http://hooks:pa55word@")
+    port = free_port()
+    config = base_config(
+        tmp_path, monitoring={"address": f"127.0.0.1:{port}"}, webhooks=[hook(receiver, url=url)]
+    )
+    async with (
+        running_dispatch(tmp_path, config) as dispatch,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        await dispatch.submit("a@example.com", ["b@example.org"], MESSAGE)
+        await wait_until_async(lambda: len(receiver.acknowledged) == 1, what="sent on retry")
+        page = (await client.get("/debug/webhooks")).text
+        recent = dispatch.parts.stats.webhook_activity.recent()
+    assert receiver.calls[0].headers["authorization"] == "Basic aG9va3M6cGE1NXdvcmQ="
+    assert all("pa55word" not in call.url for call in recent)
+    assert recent[0].url == url.replace("pa55word", "<redacted>")
+    assert "pa55word" not in page
+    assert "hooks:&lt;redacted&gt;@127.0.0.1" in page

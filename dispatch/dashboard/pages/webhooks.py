@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
+from dispatch.config.render import redact_url_credentials
 from dispatch.dashboard import formats
 from dispatch.dashboard.render import render_page
 from dispatch.dashboard.sources import DashboardSources
@@ -25,7 +26,7 @@ def register(bp: Blueprint, sources: DashboardSources) -> None:
             title="Webhooks",
             active="webhooks",
             fmt=formats,
-            hooks=sources.settings.current.webhooks,
+            hooks=[(redact_url_credentials(h.url), h) for h in sources.settings.current.webhooks],
             owed=activity.outbox_depth,
             oldest=activity.oldest_pending_at,
             calls=activity.recent(),
