@@ -6,7 +6,8 @@ what the attempt decided:
 
 - ``failed`` (the message goes to ``failed/``): one DSN, ``Action: failed``, for every
   recipient refused permanently (in any attempt) or given up on after the last retry, that
-  did not say ``NOTIFY=NEVER`` (or a NOTIFY without FAILURE);
+  did not say ``NOTIFY=NEVER`` (or a NOTIFY without FAILURE); the envelope remembers it
+  (``bounced``), so an operator's retry that fails again sends no second one;
 - in every outcome, recipients delivered in this attempt that asked for ``NOTIFY=SUCCESS``:
   ``Action: delivered`` (the ``local`` relay) or ``relayed`` (handed to an upstream that does
   not offer DSN); an upstream that offers DSN was given the parameters and reports itself;
@@ -103,8 +104,11 @@ class Bounces:
         if envelope.source == "bounce":
             return envelope
         reports = [*self._successes(envelope, delivered_now, settings)]
-        if outcome == "failed":
-            reports.extend(self._failures(envelope))
+        if outcome == "failed" and not envelope.bounced:
+            failures = [*self._failures(envelope)]
+            if failures:
+                reports.extend(failures)
+                envelope = attrs.evolve(envelope, bounced=True)
         elif outcome == "retried" and self._delay_due(envelope, settings):
             reports.extend(self._delays(envelope))
             envelope = attrs.evolve(envelope, delay_warned=True)

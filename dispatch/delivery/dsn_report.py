@@ -34,6 +34,8 @@ _ENHANCED: Final = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE: Final = re.compile(r"(?:^|:\s)([2-5]\d\d)[ -]")
 _UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f]+")
 _HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+# A multi-line upstream reply becomes one field line: kept under RFC 5322's 998 octets.
+MAX_DIAGNOSTIC: Final = 900
 MAX_RETURNED_FULL: Final = 1_048_576  # RET=FULL of a larger message returns its headers only
 
 
@@ -84,7 +86,7 @@ def status_of(report: RecipientReport) -> str:
 def diagnostic_of(response: str) -> str | None:
     """The ``Diagnostic-Code`` value: ``smtp; <reply>`` when the response holds an SMTP
     reply (a relay may prefix it with its name), else ``X-Dispatch; <text>``."""
-    text = _UNSAFE.sub(" ", response).strip()
+    text = _UNSAFE.sub(" ", response).strip()[:MAX_DIAGNOSTIC]
     if not text:
         return None
     match = _REPLY_CODE.search(text)
@@ -126,7 +128,7 @@ def _human_text(facts: ReportFacts, reports: Sequence[RecipientReport]) -> str:
         for report in groups[action]:
             lines.append(f"  <{report.recipient}>")
             if report.response:
-                lines.append(f"    {_UNSAFE.sub(' ', report.response)}")
+                lines.append(f"    {_UNSAFE.sub(' ', report.response)[:MAX_DIAGNOSTIC]}")
         lines.append("")
     lines.append(f"Queue id of your message: {facts.message_id}")
     return "\r\n".join(lines) + "\r\n"

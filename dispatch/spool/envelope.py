@@ -5,7 +5,7 @@ where it came from, and how delivery has gone so far. It is immutable; every cha
 new one (``attrs.evolve`` or the helpers below) which the spool then writes atomically.
 
 The JSON form carries ``"v": 1``. Fields added since (a result's ``route``, ``deferrals``,
-``dsn`` and ``delay_warned``) are optional when decoding, so envelopes written before them
+``dsn``, ``delay_warned``, ``bounced``) are optional when decoding, so envelopes written before them
 load unchanged; a build that predates them ignores them. Decoding checks every field's type,
 so a truncated, hand-edited or foreign file fails with a :class:`CorruptEnvelopeError` that
 names what is wrong instead of surfacing later as an ``AttributeError`` in a delivery worker.
@@ -129,6 +129,7 @@ class Envelope:
         default=_NO_RCPT_DSN, converter=_freeze_rcpt_dsn, hash=False
     )
     delay_warned: bool = False  # a "delayed" DSN went out (at most one per message)
+    bounced: bool = False  # the failure DSN went out: an operator's retry sends no second one
 
     def __attrs_post_init__(self) -> None:
         if not is_valid_id(self.id):
@@ -266,6 +267,8 @@ class Envelope:
             }
         if self.delay_warned:
             document["delay_warned"] = True
+        if self.bounced:
+            document["bounced"] = True
         return json.dumps(document, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -327,9 +330,11 @@ def _decode_document(document: object) -> Envelope:
     if type(raw_deferrals) is not dict:
         raise _bad_field(doc, "deferrals", "dict")
     mail_dsn, recipient_dsn = _decode_dsn(doc.get("dsn"))
-    delay_warned = doc.get("delay_warned", False)
+    delay_warned, bounced = doc.get("delay_warned", False), doc.get("bounced", False)
     if type(delay_warned) is not bool:
         raise _bad_field(doc, "delay_warned", "bool")
+    if type(bounced) is not bool:
+        raise _bad_field(doc, "bounced", "bool")
     return Envelope(
         id=doc["id"],
         mail_from=doc["mail_from"],
@@ -350,6 +355,7 @@ def _decode_document(document: object) -> Envelope:
         mail_dsn=mail_dsn,
         recipient_dsn=recipient_dsn,
         delay_warned=delay_warned,
+        bounced=bounced,
     )
 
 

@@ -152,6 +152,25 @@ async def test_one_refusal_gives_exactly_one_dsn_routed_back_to_the_sender(
     assert [e.event for e in history] == ["received", "delivered", "failed"]
 
 
+async def test_an_operator_retry_that_fails_again_sends_no_second_dsn(
+    tmp_path: Path, start_sink: StartSink
+) -> None:
+    upstream, returns = start_sink(), start_sink()
+    async with running_dispatch(tmp_path, config_for(tmp_path, upstream, returns)) as dispatch:
+        message_id = await submit(dispatch, SENDER, ["reject-12@y.test"], MESSAGE % b"again")
+        spool = dispatch.parts.spool
+        await wait_until_async(lambda: len(returns.messages) == 1)
+        await wait_until_async(lambda: spool.get(message_id).state is MessageState.FAILED)
+        assert spool.get(message_id).envelope.bounced
+        await dispatch.parts.store.suppressions.remove("reject-12@y.test")  # let it reach
+        await spool.retry_failed(message_id)  # as `dispatch spool retry` does
+        await wait_until_async(lambda: upstream.handler.refused["rcpt 550"] == 2)
+        await wait_until_async(lambda: spool.get(message_id).state is MessageState.FAILED)
+        await trio.sleep(SETTLE)
+        assert dispatch.parts.stats.dsn_queued.value == 1
+    assert len(returns.messages) == 1
+
+
 async def test_a_null_sender_message_never_bounces(tmp_path: Path, start_sink: StartSink) -> None:
     upstream, returns = start_sink(), start_sink()
     async with running_dispatch(tmp_path, config_for(tmp_path, upstream, returns)) as dispatch:

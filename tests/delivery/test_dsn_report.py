@@ -172,6 +172,16 @@ def test_status_codes(action: str, response: str, status: str) -> None:
     assert status_of(report) == status
 
 
+def test_a_long_multi_line_reply_stays_within_the_line_limit() -> None:
+    reply = "\r\n".join(f"550-5.7.1 line {n} " + "x" * 300 for n in range(20))
+    reports = [RecipientReport(recipient="b@y.test", action="failed", response=reply)]
+    report = build_report(FACTS, reports, ORIGINAL)
+    assert max(len(line) for line in report.split(b"\r\n")) <= 998  # RFC 5322 §2.1.1
+    (block,) = _status_blocks(_parse(report))[1:]
+    assert block["Diagnostic-Code"].startswith("smtp; 550-5.7.1 line 0 xxx")
+    assert block["Status"] == "5.7.1"
+
+
 def test_diagnostic_of_strips_control_characters() -> None:
     assert diagnostic_of("550 bad\r\nInjected: yes") == "smtp; 550 bad Injected: yes"
     assert diagnostic_of("") is None

@@ -38,6 +38,7 @@ def test_dsn_parameters_round_trip() -> None:
             "b@example.test": RcptDsn(("NEVER",), None),
         },
         delay_warned=True,
+        bounced=True,
     )
     back = Envelope.from_json(envelope.to_json())
     assert back == envelope
@@ -45,6 +46,7 @@ def test_dsn_parameters_round_trip() -> None:
     assert back.dsn_of("a@example.test").orcpt == "rfc822;A@example.test"
     assert back.dsn_of("b@example.test").wants("FAILURE") is False
     assert back.delay_warned
+    assert back.bounced
     assert back.same_message(envelope)
     assert not back.same_message(make(id=envelope.id))
 
@@ -54,6 +56,7 @@ def test_an_envelope_without_them_is_written_as_before_and_loads() -> None:
     document = json.loads(envelope.to_json())
     assert "dsn" not in document
     assert "delay_warned" not in document
+    assert "bounced" not in document
     back = Envelope.from_json(envelope.to_json())
     assert back.mail_dsn == MailDsn()
     assert back.dsn_of("a@example.test") == RcptDsn()  # RFC 3461 defaults: FAILURE, DELAY
