@@ -9,7 +9,8 @@ the suppression and its expiry, so the sender's DSN says why.
 Delivery skips suppressed recipients whatever ``suppression.mode`` says: in ``intake`` mode
 the SMTP listener refuses them at RCPT, and delivery still catches what was accepted before
 the address bounced, what the HTTP API accepted, and what an intake worker process accepted
-before the main process pushed it the new entry. Both read the same :class:`~dispatch.storage.suppression.SuppressionList`.
+before the main process pushed it the new entry. Both read the same
+:class:`~dispatch.storage.suppression.SuppressionList`.
 
 Owns nothing; a database that cannot be used is logged and delivery goes on as if no address
 were suppressed (the list is a courtesy to receivers, never a reason to hold mail).
