@@ -200,7 +200,7 @@ def test_spool_retry_all_delivers_waiting_mail_now(
     )
     wait_until(lambda: len(backup.messages) == 1)
     assert _id_of(backup.messages[0].content) == via_backup
-    assert list(spool.glob("*/*.json")) == []
+    assert list(spool.glob("*/*.json")) == list(spool.glob("*/*.eml")) == []
 
     logged = daemon.wait_for("spool flush by uid")
     assert f"uid {os.getuid()} (pid " in logged
@@ -312,7 +312,8 @@ def test_sigkill_during_delivery_loses_nothing(
     assert restarted.wait_exit() == 0
     delivered = {_id_of(m.content) for m in [*slow.messages, *fast.messages]}
     assert delivered == set(ids)  # every message at least once (duplicates allowed)
-    assert list((tmp_path / "spool").glob("*/*.json")) == []  # nothing left claimed
+    left = [*(tmp_path / "spool").glob("*/*.json"), *(tmp_path / "spool").glob("*/*.eml")]
+    assert left == []  # nothing left claimed
 
 
 def _id_of(content: bytes) -> str:
