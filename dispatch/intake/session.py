@@ -223,11 +223,14 @@ class SmtpSession:
             raise SessionEnded
         self.conn.receive_data(data)
 
-    def _reply(self, reply: Reply) -> None:
+    def _reply(self, reply: Reply, *, policy: bool = False) -> None:
+        """Queue ``reply``. A 5xx counts toward MAX_ERROR_REPLIES unless it is ``policy``
+        (a recipient refused for what it is, not for the client's conduct: a message to
+        many suppressed addresses must not end its session)."""
         self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
         self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
-        if reply.code >= 500 and not self.conn.closed:
+        if reply.code >= 500 and not policy and not self.conn.closed:
             self.errors += 1
             if self.errors >= MAX_ERROR_REPLIES:
                 log.info("%d error replies; closing", self.errors)
@@ -261,7 +264,8 @@ class SmtpSession:
             case Mail():
                 self._reply(self._mail(event))
             case Rcpt():
-                self._reply(await self._rcpt(event))
+                reply = await self._rcpt(event)
+                self._reply(reply, policy=reply is not replies.RECIPIENT_OK)
             case Data():
                 await self._open_message()
                 self._reply(replies.START_DATA)
@@ -407,8 +411,8 @@ class SmtpSession:
     async def _open_message(self) -> None:
         transaction = self.transactions.current
         assert transaction is not None
-        if self.settings.dkim_verify and transaction.dkim_copy is None:
-            transaction.dkim_copy = MessageCopy()
+        if self.settings.dkim_verify and transaction.message is None:  # a new message, not
+            transaction.dkim_copy = MessageCopy()  # a later BDAT chunk: start a fresh copy
         await transaction.open_message(self.context.spool, self._received_header)
 
     def _received_header(self, message_id: str) -> bytes:
