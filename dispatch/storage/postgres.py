@@ -8,7 +8,8 @@ DB-API cursor (``schema.py`` keeps the SQL portable), so this backend runs that 
 worker thread on a psycopg connection, exactly as the SQLite backend does: the queries, the
 log writer and the purge are the same code on both engines. (psycopg 3 in threads rather than
 asyncpg under trio-asyncio: asyncpg would need every query module written twice, async and
-cursor-shaped; a committed insert costs the same either way here, see docs/scaling.md.)
+cursor-shaped, and measured no faster here for the log's statements: ``bench/pg_drivers.py``,
+docs/scaling.md "Figures".)
 
 - **Pool.** At most ``pool_size`` connections, each used by one thread at a time (a
   ``trio.CapacityLimiter``); idle ones are kept for the next hop, broken ones dropped. A
