@@ -72,6 +72,35 @@ async def test_intake_mode_refuses_rcpt_after_a_hard_bounce(
     assert sink.refused["rcpt 550"] == 1
 
 
+def send_to_many(dispatch: Running, recipients: list[str]) -> tuple[list[int], int]:
+    """One transaction: each RCPT's reply code, then the code of the end of data."""
+    with smtplib.SMTP("127.0.0.1", dispatch.smtp_port, timeout=10) as client:
+        client.ehlo()
+        client.mail("app@sender.test")
+        codes = [client.rcpt(r)[0] for r in recipients]
+        try:
+            code, _ = client.data(MESSAGE)
+        except smtplib.SMTPServerDisconnected:
+            code = 0
+        return codes, code
+
+
+async def test_refused_recipients_do_not_end_the_session_of_a_message_to_many(
+    tmp_path: Path, start_sink: StartSink
+) -> None:
+    sink = start_sink()
+    async with running_dispatch(tmp_path, config_for(tmp_path, sink)) as dispatch:
+        gone = [f"gone-{n}@y.test" for n in range(5)]
+        for address in gone:
+            await dispatch.parts.store.suppressions.add(address, "550 5.1.1 no such user", days=1)
+        codes, end = await trio.to_thread.run_sync(send_to_many, dispatch, [*gone, "fine@y.test"])
+        await wait_until_async(lambda: len(sink.messages) == 1)
+    # Five 550s would be five error replies: the session is not closed after three of them.
+    assert codes == [550, 550, 550, 550, 550, 250]
+    assert end == 250
+    assert sink.messages[0].rcpt_tos == ("fine@y.test",)
+
+
 async def test_intake_worker_processes_refuse_too(tmp_path: Path, start_sink: StartSink) -> None:
     """With ``listener.processes = 2`` every session is a worker's, which has no database:
     the main process pushes the entries to refuse (intake/suppression.py)."""
