@@ -431,6 +431,10 @@ def _webhook_checks(webhooks: tuple[WebhookSettings, ...]) -> Iterator[ConfigPro
                 "is empty; list at least one of delivered, deferred, failed, "
                 "bounced (or remove the webhook)",
             )
+        if hook.ca_file and not os.access(hook.ca_file, os.R_OK):
+            yield ConfigProblem(
+                f"{where}.ca_file", f"cannot read {hook.ca_file}; check the path and permissions"
+            )
         if hook.retry_max_seconds < hook.retry_first_seconds:
             yield ConfigProblem(
                 f"{where}.retry_max_seconds", "is below retry_first_seconds; raise it"

@@ -312,6 +312,7 @@ class WebhookSettings:
     retry_first_seconds: PositiveFloat = PositiveFloat(5.0)
     retry_max_seconds: PositiveFloat = PositiveFloat(600.0)
     give_up_after_seconds: PositiveFloat = PositiveFloat(86400.0)
+    ca_file: str = ""  # PEM bundle trusted for an https url; empty: httpx's (certifi)
 
 
 def _default_relays() -> tuple[RelaySettings, ...]:

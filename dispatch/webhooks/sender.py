@@ -32,10 +32,12 @@ restarted after a crash goes on with the calls in memory.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
 import socket
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -142,11 +144,8 @@ class WebhookSender:
         self._rebuild_schedule()
         task_status.started()
         try:
-            async with (
-                httpx.AsyncClient(follow_redirects=False) as client,
-                trio.open_nursery() as calls,
-            ):
-                await self._send_until_stopped(shutdown, client, calls)
+            async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as calls:
+                await self._send_until_stopped(shutdown, _Clients(stack), calls)
                 with trio.move_on_after(STOP_GRACE_SECONDS):
                     while any(self._in_flight.values()):
                         await self._wakeup.wait()
@@ -170,14 +169,15 @@ class WebhookSender:
         self._changed()
 
     async def _send_until_stopped(
-        self, shutdown: Shutdown, client: httpx.AsyncClient, calls: trio.Nursery
+        self, shutdown: Shutdown, clients: _Clients, calls: trio.Nursery
     ) -> None:
         calls.start_soon(self._wake_on_stop, shutdown)
         while not shutdown.requested.is_set():
             await self._sync()
             if self.outbox.wants_compaction:
                 await self._compact()
-            next_due = self._start_due(client, calls)
+            await clients.prepare(self._webhooks())
+            next_due = self._start_due(clients, calls)
             with trio.move_on_at(_trio_time(next_due)):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -186,7 +186,7 @@ class WebhookSender:
         await shutdown.requested.wait()
         self._wakeup.set()
 
-    def _start_due(self, client: httpx.AsyncClient, calls: trio.Nursery) -> float:
+    def _start_due(self, clients: _Clients, calls: trio.Nursery) -> float:
         """Start every due call a receiver has room for; return when the next one is due."""
         hooks = {hook.url: hook for hook in self._webhooks()}
         now = time.time()
@@ -208,14 +208,16 @@ class WebhookSender:
                 heapq.heappop(heap)
                 call.in_flight = True
                 self._in_flight[url] += 1
-                calls.start_soon(self._call, client, hook, call)
+                calls.start_soon(self._call, clients.get(hook.ca_file), hook, call)
             if heap and self._in_flight[url] < hook.max_concurrency:
                 next_due = min(next_due, heap[0][0])
             if not heap:
                 del self._due[url]
         return next_due
 
-    async def _call(self, client: httpx.AsyncClient, hook: WebhookSettings, call: OwedCall) -> None:
+    async def _call(
+        self, client: httpx.AsyncClient | str, hook: WebhookSettings, call: OwedCall
+    ) -> None:
         """One POST of ``call`` to ``hook``; settles or reschedules it. If cancelled (the
         stop), the call stays owed and due."""
         settled = False
@@ -235,10 +237,13 @@ class WebhookSender:
             self._wakeup.set()
 
     async def _post(
-        self, client: httpx.AsyncClient, hook: WebhookSettings, call: OwedCall
+        self, client: httpx.AsyncClient | str, hook: WebhookSettings, call: OwedCall
     ) -> tuple[int | None, str | None]:
         """POST the body; ``(status, None)`` for an answer, ``(None, why)`` for none. The
-        response body is never read: only the status matters, whatever size it has."""
+        response body is never read: only the status matters, whatever size it has.
+        ``client`` is a string when none could be made (why: an unreadable ``ca_file``)."""
+        if isinstance(client, str):
+            return None, client
         timestamp = int(time.time())
         headers = payload.headers(
             secret=hook.secret.reveal(),
@@ -261,7 +266,7 @@ class WebhookSender:
             except httpx.TimeoutException:
                 pass
             except Exception as exc:  # noqa: BLE001 - refused, reset, TLS, bad URL: retried
-                return None, (str(exc) or type(exc).__name__)[:MAX_ERROR_TEXT]
+                return None, _describe(exc)[:MAX_ERROR_TEXT]
         return None, f"no answer within {hook.timeout_seconds:g} s (timeout_seconds)"
 
     def _settle(
@@ -390,6 +395,50 @@ class WebhookSender:
             log.error("cannot rewrite the webhook outbox %s: %s", self.outbox.path, exc)
         finally:
             self.outbox.end_compaction(replaced)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] …``: httpx's errors often say nothing
+    themselves; the exception they were raised from (the socket's, the TLS layer's) does."""
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 3:
+        text = str(seen)
+        if text and text not in texts:
+            texts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(exc).__name__}: {'; '.join(texts)}" if texts else type(exc).__name__
+
+
+class _Clients:
+    """The HTTP clients of one run: one per trust store (a receiver's ``ca_file``; ``""``:
+    httpx's default), made when a receiver first needs it, closed with ``stack``."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+        self._stack = stack
+        self._clients: dict[str, httpx.AsyncClient | str] = {}
+
+    async def prepare(self, hooks: Sequence[WebhookSettings]) -> None:
+        for ca_file in {hook.ca_file for hook in hooks} - self._clients.keys():
+            verify: ssl.SSLContext | bool = True
+            if ca_file:
+                try:
+                    verify = await trio.to_thread.run_sync(_trusting, ca_file)
+                except (OSError, ssl.SSLError) as exc:
+                    self._clients[ca_file] = f"cannot load ca_file {ca_file}: {exc}"
+                    log.error("webhooks: %s", self._clients[ca_file])
+                    continue
+            client = httpx.AsyncClient(follow_redirects=False, verify=verify)
+            self._clients[ca_file] = await self._stack.enter_async_context(client)
+
+    def get(self, ca_file: str) -> httpx.AsyncClient | str:
+        """The client for ``ca_file``, or why there is none (the call fails and is retried
+        by a later run, which tries to load the file again)."""
+        return self._clients[ca_file]
+
+
+def _trusting(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def _shown(url: str) -> str:

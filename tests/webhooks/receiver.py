@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import ssl
 import threading
 import time
 from typing import Any
@@ -41,8 +42,14 @@ class ReceivedCall:
 
 class Receiver:
     def __init__(
-        self, *, statuses: list[int] | None = None, default_status: int = 200, hang: bool = False
+        self,
+        *,
+        statuses: list[int] | None = None,
+        default_status: int = 200,
+        hang: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: serve HTTPS with this server context (e.g. the ``pki`` fixture's)."""
         self.calls: list[ReceivedCall] = []
         self.acknowledged: list[ReceivedCall] = []  # the calls answered with a 2xx
         self.statuses: collections.deque[int] = collections.deque(statuses or [])
@@ -82,6 +89,9 @@ class Receiver:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -89,7 +99,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hooks"
 
     def event_ids(self) -> set[str]:
         """The ``id`` of every call received (a duplicate counts once)."""

@@ -55,13 +55,14 @@ def test_each_mistake_names_its_key() -> None:
         "it, or use secret / secret_file instead",
         "webhooks[5].url: required key is missing",
         "webhooks[5].retries: unknown key; known keys: url, events, secret, timeout_seconds, "
-        "max_concurrency, retry_first_seconds, retry_max_seconds, give_up_after_seconds",
+        "max_concurrency, retry_first_seconds, retry_max_seconds, give_up_after_seconds, ca_file",
     ]
     found = problems(
         {"url": "ftp://app.example/hooks", "secret": "k"},
         {"url": "https://app.example/hooks", "events": []},
         {"url": "https://app.example/hooks", "secret": "k", "retry_max_seconds": 1},
         {"url": "https://", "secret": "k"},
+        {"url": "https://app.example/tls", "secret": "k", "ca_file": "/nonexistent/ca.pem"},
     )
     assert found == [
         "webhooks[0].url: 'ftp://app.example/hooks' is not an http(s) URL, e.g. "
@@ -73,4 +74,5 @@ def test_each_mistake_names_its_key() -> None:
         "webhooks[2].url: 'https://app.example/hooks' is used by another webhook",
         "webhooks[2].retry_max_seconds: is below retry_first_seconds; raise it",
         "webhooks[3].url: 'https://' is not an http(s) URL, e.g. 'https://app/hooks'",
+        "webhooks[4].ca_file: cannot read /nonexistent/ca.pem; check the path and permissions",
     ]

@@ -21,7 +21,7 @@ from dispatch.webhooks.outbox import read_owed
 from tests.conftest import free_port
 from tests.delivery.harness import running_dispatch
 from tests.support.config import base_config, smtp_relay
-from tests.support.sink import StartSink
+from tests.support.sink import Pki, StartSink
 from tests.support.waiting import wait_until_async
 from tests.system.faults import metric
 from tests.webhooks.receiver import Receiver
@@ -294,3 +294,32 @@ async def test_a_password_in_the_url_is_sent_as_basic_auth_and_never_shown(
     assert recent[0].url == url.replace("pa55word", "<redacted>")
     assert "pa55word" not in page
     assert "hooks:&lt;redacted&gt;@127.0.0.1" in page
+
+
+async def test_an_https_receiver_is_verified_against_its_ca_file(
+    tmp_path: Path, receivers: list[Receiver], pki: Pki
+) -> None:
+    receiver = Receiver(tls=pki.server)
+    receivers.append(receiver)
+    untrusted = receiver.url.replace("/hooks", "/untrusted")  # same server, no ca_file
+    config = base_config(
+        tmp_path,
+        webhooks=[
+            hook(receiver, ca_file=str(pki.ca_file)),
+            hook(receiver, url=untrusted, give_up_after_seconds=60),
+        ],
+    )
+    async with running_dispatch(tmp_path, config) as dispatch:
+        await dispatch.submit("a@example.com", ["b@example.org"], MESSAGE)
+        await wait_until_async(lambda: len(receiver.acknowledged) == 1, what="the https call")
+        activity = dispatch.parts.stats.webhook_activity
+        await wait_until_async(
+            lambda: any(c.url == untrusted for c in activity.recent()), what="the refused one"
+        )
+        refused = next(c for c in activity.recent() if c.url == untrusted)
+    assert receiver.url.startswith("https://")
+    assert receiver.acknowledged[0].signature_verifies(SECRET)
+    assert len(receiver.calls) == 1  # the untrusted one never got past the handshake
+    assert refused.result == "retry"
+    assert refused.status is None
+    assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or ""), refused.error
