@@ -3,8 +3,9 @@
 
 - :mod:`~dispatch.webhooks.payload`: the event types, the body, the signature and headers;
 - :mod:`~dispatch.webhooks.outbox`: the calls owed, durable in ``<data_dir>/webhooks/``;
-- :mod:`~dispatch.webhooks.sender`: the "webhooks" component that makes the calls, and
-  ``record``, the delivery path's way in.
+- :mod:`~dispatch.webhooks.calls`: one POST over httpx, and the clients (one per CA file);
+- :mod:`~dispatch.webhooks.sender`: the "webhooks" component that schedules, settles,
+  retries and gives up the calls, and ``record``, the delivery path's way in.
 
 Its place in the layers is beside ``delivery``: it hears delivery's events through the
 ``record`` seam the composition root builds, and never imports delivery.

@@ -11,7 +11,7 @@ and wakes the sender. It never blocks delivery and never raises.
 The sender task (:meth:`WebhookSender.run`) owns the calls' far end. Each turn it writes what
 a failed write kept in memory, fsyncs the outbox (a worker thread), rewrites it when settled
 lines make up most of it, then starts the due calls of each receiver — oldest first, at most
-``max_concurrency`` at once per receiver — each in its own task with ``httpx.AsyncClient``:
+``max_concurrency`` at once per receiver — each in its own task (``calls.post``, httpx):
 
 - answered 2xx → settled (``sent``);
 - anything else (an error status, a timeout after ``timeout_seconds``, a refused connection)
@@ -37,14 +37,12 @@ import heapq
 import logging
 import math
 import socket
-import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-import httpx
 import trio
 
 from dispatch.config.render import redact_url_credentials
@@ -54,6 +52,7 @@ from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.webhook_activity import CallResult, WebhookCall
 from dispatch.storage.records import MessageEvent
 from dispatch.webhooks import payload
+from dispatch.webhooks.calls import Client, Clients, post
 from dispatch.webhooks.outbox import Outbox, OwedCall, new_call_id, read_owed, write_compacted
 
 log = logging.getLogger("dispatch.webhooks")
@@ -62,7 +61,6 @@ OUTBOX_DIRECTORY: Final = "webhooks"
 STOP_GRACE_SECONDS: Final = 2.0
 """Calls in flight at a stop get this long to be answered; the rest are made next run."""
 SYNC_TIMEOUT_ON_STOP: Final = 2.0
-MAX_ERROR_TEXT: Final = 300
 
 
 def outbox_directory(data_dir: str | Path) -> Path:
@@ -145,7 +143,7 @@ class WebhookSender:
         task_status.started()
         try:
             async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as calls:
-                await self._send_until_stopped(shutdown, _Clients(stack), calls)
+                await self._send_until_stopped(shutdown, Clients(stack), calls)
                 with trio.move_on_after(STOP_GRACE_SECONDS):
                     while any(self._in_flight.values()):
                         await self._wakeup.wait()
@@ -169,7 +167,7 @@ class WebhookSender:
         self._changed()
 
     async def _send_until_stopped(
-        self, shutdown: Shutdown, clients: _Clients, calls: trio.Nursery
+        self, shutdown: Shutdown, clients: Clients, calls: trio.Nursery
     ) -> None:
         calls.start_soon(self._wake_on_stop, shutdown)
         while not shutdown.requested.is_set():
@@ -186,7 +184,7 @@ class WebhookSender:
         await shutdown.requested.wait()
         self._wakeup.set()
 
-    def _start_due(self, clients: _Clients, calls: trio.Nursery) -> float:
+    def _start_due(self, clients: Clients, calls: trio.Nursery) -> float:
         """Start every due call a receiver has room for; return when the next one is due."""
         hooks = {hook.url: hook for hook in self._webhooks()}
         now = time.time()
@@ -215,16 +213,14 @@ class WebhookSender:
                 del self._due[url]
         return next_due
 
-    async def _call(
-        self, client: httpx.AsyncClient | str, hook: WebhookSettings, call: OwedCall
-    ) -> None:
+    async def _call(self, client: Client, hook: WebhookSettings, call: OwedCall) -> None:
         """One POST of ``call`` to ``hook``; settles or reschedules it. If cancelled (the
         stop), the call stays owed and due."""
         settled = False
         try:
             call.attempts += 1
             started = trio.current_time()
-            status, error = await self._post(client, hook, call)
+            status, error = await post(client, hook, call)
             duration_ms = (trio.current_time() - started) * 1000
             self._settle(hook, call, status, error, duration_ms)
             settled = True
@@ -235,39 +231,6 @@ class WebhookSender:
                 call.next_at = 0.0
                 self._schedule(call)
             self._wakeup.set()
-
-    async def _post(
-        self, client: httpx.AsyncClient | str, hook: WebhookSettings, call: OwedCall
-    ) -> tuple[int | None, str | None]:
-        """POST the body; ``(status, None)`` for an answer, ``(None, why)`` for none. The
-        response body is never read: only the status matters, whatever size it has.
-        ``client`` is a string when none could be made (why: an unreadable ``ca_file``)."""
-        if isinstance(client, str):
-            return None, client
-        timestamp = int(time.time())
-        headers = payload.headers(
-            secret=hook.secret.reveal(),
-            timestamp=timestamp,
-            body=call.body,
-            event_id=call.event_id,
-            kind=call.event,
-            attempt=call.attempts,
-        )
-        with trio.move_on_after(hook.timeout_seconds):
-            try:
-                async with client.stream(
-                    "POST",
-                    hook.url,
-                    content=call.body,
-                    headers=headers,
-                    timeout=hook.timeout_seconds,
-                ) as response:
-                    return response.status_code, None
-            except httpx.TimeoutException:
-                pass
-            except Exception as exc:  # noqa: BLE001 - refused, reset, TLS, bad URL: retried
-                return None, _describe(exc)[:MAX_ERROR_TEXT]
-        return None, f"no answer within {hook.timeout_seconds:g} s (timeout_seconds)"
 
     def _settle(
         self,
@@ -395,50 +358,6 @@ class WebhookSender:
             log.error("cannot rewrite the webhook outbox %s: %s", self.outbox.path, exc)
         finally:
             self.outbox.end_compaction(replaced)
-
-
-def _describe(exc: BaseException) -> str:
-    """``ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] …``: httpx's errors often say nothing
-    themselves; the exception they were raised from (the socket's, the TLS layer's) does."""
-    texts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(texts) < 3:
-        text = str(seen)
-        if text and text not in texts:
-            texts.append(text)
-        seen = seen.__cause__ or seen.__context__
-    return f"{type(exc).__name__}: {'; '.join(texts)}" if texts else type(exc).__name__
-
-
-class _Clients:
-    """The HTTP clients of one run: one per trust store (a receiver's ``ca_file``; ``""``:
-    httpx's default), made when a receiver first needs it, closed with ``stack``."""
-
-    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
-        self._stack = stack
-        self._clients: dict[str, httpx.AsyncClient | str] = {}
-
-    async def prepare(self, hooks: Sequence[WebhookSettings]) -> None:
-        for ca_file in {hook.ca_file for hook in hooks} - self._clients.keys():
-            verify: ssl.SSLContext | bool = True
-            if ca_file:
-                try:
-                    verify = await trio.to_thread.run_sync(_trusting, ca_file)
-                except (OSError, ssl.SSLError) as exc:
-                    self._clients[ca_file] = f"cannot load ca_file {ca_file}: {exc}"
-                    log.error("webhooks: %s", self._clients[ca_file])
-                    continue
-            client = httpx.AsyncClient(follow_redirects=False, verify=verify)
-            self._clients[ca_file] = await self._stack.enter_async_context(client)
-
-    def get(self, ca_file: str) -> httpx.AsyncClient | str:
-        """The client for ``ca_file``, or why there is none (the call fails and is retried
-        by a later run, which tries to load the file again)."""
-        return self._clients[ca_file]
-
-
-def _trusting(ca_file: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_file)
 
 
 def _shown(url: str) -> str:
