@@ -108,12 +108,9 @@ class SmtpIntake:
             listeners, self.ports = await bind_smtp_ports(
                 current.ports, current.bind_address, current.tls_ports
             )
-        # With several processes the main one takes no sessions: it keeps a core for delivery,
-        # the API and /health, and the workers share the sockets among themselves.
-        serving = listeners if current.processes == 1 else []
         listener = SmtpListener(context, self.ports, processes=current.processes)
         workers = IntakeWorkers(
-            current.processes if current.processes > 1 else 0,
+            current.processes - 1,
             settings=lambda: self._settings.current,
             wait_changed=self._settings.wait_changed,
             spool=self._spool,
@@ -125,7 +122,7 @@ class SmtpIntake:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(workers.run, listeners, shutdown)
-                await listener.serve(serving, shutdown, task_status=task_status)
+                await listener.serve(listeners, shutdown, task_status=task_status)
         finally:
             self.ports = None  # closed: /health and /health/ready must not report them bound
             for socket_listener in listeners:
