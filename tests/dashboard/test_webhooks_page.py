@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.dashboard.support import StartDashboard, set_up_in_browser
+from tests.dashboard.support import Screenshots, StartDashboard, set_up_in_browser
 from tests.dashboard.traffic import send_smtp
 from tests.support.waiting import wait_until
 from tests.webhooks.receiver import Receiver
@@ -25,7 +25,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_the_page_shows_a_refused_call_and_its_retry(
-    start_dashboard: StartDashboard, receiver: Receiver, page: Page
+    start_dashboard: StartDashboard, receiver: Receiver, page: Page, screenshots: Screenshots
 ) -> None:
     dashboard = start_dashboard(
         webhooks=[{"url": receiver.url, "secret": "s3cret-key", "retry_first_seconds": 0.2}]
@@ -47,6 +47,7 @@ def test_the_page_shows_a_refused_call_and_its_retry(
     expect(rows.nth(1)).to_contain_text("retry")
     expect(rows.nth(1)).to_contain_text("HTTP 500")
     expect(rows.nth(1)).to_contain_text("delivered")
+    screenshots.take(page, "webhooks")
     page.set_viewport_size({"width": 360, "height": 740})  # long URLs and ids: still no
     overflow = page.evaluate(  # sideways scrolling of the page (the table scrolls itself)
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
