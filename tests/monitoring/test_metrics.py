@@ -65,6 +65,7 @@ ALLOWED_LABELS = {
     "certificate",  # a certificate file's path
     "status",  # outbound TLS status: plain, tls:secure, tls:insecure, tls:failed
     "mode",  # an MTA-STS policy's mode: enforce, testing, none
+    "where",  # where a suppressed recipient was stopped: intake, delivery
     # prometheus_client's platform and GC collectors
     "implementation",
     "major",
