@@ -27,6 +27,7 @@ from dispatch.storage.database import DatabaseUnavailableError, SqlCursor
 from dispatch.storage.sqlite import SqliteDatabase
 from tests.conftest import fill
 from tests.storage.conftest import (
+    Outage,
     Watchdog,
     assert_exactly_once,
     make_store,
@@ -212,36 +213,32 @@ async def test_full_disk(tmp_path: Path, tmpfs: Path, journal_on_full_disk: bool
 
 
 async def test_writer_logs_the_outage_once_and_the_recovery(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, outage: Outage, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dispatch.storage")
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    store = make_store(blocker / "dispatch.db", tmp_path)
+    store = make_store(outage.db, tmp_path)
     async with running(store):
         for i in range(20):
             store.log.record(received(i))
             await trio.sleep(0.02)  # several failed attempts
-        blocker.unlink()
+        outage.end()
         await store.log.wait_until_written()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("database unreachable" in m for m in messages) == 1
     assert sum("database reachable again" in m for m in messages) == 1
 
 
-async def test_reachability_is_known_without_any_traffic(tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("")
-    store = make_store(blocker / "dispatch.db", tmp_path)
+async def test_reachability_is_known_without_any_traffic(tmp_path: Path, outage: Outage) -> None:
+    store = make_store(outage.db, tmp_path)
     async with running(store):
         await wait_until_async(lambda: store.log.last_error is not None)
         assert not store.log.database_reachable
         assert store.log.pending == 0
-        blocker.unlink()
+        outage.end()
         # Retried with nothing to write.
         await wait_until_async(lambda: store.log.database_reachable)
         assert store.log.last_error is None
-    assert row_count(blocker / "dispatch.db") == 0  # opened and migrated, nothing written
+    assert row_count(outage.db) == 0  # opened and migrated, nothing written
 
 
 def insert_then(change: Callable[[], object]) -> Callable[[SqlCursor], None]:
