@@ -113,7 +113,8 @@ def assemble(
     inherited: Sequence[InheritedSocket] = (),
     flags: Sequence[CommandLineFlag] = (),
 ) -> tuple[Parts, list[Component]]:
-    """Build the shared objects, then the components, in start order. Does no I/O.
+    """Build the shared objects, then the components, in start order. Does no I/O but
+    reading (or, at first start, writing) the node id in ``data_dir/node-id``.
     ``inherited``: SMTP sockets passed by systemd, served instead of ``listener.ports``."""
     parts = attrs.evolve(build_parts(settings, spool, inherited), flags=tuple(flags))
     return parts, build_components(parts)
