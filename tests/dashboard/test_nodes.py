@@ -3,7 +3,7 @@
 A real daemon on a real PostgreSQL 15 writes its own heartbeat; a second node's heartbeat is
 written as that node writes it (:class:`dispatch.storage.nodes.Heartbeat` on its own
 connection), and a third node's row is old. The page shows all three, marks this node, and
-tells the answering nodes from the silent one.
+tells the answering nodes from the silent one, over HTTP and in Chromium (at phone width too).
 """
 
 from __future__ import annotations
@@ -12,10 +12,16 @@ import re
 import time
 
 import trio
+from playwright.sync_api import Page, expect
 
 from dispatch.storage import PostgresDatabase
 from dispatch.storage.nodes import STALE_AFTER_SECONDS, UPSERT_NODE, Heartbeat
-from tests.dashboard.support import AdminClient, StartDashboard
+from tests.dashboard.support import (
+    AdminClient,
+    Screenshots,
+    StartDashboard,
+    set_up_in_browser,
+)
 from tests.support.waiting import wait_until
 
 
@@ -54,3 +60,22 @@ def test_the_settings_page_lists_every_node(
     assert "not answering" not in rows["node-b"]
     assert "not answering" in rows["node-c"]
     assert "gone.example" in rows["node-c"]
+
+
+def test_the_node_list_in_the_browser(
+    page: Page, start_dashboard: StartDashboard, postgres_url: str, screenshots: Screenshots
+) -> None:
+    daemon = start_dashboard(database={"url": postgres_url, "node_id": "node-a"})
+    trio.run(beat_as_other_nodes, postgres_url)
+    set_up_in_browser(page, daemon)
+    page.goto(daemon.url + "/settings#nodes")
+    table = page.get_by_role("table", name="Nodes sharing the database")
+    expect(table.get_by_role("row")).to_have_count(4)  # the header and three nodes
+    this = table.get_by_role("row").filter(has_text="node-a")
+    expect(this).to_contain_text("(this node)")
+    expect(this).to_contain_text("answering")
+    silent = table.get_by_role("row").filter(has_text="node-c")
+    expect(silent).to_contain_text("not answering")
+    page.set_viewport_size({"width": 360, "height": 800})
+    table.scroll_into_view_if_needed()
+    screenshots.take(page, "settings-nodes-360")
