@@ -23,6 +23,8 @@ ALERTS = {
     "DispatchTlsCertificateExpiresSoon",
     "DispatchRetentionFailing",
     "DispatchDkimSignErrors",
+    "DispatchWebhookBacklog",
+    "DispatchWebhookGivenUp",
 }
 
 
