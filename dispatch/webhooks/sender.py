@@ -274,7 +274,10 @@ class WebhookSender:
                 call.next_at = now + next_in
                 self._schedule(call)
                 self._stats.webhook_retried.add()
-                log.info(
+                # The first failure of a call is worth a line; the rest of an outage is in
+                # the recent calls and the counters, not one log line per retry per event.
+                log.log(
+                    logging.INFO if call.attempts == 1 else logging.DEBUG,
                     "webhook %s: %s event %s: %s; attempt %d, next in %.1f s",
                     _shown(hook.url),
                     call.event,
