@@ -31,7 +31,6 @@ from dispatch.spool.errors import (
     WrongStateError,
     translate_os_error,
 )
-from dispatch.spool.grouped import GroupedHops
 from dispatch.spool.ids import is_valid_id, new_id
 from dispatch.spool.index import SpoolCounts, SpoolEntry, SpoolIndex
 from dispatch.spool.layout import EML, MessageState, SpoolLayout
@@ -65,18 +64,6 @@ PROCESSING: Final = MessageState.PROCESSING
 FAILED: Final = MessageState.FAILED
 
 
-def remove_claimed_messages(layout: SpoolLayout, message_ids: list[str]) -> dict[str, OSError]:
-    """Remove delivered messages from ``processing/``, each as :func:`remove_message` does;
-    return the error of each one that is still there. Blocks: run it in a thread."""
-    errors: dict[str, OSError] = {}
-    for message_id in message_ids:
-        try:
-            remove_message(layout, message_id, PROCESSING)
-        except OSError as exc:
-            errors[message_id] = exc
-    return errors
-
-
 class Spool:
     """The spool directory, its index, and every operation that changes a message's state.
 
@@ -107,7 +94,6 @@ class Spool:
         self._busy: set[str] = set()
         self._rescued: set[str] = set()  # see adopt_unannounced
         self._due_changed = trio.Event()
-        self._removals = GroupedHops(self._remove_claimed)
         self.recovery_report: Final = report
 
     @classmethod
@@ -319,24 +305,8 @@ class Spool:
         await self._move_claimed(envelope, FAILED, "mark as failed", rewrite=rewrite)
 
     async def remove(self, message_id: str) -> None:
-        """Delete a claimed message after it was delivered (envelope first; see transitions).
-
-        Removals asked for while another is under way share the next thread hop
-        (``grouped.py``): delivery workers that finish together pay for one hop.
-        """
-        self._reserve(message_id, "remove", PROCESSING)
-        try:
-            try:
-                await self._removals.submit(message_id)
-            except OSError as exc:
-                raise translate_os_error(exc, f"remove message {message_id}") from exc
-            self._index.discard(message_id)
-        finally:
-            self._unreserve(message_id)
-
-    async def _remove_claimed(self, message_ids: list[str]) -> dict[str, OSError]:
-        work = partial(remove_claimed_messages, self._layout, message_ids)
-        return await self._run(work, "remove delivered messages")
+        """Delete a claimed message after it was delivered (envelope first; see transitions)."""
+        await self._remove(message_id, "remove", (PROCESSING,))
 
     async def release_all_claims(self) -> int:
         """Return every claimed message to ``incoming/`` unchanged; return how many.
