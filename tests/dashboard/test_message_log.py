@@ -74,6 +74,7 @@ def traffic(start_dashboard: StartDashboard, start_sink: StartSink) -> Iterator[
         relays=[LOCAL, smtp_relay("upstream", sink.port)],
         default_relay="upstream",
         routes=[{"priority": 1, "recipient_domain": "capture.test", "relay": "local"}],
+        bounces={"enabled": False},  # B's DSN would be a sixth message in the log
     )
     client = AdminClient(dashboard)
     traffic = Traffic(dashboard, client)

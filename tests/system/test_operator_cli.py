@@ -50,6 +50,7 @@ def operator_config(
             *relays,
         ],
         routes=[{"recipient_domain": "*.internal", "relay": "inbox"}, *routes],
+        bounces={"enabled": False},  # the senders' DSNs would be more messages to list
     )
     path = tmp_path / "dispatch.toml"
     write_config(path, config)
