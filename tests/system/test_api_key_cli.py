@@ -131,7 +131,7 @@ def test_mistakes_get_a_clear_message_and_exit_code(tmp_path: Path) -> None:
     assert "API key name" in blank.stderr
     assert cli(config, "create").returncode == 2  # --name is required
 
-    elsewhere = cli_config(tmp_path, "postgresql://db.example/dispatch")
+    elsewhere = cli_config(tmp_path, "mysql://db.example/dispatch")  # PostgreSQL is supported
     unsupported = cli(elsewhere, "list")
     assert unsupported.returncode == 2
     assert "database.url" in unsupported.stderr
