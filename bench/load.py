@@ -43,7 +43,17 @@ class SourceRun:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
 
-def command(port: int, messages: int, *, reuse: bool, sessions: int = SESSIONS) -> list[str]:
+def command(
+    port: int,
+    messages: int,
+    *,
+    reuse: bool,
+    sessions: int = SESSIONS,
+    message_bytes: int = MESSAGE_BYTES,
+    recipients: int = 1,
+) -> list[str]:
+    """smtp-source's arguments; ``recipients`` > 1 sends that many RCPTs per message
+    (smtp-source numbers them: ``1b@example.test``, ``2b@…``)."""
     argv = [
         "smtp-source",
         "-c",
@@ -54,22 +64,31 @@ def command(port: int, messages: int, *, reuse: bool, sessions: int = SESSIONS) 
         "-m",
         str(messages),
         "-l",
-        str(MESSAGE_BYTES),
+        str(message_bytes),
         "-f",
         MAIL_FROM,
         "-t",
         RCPT_TO,
     ]
+    if recipients > 1:
+        argv += ["-r", str(recipients)]
     if reuse:
         argv.append("-d")  # keep each connection for the next message
     return [*argv, f"{LOOPBACK}:{port}"]
 
 
 def run_source(
-    port: int, messages: int, *, reuse: bool, timeout: float, log_path: Path
+    port: int,
+    messages: int,
+    *,
+    reuse: bool,
+    timeout: float,
+    log_path: Path,
+    message_bytes: int = MESSAGE_BYTES,
+    recipients: int = 1,
 ) -> SourceRun:
     """Send ``messages`` with 20 concurrent sessions; stop at ``timeout`` seconds."""
-    argv = command(port, messages, reuse=reuse)
+    argv = command(port, messages, reuse=reuse, message_bytes=message_bytes, recipients=recipients)
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     error = ""
     with log_path.open("wb") as out:

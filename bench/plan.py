@@ -27,6 +27,11 @@ class Plan:
     idle_rounds: int
     scale_messages: int
     scale_intake_messages: int
+    shape_large_messages: int = 200
+    """Messages of 1 MiB per run of the shapes figure."""
+    shape_rcpt_messages: int = 200
+    """Messages of 100 recipients per run of the shapes figure."""
+    shape_timeout: float = 20.0
 
 
 QUICK = Plan(

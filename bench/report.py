@@ -152,8 +152,9 @@ COMMON_METHOD = """\
 - Load: Postfix's `smtp-source` (C, never the bottleneck: its own CPU per message is in
   the intake table) and, where a figure needs per-message latency, our Trio generator
   (`bench/latency.py`). Every load is bounded in message count and in time.
-- Durability: every server fsyncs a message before its 250. Dispatch fsyncs the body,
-  the envelope and the `incoming/` directory (three fsyncs per message, by design); the
+- Durability: every server fsyncs a message before its 250. Dispatch fsyncs the message
+  file (the envelope is its extended attribute) and the `incoming/` directory (two fsyncs
+  per message; three where the envelope needs a `.json` of its own); the
   Python peer the file and the directory; Postfix its queue file (and not the directory);
   OpenSMTPD its message file and its envelope.
 - Dispatch runs with `listener.processes = 2` (one SMTP process per core: the main
@@ -202,6 +203,12 @@ def figure_section(number: int, figure: Figure) -> list[str]:
         lines += ["**What limits it** (from this run's CPU accounting and profile):", ""]
         lines += [f"- {line}" for line in figure.limits]
         lines.append("")
+    if figure.flame:
+        lines += [
+            f"Flame graph of every thread of every Dispatch process during an extra run "
+            f"(py-spy, merged per function): [{figure.flame}]({figure.flame})",
+            "",
+        ]
     if figure.profile is not None and not figure.profile.error:
         lines += profile_tables(figure.profile, figure.profile_label)
     return lines

@@ -111,6 +111,8 @@ class Figure:
     profile: ProfileSummary | None = None
     profile_label: str = ""
     seconds: float = 0.0
+    flame: str = ""
+    """The flame graph's path relative to the report (``flames/<key>.svg``), if one was made."""
 
     def series(self, subject: str, metric: str, unit: str) -> Series:
         """The series of ``metric`` for ``subject`` (created on first use)."""

@@ -20,7 +20,8 @@ from functools import partial
 from pathlib import Path
 
 from bench import report
-from bench.figures import database, end_to_end, health, idle, intake, latency, scale
+from bench.cpu_split import add_cpu_split
+from bench.figures import database, end_to_end, health, idle, intake, latency, scale, shapes
 from bench.figures.common import Context, started
 from bench.idle import raise_fd_limit
 from bench.install import ensure_opensmtpd, ensure_postfix
@@ -34,7 +35,7 @@ from bench.plan import Plan
 from bench.procs import Launcher, free_port, interrupt_on_sigterm, run_quiet
 from bench.results import DISPATCH_ONE_PROCESS, Figure, NotMeasured
 
-FIGURES = ("intake", "latency", "e2e", "health", "idle", "scale", "database")
+FIGURES = ("intake", "latency", "e2e", "health", "idle", "scale", "database", "shapes")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -119,6 +120,7 @@ def run(plan: Plan, out: Path, *, only: set[str], keep: bool, command: str) -> i
                 peers=peers,
                 say=say,
                 fsync_ms=machine.fsync_ms.get("p50", 0.0),
+                flames=out.parent / "flames",
             )
             figures: list[Figure] = []
             wanted = set(only) or set(FIGURES)
@@ -130,11 +132,13 @@ def run(plan: Plan, out: Path, *, only: set[str], keep: bool, command: str) -> i
                 ("idle", idle.measure),
                 ("scale", scale.measure),
                 ("database", database.measure),
+                ("shapes", shapes.measure),
             ]
             for key, step in steps:
                 if key in wanted:
                     say(f"figure: {key}")
                     figures += _guarded(key, partial(_one, step, ctx))
+            add_cpu_split(figures)
             info = report.RunInfo(
                 plan=plan,
                 started=began,

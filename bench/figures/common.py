@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.flame import record_during
 from bench.peers.base import Peer, RelayMode, Server
 from bench.peers.dispatch_daemon import DispatchServer
 from bench.plan import Plan
 from bench.procs import Launcher, StartError, listen_backlog
 from bench.procstat import CpuWindow
 from bench.profile import ProfileSummary, profile_dispatch
-from bench.results import NotMeasured
+from bench.results import Figure, NotMeasured
 
 SETTLE_SECONDS = 0.5
 """Pause between runs: lets a server finish writing what the last run left (logs, queue)."""
@@ -30,6 +31,7 @@ class Context:
     say: Callable[[str], None]
     fsync_ms: float = 0.0  # median cost of one 5 KiB write + fsync here (machine probe)
     counter: int = 0
+    flames: Path | None = None  # where flame graphs go (beside the report); None: none made
 
     def directory(self, label: str) -> Path:
         """A fresh directory under the run's work directory."""
@@ -86,6 +88,22 @@ def settle() -> None:
 
 def cpu_window(server: Server) -> CpuWindow:
     return CpuWindow(session_id=server.session_id, main_pid=server.main_pid)
+
+
+def flame_graph(
+    ctx: Context, figure: Figure, dispatch: DispatchServer, load: Callable[[], None]
+) -> None:
+    """Record a py-spy flame graph of every Dispatch process while ``load`` runs (an extra,
+    uncounted run that must last longer than the plan's profile seconds)."""
+    if ctx.flames is None:
+        return
+    name = f"{figure.key}.svg"
+    ctx.say(f"  flame graph of Dispatch for {ctx.plan.profile_seconds:.0f} s: {name}")
+    error = record_during(dispatch.main_pid or 0, ctx.plan.profile_seconds, ctx.flames / name, load)
+    if error:
+        figure.notes.append(f"No flame graph: {error}.")
+    else:
+        figure.flame = f"{ctx.flames.name}/{name}"
 
 
 def profile_during(

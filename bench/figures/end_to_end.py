@@ -14,6 +14,7 @@ import time
 from bench.figures.common import (
     Context,
     cpu_window,
+    flame_graph,
     profile_during,
     rotated,
     settle,
@@ -27,6 +28,7 @@ from bench.peers.sink import Sink, start_sink
 from bench.results import DISPATCH, PYTHON_SERVERS, Comparison, Figure, NotMeasured
 
 METRIC = "msgs/s end to end"
+CPU_METRIC = "CPU ms/message, end to end"
 
 
 def measure(ctx: Context) -> Figure:
@@ -100,6 +102,9 @@ def _one_run(ctx: Context, figure: Figure, server: Server, sink: Sink, number: i
     figure.series(server.name, "intake part", "msgs/s").values.append(run.rate)
     figure.series(server.name, "delivery lag after intake", "s").values.append(end - intake_done)
     figure.series(server.name, "cores busy", "cores").values.append(window.cores)
+    if delivered:
+        cpu_ms = window.cpu * 1000 / delivered
+        figure.series(server.name, CPU_METRIC, "ms").values.append(cpu_ms)
     if run.error or arrived is None:
         figure.notes.append(
             f"{server.name}, round {number + 1}: {run.messages} of {plan.e2e_messages} "
@@ -140,3 +145,4 @@ def _profile(ctx: Context, figure: Figure, dispatch: DispatchServer, sink: Sink)
     figure.profile_label = "Dispatch relaying to smtp-sink while taking in mail"
     figure.limits.append(cpu_line(DISPATCH, window, os.cpu_count() or 1))
     figure.limits += profile_lines(summary)
+    flame_graph(ctx, figure, dispatch, load)

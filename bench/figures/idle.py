@@ -26,6 +26,7 @@ from bench.results import DISPATCH, Absolute, Figure
 from bench.smtp_client import SmtpConnection
 
 TRACED_SESSIONS = 1000
+GOAL_KIB_PER_SESSION = 20
 MEMORY_LINES = 8
 
 
@@ -75,6 +76,7 @@ def measure(ctx: Context) -> Figure:
                 " MiB more than before they opened: memory of a burst of sessions is not all"
                 " given back to the system"
             )
+        _goal(figure)
         ctx.say(f"  tracemalloc over {TRACED_SESSIONS} sessions")
         figure.limits += _traced(dispatch)
     return figure
@@ -104,6 +106,16 @@ def _record(figure: Figure, run: IdleRun) -> None:
             "time to open all",
         ):
             figure.absolutes.append(Absolute(metric, per_metric[metric]))
+
+
+def _goal(figure: Figure) -> None:
+    """Say whether memory per idle session is under the goal (issue 19)."""
+    for absolute in figure.absolutes:
+        if absolute.metric == "memory per connection" and absolute.series.values:
+            met = absolute.series.median < GOAL_KIB_PER_SESSION
+            absolute.note = f"goal: under {GOAL_KIB_PER_SESSION} KiB — " + (
+                "met" if met else "**not met**"
+            )
 
 
 def _traced(dispatch: DispatchServer) -> list[str]:

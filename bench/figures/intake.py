@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import os
 
-from bench.figures.common import Context, cpu_window, profile_during, rotated, settle
+from bench.figures.common import (
+    Context,
+    cpu_window,
+    flame_graph,
+    profile_during,
+    rotated,
+    settle,
+)
 from bench.limits import cpu_line, peer_cpu_lines, profile_lines
 from bench.load import MESSAGE_BYTES, SESSIONS, run_source
 from bench.peers.base import Server
@@ -132,3 +139,4 @@ def _profile(ctx: Context, figure: Figure, dispatch: DispatchServer) -> None:
     figure.profile_label = "Dispatch during intake (new connection per message)"
     figure.limits.append(cpu_line(DISPATCH, window, os.cpu_count() or 1))
     figure.limits += profile_lines(summary)
+    flame_graph(ctx, figure, dispatch, load)
