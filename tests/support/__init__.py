@@ -7,6 +7,9 @@
   for a condition, in a blocking and a Trio form.
 - :mod:`tests.support.sink`: :class:`~tests.support.sink.Sink`, the one test SMTP upstream
   (aiosmtpd), and its ``start_sink`` / ``pki`` fixtures.
+- :mod:`tests.support.postgres`: a real PostgreSQL 15 for the session (``postgres_cluster``,
+  started as the ``postgres`` user on a free loopback port) and a fresh database per test
+  (``postgres_url``); loaded as a plugin, so any test may ask for them.
 
 The real ``python -m dispatch`` subprocess and free ports stay in ``tests/conftest.py``.
 """
