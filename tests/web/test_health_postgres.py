@@ -22,6 +22,7 @@ import trio
 
 from tests.delivery.harness import Running
 from tests.support.postgres import Cluster
+from tests.support.waiting import wait_until_async
 from tests.web.test_health import dashboard
 
 DEADLINE = 0.8
@@ -121,3 +122,28 @@ async def test_a_stopped_server_is_degraded_in_time_and_the_log_catches_up(
     assert back[-1]["status"] == "healthy", back
     for history in histories:
         assert "received" in [event.event for event in history]
+
+
+async def test_a_node_starts_without_its_database_and_catches_up(
+    tmp_path: Path, postgres_cluster: Cluster
+) -> None:
+    """Started while its database does not exist yet (as after a failed restore): the node
+    is ready, accepts mail, says ``degraded``; once the database exists it is migrated and
+    the journaled log lands in it."""
+    name = f"late_{tmp_path.name}".replace("-", "_")[:60]
+    url = postgres_cluster.url(name)
+    async with dashboard(tmp_path, database={"url": url}) as (dispatch, client):
+        queue_id = await mail_goes_on(dispatch, 1)
+        before = (await client.get("/health")).json()
+        log = dispatch.parts.store.log
+        await wait_until_async(lambda: log.journaled_total > 0)
+        with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        with trio.fail_after(30):
+            await log.wait_until_written()
+        history = await dispatch.history(queue_id)
+        after = (await client.get("/health")).json()
+    assert before["status"] == "degraded"
+    assert before["database"]["reachable"] is False
+    assert "received" in [event.event for event in history]
+    assert after["database"]["reachable"] is True
