@@ -66,20 +66,15 @@ class DeliverySuppression:
         self._settings = settings
         self._stats = stats
 
-    async def skip(
-        self, recipients: Iterable[str], route: str | None = None
-    ) -> dict[str, RecipientResult]:
+    async def skip(self, recipients: Iterable[str]) -> dict[str, RecipientResult]:
         """The suppressed ``recipients``, each with the failed result it gets instead of a
-        delivery attempt."""
+        delivery attempt. Reads the list's in-memory copy, which a database outage leaves
+        as it was (``SuppressionList.check``)."""
         if not self._settings().enabled:
             return {}
         skipped: dict[str, RecipientResult] = {}
         for recipient in recipients:
-            try:
-                entry = await self._suppressions.check(recipient)
-            except SuppressionList.unavailable_errors as exc:  # pragma: no cover - see check
-                log.warning("suppression list unavailable (%s); not checked", exc)
-                return skipped
+            entry = await self._suppressions.check(recipient)
             if entry is None:
                 continue
             response = (
@@ -87,7 +82,7 @@ class DeliverySuppression:
                 f"{until_text(entry)} after a hard bounce ({entry.reason}); not sent. "
                 f"Remove it with: dispatch suppression remove {recipient}"
             )
-            skipped[recipient] = RecipientResult("failed", response, None, time.time(), route)
+            skipped[recipient] = RecipientResult("failed", response, None, time.time())
         if skipped:
             self._stats.suppressed.add("delivery", len(skipped))
         return skipped
