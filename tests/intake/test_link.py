@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from dispatch.config.settings import ListenerSettings, SmtpUser
-from dispatch.config.types import Cidr, Port, PositiveInt, Secret
+from dispatch.config.types import Cidr, Port, PositiveInt, ProcessCount, Secret
 from dispatch.intake import link as link_module
 from dispatch.intake.link import (
     FROM_WORKER,
@@ -52,7 +52,7 @@ def listener_settings() -> ListenerSettings:
         allowed_cidrs=(Cidr("127.0.0.0/8"),),
         max_message_bytes=PositiveInt(123_456),
         users=(SmtpUser("app", Secret(ARGON2)),),
-        processes=PositiveInt(3),
+        processes=ProcessCount(3),
     )
 
 
