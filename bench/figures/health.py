@@ -15,7 +15,7 @@ from collections import Counter
 
 import trio
 
-from bench.figures.common import Context, settle, started
+from bench.figures.common import Context, flame_graph, settle, started
 from bench.health_probe import PROBE_INTERVAL, HealthRun, probe_for, probe_while
 from bench.load import run_source
 from bench.peers.base import RelayMode
@@ -58,6 +58,11 @@ def measure(ctx: Context) -> Figure:
                 _record(figure, condition, run, pooled[condition], number)
                 settle()
         _summarise(figure, pooled)
+
+        def probed_intake() -> None:
+            _probe(ctx, dispatch, url, "intake at full speed")
+
+        flame_graph(ctx, figure, dispatch, probed_intake)  # where the event loop's time goes
     return figure
 
 

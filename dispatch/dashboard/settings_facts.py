@@ -134,7 +134,7 @@ def self_signed_paths(settings: Settings) -> tuple[Path, Path]:
 class FolderUsage:
     name: str
     files: int
-    messages: int  # envelopes (.json): one per message
+    messages: int  # bodies (.eml): one per message, whichever form its envelope takes
     bytes: int
 
 
@@ -150,7 +150,7 @@ def _folder(path: Path) -> FolderUsage:
                 except FileNotFoundError:
                     continue  # removed while we looked
                 files += 1
-                messages += entry.name.endswith(".json")
+                messages += entry.name.endswith(".eml")
     except FileNotFoundError:
         pass
     return FolderUsage(path.name, files, messages, size)
