@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import trio
 
-from bench.figures.common import Context, rotated, settle
+from bench.figures.common import Context, flame_graph, rotated, settle
 from bench.latency import POOL_SIZE, fixed_rate
 from bench.peers.base import Server
+from bench.peers.dispatch_daemon import DispatchServer
 from bench.results import DISPATCH, Comparison, Figure, NotMeasured
 from bench.stats import TIMES, percentile
 
@@ -59,6 +60,14 @@ def measure(ctx: Context, servers: list[Server], missing: list[NotMeasured]) -> 
                         metric, server.name, ours[metric], theirs[metric], higher_is_better=False
                     )
                 )
+    dispatch = next((s for s in servers if isinstance(s, DispatchServer)), None)
+    if dispatch is not None:
+
+        def offered() -> None:  # the same schedule, lasting past the graph's seconds
+            seconds = max(plan.latency_seconds, plan.profile_seconds + 2)
+            trio.run(fixed_rate, dispatch.port, plan.latency_rate, seconds)
+
+        flame_graph(ctx, figure, dispatch, offered)
     return figure
 
 
