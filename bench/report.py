@@ -164,7 +164,9 @@ COMMON_METHOD = """\
   Dispatch they are split into the main process's Trio thread, its worker threads and the
   intake worker processes. Profiles come from Dispatch's `/debug/profile` (pyinstrument on
   the main process's Trio thread; worker threads doing fsync and SQLite, and the intake
-  worker process, are not sampled), taken in an extra run that is not counted.
+  worker process, are not sampled), taken in an extra run that is not counted; the flame
+  graphs (`flames/<figure>.svg`, py-spy) cover every thread of every Dispatch process, in
+  one more uncounted run.
 - Other work on the machine during the run (other engineers' test suites) adds noise; the
   spreads show how much.
 """
