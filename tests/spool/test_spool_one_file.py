@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,28 @@ INCOMING, PROCESSING, FAILED = (
     MessageState.PROCESSING,
     MessageState.FAILED,
 )
+
+
+@pytest.fixture
+def ramfs(tmp_path: Path) -> Iterator[Path]:
+    """A ramfs: a real file system without user extended attributes (setxattr: ENOTSUP).
+
+    Mounting needs root, as the disk-full tests' tmpfs does; without it this fails.
+    """
+    mountpoint = tmp_path / "ramfs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "ramfs", "-o", "mode=0700", "ramfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"could not mount a ramfs at {mountpoint}: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
 
 
 def one_file(root: Path, state: MessageState, envelope: Envelope, body: bytes) -> Path:
@@ -139,3 +163,20 @@ async def test_a_worker_process_one_file_commit_is_adopted_after_it_ended(tmp_pa
     assert await spool.adopt_unannounced(settle_seconds=0.01) == 1
     assert spool.get(unannounced.id).envelope == unannounced
     assert await spool.adopt_unannounced(settle_seconds=0.01) == 0
+
+
+async def test_without_user_attributes_every_message_is_a_pair(ramfs: Path) -> None:
+    spool = await Spool.open(ramfs / "spool")
+    incoming = spool.directory / "incoming"
+    with pytest.raises(OSError, match="not supported"):
+        os.setxattr(ramfs, ENVELOPE_XATTR, b"{}")
+    envelope = await commit(spool, b"on ramfs\r\n")
+    assert sorted(os.listdir(incoming)) == [f"{envelope.id}.eml", f"{envelope.id}.json"]
+    await spool.claim(envelope.id)
+    await spool.release(envelope.after_attempt(next_attempt_at=0.0, error="421 later"))
+    reopened = await Spool.open(spool.directory)
+    assert reopened.get(envelope.id).envelope.attempts == 1
+    assert reopened.message_path(envelope.id).read_bytes() == b"on ramfs\r\n"
+    await reopened.claim(envelope.id)
+    await reopened.remove(envelope.id)
+    assert placed(spool.directory) == {}
