@@ -13,7 +13,9 @@ key                        what goes once it is older than the key
                            two keys, and forever if either key is ``0``
 ``audit_log_days``         audit-log rows
 ``failed_spool_days``      messages in the spool's ``failed/`` (by the time their envelope was
-                           last written: when delivery gave up), body and envelope
+                           last written: when delivery gave up), body and envelope; and bodies
+                           start-up set aside in ``orphaned/`` (by the time set aside; counted
+                           with them)
 ``captured_days``          copies in ``captured/``, the Local inbox (by the time captured)
 =========================  ====================================================================
 

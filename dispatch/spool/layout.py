@@ -7,6 +7,7 @@ Layout under the spool directory (SPEC §5)::
     failed/      given up; waits for an operator's retry or delete
     captured/    the Local inbox: copies made by the ``local`` relay
     tmp/         files being written; anything here at start-up is a leftover
+    orphaned/    bodies start-up found without any envelope, set aside (created on demand)
 
 A message is ``<id>.eml`` (the bytes exactly as received) and its envelope, in one of two
 forms:
@@ -22,7 +23,8 @@ The directory holding the ``.json`` — or, without one, the ``.eml`` that carri
 attribute — is the message's state; the ``.json`` is moved last and removed first, which is
 what makes every crash repairable (see ``recovery.py``). Copies of a spool must keep
 extended attributes (``cp -a``, ``rsync -aX``, ``tar --xattrs``): a one-file message whose
-attribute was dropped is a body without an envelope, which start-up deletes.
+attribute was dropped is a body without an envelope, which start-up sets aside in
+``orphaned/`` (never deletes: see ``recovery.py``).
 
 Everything here blocks: call it from ``trio.to_thread.run_sync``, never from the Trio thread.
 """
@@ -71,6 +73,7 @@ class SpoolLayout:
         self.root = root
         self.tmp = root / "tmp"
         self.captured = root / "captured"
+        self.orphaned = root / "orphaned"
         self.state_dirs = {state: root / state.value for state in MessageState}
         self.state_dir_strings = {state: str(path) for state, path in self.state_dirs.items()}
 

@@ -18,8 +18,9 @@ anything in ``tmp/``                               deleted (an unfinished write)
 a one-file ``.eml`` (envelope attribute), no      kept (if there are several: the one in
 ``.json``                                          failed > incoming > processing; the
                                                    others deleted)
-``.eml`` without any envelope                      deleted (never acknowledged, or delivered
-                                                   and interrupted while being removed)
+``.eml`` without any envelope                      **set aside**, never deleted: moved to
+                                                   ``orphaned/<id>.eml`` and counted; one
+                                                   warning per start-up (see below)
 ``.json`` without any ``.eml``                     envelope moved to ``failed/`` with
                                                    ``last_error = "message body missing"``,
                                                    warning logged (someone removed the body)
@@ -31,6 +32,17 @@ an envelope that does not decode                   left where it is, not indexed
                                                    error with its path (an operator decides)
 a file whose name is not ``<id>.eml|json``         left alone, logged
 =================================================  =========================================
+
+A body without any envelope is what an interrupted removal leaves (the envelope goes first:
+``transitions.py``) or a commit that failed before it was acknowledged — but also what a copy
+of the spool that dropped extended attributes (plain ``cp``, ``tar`` without ``--xattrs``,
+``rsync -a`` without ``-X``, some network file systems) makes of *every* waiting one-file
+message. Recovery cannot tell these apart, and deleting would lose acknowledged mail in the
+last case, so such bodies go to ``orphaned/`` (created when first needed; a name already
+taken there gets a ``.1``, ``.2``... before ``.eml``), and one warning names the directory,
+the count and what to do. Retention removes them after ``retention.failed_spool_days``
+(``sweep.py``). A body beside another copy of the same id that does carry an envelope is a
+duplicate, not an orphan, and is deleted as before.
 
 Then every envelope is decoded and the entries returned for the index. All of it blocks and
 runs in one thread hop from :meth:`Spool.open`; the repairs are made durable with one fsync
@@ -54,6 +66,7 @@ from dispatch.spool.errors import CorruptEnvelopeError
 from dispatch.spool.ids import is_valid_id
 from dispatch.spool.index import SpoolEntry
 from dispatch.spool.layout import (
+    DIRECTORY_MODE,
     EML,
     JSON,
     MessageState,
@@ -82,7 +95,7 @@ class RecoveryReport:
     tmp_files_removed: int = 0
     claims_returned: int = 0
     split_pairs_repaired: int = 0
-    orphan_bodies_deleted: int = 0
+    orphan_bodies_set_aside: int = 0
     bodiless_envelopes_failed: int = 0
     duplicate_envelopes_removed: int = 0
     corrupt_envelopes: list[Path] = attrs.Factory(list)
@@ -95,7 +108,8 @@ class RecoveryReport:
             f"{self.messages} messages in {self.seconds:.2f}s; "
             f"tmp files removed {self.tmp_files_removed}, claims returned "
             f"{self.claims_returned}, split pairs repaired {self.split_pairs_repaired}, "
-            f"orphan bodies deleted {self.orphan_bodies_deleted}, bodiless envelopes failed "
+            f"bodies without envelope set aside in orphaned/ {self.orphan_bodies_set_aside}, "
+            f"bodiless envelopes failed "
             f"{self.bodiless_envelopes_failed}, duplicate envelopes removed "
             f"{self.duplicate_envelopes_removed}, corrupt envelopes "
             f"{len(self.corrupt_envelopes)}, unknown files {len(self.unknown_files)}"
@@ -108,7 +122,7 @@ class RecoveryReport:
                 self.tmp_files_removed,
                 self.claims_returned,
                 self.split_pairs_repaired,
-                self.orphan_bodies_deleted,
+                self.orphan_bodies_set_aside,
                 self.bodiless_envelopes_failed,
                 self.duplicate_envelopes_removed,
             )
@@ -140,6 +154,9 @@ def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
             entries.append(entry)
     for directory in layout.state_dirs.values():
         fsync_dir(directory)
+    if report.orphan_bodies_set_aside:
+        fsync_dir(layout.orphaned)
+        _warn_set_aside(layout, report.orphan_bodies_set_aside)
     report.messages = len(entries)
     report.seconds = time.monotonic() - started
     return entries, report
@@ -209,22 +226,53 @@ def _settle(
 def _settle_one_file(
     layout: SpoolLayout, message_id: str, bodies: list[MessageState], report: RecoveryReport
 ) -> tuple[MessageState, bool, bytes | None] | None:
-    """Bodies without a ``.json``: the first carrying an envelope attribute is the message."""
+    """Bodies without a ``.json``: the first carrying an envelope attribute is the message,
+    the others are its duplicates; if none carries one, every body is set aside."""
+    ordered = sorted(bodies, key=_JSON_PRIORITY.index)
     kept: tuple[MessageState, bytes] | None = None
-    for state in sorted(bodies, key=_JSON_PRIORITY.index):
-        envelope = None if kept else attached_envelope(layout.path(state, message_id, EML))
+    for state in ordered:
+        envelope = attached_envelope(layout.path(state, message_id, EML))
         if envelope is not None:
             kept = (state, envelope)
-            continue
-        os.unlink(layout.path(state, message_id, EML))
-        if kept:
-            report.duplicate_envelopes_removed += 1
-        else:
-            report.orphan_bodies_deleted += 1
+            break
     if kept is None:
+        for state in ordered:
+            _set_aside(layout, message_id, state)
+            report.orphan_bodies_set_aside += 1
         return None
     state, envelope = kept
+    for other in ordered:
+        if other is not state:
+            os.unlink(layout.path(other, message_id, EML))
+            report.duplicate_envelopes_removed += 1
     return _unclaimed(layout, message_id, state, report), True, envelope
+
+
+def _set_aside(layout: SpoolLayout, message_id: str, state: MessageState) -> None:
+    """Move a body without any envelope to ``orphaned/``, never over an earlier one."""
+    if not layout.orphaned.is_dir():
+        layout.orphaned.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+        fsync_dir(layout.root)
+    target = layout.orphaned / f"{message_id}{EML}"
+    copy = 0
+    while target.exists():
+        copy += 1
+        target = layout.orphaned / f"{message_id}.{copy}{EML}"
+    os.rename(layout.path(state, message_id, EML), target)
+
+
+def _warn_set_aside(layout: SpoolLayout, count: int) -> None:
+    logger.warning(
+        "spool: %d message bodies had no envelope and were set aside in %s, not delivered. "
+        "If this spool was restored from a backup or copied by a tool that drops extended "
+        "attributes (plain cp, tar without --xattrs, rsync -a without -X), stop Dispatch and "
+        "restore or copy it again keeping them (tar --xattrs, rsync -aX, cp -a) to get these "
+        "messages back; otherwise they are bodies of messages already delivered or deleted "
+        "whose removal was interrupted, and may be deleted (retention removes them after "
+        "retention.failed_spool_days)",
+        count,
+        layout.orphaned,
+    )
 
 
 def _unclaimed(

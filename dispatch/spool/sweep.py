@@ -7,6 +7,10 @@ knows where the files are and how to remove them without breaking the spool's ru
   :meth:`Spool.delete` (envelope first, index updated, never while another operation holds
   the message). A message's age is the modification time of its envelope, i.e. when the
   envelope was last written: normally when delivery gave up on it.
+* **orphaned/**: bodies start-up recovery found without any envelope and set aside
+  (``recovery.py``); swept with failed/ under the same age. Not indexed; a body's age is its
+  change time, which the rename into ``orphaned/`` set. Only names recovery gives
+  (``<spool id>.eml``, ``<spool id>.<n>.eml``) are removed.
 * **captured/** (the Local inbox): not indexed; a copy's age is the modification time of its
   envelope, which the ``local`` relay writes last (``spool list --state captured`` shows the
   same time as ``captured_at``). A body without an envelope is an interrupted capture: it is
@@ -93,6 +97,26 @@ class SpoolSweeper:
                 except SpoolError as exc:
                     return SweepResult(removed, str(exc))
                 removed += 1
+        orphans = await self._remove_orphaned(older_than)
+        return attrs.evolve(orphans, removed=removed + orphans.removed)
+
+    async def _remove_orphaned(self, older_than: float) -> SweepResult:
+        """Delete the bodies in ``orphaned/`` set aside before ``older_than`` (Unix time)."""
+        directory = self._layout.orphaned
+        try:
+            old = await trio.to_thread.run_sync(partial(_orphans_before, directory, older_than))
+        except OSError as exc:
+            return SweepResult(0, f"cannot list {directory}: {exc}")
+        removed = 0
+        for batch in _batches(old):
+            count, error = await trio.to_thread.run_sync(
+                partial(_remove_orphans, directory, batch, older_than)
+            )
+            removed += count
+            if error is not None:
+                return SweepResult(removed, f"cannot remove from {directory}: {error}")
+        if removed:
+            logger.info("spool: removed %d set-aside bodies from %s", removed, directory)
         return SweepResult(removed)
 
     def _unchanged(self, message_id: str, envelope: Envelope) -> bool:
@@ -201,6 +225,54 @@ def _remove_captured(
     finally:
         if removed:
             # Unlinks that are lost in a power cut come back and go at the next run.
+            with contextlib.suppress(OSError):
+                fsync_dir(directory)
+    return removed, None
+
+
+def _is_orphan_name(name: str) -> bool:
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or f".{suffix}" != EML:
+        return False
+    message_id, dot, copy = stem.rpartition(".")
+    if dot and copy.isdigit():
+        stem = message_id
+    return is_valid_id(stem)
+
+
+def _orphans_before(directory: Path, before: float) -> list[str]:
+    """Blocking: names of the set-aside bodies in ``directory`` older than ``before``."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []  # nothing was ever set aside
+    old = []
+    for name in sorted(filter(_is_orphan_name, names)):
+        with contextlib.suppress(FileNotFoundError):
+            if (directory / name).stat().st_ctime < before:
+                old.append(name)
+    return old
+
+
+def _remove_orphans(
+    directory: Path, names: Sequence[str], before: float
+) -> tuple[int, OSError | None]:
+    """Blocking: remove these set-aside bodies (each still old), then fsync the directory."""
+    removed = 0
+    try:
+        for name in names:
+            path = directory / name
+            try:
+                if path.stat().st_ctime >= before:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+    except OSError as exc:
+        return removed, exc
+    finally:
+        if removed:
             with contextlib.suppress(OSError):
                 fsync_dir(directory)
     return removed, None

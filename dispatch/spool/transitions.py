@@ -34,7 +34,9 @@ acknowledged message:
       fsync <state>/                                            here)
 
   Envelope first: a crash in between leaves a body without an envelope, which recovery
-  deletes (it was either never acknowledged or already finished). The other order would
+  sets aside in ``orphaned/`` (it was either never acknowledged or already finished; recovery
+  never deletes such a body, because a copy of the spool that dropped extended attributes
+  makes the same thing of a waiting one-file message). The other order would
   leave an envelope without a body, which recovery must treat as a damaged message and
   move to ``failed/`` — an alarm for a message that was in fact delivered.
 
@@ -177,7 +179,7 @@ def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) ->
 
     Raises ``OSError`` only if the envelope could not be removed (the message is then still
     there). Once the envelope is gone the message is gone: a failure to remove the body or
-    to fsync is logged, not raised — start-up recovery deletes an envelope-less body. A
+    to fsync is logged, not raised — start-up recovery sets an envelope-less body aside. A
     one-file message has no ``.json``: removing its ``.eml`` removes it.
     """
     try:

@@ -28,7 +28,8 @@ did, one fsync more::
     3. rename tmp/<id>.json -> incoming/<id>.json   (the commit point)
     4. fsync incoming/
 
-A crash between 2 and 3 leaves an ``.eml`` without an envelope, which start-up deletes.
+A crash between 2 and 3 leaves an ``.eml`` without an envelope, which start-up sets aside
+in ``orphaned/`` (``recovery.py``).
 
 If any step fails, everything this message put in ``tmp/`` or ``incoming/`` is removed
 before the error is raised: :class:`SpoolFullError` for ENOSPC/EDQUOT, otherwise
@@ -296,7 +297,7 @@ def _commit_sync(
         fsync_dir(incoming_dir)
     except BaseException:
         # Envelope first: without it the pair is never a message, even if the rest of the
-        # cleanup fails (start-up then deletes the envelope-less body).
+        # cleanup fails (start-up then sets the envelope-less body aside).
         for path in reversed(renamed):
             unlink_quietly(path)
         unlink_quietly(eml_tmp)

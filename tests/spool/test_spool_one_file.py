@@ -93,10 +93,11 @@ async def test_a_spool_of_old_pairs_and_one_file_messages_is_read_whole(
     assert spool.get(old_failed.id).envelope == old_failed
     assert spool.message_path(new_claimed.id).read_bytes() == b"new two"
     assert not (root / "incoming" / f"{stripped.id}.eml").exists()
+    assert (root / "orphaned" / f"{stripped.id}.eml").read_bytes() == b"stripped"
     assert broken_path.exists()
     assert tmp_files(root) == []
     report = spool.recovery_report
-    assert (report.claims_returned, report.orphan_bodies_deleted) == (1, 1)
+    assert (report.claims_returned, report.orphan_bodies_set_aside) == (1, 1)
     assert report.corrupt_envelopes == [broken_path]
     assert f"{broken_path}" in caplog.text
 

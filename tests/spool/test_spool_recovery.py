@@ -37,8 +37,8 @@ async def test_every_kind_of_leftover_is_repaired(
     fail_half_done = write_pair(root, FAILED, b"five", eml_state=PROCESSING)
     release_half_done = write_pair(root, PROCESSING, b"six", eml_state=INCOMING)
     # Bodies without envelopes: never acknowledged, or delivered while being removed.
-    write_pair(root, INCOMING, b"seven", with_json=False)
-    write_pair(root, FAILED, b"eight", with_json=False)
+    seven = write_pair(root, INCOMING, b"seven", with_json=False)
+    eight = write_pair(root, FAILED, b"eight", with_json=False)
     # An envelope whose body is gone.
     bodiless = write_pair(root, INCOMING, with_eml=False)
     # An unfinished commit and other junk in tmp/.
@@ -67,7 +67,19 @@ async def test_every_kind_of_leftover_is_repaired(
         k: v for k, v in expected.items() if k != bodiless.id
     }
     assert tmp_files(root) == []
-    assert set(on_disk) == set(expected) - {bodiless.id}  # the orphans are gone
+    assert set(on_disk) == set(expected) - {bodiless.id}  # the orphans left the state dirs
+    # ... but were set aside, never deleted: a copy that dropped attributes looks the same.
+    assert {p.name: p.read_bytes() for p in (root / "orphaned").iterdir()} == {
+        f"{seven.id}.eml": b"seven",
+        f"{eight.id}.eml": b"eight",
+        f"{half_commit.id}.eml": b"nine",
+    }
+    assert (root / "orphaned").stat().st_mode & 0o777 == 0o700
+    set_aside = [r for r in caplog.records if "had no envelope" in r.getMessage()]
+    assert len(set_aside) == 1
+    assert f"3 message bodies had no envelope and were set aside in {root / 'orphaned'}" in (
+        set_aside[0].getMessage()
+    )
 
     assert {e.id: e.state for e in spool.entries()} == expected
     counts = spool.counts()
@@ -83,13 +95,16 @@ async def test_every_kind_of_leftover_is_repaired(
     assert report.tmp_files_removed == 3
     assert report.claims_returned == 2  # claimed + release_half_done (its .json in processing)
     assert report.split_pairs_repaired == 3
-    assert report.orphan_bodies_deleted == 3
+    assert report.orphan_bodies_set_aside == 3
+    assert "bodies without envelope set aside in orphaned/ 3" in report.summary()
     assert report.bodiless_envelopes_failed == 1
 
-    # A second start finds nothing to repair and the same messages.
+    # A second start finds nothing to repair and the same messages; the set-aside bodies
+    # stay where they are.
     again = await Spool.open(root)
     assert not again.recovery_report.repaired_anything
     assert {e.id: e.state for e in again.entries()} == expected
+    assert len(list((root / "orphaned").iterdir())) == 3
 
 
 async def test_corrupt_envelope_is_left_for_an_operator(
