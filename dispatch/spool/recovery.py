@@ -108,7 +108,7 @@ class RecoveryReport:
             f"{self.messages} messages in {self.seconds:.2f}s; "
             f"tmp files removed {self.tmp_files_removed}, claims returned "
             f"{self.claims_returned}, split pairs repaired {self.split_pairs_repaired}, "
-            f"bodies without envelope set aside in orphaned/ {self.orphan_bodies_set_aside}, "
+            f"orphan bodies set aside {self.orphan_bodies_set_aside}, "
             f"bodiless envelopes failed "
             f"{self.bodiless_envelopes_failed}, duplicate envelopes removed "
             f"{self.duplicate_envelopes_removed}, corrupt envelopes "
