@@ -42,7 +42,7 @@ last case, so such bodies go to ``orphaned/`` (created when first needed; a name
 taken there gets a ``.1``, ``.2``... before ``.eml``), and one warning names the directory,
 the count and what to do. Retention removes them after ``retention.failed_spool_days``
 (``sweep.py``). A body beside another copy of the same id that does carry an envelope is a
-duplicate, not an orphan, and is deleted as before.
+duplicate, not an orphan, and is deleted.
 
 Then every envelope is decoded and the entries returned for the index. All of it blocks and
 runs in one thread hop from :meth:`Spool.open`; the repairs are made durable with one fsync
@@ -152,10 +152,13 @@ def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
         )
         if entry is not None:
             entries.append(entry)
+    if report.orphan_bodies_set_aside:
+        # The destination first: a power cut in between then leaves a body in both places
+        # (set aside again at the next start), never in neither.
+        fsync_dir(layout.orphaned)
     for directory in layout.state_dirs.values():
         fsync_dir(directory)
     if report.orphan_bodies_set_aside:
-        fsync_dir(layout.orphaned)
         _warn_set_aside(layout, report.orphan_bodies_set_aside)
     report.messages = len(entries)
     report.seconds = time.monotonic() - started
