@@ -166,7 +166,7 @@ def build_parts(
         record,
         stats,
         tracer,
-        bounces=Bounces(spool, lambda: settings.current, stats, record),
+        bounces=Bounces(spool, lambda: settings.current, stats, record, bounced=webhooks.bounced),
         suppression=DeliverySuppression(
             store.suppressions, lambda: settings.current.suppression, stats
         ),

@@ -17,6 +17,12 @@ what the attempt decided:
 The recipients of one call share one report, so a message gets exactly one DSN when it
 fails, however many log rows its failure writes.
 
+A report with ``Action: failed`` recipients, once written, is also handed to ``bounced``
+(the composition root wires the webhook sender's ``bounced``): one ``bounced`` webhook event
+about the original message — its id and sender, the failed recipients, their diagnostics —
+and the DSN's spool id. The message log gets no row for it: it keeps the original's
+``failed`` rows and the DSN's own ``received`` row.
+
 Loop safety (RFC 3461 §6.2, RFC 5321 §4.5.5): nothing is ever sent about a message from the
 null reverse path, about a DSN Dispatch made (source ``bounce``), or about a message whose
 header says it is a delivery report (``multipart/report; report-type=delivery-status``). The
@@ -53,6 +59,11 @@ Settled = Literal["delivered", "failed", "retried"]
 HEADER_BYTES: Final = 262_144  # read of the original when only its headers are returned
 BOUNCE_TAG: Final = "bounce"
 
+Bounced = Callable[[MessageEvent, str], None]
+"""Told of each failure notice queued: the failure it reports about the original message
+(a ``failed`` event that is not a log row: message id, sender, the failed recipients, the
+diagnostics in ``response``) and the DSN's spool id. Must not block or raise."""
+
 
 def _read(path: str, limit: int | None) -> bytes:
     with open(path, "rb") as file:  # a worker thread's plain read
@@ -87,11 +98,14 @@ class Bounces:
         settings: Callable[[], Settings],
         stats: Stats,
         record: Callable[[MessageEvent], None],
+        *,
+        bounced: Bounced | None = None,
     ) -> None:
         self._spool = spool
         self._settings = settings
         self._stats = stats
         self._record = record
+        self._bounced = bounced
 
     async def settled(
         self, envelope: Envelope, outcome: Settled, delivered_now: Iterable[str]
@@ -251,3 +265,34 @@ class Bounces:
                 tags=dsn.tags,
             )
         )
+        failed = [report for report in reports if report.action == "failed"]
+        if failed and self._bounced is not None:
+            self._bounced(_failure(envelope, failed, dsn.received_at), dsn.id)
+
+
+def _failure(envelope: Envelope, failed: list[RecipientReport], at: float) -> MessageEvent:
+    """What a ``bounced`` event says about the original: the failed recipients, their
+    distinct diagnostics, and the relay and route when they all had the same one."""
+    recipients = [report.recipient for report in failed]
+    places = {_place(envelope, recipient) for recipient in recipients}
+    relay, route = places.pop() if len(places) == 1 else (None, None)
+    return MessageEvent(
+        message_id=envelope.id,
+        event="failed",
+        at=at,
+        source=None if envelope.source == "bounce" else envelope.source,
+        sender=envelope.mail_from,
+        recipients=recipients,
+        size=envelope.size,
+        tags=envelope.tags,
+        relay=relay,
+        route=route,
+        attempt=envelope.attempts,
+        response="; ".join(dict.fromkeys(report.response for report in failed)),
+    )
+
+
+def _place(envelope: Envelope, recipient: str) -> tuple[str | None, str | None]:
+    """The relay and route of a recipient's last outcome (a result, else a deferral)."""
+    known = envelope.recipient_results.get(recipient) or envelope.deferrals.get(recipient)
+    return (known.relay, known.route) if known is not None else (None, None)

@@ -1,6 +1,7 @@
 """What a webhook call says and how it is signed: pure functions, no I/O.
 
-The event types a receiver sees, from the message log's events (``storage/records.py``):
+The event types a receiver sees, three from the message log's events
+(``storage/records.py``) and one from delivery's bounces:
 
 =================  ============  ====================================================
 message log        webhook       when
@@ -8,10 +9,13 @@ message log        webhook       when
 ``delivered``      delivered     a relay accepted the recipients
 ``retried``        deferred      refused for now (4xx, timeout); a retry is scheduled
 ``failed``         failed        refused for good (5xx) or retries exhausted
-``bounced``        bounced       a bounce (DSN) was made for the message
+(none)             bounced       a failure notice (DSN, RFC 3464) to the sender was
+                                 queued (:func:`bounce_payload`)
 =================  ============  ====================================================
 
-``received`` and ``denied`` are not sent.
+``received`` and ``denied`` are not sent. ``bounced`` has no row of its own in the message
+log, which keeps the original's ``failed`` and the DSN's own ``received``: its ``id`` is made
+for the call, and ``log_event`` is ``null``.
 
 The body is JSON (UTF-8) made once, when the event is put in the outbox: every attempt sends
 the same bytes, so ``id`` (the message log's ``event_id``) lets a receiver drop a duplicate.
@@ -40,9 +44,10 @@ EVENT_TYPES: Final[Mapping[str, str]] = {
     "delivered": "delivered",
     "retried": "deferred",
     "failed": "failed",
-    "bounced": "bounced",
 }
 """The message log's event → the webhook's event type; others are not sent."""
+BOUNCED: Final = "bounced"
+"""The event type of a failure notice (DSN) queued to the sender; no log event maps to it."""
 
 SIGNATURE_HEADER: Final = "Dispatch-Signature"
 TIMESTAMP_HEADER: Final = "Dispatch-Timestamp"
@@ -86,6 +91,16 @@ def payload(event: MessageEvent, kind: str, node: str) -> dict[str, object]:
         "source": event.source,
         "node": node,
     }
+
+
+def bounce_payload(failure: MessageEvent, dsn_id: str, node: str) -> dict[str, object]:
+    """The document of a ``bounced`` call: ``failure`` is what the DSN reports about the
+    original message (its id, sender, the failed recipients, the diagnostic in ``response``),
+    not a message-log row; ``dsn_id`` is the DSN's own spool id."""
+    document = payload(failure, BOUNCED, node)
+    document["log_event"] = None
+    document["dsn_id"] = dsn_id
+    return document
 
 
 def body_of(document: Mapping[str, object]) -> bytes:

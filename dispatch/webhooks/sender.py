@@ -3,10 +3,12 @@
 Theory of operation
 -------------------
 Delivery hands every message-log event to :meth:`WebhookSender.record` (the composition root
-puts it beside ``MessageLog.record`` on the ``DeliveryAttempt``'s ``record`` seam). For an
-event some ``[[webhooks]]`` entry listens to, ``record`` builds the JSON body once, appends one
-owed call per receiver to the outbox (``outbox.py``: one ``write(2)``, no fsync, no waiting)
-and wakes the sender. It never blocks delivery and never raises.
+puts it beside ``MessageLog.record`` on the ``DeliveryAttempt``'s ``record`` seam), and each
+failure notice (DSN) that delivery's bounces queue to :meth:`WebhookSender.bounced` (the
+``bounced`` event, which has no message-log row). For an event some ``[[webhooks]]`` entry
+listens to, either builds the JSON body once, appends one owed call per receiver to the outbox
+(``outbox.py``: one ``write(2)``, no fsync, no waiting) and wakes the sender. Neither blocks
+delivery, neither raises.
 
 The sender task (:meth:`WebhookSender.run`) owns the calls' far end. Each turn it writes what
 a failed write kept in memory, fsyncs the outbox (a worker thread), rewrites it when settled
@@ -105,14 +107,34 @@ class WebhookSender:
         except Exception:
             log.exception("could not queue the webhook calls of event %s", event.event_id)
 
+    def bounced(self, failure: MessageEvent, dsn_id: str) -> None:
+        """Owe a ``bounced`` call to every receiver listening to it: a failure notice (DSN)
+        with spool id ``dsn_id`` was queued about ``failure`` (the original message, the
+        failed recipients, the diagnostic; see ``payload.bounce_payload``). Called by
+        delivery's bounces through the composition root. Never blocks, never raises."""
+        try:
+            self._owe(
+                payload.BOUNCED,
+                failure,
+                lambda: payload.bounce_payload(failure, dsn_id, self._node),
+            )
+        except Exception:
+            log.exception("could not queue the bounced calls of message %s", failure.message_id)
+
     def _record(self, event: MessageEvent) -> None:
         kind = payload.event_type(event)
         if kind is None:
             return
+        self._owe(kind, event, lambda: payload.payload(event, kind, self._node))
+
+    def _owe(
+        self, kind: str, event: MessageEvent, document: Callable[[], dict[str, object]]
+    ) -> None:
+        """Append one call per receiver listening to ``kind`` (the body made only then)."""
         hooks = [hook for hook in self._webhooks() if kind in hook.events]
         if not hooks:
             return
-        body = payload.body_of(payload.payload(event, kind, self._node))
+        body = payload.body_of(document())
         calls = [
             OwedCall(
                 call_id=new_call_id(),

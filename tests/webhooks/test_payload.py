@@ -33,7 +33,16 @@ def test_the_log_events_map_to_the_webhook_events() -> None:
     assert payload.event_type(event("failed")) == "failed"
     assert payload.event_type(event("received")) is None
     assert payload.event_type(event("denied")) is None
-    assert payload.EVENT_TYPES["bounced"] == "bounced"
+    assert "bounced" not in payload.EVENT_TYPES.values()  # no log event: bounce_payload
+
+
+def test_a_bounced_document_is_about_the_original_and_names_the_dsn() -> None:
+    document = payload.bounce_payload(event("failed"), "spl_THEDSN", "relay-1")
+    assert document["event"] == "bounced"
+    assert document["log_event"] is None  # no row of the message log
+    assert document["dsn_id"] == "spl_THEDSN"
+    assert document["response"] == "451 4.3.0 try later"
+    assert set(document) == set(payload.payload(event("failed"), "failed", "n")) | {"dsn_id"}
 
 
 def test_the_body_is_compact_utf8_json_with_every_field() -> None:
