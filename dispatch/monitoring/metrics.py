@@ -48,11 +48,17 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from dispatch import __version__
+from dispatch.monitoring.feature_families import (
+    bounce_families,
+    dkim_families,
+    outbound_families,
+    webhook_families,
+    with_known,
+)
 from dispatch.monitoring.file_figures import FileFigures
 from dispatch.monitoring.stats import (
     RELAY_OUTCOMES,
     RETENTION_KINDS,
-    CounterMap,
     Histogram,
     Stats,
     relay_outcomes,
@@ -69,9 +75,6 @@ DELIVERY_OUTCOMES: Final = ("delivered", "permanent", "transient")
 REFRESH_INTERVAL: Final = 5.0
 """Seconds between refreshes of :class:`DatabaseFigures`: a scrape every 15 s sees figures at
 most this old, and the database answers three indexed queries each time."""
-
-_TLS_STATUSES: Final = ("plain", "tls:secure", "tls:insecure", "tls:failed")
-"""``dispatch/smtpOut/tlsCount`` keys, chasquid's (dispatch/relays/smtp_session.py)."""
 
 # Label values that exist before anything happened, so rate() and alerts have a series.
 _KNOWN_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
@@ -230,10 +233,10 @@ class MetricsCollector:
         yield from self._relay_families(populated, relays)
         yield from self._spool_and_files(populated)
         yield self._retention_success(populated)
-        yield from self._dkim_families(populated)
-        yield from self._bounce_families(populated)
-        yield from self._webhook_families(populated)
-        yield from self._outbound_families(populated)
+        yield from dkim_families(self._stats, populated)
+        yield from bounce_families(self._stats, populated)
+        yield from webhook_families(self._stats, populated)
+        yield from outbound_families(self._stats, populated)
         info = GaugeMetricFamily(
             "dispatch_build_info",
             "Dispatch version and Python version of this process (always 1)",
@@ -322,7 +325,7 @@ class MetricsCollector:
         for key, name, counter_map, label in simple:
             family = CounterMetricFamily(name, counter_map.help, labels=[label])
             if populated:
-                for value, count in _with_known(counter_map, _KNOWN_VALUES.get(key, ())):
+                for value, count in with_known(counter_map, _KNOWN_VALUES.get(key, ())):
                     family.add_metric([value], count)
             yield family
         loops = CounterMetricFamily("dispatch_smtp_loops_detected", s.smtp_loops.help)
@@ -336,108 +339,6 @@ class MetricsCollector:
             for (kind, outcome), count in self._delivery_attempts(relays).items():
                 attempts.add_metric([kind, outcome], count)
         yield attempts
-
-    def _outbound_families(self, populated: bool) -> Iterator[Metric]:
-        """Outbound SMTP security (docs/delivery.md, docs/deliverability.md#mta-sts): TLS
-        status per connection, security level checks, MTA-STS checks and its cache."""
-        s = self._stats
-        for name, counter_map, label, known in (
-            ("dispatch_smtp_out_tls", s.smtp_out_tls, "status", _TLS_STATUSES),
-            (
-                "dispatch_smtp_out_security_level_checks",
-                s.smtp_out_security_checks,
-                "result",
-                ("pass", "fail"),
-            ),
-            ("dispatch_sts_mode", s.sts_mode, "mode", ("enforce", "testing", "none")),
-            ("dispatch_sts_security_checks", s.sts_security, "result", ("pass", "fail")),
-        ):
-            family = CounterMetricFamily(name, counter_map.help, labels=[label])
-            if populated:
-                for value, count in _with_known(counter_map, known):
-                    family.add_metric([value], count)
-            yield family
-        for name, counter in (
-            ("dispatch_sts_cache_fetches", s.sts_cache_fetches),
-            ("dispatch_sts_cache_hits", s.sts_cache_hits),
-            ("dispatch_sts_cache_expired", s.sts_cache_expired),
-            ("dispatch_sts_cache_failed_fetches", s.sts_cache_failed_fetch),
-            ("dispatch_sts_cache_invalid", s.sts_cache_invalid),
-            ("dispatch_sts_cache_io_errors", s.sts_cache_io_errors),
-            ("dispatch_sts_cache_marshal_errors", s.sts_cache_marshal_errors),
-            ("dispatch_sts_cache_unmarshal_errors", s.sts_cache_unmarshal_errors),
-        ):
-            family = CounterMetricFamily(name, counter.help)
-            if populated:
-                family.add_metric([], counter.value)
-            yield family
-
-    def _webhook_families(self, populated: bool) -> Iterator[Metric]:
-        """Delivery webhooks (docs/webhooks.md): calls by result, and the calls still owed."""
-        s = self._stats
-        for name, counter in (
-            ("dispatch_webhook_queued", s.webhook_queued),
-            ("dispatch_webhook_sent", s.webhook_sent),
-            ("dispatch_webhook_retried", s.webhook_retried),
-            ("dispatch_webhook_failed", s.webhook_failed),
-            ("dispatch_webhook_outbox_errors", s.webhook_outbox_errors),
-        ):
-            family = CounterMetricFamily(name, counter.help)
-            if populated:
-                family.add_metric([], counter.value)
-            yield family
-        depth = GaugeMetricFamily(
-            "dispatch_webhook_outbox_depth",
-            "webhook calls in the outbox: not yet answered 2xx nor given up",
-        )
-        if populated:
-            depth.add_metric([], s.webhook_activity.outbox_depth)
-        yield depth
-
-    def _bounce_families(self, populated: bool) -> Iterator[Metric]:
-        """Bounces (DSNs) spooled, and the suppression list (docs/deliverability.md)."""
-        s = self._stats
-        for name, counter in (
-            ("dispatch_dsn_queued", s.dsn_queued),
-            ("dispatch_suppression_added", s.suppression_added),
-        ):
-            family = CounterMetricFamily(name, counter.help)
-            if populated:
-                family.add_metric([], counter.value)
-            yield family
-        refused = CounterMetricFamily(
-            "dispatch_suppression_refused", s.suppressed.help, labels=["where"]
-        )
-        if populated:
-            for value, count in _with_known(s.suppressed, ("intake", "delivery")):
-                refused.add_metric([value], count)
-        yield refused
-
-    def _dkim_families(self, populated: bool) -> Iterator[Metric]:
-        """DKIM (docs/deliverability.md): messages signed at delivery and signing failures;
-        received messages checked when listener.dkim_verify is on, and each signature's
-        result."""
-        s = self._stats
-        for name, counter in (
-            ("dispatch_dkim_signed", s.dkim_signed),
-            ("dispatch_dkim_sign_errors", s.dkim_sign_errors),
-            ("dispatch_dkim_verify_found", s.dkim_verify_found),
-            ("dispatch_dkim_verify_not_found", s.dkim_verify_not_found),
-            ("dispatch_dkim_verify_valid", s.dkim_verify_valid),
-            ("dispatch_dkim_verify_errors", s.dkim_verify_errors),
-        ):
-            family = CounterMetricFamily(name, counter.help)
-            if populated:
-                family.add_metric([], counter.value)
-            yield family
-        results = CounterMetricFamily(
-            "dispatch_dkim_verify_results", s.dkim_verify_results.help, labels=["result"]
-        )
-        if populated:
-            known = ("pass", "fail", "temperror", "permerror")
-            for value, count in _with_known(s.dkim_verify_results, known):
-                results.add_metric([value], count)
-        yield results
 
     def _retention_success(self, populated: bool) -> Metric:
         gauge = GaugeMetricFamily(
@@ -564,12 +465,6 @@ def _relays_by_name(relays: Iterable[RelayLike]) -> dict[str, RelayLike]:
     for relay in relays:
         by_name.setdefault(relay.name, relay)  # one series per name, whatever the caller gave
     return by_name
-
-
-def _with_known(counter_map: CounterMap, known: Iterable[str]) -> list[tuple[str, int]]:
-    values = dict.fromkeys(known, 0)
-    values.update(counter_map.values)
-    return sorted(values.items())
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
