@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -46,8 +45,6 @@ from dispatch.logs import configure_logging
 from dispatch.monitoring.flags import CommandLineFlag
 from dispatch.monitoring.webhook_activity import RECENT_CALLS
 from dispatch.security.passwords import hash_password
-from dispatch.storage import AUDIT_CATEGORIES
-from dispatch.storage.queries import MAX_SEARCH_LIMIT
 
 EXIT_OK: Final = 0
 EXIT_CANNOT_START: Final = 1
@@ -122,11 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         _add_hash_password,
         _add_set_admin_password,
         _add_api_key,
-        _add_spool,
-        _add_send_test,
+        spool_cli.add_parser,
+        spool_cli.add_send_test_parser,
         _add_route,
-        _add_audit,
-        _add_webhooks,
+        audit_cli.add_parser,
+        webhooks_cli.add_parser,
         dkim_cli.add_parser,
         suppression_cli.add_parser,
     ):
@@ -194,66 +191,6 @@ def _add_api_key(commands: Commands, common: argparse.ArgumentParser) -> None:
         key_parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _add_spool(commands: Commands, common: argparse.ArgumentParser) -> None:
-    spool = commands.add_parser(
-        "spool", parents=[common], help="look at and act on spooled messages"
-    )
-    spool_actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = spool_actions.add_parser("list", parents=[common], help="list spooled messages")
-    listing.add_argument(
-        "--state",
-        choices=("incoming", "processing", "failed", "captured"),
-        help="only these; captured: the Local inbox (mail the local relay delivered)",
-    )
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    for action, text in (
-        ("show", "show one message's envelope, per-recipient results and file path"),
-        ("retry", "move a failed message back to incoming, attempts reset; --all: flush"),
-        ("delete", "delete a message that is not being delivered"),
-    ):
-        one = spool_actions.add_parser(action, parents=[common], help=text)
-        if action == "retry":
-            _add_retry_options(one)
-        else:
-            one.add_argument("id", help="message id (spl_…)")
-        one.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _add_retry_options(retry: argparse.ArgumentParser) -> None:
-    retry.description = (
-        "retry ID: move a failed message back to incoming, due now, attempts reset. "
-        "retry --all: make every waiting message due now and move failed ones back to "
-        "incoming (like postqueue -f), e.g. after an upstream was fixed; needs the "
-        "running daemon."
-    )
-    retry.add_argument("id", nargs="?", help="message id (spl_…), or --all")
-    retry.add_argument("--all", dest="all_messages", action="store_true", help="every message")
-    retry.add_argument("--relay", help="with --all: only mail routed through this relay")
-    retry.add_argument(
-        "--state",
-        choices=("incoming", "failed"),
-        help="with --all: only waiting (incoming) or only failed messages",
-    )
-
-
-def _add_send_test(commands: Commands, common: argparse.ArgumentParser) -> None:
-    send_test = commands.add_parser(
-        "send-test",
-        parents=[common],
-        help="send a test message through one relay of the running daemon",
-    )
-    send_test.add_argument("--relay", required=True, help="relay name from the configuration")
-    send_test.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
-    send_test.add_argument(
-        "--from",
-        dest="sender",
-        default="dispatch-test@localhost",
-        metavar="ADDR",
-        help="sender address (default: dispatch-test@localhost)",
-    )
-    send_test.add_argument("--json", action="store_true", help="print JSON")
-
-
 def _add_route(commands: Commands, common: argparse.ArgumentParser) -> None:
     route = commands.add_parser("route", parents=[common], help="routing tools")
     route_actions = route.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -263,69 +200,6 @@ def _add_route(commands: Commands, common: argparse.ArgumentParser) -> None:
     simulate.add_argument("sender", metavar="FROM")
     simulate.add_argument("recipient", metavar="TO")
     simulate.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _argument[T](convert: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse ``type=`` that reports ``convert``'s ValueError message as it is."""
-
-    def checked(text: str) -> T:
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return checked
-
-
-def _add_audit(commands: Commands, common: argparse.ArgumentParser) -> None:
-    audit = commands.add_parser(
-        "audit",
-        parents=[common],
-        help="print the audit log (reloads, API keys, spool retries and deletes, throttling…)",
-        description="Print the newest audit log entries, oldest first (the newest is the last "
-        "line). Reads the database; no daemon needed.",
-    )
-    audit.add_argument(
-        "--since",
-        metavar="DURATION|TIMESTAMP",
-        type=_argument(lambda text: audit_cli.parse_since(text, now=time.time())),
-        help=f"only entries from then on: {audit_cli.SINCE_FORMS}; a timestamp without a "
-        "zone is UTC",
-    )
-    audit.add_argument(
-        "--category",
-        metavar="NAME",
-        type=_argument(audit_cli.parse_category),
-        help=f"only this category: {', '.join(AUDIT_CATEGORIES)}",
-    )
-    audit.add_argument(
-        "--limit",
-        metavar="N",
-        type=_argument(audit_cli.parse_limit),
-        default=audit_cli.DEFAULT_LIMIT,
-        help=f"the newest N entries (default {audit_cli.DEFAULT_LIMIT}, at most "
-        f"{MAX_SEARCH_LIMIT})",
-    )
-    audit.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _add_webhooks(commands: Commands, common: argparse.ArgumentParser) -> None:
-    webhooks = commands.add_parser(
-        "webhooks", parents=[common], help="the running daemon's delivery webhook calls"
-    )
-    actions = webhooks.add_subparsers(dest="action", metavar="ACTION", required=True)
-    recent = actions.add_parser(
-        "recent",
-        parents=[common],
-        help="the latest webhook calls, newest first, and how many are owed",
-        description="The running daemon's latest webhook calls (status, error, attempt), "
-        "newest first, and the calls still owed in its outbox. Asks the daemon over its "
-        "control socket. docs/webhooks.md explains the calls.",
-    )
-    recent.add_argument(
-        "--limit", metavar="N", type=int, default=20, help="the newest N calls (default 20)"
-    )
-    recent.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _worker_parser() -> argparse.ArgumentParser:

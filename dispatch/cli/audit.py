@@ -16,11 +16,13 @@ Exit codes: 0 printed (also when nothing matched), 1 the database cannot be read
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -92,6 +94,51 @@ def parse_limit(text: str) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------
+
+
+def _argument[T](convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` that reports ``convert``'s ValueError message as it is."""
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    audit = commands.add_parser(
+        "audit",
+        parents=[common],
+        help="print the audit log (reloads, API keys, spool retries and deletes, throttling…)",
+        description="Print the newest audit log entries, oldest first (the newest is the last "
+        "line). Reads the database; no daemon needed.",
+    )
+    audit.add_argument(
+        "--since",
+        metavar="DURATION|TIMESTAMP",
+        type=_argument(lambda text: parse_since(text, now=time.time())),
+        help=f"only entries from then on: {SINCE_FORMS}; a timestamp without a zone is UTC",
+    )
+    audit.add_argument(
+        "--category",
+        metavar="NAME",
+        type=_argument(parse_category),
+        help=f"only this category: {', '.join(AUDIT_CATEGORIES)}",
+    )
+    audit.add_argument(
+        "--limit",
+        metavar="N",
+        type=_argument(parse_limit),
+        default=DEFAULT_LIMIT,
+        help=f"the newest N entries (default {DEFAULT_LIMIT}, at most {MAX_SEARCH_LIMIT})",
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(

@@ -10,6 +10,7 @@ opens the spool itself, acts on the files and writes the audit entry itself.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -35,6 +36,72 @@ async def _run_here(settings: Settings, command: dict[str, Any]) -> dict[str, An
     answer = await handle(Operations(spool, lambda: settings, audit=audit.append), command)
     await record_without_daemon(settings, audit)
     return answer
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    spool = commands.add_parser(
+        "spool", parents=[common], help="look at and act on spooled messages"
+    )
+    spool_actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = spool_actions.add_parser("list", parents=[common], help="list spooled messages")
+    listing.add_argument(
+        "--state",
+        choices=("incoming", "processing", "failed", "captured"),
+        help="only these; captured: the Local inbox (mail the local relay delivered)",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for action, text in (
+        ("show", "show one message's envelope, per-recipient results and file path"),
+        ("retry", "move a failed message back to incoming, attempts reset; --all: flush"),
+        ("delete", "delete a message that is not being delivered"),
+    ):
+        one = spool_actions.add_parser(action, parents=[common], help=text)
+        if action == "retry":
+            _add_retry_options(one)
+        else:
+            one.add_argument("id", help="message id (spl_…)")
+        one.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_retry_options(retry: argparse.ArgumentParser) -> None:
+    retry.description = (
+        "retry ID: move a failed message back to incoming, due now, attempts reset. "
+        "retry --all: make every waiting message due now and move failed ones back to "
+        "incoming (like postqueue -f), e.g. after an upstream was fixed; needs the "
+        "running daemon."
+    )
+    retry.add_argument("id", nargs="?", help="message id (spl_…), or --all")
+    retry.add_argument("--all", dest="all_messages", action="store_true", help="every message")
+    retry.add_argument("--relay", help="with --all: only mail routed through this relay")
+    retry.add_argument(
+        "--state",
+        choices=("incoming", "failed"),
+        help="with --all: only waiting (incoming) or only failed messages",
+    )
+
+
+def add_send_test_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    send_test = commands.add_parser(
+        "send-test",
+        parents=[common],
+        help="send a test message through one relay of the running daemon",
+    )
+    send_test.add_argument("--relay", required=True, help="relay name from the configuration")
+    send_test.add_argument("--to", required=True, metavar="ADDR", help="recipient address")
+    send_test.add_argument(
+        "--from",
+        dest="sender",
+        default="dispatch-test@localhost",
+        metavar="ADDR",
+        help="sender address (default: dispatch-test@localhost)",
+    )
+    send_test.add_argument("--json", action="store_true", help="print JSON")
 
 
 def execute(settings: Settings, command: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ What is still owed is in the outbox file, ``<data_dir>/webhooks/outbox.jsonl``.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -15,6 +16,28 @@ from typing import Any
 
 from dispatch.config import Settings
 from dispatch.control.client import DaemonUnreachable, request
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    webhooks = commands.add_parser(
+        "webhooks", parents=[common], help="the running daemon's delivery webhook calls"
+    )
+    actions = webhooks.add_subparsers(dest="action", metavar="ACTION", required=True)
+    recent = actions.add_parser(
+        "recent",
+        parents=[common],
+        help="the latest webhook calls, newest first, and how many are owed",
+        description="The running daemon's latest webhook calls (status, error, attempt), "
+        "newest first, and the calls still owed in its outbox. Asks the daemon over its "
+        "control socket. docs/webhooks.md explains the calls.",
+    )
+    recent.add_argument(
+        "--limit", metavar="N", type=int, default=20, help="the newest N calls (default 20)"
+    )
+    recent.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _when(timestamp: float | None) -> str:
