@@ -37,12 +37,12 @@ from dispatch.intake.login import SmtpAuthenticator
 from dispatch.intake.received import protocol_name, received_header
 from dispatch.intake.transaction import MailTransaction, MessageSpool, TransactionSlot
 from dispatch.intake.transport import HandshakeFailed, SessionEnded, SessionTransport
+from dispatch.intake.violations import note_violation
 from dispatch.monitoring.dialogue import command_line, is_traced_command, reply_lines
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Trace, Tracer
 from dispatch.security.throttle import FailureThrottle
 from dispatch.smtp import NEED_DATA, PAUSED, Limits, Reply, ServerConnection, State, replies
-from dispatch.smtp.dsn import MailDsn, RcptDsn, mail_dsn, rcpt_dsn
 from dispatch.smtp.events import (
     Auth,
     AuthResponse,
@@ -308,25 +308,9 @@ class SmtpSession:
         self, event: WrongProtocol | BareLineEnding | UnsynchronisedPipelining
     ) -> None:
         """Answer what the core ended the session for (its reply closes the connection)."""
-        stats = self.context.stats
-        match event:
-            case WrongProtocol(verb, reply):
-                log.warning("%s command on the SMTP port from %s: closed", verb, self.peer_ip)
-                stats.smtp_wrong_protocol.add(verb)
-            case BareLineEnding(reply):
-                log.warning("bare CR or LF in message data from %s: closed", self.peer_ip)
-                stats.smtp_violations.add("bare_line_ending")
-                await self._discard_message()
-            case UnsynchronisedPipelining(after, octets, reply):
-                # Unauthenticated only (the core's rule); BDAT is exempt. See docs/smtp.md.
-                log.warning(
-                    "%d octets sent without waiting for the reply to %s from %s: closed",
-                    octets,
-                    after,
-                    self.peer_ip,
-                )
-                kind = "before_greeting" if after == "CONNECT" else "pipelining_after_data"
-                stats.smtp_violations.add(kind)
+        reply = note_violation(event, self.peer_ip, self.context.stats)
+        if isinstance(event, BareLineEnding):
+            await self._discard_message()
         self._reply(reply)
 
     def _count_command(self, event: Event) -> None:
@@ -367,9 +351,7 @@ class SmtpSession:
     def _mail(self, command: Mail) -> Reply:
         if (self.settings.require_auth or self.submission) and self.auth.identity is None:
             return replies.AUTH_REQUIRED
-        dsn = mail_dsn(command.params)
-        assert isinstance(dsn, MailDsn)  # the core refused the command otherwise
-        self.transactions.current = MailTransaction(command.reverse_path, mail_dsn=dsn)
+        self.transactions.current = MailTransaction.begin(command)
         return replies.SENDER_OK
 
     async def _rcpt(self, command: Rcpt) -> Reply:
@@ -380,11 +362,7 @@ class SmtpSession:
         if refusal is not None:
             self.trace.error(f"refused {command.forward_path}: {refusal.text}")
             return refusal
-        transaction.recipients.append(command.forward_path)
-        dsn = rcpt_dsn(command.params)
-        assert isinstance(dsn, RcptDsn)  # the core refused the command otherwise
-        if dsn != RcptDsn():
-            transaction.recipient_dsn[command.forward_path] = dsn
+        transaction.add_recipient(command)
         return replies.RECIPIENT_OK
 
     async def _auth_start(self, command: Auth) -> None:

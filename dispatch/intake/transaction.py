@@ -23,7 +23,8 @@ import trio
 
 from dispatch.intake.dkim_verify import MessageCopy
 from dispatch.intake.received import LoopDetector
-from dispatch.smtp.dsn import MailDsn, RcptDsn
+from dispatch.smtp.dsn import MailDsn, RcptDsn, mail_dsn, rcpt_dsn
+from dispatch.smtp.events import Mail, Rcpt
 from dispatch.spool import IncomingMessage
 
 
@@ -46,6 +47,21 @@ class MailTransaction:
     loops: LoopDetector = attrs.Factory(LoopDetector)
     chunk_size: int = 0  # the BDAT chunk being read
     dkim_copy: MessageCopy | None = None  # kept for listener.dkim_verify (intake/dkim_verify.py)
+
+    @classmethod
+    def begin(cls, command: Mail) -> MailTransaction:
+        """The transaction ``MAIL`` opens, with its RFC 3461 parameters (RET, ENVID)."""
+        dsn = mail_dsn(command.params)
+        assert isinstance(dsn, MailDsn)  # the core refused the command otherwise
+        return cls(command.reverse_path, mail_dsn=dsn)
+
+    def add_recipient(self, command: Rcpt) -> None:
+        """An accepted ``RCPT``, with its NOTIFY and ORCPT (RFC 3461 §4.1) when it gave any."""
+        self.recipients.append(command.forward_path)
+        dsn = rcpt_dsn(command.params)
+        assert isinstance(dsn, RcptDsn)  # the core refused the command otherwise
+        if dsn != RcptDsn():
+            self.recipient_dsn[command.forward_path] = dsn
 
     async def open_message(self, spool: MessageSpool, received: Callable[[str], bytes]) -> None:
         """Start the spool message with its ``Received:`` header (made from the new id).
