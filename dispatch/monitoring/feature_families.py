@@ -12,7 +12,7 @@ from typing import Final
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dispatch.monitoring.stats import CounterMap, Stats
+from dispatch.monitoring.stats import Counter, CounterMap, Stats
 
 TLS_STATUSES: Final = ("plain", "tls:secure", "tls:insecure", "tls:failed")
 """``dispatch/smtpOut/tlsCount`` keys, chasquid's (dispatch/relays/smtp_session.py)."""
@@ -23,6 +23,15 @@ def with_known(counter_map: CounterMap, known: Iterable[str]) -> list[tuple[str,
     values = dict.fromkeys(known, 0)
     values.update(counter_map.values)
     return sorted(values.items())
+
+
+def _counters(counters: Iterable[tuple[str, Counter]], populated: bool) -> Iterator[Metric]:
+    """One unlabelled counter family per ``(name, counter)``."""
+    for name, counter in counters:
+        family = CounterMetricFamily(name, counter.help)
+        if populated:
+            family.add_metric([], counter.value)
+        yield family
 
 
 def outbound_families(s: Stats, populated: bool) -> Iterator[Metric]:
@@ -44,35 +53,33 @@ def outbound_families(s: Stats, populated: bool) -> Iterator[Metric]:
             for value, count in with_known(counter_map, known):
                 family.add_metric([value], count)
         yield family
-    for name, counter in (
-        ("dispatch_sts_cache_fetches", s.sts_cache_fetches),
-        ("dispatch_sts_cache_hits", s.sts_cache_hits),
-        ("dispatch_sts_cache_expired", s.sts_cache_expired),
-        ("dispatch_sts_cache_failed_fetches", s.sts_cache_failed_fetch),
-        ("dispatch_sts_cache_invalid", s.sts_cache_invalid),
-        ("dispatch_sts_cache_io_errors", s.sts_cache_io_errors),
-        ("dispatch_sts_cache_marshal_errors", s.sts_cache_marshal_errors),
-        ("dispatch_sts_cache_unmarshal_errors", s.sts_cache_unmarshal_errors),
-    ):
-        family = CounterMetricFamily(name, counter.help)
-        if populated:
-            family.add_metric([], counter.value)
-        yield family
+    yield from _counters(
+        (
+            ("dispatch_sts_cache_fetches", s.sts_cache_fetches),
+            ("dispatch_sts_cache_hits", s.sts_cache_hits),
+            ("dispatch_sts_cache_expired", s.sts_cache_expired),
+            ("dispatch_sts_cache_failed_fetches", s.sts_cache_failed_fetch),
+            ("dispatch_sts_cache_invalid", s.sts_cache_invalid),
+            ("dispatch_sts_cache_io_errors", s.sts_cache_io_errors),
+            ("dispatch_sts_cache_marshal_errors", s.sts_cache_marshal_errors),
+            ("dispatch_sts_cache_unmarshal_errors", s.sts_cache_unmarshal_errors),
+        ),
+        populated,
+    )
 
 
 def webhook_families(s: Stats, populated: bool) -> Iterator[Metric]:
     """Delivery webhooks (docs/webhooks.md): calls by result, and the calls still owed."""
-    for name, counter in (
-        ("dispatch_webhook_queued", s.webhook_queued),
-        ("dispatch_webhook_sent", s.webhook_sent),
-        ("dispatch_webhook_retried", s.webhook_retried),
-        ("dispatch_webhook_failed", s.webhook_failed),
-        ("dispatch_webhook_outbox_errors", s.webhook_outbox_errors),
-    ):
-        family = CounterMetricFamily(name, counter.help)
-        if populated:
-            family.add_metric([], counter.value)
-        yield family
+    yield from _counters(
+        (
+            ("dispatch_webhook_queued", s.webhook_queued),
+            ("dispatch_webhook_sent", s.webhook_sent),
+            ("dispatch_webhook_retried", s.webhook_retried),
+            ("dispatch_webhook_failed", s.webhook_failed),
+            ("dispatch_webhook_outbox_errors", s.webhook_outbox_errors),
+        ),
+        populated,
+    )
     depth = GaugeMetricFamily(
         "dispatch_webhook_outbox_depth",
         "webhook calls in the outbox: not yet answered 2xx nor given up",
@@ -84,14 +91,13 @@ def webhook_families(s: Stats, populated: bool) -> Iterator[Metric]:
 
 def bounce_families(s: Stats, populated: bool) -> Iterator[Metric]:
     """Bounces (DSNs) spooled, and the suppression list (docs/deliverability.md)."""
-    for name, counter in (
-        ("dispatch_dsn_queued", s.dsn_queued),
-        ("dispatch_suppression_added", s.suppression_added),
-    ):
-        family = CounterMetricFamily(name, counter.help)
-        if populated:
-            family.add_metric([], counter.value)
-        yield family
+    yield from _counters(
+        (
+            ("dispatch_dsn_queued", s.dsn_queued),
+            ("dispatch_suppression_added", s.suppression_added),
+        ),
+        populated,
+    )
     refused = CounterMetricFamily(
         "dispatch_suppression_refused", s.suppressed.help, labels=["where"]
     )
@@ -105,18 +111,17 @@ def dkim_families(s: Stats, populated: bool) -> Iterator[Metric]:
     """DKIM (docs/deliverability.md): messages signed at delivery and signing failures;
     received messages checked when listener.dkim_verify is on, and each signature's
     result."""
-    for name, counter in (
-        ("dispatch_dkim_signed", s.dkim_signed),
-        ("dispatch_dkim_sign_errors", s.dkim_sign_errors),
-        ("dispatch_dkim_verify_found", s.dkim_verify_found),
-        ("dispatch_dkim_verify_not_found", s.dkim_verify_not_found),
-        ("dispatch_dkim_verify_valid", s.dkim_verify_valid),
-        ("dispatch_dkim_verify_errors", s.dkim_verify_errors),
-    ):
-        family = CounterMetricFamily(name, counter.help)
-        if populated:
-            family.add_metric([], counter.value)
-        yield family
+    yield from _counters(
+        (
+            ("dispatch_dkim_signed", s.dkim_signed),
+            ("dispatch_dkim_sign_errors", s.dkim_sign_errors),
+            ("dispatch_dkim_verify_found", s.dkim_verify_found),
+            ("dispatch_dkim_verify_not_found", s.dkim_verify_not_found),
+            ("dispatch_dkim_verify_valid", s.dkim_verify_valid),
+            ("dispatch_dkim_verify_errors", s.dkim_verify_errors),
+        ),
+        populated,
+    )
     results = CounterMetricFamily(
         "dispatch_dkim_verify_results", s.dkim_verify_results.help, labels=["result"]
     )
