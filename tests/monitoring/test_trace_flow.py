@@ -136,6 +136,7 @@ async def traced_dispatch(
         monitoring={"address": f"127.0.0.1:{monitoring}"},
         relays=[relay],
         default_relay="upstream",
+        bounces={"enabled": False},  # the refusal's DSN would be a fourth message to trace
     )
     async with running_dispatch(tmp_path, config) as dispatch:
         traffic = await _send_traffic(dispatch, sink, tls_port)

@@ -65,6 +65,8 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender went away mid-body (killed): not a call, as for any server
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 call = ReceivedCall(headers, body, time.monotonic())
                 with receiver._lock:
