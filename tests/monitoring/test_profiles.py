@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import trio
 
 from dispatch.monitoring.pprof import Message, encode_pprof
@@ -210,8 +209,8 @@ def test_an_empty_profile_is_still_a_valid_message() -> None:
     assert len(raw.sample_type) == 2
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="go tool pprof needs Go (golang-go)")
 async def test_go_tool_pprof_reads_it(tmp_path: Path) -> None:
+    assert shutil.which("go"), "go tool pprof needs Go: apt-get install golang-go (.ci/run does)"
     path = tmp_path / "profile.pb.gz"
     path.write_bytes(await profile_while(burn_cpu, "cpu worker"))
     tags = await trio.run_process(
