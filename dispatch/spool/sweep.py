@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -103,21 +103,10 @@ class SpoolSweeper:
     async def _remove_orphaned(self, older_than: float) -> SweepResult:
         """Delete the bodies in ``orphaned/`` set aside before ``older_than`` (Unix time)."""
         directory = self._layout.orphaned
-        try:
-            old = await trio.to_thread.run_sync(partial(_orphans_before, directory, older_than))
-        except OSError as exc:
-            return SweepResult(0, f"cannot list {directory}: {exc}")
-        removed = 0
-        for batch in _batches(old):
-            count, error = await trio.to_thread.run_sync(
-                partial(_remove_orphans, directory, batch, older_than)
-            )
-            removed += count
-            if error is not None:
-                return SweepResult(removed, f"cannot remove from {directory}: {error}")
-        if removed:
-            logger.info("spool: removed %d set-aside bodies from %s", removed, directory)
-        return SweepResult(removed)
+        result = await _remove_old(directory, older_than, _orphans_before, _remove_orphans)
+        if result.removed:
+            logger.info("spool: removed %d set-aside bodies from %s", result.removed, directory)
+        return result
 
     def _unchanged(self, message_id: str, envelope: Envelope) -> bool:
         """Still failed with the envelope that was dated (a retry that failed again makes a
@@ -130,20 +119,30 @@ class SpoolSweeper:
 
     async def remove_captured(self, older_than: float) -> SweepResult:
         """Delete captured copies (envelope and body) older than ``older_than`` (Unix time)."""
-        directory = self._layout.captured
-        try:
-            old = await trio.to_thread.run_sync(partial(_captured_before, directory, older_than))
-        except OSError as exc:
-            return SweepResult(0, f"cannot list {directory}: {exc}")
-        removed = 0
-        for batch in _batches(old):
-            count, error = await trio.to_thread.run_sync(
-                partial(_remove_captured, directory, batch, older_than)
-            )
-            removed += count
-            if error is not None:
-                return SweepResult(removed, f"cannot remove from {directory}: {error}")
-        return SweepResult(removed)
+        return await _remove_old(
+            self._layout.captured, older_than, _captured_before, _remove_captured
+        )
+
+
+async def _remove_old(
+    directory: Path,
+    older_than: float,
+    list_old: Callable[[Path, float], list[str]],
+    remove: Callable[[Path, Sequence[str], float], tuple[int, OSError | None]],
+) -> SweepResult:
+    """List what in ``directory`` is older than ``older_than``, then remove it in batches,
+    each batch one worker-thread hop (``remove`` checks each name's age again)."""
+    try:
+        old = await trio.to_thread.run_sync(partial(list_old, directory, older_than))
+    except OSError as exc:
+        return SweepResult(0, f"cannot list {directory}: {exc}")
+    removed = 0
+    for batch in _batches(old):
+        count, error = await trio.to_thread.run_sync(partial(remove, directory, batch, older_than))
+        removed += count
+        if error is not None:
+            return SweepResult(removed, f"cannot remove from {directory}: {error}")
+    return SweepResult(removed)
 
 
 def _batches(items: Sequence[str]) -> list[Sequence[str]]:
