@@ -31,6 +31,7 @@ from typing import Final
 
 import attrs
 
+from dispatch.durable import fsync_directory, write_all
 from dispatch.storage.records import LogRecord, from_journal, to_journal
 
 log = logging.getLogger("dispatch.storage")
@@ -70,7 +71,7 @@ class Journal:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # keep a torn line from a crash on a line of its own
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -81,7 +82,7 @@ class Journal:
         finally:
             os.close(fd)
         if created:
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
 
     def read(self, offset: int, max_records: int) -> JournalChunk:
         """Read up to ``max_records`` records starting at byte ``offset``."""
@@ -123,18 +124,4 @@ class Journal:
             self.path.unlink()
         except FileNotFoundError:
             return
-        _fsync_directory(self.path.parent)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(self.path.parent)

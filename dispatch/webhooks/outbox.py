@@ -46,6 +46,8 @@ from typing import Any, Final
 
 import attrs
 
+from dispatch.durable import fsync_directory, write_all
+
 log = logging.getLogger("dispatch.webhooks")
 
 OUTBOX_NAME: Final = "outbox.jsonl"
@@ -150,12 +152,12 @@ def write_compacted(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _MODE)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 class Outbox:
@@ -272,7 +274,7 @@ class Outbox:
         data = b"".join(self._held)
         try:
             fd = self._open()
-            _write_all(fd, b"\n" + data if self._torn else data)
+            write_all(fd, b"\n" + data if self._torn else data)
         except OSError as exc:
             self._torn = True
             self.write_errors += 1
@@ -312,17 +314,3 @@ class Outbox:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
