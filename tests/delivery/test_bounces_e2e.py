@@ -21,26 +21,13 @@ from dispatch.spool import MessageState
 from tests.conftest import free_port
 from tests.delivery.harness import Running, running_dispatch
 from tests.support.config import base_config, smtp_relay
+from tests.support.mime_parts import parts_of, text_of
 from tests.support.sink import Sink, StartSink
 from tests.support.waiting import wait_until_async
 
 SENDER = "app@sender.test"
 MESSAGE = b"From: app@sender.test\r\nTo: b@y.test\r\nSubject: invoice %s\r\n\r\nHello.\r\n"
 SETTLE = 1.0  # seconds to wait for something that must not happen
-
-
-def parts_of(message: Message) -> list[Message]:
-    """The sub-parts of a multipart (or message/*) part, typed."""
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    return [part for part in payload if isinstance(part, Message)]
-
-
-def text_of(part: Message) -> str:
-    """The payload of a non-multipart part, as text."""
-    payload = part.get_payload()
-    assert isinstance(payload, str)
-    return payload
 
 
 def config_for(root: Path, upstream: Sink | int, returns: Sink, **sections: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dispatch.delivery.dsn_report import (
     header_section,
     status_of,
 )
+from tests.support.mime_parts import parts_of, text_of
 
 ORIGINAL = (
     b"Received: from client\r\nFrom: app@sender.test\r\nTo: b@y.test\r\n"
@@ -33,20 +34,6 @@ FACTS = ReportFacts(
     ret=None,
     now=1_700_000_600.0,
 )
-
-
-def parts_of(message: Message) -> list[Message]:
-    """The sub-parts of a multipart (or message/*) part, typed."""
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    return [part for part in payload if isinstance(part, Message)]
-
-
-def text_of(part: Message) -> str:
-    """The payload of a non-multipart part, as text."""
-    payload = part.get_payload()
-    assert isinstance(payload, str)
-    return payload
 
 
 def _parse(report: bytes) -> Message:
