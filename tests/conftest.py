@@ -19,11 +19,38 @@ import pytest
 STARTUP_TIMEOUT = 30.0
 
 
+def _port_slice() -> range:
+    """The ports this test process hands out: outside the kernel's ephemeral range, so that no
+    client connection's local port can take one between the pick and the daemon's bind, and
+    split between pytest-xdist workers, so that two workers never pick the same one."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    start, stop = (10000, low) if low - 10000 >= 4000 else (high + 1, 65536)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (stop - start) // workers
+    return range(start + worker * size, start + (worker + 1) * size)
+
+
+_PORTS = _port_slice()
+_next_port = iter(range(0))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on right now, from this worker's slice (``_port_slice``)."""
+    global _next_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(2 * len(_PORTS)):
+        port = next(_next_port, None)
+        if port is None:
+            _next_port = iter(_PORTS)
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {_PORTS} on {host}")
 
 
 class Daemon:

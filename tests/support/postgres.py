@@ -19,7 +19,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.conftest import free_port
 
 USER = "dispatch"
 
@@ -42,15 +43,6 @@ def _bin_dir() -> Path:
     return Path(found[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    if port == 5432:  # the system's own server, if any: never touch it
-        return _free_port()
-    return port
-
-
 class Cluster:
     """One running cluster: its directory, port and the controls tests use."""
 
@@ -58,7 +50,7 @@ class Cluster:
         self.bin = _bin_dir()
         self.directory = directory
         self.data = directory / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count()
 
     def _as_postgres(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
