@@ -9,7 +9,9 @@ every message of the request is spooled (fsync). It has Postmark's shape: ``{"To
 "SubmittedAt", "MessageID", "ErrorCode": 0, "Message": "OK"}`` (a list of those for a
 batch), where ``MessageID`` is Dispatch's message id, so ``GET /api/v1/messages/{id}``
 finds it. A refused message is ``422 {"ErrorCode": 300, "Message": …}`` (in a batch: that
-item of a ``200`` list, the others sent).
+item of a ``200`` list, the others sent). The template paths (``/email/withTemplate``,
+``/email/batchWithTemplates``) are answered ``422`` with ErrorCode 1101 and what to send
+instead: Dispatch stores no templates.
 
 Requests run in Hypercorn's per-request tasks; a cancelled request leaves the messages
 already spooled (the door's rule: a duplicate, never a loss).
@@ -42,6 +44,7 @@ log = logging.getLogger("dispatch.api")
 # Not Postmark's codes (it has none for a full spool): Dispatch's own, above Postmark's range.
 SPOOL_FULL_CODE = 9507
 SPOOL_ERROR_CODE = 9503
+TEMPLATE_NOT_FOUND = 1101  # Postmark's "template not found": its SDKs show the message
 
 
 def postmark_error(status: int, code: int, message: str, **headers: str) -> Response:
@@ -66,6 +69,8 @@ class PostmarkRoutes:
     def register(self, app: QuartTrio) -> None:
         app.post("/email")(self.email)
         app.post("/email/batch")(self.batch)
+        for path in ("/email/withTemplate", "/email/batchWithTemplates"):
+            app.post(path, strict_slashes=False)(self.template)  # postmarker adds a "/"
 
     async def email(self) -> Response:
         """``POST /email``: one message."""
@@ -74,6 +79,19 @@ class PostmarkRoutes:
     async def batch(self) -> Response:
         """``POST /email/batch``: a list of messages, answered with a list."""
         return await self.send(batch=True)
+
+    async def template(self) -> Response:
+        """``POST /email/withTemplate`` and ``/email/batchWithTemplates``: refused by name.
+
+        Postmark renders its stored templates itself; Dispatch stores none, so an SDK's
+        template call gets an answer it shows (ErrorCode 1101, template not found) that says
+        what to send instead, rather than a bare 404."""
+        return postmark_error(
+            422,
+            TEMPLATE_NOT_FOUND,
+            f"{request.path}: Dispatch does not store or render Postmark templates; render the "
+            "message in your application and send it with POST /email (HtmlBody, TextBody)",
+        )
 
     async def send(self, *, batch: bool) -> Response:
         """Compose the messages of the admitted body, spool each, answer in Postmark's shape."""

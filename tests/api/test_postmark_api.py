@@ -126,3 +126,17 @@ async def test_a_wrong_token_is_errorcode_10_and_a_bad_field_is_named(tmp_path: 
         )
         assert form.status_code == 415
         assert dispatch.parts.spool.counts().total == 0
+
+
+async def test_template_calls_are_refused_with_what_to_send_instead(tmp_path: Path) -> None:
+    async with api(tmp_path) as (dispatch, _client, key):
+        client = sdk(dispatch, key)
+        with pytest.raises(ClientError) as refused:
+            await trio.to_thread.run_sync(
+                lambda: client.emails.send_with_template(
+                    TemplateId=1, TemplateModel={}, From="a@example.com", To="b@example.org"
+                )
+            )
+        assert refused.value.error_code == 1101
+        assert "POST /email" in str(refused.value)
+        assert dispatch.parts.spool.counts().total == 0
