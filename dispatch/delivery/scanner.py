@@ -9,10 +9,17 @@ batches matters while intake is busy: a thread hop then costs milliseconds of sc
 loaded machine, far more than the renames, and one claim per hop capped delivery at ~75
 messages/s on two cores (docs/delivery-throughput.md).
 
+Delivered messages leave the spool's index at once; their files are unlinked in batches by
+the spool's removal task (``spool/removals.py``), which runs as long as the workers do: one
+thread hop and one directory fsync for every removal that queued up meanwhile, instead of one
+of each per message.
+
 Stopping: on ``shutdown.requested`` the scanner stops claiming (messages it had claimed but
 not handed over are released at once) and closes the channel; workers finish the attempt in
-hand and return. If the supervisor's grace period runs out first, the cancelled attempts
-release their claims (shielded), and anything a hard kill leaves in ``processing/`` is
+hand and return; then the removals still queued are unlinked. If the supervisor's grace
+period runs out first, the cancelled attempts release their claims (shielded), queued
+removals stay undone, and anything a hard kill leaves in ``processing/`` — including a
+delivered message whose removal was still queued, which is then delivered again — is
 returned to ``incoming/`` by the next start-up.
 """
 
@@ -41,7 +48,8 @@ class DeliveryScanner:
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
         send, receive = trio.open_memory_channel[Envelope](0)
-        async with trio.open_nursery() as workers:
+        # Outside the workers: once they have returned, what they removed is unlinked.
+        async with self._spool.batched_removals(), trio.open_nursery() as workers:
             async with receive:
                 for number in range(self.worker_count):
                     workers.start_soon(

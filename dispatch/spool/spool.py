@@ -12,11 +12,12 @@ it raise :class:`MessageBusyError` instead of racing it on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -40,6 +41,7 @@ from dispatch.spool.recovery import (
     read_incoming_envelopes,
     recover,
 )
+from dispatch.spool.removals import RemovalQueue
 from dispatch.spool.transitions import (
     capture_message,
     claim_messages,
@@ -68,8 +70,9 @@ class Spool:
     """The spool directory, its index, and every operation that changes a message's state.
 
     Start with ``await Spool.open(directory)``, which repairs crash leftovers and loads the
-    index. There is nothing to close: the spool has no background task and keeps no file
-    open between operations. At shutdown, after the delivery workers have stopped, call
+    index. There is nothing to close: the spool keeps no file open between operations, and
+    its one background task, the removal of delivered messages' files, runs only inside
+    :meth:`batched_removals`. At shutdown, after the delivery workers have stopped, call
     :meth:`release_all_claims` — or don't: the next start-up returns claims too.
 
     Cancellation never interrupts a change half-way: each operation's thread hop is
@@ -94,6 +97,8 @@ class Spool:
         self._busy: set[str] = set()
         self._rescued: set[str] = set()  # see adopt_unannounced
         self._due_changed = trio.Event()
+        self._removals: RemovalQueue | None = None  # see batched_removals
+        self._unremoved: tuple[str, ...] = ()  # queued when the last block was cancelled
         self.recovery_report: Final = report
 
     @classmethod
@@ -305,8 +310,46 @@ class Spool:
         await self._move_claimed(envelope, FAILED, "mark as failed", rewrite=rewrite)
 
     async def remove(self, message_id: str) -> None:
-        """Delete a claimed message after it was delivered (envelope first; see transitions)."""
-        await self._remove(message_id, "remove", (PROCESSING,))
+        """Delete a claimed message after it was delivered (envelope first; see transitions).
+
+        Inside :meth:`batched_removals` the message leaves the index at once and its files
+        go with the next batch (a crash before then delivers it again: ``removals.py``);
+        outside, its files are unlinked and the directory fsynced before this returns.
+        """
+        removals = self._removals
+        if removals is None:
+            await self._remove(message_id, "remove", (PROCESSING,))
+            return
+        self._reserve(message_id, "remove", PROCESSING)
+        self._index.discard(message_id)
+        self._busy.discard(message_id)
+        removals.put(message_id)
+        await trio.lowlevel.checkpoint()
+
+    @contextlib.asynccontextmanager
+    async def batched_removals(self) -> AsyncIterator[RemovalQueue]:
+        """Run the task that unlinks delivered messages in batches (``removals.py``) for the
+        duration of the block; the delivery component wraps its workers in it.
+
+        Leaving the block normally waits until every queued removal is unlinked (shielded
+        hops); leaving it by cancellation or an error leaves the queued files in
+        ``processing/``: the next block (a restarted delivery component) unlinks them, else
+        the next start-up delivers them again. One block at a time.
+        """
+        if self._removals is not None:
+            raise RuntimeError("batched_removals is already active")
+        queue = RemovalQueue(self._layout, self._limiter)
+        for message_id in self._unremoved:
+            queue.put(message_id)
+        try:
+            async with queue.running():
+                self._removals = queue
+                try:
+                    yield queue
+                finally:
+                    self._removals = None  # from here on, remove() unlinks at once
+        finally:
+            self._unremoved = queue.pending
 
     async def release_all_claims(self) -> int:
         """Return every claimed message to ``incoming/`` unchanged; return how many.

@@ -175,28 +175,57 @@ def return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]:
 
 
 def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) -> None:
-    """Delete a message's files, envelope first.
+    """Delete a message's files, envelope first, then fsync its directory.
 
     Raises ``OSError`` only if the envelope could not be removed (the message is then still
     there). Once the envelope is gone the message is gone: a failure to remove the body or
     to fsync is logged, not raised — start-up recovery sets an envelope-less body aside. A
     one-file message has no ``.json``: removing its ``.eml`` removes it.
     """
+    _unlink_message(layout, message_id, state)
+    try:
+        fsync_dir(layout.state_dirs[state])
+    except OSError as exc:
+        logger.warning("message %s: removed, but not yet durably (%s)", message_id, exc)
+
+
+def remove_messages(
+    layout: SpoolLayout, message_ids: Iterable[str], state: MessageState
+) -> dict[str, OSError]:
+    """Delete many messages' files (each as :func:`remove_message` does), then fsync their
+    directory once; return the error of each message that is still there.
+
+    One fsync for the whole batch: a power cut before it may bring back any of them, whole
+    (each is then handled as if never removed: a delivered one is delivered again) or as a
+    body without an envelope (set aside by recovery).
+    """
+    failed: dict[str, OSError] = {}
+    for message_id in message_ids:
+        try:
+            _unlink_message(layout, message_id, state)
+        except OSError as exc:
+            failed[message_id] = exc
+    try:
+        fsync_dir(layout.state_dirs[state])
+    except OSError as exc:
+        logger.warning("spool: removals from %s/ not yet durable (%s)", state.value, exc)
+    return failed
+
+
+def _unlink_message(layout: SpoolLayout, message_id: str, state: MessageState) -> None:
+    """Unlink the envelope, then the body; raise only if the envelope is still there."""
     try:
         os.unlink(layout.path(state, message_id, JSON))
     except FileNotFoundError:
         os.unlink(layout.path(state, message_id, EML))  # one file: raises if still there
-        try:
-            fsync_dir(layout.state_dirs[state])
-        except OSError as exc:
-            logger.warning("message %s: removed, but not yet durably (%s)", message_id, exc)
         return
     try:
-        layout.path(state, message_id, EML).unlink(missing_ok=True)  # bodiless: see recovery
-        fsync_dir(layout.state_dirs[state])
+        os.unlink(layout.path(state, message_id, EML))
+    except FileNotFoundError:
+        pass  # bodiless: see recovery
     except OSError as exc:
         logger.warning(
-            "message %s: envelope removed but cleanup failed (%s); start-up will finish it",
+            "message %s: envelope removed but not its body (%s); start-up will set it aside",
             message_id,
             exc,
         )
