@@ -1,9 +1,10 @@
 """The intake worker processes, seen from the main process (``listener.processes`` > 1).
 
 One SMTP process is bounded by one core: most of a message's cost is socket calls and the
-scheduling around them, which Python runs one at a time. ``listener.processes = N`` makes the
-main process start N - 1 workers (``intake/worker.py``) that accept on the same listening
-sockets; the main process keeps its own listener as the N-th.
+scheduling around them, which Python runs one at a time. ``listener.processes = N`` (N > 1)
+makes the main process start N workers (``intake/worker.py``) that accept on the same
+listening sockets; the main process takes no SMTP session itself, so its event loop is left to
+supervision, delivery, the API and ``/health`` (``intake/service.py``).
 
 :class:`IntakeWorkers` owns those processes and their links (typed messages, see
 ``intake/link.py``). For each worker it starts the process, sends :class:`Start` (the listener

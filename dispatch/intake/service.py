@@ -3,11 +3,15 @@
 :class:`SmtpIntake` is built once by the composition root (:mod:`dispatch.daemon`) from the
 shared parts; each start (the first, and every restart after a crash) loads the TLS
 certificate if it has not yet, binds ``listener.ports`` and ``listener.tls_ports`` (or, under
-socket activation, serves the sockets systemd passed: :mod:`dispatch.intake.inherited`), starts the
-``listener.processes - 1`` intake worker processes on the same sockets and serves until the
-stop request. Ready once the ports are bound and every worker is ready. Stopping: the
-listener answers ``421`` and drains its sessions, the workers drain theirs, then the sockets
-close. On cancellation the sockets close too; the spool is the truth for what was accepted.
+socket activation, serves the sockets systemd passed: :mod:`dispatch.intake.inherited`) and
+serves until the stop request. With ``listener.processes = 1`` the main process's own
+listener takes every session. With N > 1 the main process takes none: it starts N intake
+worker processes on the same sockets and they take them all, so the main event loop is left
+to supervision, delivery, the API and ``/health`` (sessions beside those made ``/health``
+answers wait behind them: docs/intake-cpu.md, round 2). Ready once the ports are bound and
+every worker is ready. Stopping: the listener answers ``421`` and drains its sessions, the
+workers drain theirs, then the sockets close. On cancellation the sockets close too; the
+spool is the truth for what was accepted.
 """
 
 from __future__ import annotations
@@ -83,13 +87,9 @@ class SmtpIntake:
         listening = self.ports.listening if self.ports is not None else ()
         return (*listener.ports, *listener.tls_ports), listening
 
-    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
-        if self._tls is None:
-            files = await trio.to_thread.run_sync(ensure_certificate, self._settings.current)
-            self._tls = server_context(files)
-        current = self._settings.current.listener
-        share_among(current.processes)  # password checks: each intake process its share
-        context = IntakeContext(
+    def _session_context(self) -> IntakeContext:
+        """What the main process's own sessions use (``listener.processes = 1`` only)."""
+        return IntakeContext(
             settings=lambda: self._settings.current.listener,
             spool=self._spool,
             stats=self._stats,
@@ -102,6 +102,13 @@ class SmtpIntake:
             if self._suppressions is None
             else RecipientGate(self._suppressions.check, self._refusing_at_intake, self._stats),
         )
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None:
+        if self._tls is None:
+            files = await trio.to_thread.run_sync(ensure_certificate, self._settings.current)
+            self._tls = server_context(files)
+        current = self._settings.current.listener
+        share_among(current.processes)  # password checks: each intake process its share
         if self._inherited:
             listeners, self.ports = inherited_smtp_listeners(
                 self._inherited, current.ports, current.tls_ports
@@ -110,9 +117,8 @@ class SmtpIntake:
             listeners, self.ports = await bind_smtp_ports(
                 current.ports, current.bind_address, current.tls_ports
             )
-        listener = SmtpListener(context, self.ports, processes=current.processes)
         workers = IntakeWorkers(
-            current.processes - 1,
+            current.processes if current.processes > 1 else 0,
             settings=lambda: self._settings.current,
             wait_changed=self._settings.wait_changed,
             spool=self._spool,
@@ -125,8 +131,28 @@ class SmtpIntake:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(workers.run, listeners, shutdown)
-                await listener.serve(listeners, shutdown, task_status=task_status)
+                if current.processes == 1:
+                    listener = SmtpListener(self._session_context(), self.ports, processes=1)
+                    await listener.serve(listeners, shutdown, task_status=task_status)
+                else:
+                    await _leave_to_workers(listeners, shutdown, task_status)
         finally:
             self.ports = None  # closed: /health and /health/ready must not report them bound
             for socket_listener in listeners:
                 await socket_listener.aclose()
+
+
+async def _leave_to_workers(
+    listeners: list[trio.SocketListener], shutdown: Shutdown, task_status: trio.TaskStatus[None]
+) -> None:
+    """With N > 1 processes: accept nothing here, so the main event loop is left to
+    supervision, delivery, the API and ``/health``; the N workers take every session.
+
+    The main process keeps its copies of the sockets open while it runs (a worker started
+    again after a crash inherits them) and closes them at the stop request, as a listener
+    would, so no connection waits in a backlog nobody accepts from while the workers drain.
+    """
+    task_status.started()
+    await shutdown.requested.wait()
+    for listener in listeners:
+        await listener.aclose()

@@ -5,9 +5,10 @@ Theory of operation
 The main process binds the SMTP ports and starts ``python -m dispatch intake-worker`` with
 the listening sockets and one end of a :class:`~dispatch.intake.link.Link` inherited. The
 worker accepts on the same sockets (the kernel hands each new connection to one of the
-processes waiting in ``accept``, so an idle process takes more) and runs the same
-:class:`~dispatch.intake.listener.SmtpListener` and sessions as the main process. It writes
-messages into the spool exactly as the main process does — ``tmp/``, fsync, rename into
+processes waiting in ``accept``, so an idle process takes more; the main process does not
+accept on them) and runs the same :class:`~dispatch.intake.listener.SmtpListener` and
+sessions as the main process does with ``listener.processes = 1``. It writes messages into
+the spool exactly as the main process does — ``tmp/``, fsync, rename into
 ``incoming/``, fsync — through a :class:`~dispatch.spool.SpoolEntrance`, and only then says
 ``250``; the promise of SPEC §5 does not depend on which process took the connection.
 

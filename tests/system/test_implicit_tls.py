@@ -1,9 +1,10 @@
 """Implicit TLS (``listener.tls_ports``, RFC 8314) in the real daemon, with an intake worker.
 
 ``python -m dispatch`` with ``listener.processes = 2`` serves a plain port and an
-implicit-TLS port; both processes accept on both (their log lines say which took a
-connection). Clients: ``smtplib.SMTP_SSL`` with AUTH, and swaks ``--tlsc``. ``/health`` lists
-the TLS port among the configured and listening ports.
+implicit-TLS port; both intake worker processes accept on both, the main process on neither
+(the log lines say which process took a connection). Clients: ``smtplib.SMTP_SSL`` with
+AUTH, and swaks ``--tlsc``. ``/health`` lists the TLS port among the configured and
+listening ports.
 """
 
 from __future__ import annotations
@@ -85,4 +86,5 @@ def test_both_processes_serve_the_implicit_tls_port(tmp_path: Path, start_daemon
     queued = [line for line in daemon.lines if " queued spl_" in line]
     assert len(queued) == MESSAGES + 1
     assert 0 < len([line for line in queued if "worker=2" in line]) < len(queued)
+    assert all("worker=" in line for line in queued), "the main process took none"
     assert "Traceback" not in daemon.log

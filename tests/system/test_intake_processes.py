@@ -1,18 +1,21 @@
-"""``listener.processes = 2``: a second SMTP process on the same port, end to end.
+"""``listener.processes = 2``: two intake worker processes on the same port, end to end.
 
-The daemon runs as ``python -m dispatch`` with one intake worker process beside the main one.
-Mail sent over many connections is accepted by both processes (their log lines say which),
-delivered to a real upstream, counted once in ``/metrics`` and logged once in the database.
-A worker killed with SIGKILL is started again, and a message it committed without getting to
-announce it is found on disk and delivered.
+The daemon runs as ``python -m dispatch``; with two processes it starts two intake workers
+and its main process takes no SMTP session itself. Mail sent over many connections is
+accepted by both workers and never by the main process (the log lines say which process took
+each message), delivered to a real upstream, counted once in ``/metrics`` and logged once in
+the database. A worker killed with SIGKILL is started again, and a message it committed
+without getting to announce it is found on disk and delivered.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.slow
 Start = Callable[..., Daemon]
 
 MESSAGES = 120
+WORKER = re.compile(r"\bworker=\d+")
 
 
 def config(tmp_path: Path, ports: Ports, sink: Sink) -> dict[str, object]:
@@ -61,12 +65,29 @@ def worker_pids(daemon: Daemon) -> list[int]:
     return [p for p in pids if b"intake-worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+def worker_pid(daemon: Daemon, number: int) -> int:
+    """The pid of intake worker ``number`` (its ``--number=`` argument)."""
+    wanted = f"--number={number}".encode()
+    (pid,) = [
+        p
+        for p in worker_pids(daemon)
+        if wanted in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+    ]
+    return pid
+
+
+def accepted_by(daemon: Daemon) -> Counter[str]:
+    """Which process took each message queued so far: ``worker=N``, or ``main``."""
+    takers = (WORKER.search(line) for line in daemon.lines if " queued spl_" in line)
+    return Counter(found.group(0) if found else "main" for found in takers)
+
+
 def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_daemon: Start) -> None:
     ports, sink = Ports.pick(), Sink(pipelining=False)
     try:
         daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
         daemon.wait_for("all components ready")
-        assert len(worker_pids(daemon)) == 1
+        assert len(worker_pids(daemon)) == 2
         tokens = [f"tok{i:04d}" for i in range(MESSAGES)]
         with ThreadPoolExecutor(max_workers=12) as pool:
             list(pool.map(lambda t: send_one(ports.smtp, t), tokens))
@@ -94,14 +115,14 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
         assert daemon.wait_exit() == 0, daemon.log
     finally:
         sink.stop()
-    queued = [line for line in daemon.lines if " queued spl_" in line]
-    by_worker = [line for line in queued if "worker=2" in line]
-    assert len(queued) == MESSAGES
-    assert 0 < len(by_worker) < MESSAGES, "both processes accepted connections"
+    takers = accepted_by(daemon)
+    assert takers.total() == MESSAGES
+    assert set(takers) == {"worker=2", "worker=3"}, "both workers and only they took sessions"
     rows = log_rows(tmp_path / "data" / "dispatch.db")
     received = [r.message_id for r in rows if r.event == "received"]
     assert len(received) == len(set(received)) == MESSAGES
     assert "intake worker 2 ended" not in daemon.log
+    assert "intake worker 3 ended" not in daemon.log
 
 
 def plant_committed_message(spool: Path, token: str) -> str:
@@ -133,11 +154,11 @@ def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
     try:
         daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
         daemon.wait_for("all components ready")
-        (first,) = worker_pids(daemon)
+        first = worker_pid(daemon, 2)
         plant_committed_message(tmp_path / "spool", "orphan")
         os.kill(first, signal.SIGKILL)
         daemon.wait_for("intake worker 2 ended")
-        wait_until(lambda: len(worker_pids(daemon)) == 1 and worker_pids(daemon) != [first])
+        wait_until(lambda: len(worker_pids(daemon)) == 2 and first not in worker_pids(daemon))
         wait_until(lambda: "orphan" in sink.delivered(), what="the unannounced message")
         daemon.wait_for("committed by a worker that ended, queued")
         for i in range(10):  # and the restarted pair serves as before

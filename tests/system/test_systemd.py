@@ -229,10 +229,12 @@ def test_socket_activation_serves_smtp_on_the_inherited_sockets(
         notify_path.expect("READY")
         daemon.wait_for(f"port {plain_port}: fd 3 ('smtp') inherited from systemd")
         daemon.wait_for(f"SMTP over TLS on 127.0.0.1 port {tls_port}: fd 4 ('smtps') inherited")
-        # The intake worker got the sockets by descriptor passing; neither systemd's
-        # variables nor the notify socket reached it.
-        (worker,) = environment_of_children(daemon.process.pid)
-        assert not {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"} & set(worker)
+        # The intake workers got the sockets by descriptor passing; neither systemd's
+        # variables nor the notify socket reached them.
+        workers = environment_of_children(daemon.process.pid)
+        assert len(workers) == 2
+        for worker in workers:
+            assert not {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"} & set(worker)
 
         for number in range(10):
             with smtplib.SMTP("127.0.0.1", plain_port, timeout=WITHIN) as client:
