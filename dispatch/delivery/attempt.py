@@ -181,6 +181,7 @@ class DeliveryAttempt:
                     recipients=remaining,
                     message_path=self._spool.message_path(envelope.id),
                     size=envelope.size,
+                    content=self._spool.claimed_content(envelope.id),
                     smtputf8=_needs_smtputf8(envelope),
                     mail_dsn=envelope.mail_dsn,
                     recipient_dsn={

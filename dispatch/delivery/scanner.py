@@ -2,12 +2,13 @@
 
 Theory of operation: the scanner waits until the spool's in-memory index says a message is
 due (no directory listing, no polling), claims as many due messages as there are idle workers
-(at least one) in one thread hop (renames to ``processing/``) and hands them to the workers
-through an unbuffered channel, so claimed messages wait only for workers that are free. Each
-worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a time. Claiming in
-batches matters while intake is busy: a thread hop then costs milliseconds of scheduling on a
-loaded machine, far more than the renames, and one claim per hop capped delivery at ~75
-messages/s on two cores (docs/delivery-throughput.md).
+(at least one) in one thread hop (renames to ``processing/``; a message of at most one read
+block is also read there, so the relay sends it without a thread hop of its own) and hands
+them to the workers through an unbuffered channel, so claimed messages wait only for workers
+that are free. Each worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a
+time. Claiming in batches matters while intake is busy: a thread hop then costs milliseconds
+of scheduling on a loaded machine, far more than the renames, and one claim per hop capped
+delivery at ~75 messages/s on two cores (docs/delivery-throughput.md).
 
 Delivered messages leave the spool's index at once; their files are unlinked in batches by
 the spool's removal task (``spool/removals.py``), which runs as long as the workers do: one
@@ -32,6 +33,7 @@ import trio
 from dispatch.delivery.attempt import DeliveryAttempt
 from dispatch.lifecycle import Shutdown
 from dispatch.logs import log_context
+from dispatch.relays.smtp_transaction import MESSAGE_BLOCK_BYTES
 from dispatch.spool import Envelope, Spool
 
 log = logging.getLogger("dispatch.delivery")
@@ -78,7 +80,9 @@ class DeliveryScanner:
                 while True:
                     await self._spool.wait_until_due()
                     idle = self.worker_count - self.busy_workers
-                    claimed = await self._spool.claim_due(limit=max(1, idle))
+                    claimed = await self._spool.claim_due(
+                        limit=max(1, idle), read_bytes=MESSAGE_BLOCK_BYTES
+                    )
                     while claimed:
                         await send.send(claimed[0])
                         del claimed[0]

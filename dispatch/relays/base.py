@@ -1,7 +1,8 @@
 """The one small interface between delivery and every relay kind.
 
 A relay receives a :class:`DeliveryRequest` (the envelope's pending recipients for this
-relay and the path of the ``.eml``, whose bytes are sent exactly as stored) and returns a
+relay and the path of the ``.eml``, whose bytes are sent exactly as stored — for a small
+message also those bytes, read when it was claimed) and returns a
 :class:`DeliveryResult` with one :class:`RecipientOutcome` per recipient. Ordinary failures —
 a refused connection, a timeout, a 4xx or 5xx reply — are outcomes, never exceptions: a
 relay raises only for its own bugs, which the delivery worker logs and treats as transient.
@@ -47,6 +48,9 @@ class DeliveryRequest:
     trace: Trace | None = attrs.field(default=None, eq=False, repr=False)
     """The delivery attempt's trace: a relay that talks to an upstream traces each dialogue
     as its child (:func:`dialogue_trace`)."""
+    # The whole .eml when the claim read it (at most one read block: delivery/scanner.py),
+    # else None. A relay that can use it sends these bytes instead of reading the file.
+    content: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def dialogue_trace(

@@ -163,7 +163,7 @@ class DkimSigner:
             return made
         try:
             key, header = await trio.to_thread.run_sync(
-                self._sign_file, request.message_path, request.mail_from
+                self._sign_file, request.message_path, request.content, request.mail_from
             )
         except Exception as exc:  # noqa: BLE001 - any failure: deliver unsigned, say why
             self._stats.dkim_sign_errors.add()
@@ -188,5 +188,9 @@ class DkimSigner:
                 )
         return header
 
-    def _sign_file(self, path: Path, mail_from: str) -> tuple[SigningKey | None, bytes]:
-        return sign_message(path.read_bytes(), self.keys, mail_from)
+    def _sign_file(
+        self, path: Path, content: bytes | None, mail_from: str
+    ) -> tuple[SigningKey | None, bytes]:
+        """Sign ``content`` (the bytes the relay will send) or, without it, the file's."""
+        message = path.read_bytes() if content is None else content
+        return sign_message(message, self.keys, mail_from)

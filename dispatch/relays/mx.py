@@ -291,6 +291,7 @@ class MxRelayClient:
                 mail_dsn=request.mail_dsn,
                 recipient_dsn=request.recipient_dsn,
                 prefix=request.prefix,
+                content=request.content,
             )
         except BaseException:  # cancelled, or a bug: never finish a half-sent message
             await session.abort()

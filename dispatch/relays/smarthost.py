@@ -222,6 +222,7 @@ class SmtpRelayClient:
                 mail_dsn=request.mail_dsn,
                 recipient_dsn=request.recipient_dsn,
                 prefix=request.prefix,
+                content=request.content,
             )
             done = True
         finally:

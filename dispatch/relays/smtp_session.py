@@ -6,7 +6,8 @@ upgrades with STARTTLS as the :data:`TlsMode` asks and authenticates when a user
 configured. :meth:`SmtpClientSession.send` then runs one mail transaction planned by
 :class:`Transaction`: MAIL, every RCPT and DATA in one write when the server offers PIPELINING
 (RFC 2920), one by one otherwise (:meth:`SmtpClientSession._exchange` is the one place that
-differs); the message streams from the ``.eml`` file in blocks, read in a worker thread,
+differs); the message is sent from the bytes handed over (a small message, read with its
+claim) or streams from the ``.eml`` file in blocks, read in a worker thread,
 through ``ClientConnection.data_chunk`` — dot-stuffing only (RFC 5321 §4.5.2; the spool holds
 CRLF lines, so the encoder's bare-CR/LF repair never changes a byte), the message is never
 parsed or re-serialised. Every wait has its own deadline (:class:`Timeouts`). What may be sent
@@ -22,12 +23,12 @@ every recipient whose fate is not known yet, so a 550 already received for one r
 permanent.
 
 Ownership and stopping: the session owns its stream (TCP, possibly wrapped in TLS) and the
-open message file during :meth:`send`. :meth:`aclose` sends QUIT (bounded, best effort) and
-closes the stream; :meth:`abort` closes it at once. A cancelled :meth:`connect` closes its
-half-open connection itself; a cancelled :meth:`send` leaves that to the owner (the relay),
-which must call :meth:`abort`: a half-sent message must never be followed by anything but a
-dropped connection, so that the server discards it. Reuse is the pool's business
-(`dispatch.relays.smtp_pool`).
+open message file during :meth:`send` (none for a message handed over whole). :meth:`aclose`
+sends QUIT (bounded, best effort) and closes the stream; :meth:`abort` closes it at once. A
+cancelled :meth:`connect` closes its half-open connection itself; a cancelled :meth:`send`
+leaves that to the owner (the relay), which must call :meth:`abort`: a half-sent message
+must never be followed by anything but a dropped connection, so that the server discards it.
+Reuse is the pool's business (`dispatch.relays.smtp_pool`).
 """
 
 from __future__ import annotations
@@ -294,11 +295,14 @@ class SmtpClientSession:
         mail_dsn: MailDsn | None = None,
         recipient_dsn: Mapping[str, RcptDsn] | None = None,
         prefix: bytes = b"",
+        content: bytes | None = None,
     ) -> TransactionResult:
         """Run one mail transaction; every ordinary failure is an outcome, not an exception.
 
         ``prefix``: header lines sent before the stored message, as bytes (a DKIM-Signature,
         `dispatch.relays.dkim_sign`); ``size`` is the stored message's, the prefix is added.
+        ``content``: the whole stored message when the caller has it already (read with the
+        claim, `DeliveryRequest.content`); it is sent as is and ``message_path`` not opened.
 
         The checks that need no round trip come first and fail permanently without sending
         (see :meth:`Transaction.refusal`).
@@ -318,12 +322,16 @@ class SmtpClientSession:
         if (refusal := tx.refusal(self.options.display)) is not None:
             self._note(f"not sent: {refusal}", error=True)
             return TransactionResult.all(recipients, "permanent", f"{label}: {refusal}")
-        try:
-            message, first = await trio.to_thread.run_sync(open_message, message_path)
-        except OSError as exc:
-            text = f"{label}: cannot read the message: {exc}"
-            self._note(text, error=True)
-            return TransactionResult.all(recipients, "transient", text)
+        message: BinaryIO | None = None
+        if content is not None:
+            first = content
+        else:
+            try:
+                message, first = await trio.to_thread.run_sync(open_message, message_path)
+            except OSError as exc:
+                text = f"{label}: cannot read the message: {exc}"
+                self._note(text, error=True)
+                return TransactionResult.all(recipients, "transient", text)
         self.transactions += 1
         replies_before = self.replies
         try:
@@ -331,12 +339,13 @@ class SmtpClientSession:
         except SessionError as exc:
             tx.fail_rest(exc.outcome, exc.text)
         finally:
-            message.close()  # a read-only file: closing cannot block on writing back
+            if message is not None:
+                message.close()  # a read-only file: closing cannot block on writing back
         self._check_quiet()
         result = tx.result(answered=self.replies > replies_before)
         return attrs.evolve(result, remote_mta=self.options.tls_server_name or None)
 
-    async def _run(self, tx: Transaction, message: BinaryIO, first: bytes) -> None:
+    async def _run(self, tx: Transaction, message: BinaryIO | None, first: bytes) -> None:
         """MAIL, RCPT..., DATA (see `_exchange`), then the message if the server said 354 and
         a recipient was accepted; the replies go to ``tx``."""
         t = self.timeouts
@@ -388,15 +397,16 @@ class SmtpClientSession:
             return t.rcpt
         return t.data_init if isinstance(command, Data) else t.command
 
-    async def _send_message(self, message: BinaryIO, first: bytes) -> None:
-        """Send the message, starting with ``first`` (its first block, read on opening)."""
+    async def _send_message(self, message: BinaryIO | None, first: bytes) -> None:
+        """Send the message, starting with ``first`` (its first block, read on opening);
+        without an open ``message``, ``first`` is all of it."""
         block, sent = first, 0
         while block:
             sent += len(block)
             wire = self._conn.data_chunk(block)
             if wire:
                 await self._write(wire, self.timeouts.data_block, "sending the message")
-            if len(block) < MESSAGE_BLOCK_BYTES:
+            if message is None or len(block) < MESSAGE_BLOCK_BYTES:
                 break  # a short read of a regular file is its end: no thread hop to learn it
             try:
                 block = await trio.to_thread.run_sync(message.read, MESSAGE_BLOCK_BYTES)

@@ -99,6 +99,7 @@ class Spool:
         self._due_changed = trio.Event()
         self._removals: RemovalQueue | None = None  # see batched_removals
         self._unremoved: tuple[str, ...] = ()  # queued when the last block was cancelled
+        self._contents: dict[str, bytes] = {}  # see claimed_content
         self.recovery_report: Final = report
 
     @classmethod
@@ -258,11 +259,14 @@ class Spool:
             self._unreserve(message_id)
         return entry.envelope
 
-    async def claim_due(self, limit: int, *, now: float | None = None) -> list[Envelope]:
+    async def claim_due(
+        self, limit: int, *, now: float | None = None, read_bytes: int = 0
+    ) -> list[Envelope]:
         """Claim up to ``limit`` due messages, earliest first, in one thread hop.
 
         A message whose claim fails is logged and stays incoming; an empty list means
-        nothing is due (see :meth:`wait_until_due`).
+        nothing is due (see :meth:`wait_until_due`). Messages of at most ``read_bytes`` are
+        also read in that hop: :meth:`claimed_content` has their bytes until the claim ends.
         """
         now = time.time() if now is None else now
         batch = [e for e in self._index.pop_due(now, limit) if e.id not in self._busy]
@@ -271,9 +275,10 @@ class Spool:
             return []
         self._busy.update(e.id for e in batch)
         try:
-            errors = await self._run(
-                partial(claim_messages, self._layout, [e.id for e in batch]), "claim messages"
-            )
+            read = {e.id: read_bytes for e in batch if e.envelope.size <= read_bytes}
+            work = partial(claim_messages, self._layout, [e.id for e in batch], read=read)
+            errors, contents = await self._run(work, "claim messages")
+            self._contents.update(contents)
             for entry in batch:
                 error = errors.get(entry.id)
                 if error is None:
@@ -289,6 +294,12 @@ class Spool:
             for entry in batch:
                 self._unreserve(entry.id)
         return [e.envelope for e in batch if e.id not in errors]
+
+    def claimed_content(self, message_id: str) -> bytes | None:
+        """The bytes of a claimed message as :meth:`claim_due` read them, or None (not read:
+        too large, unreadable, or not claimed). Kept until the claim ends, so memory is
+        bounded by the claims in flight times ``read_bytes``."""
+        return self._contents.get(message_id)
 
     async def release(self, envelope: Envelope, *, rewrite: bool = True) -> None:
         """Return a claimed message to ``incoming/`` with its updated envelope (a retry).
@@ -322,6 +333,7 @@ class Spool:
             return
         self._reserve(message_id, "remove", PROCESSING)
         self._index.discard(message_id)
+        self._contents.pop(message_id, None)
         self._busy.discard(message_id)
         removals.put(message_id)
         await trio.lowlevel.checkpoint()
@@ -365,6 +377,7 @@ class Spool:
                 entry = self._index.get(message_id)
                 assert entry is not None
                 self._index.put(SpoolEntry(INCOMING, entry.envelope))
+                self._contents.pop(message_id, None)
         finally:
             for message_id in ids:
                 self._unreserve(message_id)
@@ -468,6 +481,7 @@ class Spool:
             )
             await self._run(work, f"{action} message {envelope.id}")
             self._index.put(SpoolEntry(dst, envelope))
+            self._contents.pop(envelope.id, None)
         finally:
             self._unreserve(envelope.id)
 
@@ -477,6 +491,7 @@ class Spool:
             work = partial(remove_message, self._layout, message_id, entry.state)
             await self._run(work, f"{action} message {message_id}")
             self._index.discard(message_id)
+            self._contents.pop(message_id, None)
         finally:
             self._unreserve(message_id)
 

@@ -51,7 +51,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from dispatch.spool.layout import (
@@ -143,16 +143,40 @@ def _fsync_after_move(
         )
 
 
-def claim_messages(layout: SpoolLayout, message_ids: Iterable[str]) -> dict[str, OSError]:
-    """Move many incoming messages to ``processing/`` (not durable: see :func:`move_message`);
-    return the error of each one that could not be moved."""
+def claim_messages(
+    layout: SpoolLayout, message_ids: Iterable[str], *, read: Mapping[str, int] | None = None
+) -> tuple[dict[str, OSError], dict[str, bytes]]:
+    """Move many incoming messages to ``processing/`` (not durable: see :func:`move_message`).
+
+    Returns the error of each one that could not be moved, and the content of each claimed
+    message named in ``read`` (id → most bytes to read) that is no longer than that: read
+    here, in the claim's thread hop, the relay needs no hop of its own to open it. A message
+    that cannot be read, or turns out longer, is left out (the relay reads it itself).
+    """
     errors: dict[str, OSError] = {}
+    contents: dict[str, bytes] = {}
+    read = read or {}
     for message_id in message_ids:
         try:
             move_message(layout, message_id, INCOMING, PROCESSING, durable=False)
         except OSError as exc:
             errors[message_id] = exc
-    return errors
+            continue
+        if (limit := read.get(message_id)) is not None:
+            content = _read_up_to(layout.path(PROCESSING, message_id, EML), limit)
+            if content is not None:
+                contents[message_id] = content
+    return errors, contents
+
+
+def _read_up_to(path: Path, limit: int) -> bytes | None:
+    """The whole file if it has at most ``limit`` bytes; None if longer or unreadable."""
+    try:
+        with path.open("rb") as file:
+            content = file.read(limit + 1)
+    except OSError:
+        return None
+    return content if len(content) <= limit else None
 
 
 def return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]:

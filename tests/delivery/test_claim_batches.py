@@ -56,8 +56,10 @@ async def test_idle_workers_are_filled_by_one_claim(
     calls: list[tuple[int, int]] = []  # (limit asked, messages claimed)
     real = Spool.claim_due
 
-    async def recorded(self: Spool, limit: int, *, now: float | None = None) -> list[Envelope]:
-        claimed = await real(self, limit, now=now)
+    async def recorded(
+        self: Spool, limit: int, *, now: float | None = None, read_bytes: int = 0
+    ) -> list[Envelope]:
+        claimed = await real(self, limit, now=now, read_bytes=read_bytes)
         calls.append((limit, len(claimed)))
         return claimed
 

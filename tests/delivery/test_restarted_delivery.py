@@ -21,7 +21,9 @@ async def test_send_test_is_delivered_after_the_supervisor_restarted_delivery(
         spool, supervisor = dispatch.parts.spool, dispatch.supervisor
         claim_due = spool.claim_due
 
-        async def broken_once(limit: int, *, now: float | None = None) -> list[Envelope]:
+        async def broken_once(
+            limit: int, *, now: float | None = None, read_bytes: int = 0
+        ) -> list[Envelope]:
             monkeypatch.setattr(spool, "claim_due", claim_due)
             raise RuntimeError("an injected crash of the delivery scanner")
 
