@@ -41,7 +41,6 @@ from dispatch.control.server import ControlServer, Operations
 from dispatch.dashboard import DashboardSources, register_dashboard
 from dispatch.delivery.attempt import DeliveryAttempt, DeliveryPlan
 from dispatch.delivery.bounces import Bounces
-from dispatch.delivery.relay_lane import RelayLane
 from dispatch.delivery.routing import Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.delivery.service import Delivery
@@ -161,7 +160,6 @@ def build_parts(
         store.log.record(event)  # the message log, and
         webhooks.record(event)  # the receivers: both only queue, neither waits
 
-    lane = RelayLane()  # smtp relays' dialogues in the intake workers, once they are linked
     attempt = DeliveryAttempt(
         spool,
         plan,
@@ -172,7 +170,6 @@ def build_parts(
         suppression=DeliverySuppression(
             store.suppressions, lambda: settings.current.suppression, stats
         ),
-        lane=lane,
     )
     return Parts(
         settings=settings,
@@ -191,7 +188,6 @@ def build_parts(
             store.log.audit,
             inherited=inherited,
             suppressions=store.suppressions,
-            lane=lane,
         ),
         delivery=Delivery(settings, spool, attempt, relays),
         figures=DatabaseFigures(),

@@ -23,7 +23,6 @@ import attrs
 import trio
 
 from dispatch.delivery.bounces import Bounces, Settled
-from dispatch.delivery.relay_lane import RelayLane
 from dispatch.delivery.routing import RouteDecision, Router
 from dispatch.delivery.schedule import RetrySchedule
 from dispatch.delivery.suppression import DeliverySuppression
@@ -77,14 +76,10 @@ class DeliveryAttempt:
         *,
         bounces: Bounces | None = None,
         suppression: DeliverySuppression | None = None,
-        lane: RelayLane | None = None,
     ) -> None:
         """``outcomes`` hears how each relay's answer went (``/health``'s delivery check);
         ``bounces`` writes the DSNs an attempt calls for (``delivery/bounces.py``);
-        ``suppression`` skips suppressed recipients and learns from hard bounces;
-        ``lane`` runs ``smtp`` relays' dialogues in the intake worker processes when they
-        are linked (``delivery/relay_lane.py``; None: always here)."""
-        self._lane = lane
+        ``suppression`` skips suppressed recipients and learns from hard bounces."""
         self._bounces = bounces
         self._suppression = suppression
         self._tracer = tracer
@@ -217,8 +212,6 @@ class DeliveryAttempt:
 
     async def _hand_over(self, relay: Relay, request: DeliveryRequest) -> DeliveryResult:
         try:
-            if self._lane is not None:
-                return await self._lane.deliver(relay, request)
             return await relay.deliver(request)
         except Exception:
             log.exception("relay %s failed unexpectedly", relay.name)

@@ -29,8 +29,6 @@ the spool on disk is the truth and the next start-up recovers what they left.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
 import signal
@@ -38,11 +36,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol, assert_never
+from typing import Final, assert_never
 
 import trio
 
-from dispatch.config.settings import Settings, SmtpRelay
+from dispatch.config.settings import Settings
 from dispatch.intake.link import (
     FROM_WORKER,
     BadMessage,
@@ -57,11 +55,9 @@ from dispatch.intake.link import (
     Start,
     SuppressionChanged,
 )
-from dispatch.intake.link_delivery import Cancel, Deliver, Handed, RelaysChanged
 from dispatch.lifecycle import RestartBackoff, Shutdown
 from dispatch.logs import logging_options
 from dispatch.monitoring.stats import Stats
-from dispatch.relays.base import DeliveryRequest
 from dispatch.security.certs import CertificateFiles, ensure_certificate
 from dispatch.spool import Spool
 from dispatch.storage.records import AuditEntry, MessageEvent
@@ -79,91 +75,11 @@ class WorkerStartError(Exception):
     """An intake worker process did not become ready."""
 
 
-CANCEL_SECONDS: Final = 5.0  # sending a Cancel waits no longer than this for the link
-
-
 class _LinkState:
-    def __init__(self, linked: LinkedWorker) -> None:
+    def __init__(self) -> None:
         self.ready = False
         self.changed = trio.Event()  # ready, or the link ended first
         self.ended = trio.Event()
-        self.linked = linked  # its hand-overs
-        self.configured = trio.Event()  # its relays were sent: it may take hand-overs
-
-
-class _Answer:
-    def __init__(self) -> None:
-        self.handed: Handed | None = None
-        self.done = trio.Event()
-
-
-class LinkedWorker:
-    """One worker's side of the hand-overs (``delivery/relay_lane.py``): sends
-    :class:`Deliver` under a fresh token and waits for its :class:`Handed`; when the link ends
-    first, every waiting hand-over gets None (the worker exited)."""
-
-    def __init__(self, number: int, link: Link[FromWorker]) -> None:
-        self.number = number
-        self._link = link
-        self._tokens = itertools.count(1)
-        self._waiting: dict[int, _Answer] = {}
-        self._ended = False
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._waiting)
-
-    async def deliver(self, relay: str, request: DeliveryRequest) -> Handed | None:
-        """See :class:`~dispatch.delivery.relay_lane.DeliveryWorker`."""
-        if self._ended:
-            return None
-        token = next(self._tokens)
-        answer = self._waiting[token] = _Answer()
-        try:
-            try:
-                await self._link.send([Deliver(token, relay, request)])
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            await answer.done.wait()
-            return answer.handed
-        except trio.Cancelled:
-            if not answer.done.is_set():
-                deadline = trio.current_time() + CANCEL_SECONDS
-                with (
-                    trio.CancelScope(shield=True, deadline=deadline),
-                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-                ):
-                    await self._link.send([Cancel(token)])
-            raise
-        finally:
-            del self._waiting[token]
-
-    def answered(self, handed: Handed) -> None:
-        """The worker's answer for one token (a token nobody waits for is dropped)."""
-        if (answer := self._waiting.get(handed.token)) is not None:
-            answer.handed = handed
-            answer.done.set()
-
-    def ended(self) -> None:
-        """The link ended: every hand-over still waiting gets None."""
-        self._ended = True
-        for answer in self._waiting.values():
-            answer.done.set()
-
-
-class WorkerLane(Protocol):
-    """Where ready workers are offered for hand-overs (``delivery/relay_lane.RelayLane``)."""
-
-    def attach(self, worker: LinkedWorker) -> None: ...
-    def detach(self, worker: LinkedWorker) -> None: ...
-
-
-def relays_message(settings: Settings) -> RelaysChanged:
-    """What a worker needs to run ``smtp`` relays: those relays, the DKIM keys if one of them
-    signs, and the HELO name; nothing of the other kinds (they run in the main process)."""
-    smtp = tuple(r for r in settings.relays if isinstance(r, SmtpRelay))
-    signing = any(r.dkim_sign for r in smtp)
-    return RelaysChanged(smtp, settings.dkim if signing else (), settings.listener.server_name)
 
 
 class IntakeWorkers:
@@ -183,14 +99,10 @@ class IntakeWorkers:
         record: Callable[[MessageEvent], None],
         audit: Callable[[AuditEntry], None],
         suppressions: Callable[[], Awaitable[tuple[Suppression, ...]]] | None = None,
-        lane: WorkerLane | None = None,
     ) -> None:
         """``suppressions`` gives the entries the workers' sessions refuse at RCPT (none
-        when the list is off or in delivery mode); pushed to them when they change.
-        ``lane``: where each ready worker is offered for relay dialogues (None: the workers
-        only take SMTP sessions)."""
+        when the list is off or in delivery mode); pushed to them when they change."""
         self.count = count
-        self._lane = lane
         self._suppressions = suppressions
         self._settings = settings
         self._wait_changed = wait_changed
@@ -278,11 +190,11 @@ class IntakeWorkers:
         finally:
             theirs.close()
         link = Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), FROM_WORKER)
-        state = _LinkState(LinkedWorker(number, link))
+        state = _LinkState()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_link, number, link, state)
-                nursery.start_soon(self._push_settings, link, files, state)  # the worker waits
+                nursery.start_soon(self._push_settings, link, files)  # the worker waits for them
                 with trio.move_on_after(READY_SECONDS):
                     await state.changed.wait()
                 if not state.ready:
@@ -290,23 +202,15 @@ class IntakeWorkers:
                         f"intake worker {number} did not become ready"
                         + (" (it exited)" if state.ended.is_set() else "")
                     )
-                nursery.start_soon(self._stop_on_request, process, shutdown, state.linked)
+                nursery.start_soon(self._stop_on_request, process, shutdown)
                 if self._suppressions is not None:  # after Start, which must come first
                     nursery.start_soon(self._push_suppressions, link, self._suppressions)
-                if self._lane is not None:
-                    with trio.move_on_after(READY_SECONDS):
-                        await state.configured.wait()
-                    if state.configured.is_set() and not state.ended.is_set():
-                        self._lane.attach(state.linked)
                 task_status.started()
                 await process.wait()
                 await state.ended.wait()  # every announcement made before the exit applied
                 nursery.cancel_scope.cancel()
             return await process.wait()
         finally:
-            if self._lane is not None:
-                self._lane.detach(state.linked)
-            state.linked.ended()
             if process.returncode is None:
                 process.kill()
                 with trio.CancelScope(shield=True):
@@ -325,9 +229,6 @@ class IntakeWorkers:
             log.error("link to intake worker %d broke, closing it: %s", number, exc)
             await link.aclose()
         finally:
-            if self._lane is not None:
-                self._lane.detach(state.linked)
-            state.linked.ended()  # hand-overs in flight: "the worker exited"
             state.ended.set()
             state.changed.set()
 
@@ -348,43 +249,31 @@ class IntakeWorkers:
             case Ready():
                 state.ready = True
                 state.changed.set()
-            case Handed():
-                state.linked.answered(message)
             case _:
                 assert_never(message)
 
-    async def _push_settings(
-        self, link: Link[FromWorker], files: CertificateFiles, state: _LinkState
-    ) -> None:
-        """Send :class:`Start`, then :class:`ListenerChanged` on each reload that changes it;
-        with a lane, :class:`RelaysChanged` after Start and on each change (``configured`` is
-        set once the first went out).
+    async def _push_settings(self, link: Link[FromWorker], files: CertificateFiles) -> None:
+        """Send :class:`Start`, then :class:`ListenerChanged` on each reload that changes it.
 
         Checking the settings and starting to wait happen without a checkpoint between them,
         so a reload that lands while a send is under way is seen by the next check.
         """
         sent: object = None
-        relays_sent: RelaysChanged | None = None
         while True:
             current = self._settings()
-            batch: list[Start | ListenerChanged | RelaysChanged] = []
             if sent is None:
-                batch.append(Start(current.listener, current.spool.directory, files))
+                message: Start | ListenerChanged = Start(
+                    current.listener, current.spool.directory, files
+                )
             elif current.listener != sent:
-                batch.append(ListenerChanged(current.listener))
-            relays = relays_message(current) if self._lane is not None else None
-            if relays is not None and relays != relays_sent and sent is not None:
-                batch.append(relays)  # Start goes alone: the worker takes it as one frame
-            if not batch:
+                message = ListenerChanged(current.listener)
+            else:
                 await self._wait_changed()
                 continue
             try:
-                await link.send(batch)
+                await link.send([message])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-            if sent is not None and relays is not None:
-                relays_sent = relays
-                state.configured.set()
             sent = current.listener
 
     async def _push_suppressions(
@@ -405,12 +294,8 @@ class IntakeWorkers:
                 sent = current
             await trio.sleep(SUPPRESSION_CHECK_SECONDS)
 
-    async def _stop_on_request(
-        self, process: trio.Process, shutdown: Shutdown, linked: LinkedWorker
-    ) -> None:
+    async def _stop_on_request(self, process: trio.Process, shutdown: Shutdown) -> None:
         await shutdown.requested.wait()
-        if self._lane is not None:
-            self._lane.detach(linked)  # no new hand-overs; those in flight are answered
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         await trio.sleep(math.inf)

@@ -25,7 +25,7 @@ from dispatch.config.live import LiveSettings
 from dispatch.intake.inherited import inherited_smtp_listeners
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
-from dispatch.intake.processes import IntakeWorkers, WorkerLane
+from dispatch.intake.processes import IntakeWorkers
 from dispatch.intake.session import IntakeContext
 from dispatch.intake.suppression import RecipientGate
 from dispatch.lifecycle import Shutdown
@@ -54,7 +54,6 @@ class SmtpIntake:
         *,
         inherited: Sequence[InheritedSocket] = (),
         suppressions: SuppressionList | None = None,
-        lane: WorkerLane | None = None,
     ) -> None:
         """``suppressions``: the list whose entries the sessions refuse at RCPT in
         ``suppression.mode = "intake"`` (here, and pushed to the worker processes)."""
@@ -66,7 +65,6 @@ class SmtpIntake:
         self._audit = audit
         self._inherited = tuple(inherited)  # socket activation: used instead of binding
         self._suppressions = suppressions
-        self._lane = lane  # the workers are offered to it for relay dialogues
         self._auth_throttle = FailureThrottle()  # kept across restarts: so are the counts
         self._tls: ssl.SSLContext | None = None
         self.ports: ListeningPorts | None = None
@@ -126,7 +124,6 @@ class SmtpIntake:
             record=self._record,
             audit=self._audit,
             suppressions=None if self._suppressions is None else self._refused_at_intake,
-            lane=self._lane,
         )
         try:
             async with trio.open_nursery() as nursery:

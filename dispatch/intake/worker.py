@@ -61,12 +61,10 @@ from dispatch.intake.link import (
     SuppressionChanged,
     ToWorker,
 )
-from dispatch.intake.link_delivery import Cancel, Deliver, RelaysChanged
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
 from dispatch.intake.suppression import PushedSuppressions, RecipientGate
-from dispatch.intake.worker_relays import WorkerRelays
 from dispatch.lifecycle import Shutdown
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
@@ -106,7 +104,6 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     ports = ListeningPorts(configured=(), listening=())  # the main process reports them
     listener = SmtpListener(context, ports, processes=listener_settings.processes)
     shutdown = Shutdown(grace_seconds=DRAIN_GRACE)
-    relays = WorkerRelays(stats, outbox_send.send_nowait)
 
     def apply(message: ToWorker) -> None:
         nonlocal listener_settings
@@ -116,12 +113,6 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
                 log.info("listener settings of the reload applied")
             case SuppressionChanged(entries):
                 suppressions.replace(entries)
-            case RelaysChanged():
-                relays.configure(message)
-            case Deliver():
-                relays.deliver(message)
-            case Cancel(token):
-                relays.cancel(token)
             case Start():
                 raise LinkBroken("intake link: a second 'start' message")
 
@@ -138,14 +129,11 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
     async with trio.open_nursery() as outer:
         outer.start_soon(_forward, outbox, link)  # ends once the outbox is closed and empty
         async with trio.open_nursery() as helpers:
-            await helpers.start(relays.run)  # before the link is read: a Deliver needs it
             helpers.start_soon(take_settings)
             helpers.start_soon(_ship_stats, stats, outbox_send)
             helpers.start_soon(_stop_on_signal, shutdown)
             outbox_send.send_nowait(Ready())
             await listener.serve(listeners, shutdown)
-            with trio.move_on_after(DRAIN_GRACE):  # dialogues under way are answered
-                await relays.drain()
             helpers.cancel_scope.cancel()
         outbox_send.send_nowait(Counters(stats.take()))
         outbox_send.close()

@@ -221,18 +221,6 @@ class Trace:
         self._duration = self._clock() - self._start
         self._tracer._finished(self)
 
-    def replay(self, events: Iterable[tuple[float, str, bool]], duration: float) -> None:
-        """Append events recorded elsewhere (another process's trace of this same work:
-        offset in seconds, text, is an error), each line escaped and cut again, then finish
-        with ``duration`` as the recorded one."""
-        for offset, message, is_error in events:
-            self.errored = self.errored or is_error
-            self._keep(TraceEvent(offset, _cut_lines(message.split("\n")), is_error))
-        if not self.finished:
-            self.finished = True
-            self._duration = duration
-            self._tracer._finished(self)
-
     @property
     def elapsed(self) -> float:
         """Seconds the trace ran (finished) or has been running (active)."""
@@ -283,9 +271,7 @@ class Trace:
         escaped: bool = False,
     ) -> None:
         text = message if escaped else _cut(message)
-        self._keep(TraceEvent(self._clock() - self._start, text, is_error, link))
-
-    def _keep(self, event: TraceEvent) -> None:
+        event = TraceEvent(self._clock() - self._start, text, is_error, link)
         self._text_bytes += len(event.message)
         if len(self._head) < HEAD_EVENTS:
             self._head.append(event)

@@ -102,19 +102,6 @@ class Suspension:
         self._reason = error.text
         self._until = trio.current_time() + self.seconds
 
-    def mirror(self, reason: str | None) -> None:
-        """Take on the state another process's copy of this relay reported after an attempt
-        it ran (``delivery/relay_lane.py``): suspended for ``reason`` (the next
-        ``seconds`` from now), or not suspended (None). Audited here, where it changes."""
-        if reason is None:
-            self.connected()
-            return
-        if not self._reason:
-            log.warning("relay %s: suspended for %g s: %s", self.relay, self.seconds, reason)
-            self._audit(audit_entries.relay_suspended(self.relay, reason, self.seconds))
-        self._reason = reason
-        self._until = trio.current_time() + self.seconds
-
     def connected(self) -> None:
         """An attempt got a connection: a suspension, if any, is lifted."""
         if self._reason:
