@@ -8,12 +8,11 @@ that class's fields.
 What travels (see ``intake/processes.py`` and ``intake/worker.py``):
 
 - main → worker: :class:`Start` first (what the worker needs to begin), then
-  :class:`ListenerChanged` after each reload that changed a ``listener.*`` key,
-  :class:`SuppressionChanged` whenever the entries intake refuses change, and the delivery
-  kinds of ``intake/link_delivery.py``: ``RelaysChanged``, ``Deliver``, ``Cancel``;
+  :class:`ListenerChanged` after each reload that changed a ``listener.*`` key, and
+  :class:`SuppressionChanged` whenever the entries intake refuses change;
 - worker → main: :class:`Ready`, then :class:`Committed` for each message it wrote into the
-  spool, :class:`Logged` for each message-log event or audit entry, :class:`Counters`
-  every second, and ``Handed`` for each ``Deliver``. The
+  spool, :class:`Logged` for each message-log event or audit entry and :class:`Counters`
+  every second. The
   worker sends whatever queued up while its last frame was being written as one frame.
 
 Nothing on the link is pickled: the main process reads what a process facing the network
@@ -42,7 +41,6 @@ import trio
 from dispatch.config.loader import ConfigError, parse_settings
 from dispatch.config.settings import ListenerSettings
 from dispatch.config.types import Secret
-from dispatch.intake.link_delivery import Cancel, Deliver, Handed, RelaysChanged
 from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
@@ -256,19 +254,12 @@ class Counters:
         return cls({name: _figure(name, value) for name, value in figures.items()})
 
 
-type ToWorker = Start | ListenerChanged | SuppressionChanged | RelaysChanged | Deliver | Cancel
-type FromWorker = Ready | Committed | Logged | Counters | Handed
+type ToWorker = Start | ListenerChanged | SuppressionChanged
+type FromWorker = Ready | Committed | Logged | Counters
 type Message = ToWorker | FromWorker
 
-TO_WORKER: Final[tuple[type[ToWorker], ...]] = (
-    Start,
-    ListenerChanged,
-    SuppressionChanged,
-    RelaysChanged,
-    Deliver,
-    Cancel,
-)
-FROM_WORKER: Final[tuple[type[FromWorker], ...]] = (Ready, Committed, Logged, Counters, Handed)
+TO_WORKER: Final[tuple[type[ToWorker], ...]] = (Start, ListenerChanged, SuppressionChanged)
+FROM_WORKER: Final[tuple[type[FromWorker], ...]] = (Ready, Committed, Logged, Counters)
 _KINDS: Final[dict[str, type[Message]]] = {cls.KIND: cls for cls in (*TO_WORKER, *FROM_WORKER)}
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     kind: frozenset(field.name for field in attrs.fields(cls)) for kind, cls in _KINDS.items()
