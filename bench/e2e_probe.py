@@ -176,7 +176,7 @@ def main() -> int:
                 rate, cpu = run(Path(tree), processes, args.messages, args.keep, spool)
             else:
                 with tempfile.TemporaryDirectory(prefix="e2e-probe-") as scratch:
-                    rate, cpu = run(Path(tree), args.processes, args.messages, Path(scratch), spool)
+                    rate, cpu = run(Path(tree), processes, args.messages, Path(scratch), spool)
             figures[spec].append((rate, cpu))
             print(f"round {number + 1} {spec}: {rate:.0f} msgs/s, {cpu:.2f} CPU ms/msg", flush=True)
     for tree, values in figures.items():
