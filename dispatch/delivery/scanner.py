@@ -1,14 +1,17 @@
 """The delivery component: the spool scanner feeding ``spool.worker_count`` workers.
 
 Theory of operation: the scanner waits until the spool's in-memory index says a message is
-due (no directory listing, no polling), claims as many due messages as there are idle workers
-(at least one) in one thread hop (renames to ``processing/``; a message of at most one read
-block is also read there, so the relay sends it without a thread hop of its own) and hands
-them to the workers through an unbuffered channel, so claimed messages wait only for workers
-that are free. Each worker runs one :class:`~dispatch.delivery.attempt.DeliveryAttempt` at a
-time. Claiming in batches matters while intake is busy: a thread hop then costs milliseconds
-of scheduling on a loaded machine, far more than the renames, and one claim per hop capped
-delivery at ~75 messages/s on two cores (docs/delivery-throughput.md).
+due (no directory listing, no polling), claims up to ``worker_count`` due messages in one
+thread hop (renames to ``processing/``; a message of at most one read block is also read
+there, so the relay sends it without a thread hop of its own) and hands them to the workers
+one by one through an unbuffered channel; it claims again only once its hand is empty. So at
+most ``worker_count`` claimed messages wait for a worker, besides the ones being delivered,
+and their read bytes bound the memory: 2 * ``worker_count`` * 64 KiB. Each worker runs one
+:class:`~dispatch.delivery.attempt.DeliveryAttempt` at a time. Claiming in batches matters:
+a thread hop costs milliseconds of scheduling on a loaded machine, far more than the renames.
+One claim per hop capped delivery at ~75 messages/s on two cores, and claiming only for the
+idle workers still made ~1.8 messages per hop, since workers fall idle one at a time
+(docs/delivery-throughput.md).
 
 Delivered messages leave the spool's index at once; their files are unlinked in batches by
 the spool's removal task (``spool/removals.py``), which runs as long as the workers do: one
@@ -79,9 +82,8 @@ class DeliveryScanner:
             try:
                 while True:
                     await self._spool.wait_until_due()
-                    idle = self.worker_count - self.busy_workers
                     claimed = await self._spool.claim_due(
-                        limit=max(1, idle), read_bytes=MESSAGE_BLOCK_BYTES
+                        limit=self.worker_count, read_bytes=MESSAGE_BLOCK_BYTES
                     )
                     while claimed:
                         await send.send(claimed[0])
