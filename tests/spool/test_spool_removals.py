@@ -145,3 +145,23 @@ async def test_the_next_block_unlinks_what_a_cancelled_one_left(spool: Spool) ->
         pass
     assert queue.removed == 1
     assert placed(spool.directory) == {}
+
+
+async def test_a_removal_that_fails_is_logged_and_the_rest_of_the_batch_goes(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``.json`` that cannot be unlinked (here: a directory in its place) keeps its message
+    on disk; the next start-up would deliver it again. The others in the batch are removed."""
+    blocked, fine = await claimed(spool, 2)
+    processing = spool.directory / MessageState.PROCESSING.value
+    (processing / f"{blocked}.json").mkdir()
+    (processing / f"{blocked}.json" / "x").write_bytes(b"")
+    async with spool.batched_removals() as queue:
+        await spool.remove(blocked)
+        await spool.remove(fine)
+    assert queue.removed == 1
+    assert f"{blocked}.eml" in files_in(spool, MessageState.PROCESSING)
+    assert not any(name.startswith(fine) for name in files_in(spool, MessageState.PROCESSING))
+    assert f"{blocked} was delivered but its files in processing/ could not be removed" in (
+        caplog.text
+    )
