@@ -80,6 +80,13 @@ def _start(launcher: Launcher, tree: Path, work: Path, processes: int) -> tuple[
     return child.pid, ports["smtp"], ports["webui"]
 
 
+def _run_queue_seconds(pid: int) -> float:
+    """Time the Trio thread of ``pid`` has spent runnable but waiting for a core
+    (``/proc/<pid>/task/<pid>/schedstat``, second field, in nanoseconds)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(fields[1]) / 1e9
+
+
 def _loaded(pid: int, port: int, messages: int, work: Path, *, reuse: bool) -> SourceRun:
     return run_source(
         port, messages, reuse=reuse, timeout=300, log_path=work / f"source-{reuse}.out"
@@ -98,14 +105,17 @@ def one_round(
             flush=True,
         )
         cpu0, main0 = session_cpu_seconds(pid), sum(thread_cpu_seconds(pid).values())
+        waited0 = _run_queue_seconds(pid)
         health, new = trio.run(
             probe_while, url, lambda: _loaded(pid, port, messages, work, reuse=False)
         )
         cpu1, main1 = session_cpu_seconds(pid), sum(thread_cpu_seconds(pid).values())
+        waited = _run_queue_seconds(pid) - waited0
         print(
             f"  main process: {(main1 - main0) / new.seconds:.2f} cores busy "
             f"({(main1 - main0) * 1000 / max(1, new.messages):.2f} CPU ms/msg) "
-            f"of {(cpu1 - cpu0) / new.seconds:.2f} for all of Dispatch",
+            f"of {(cpu1 - cpu0) / new.seconds:.2f} for all of Dispatch; its Trio thread "
+            f"waited for a core {waited * 1000 / new.seconds:.0f} ms per second",
             flush=True,
         )
         reused = _loaded(pid, port, messages, work, reuse=True)
