@@ -7,7 +7,9 @@ Every operation that changes the disk does all its file work in one thread hop, 
 from cancellation (a cancelled caller gets :class:`trio.Cancelled` at its next checkpoint,
 after the change is complete), and updates the index on the Trio thread only after the hop
 returned. While an operation on a message is in flight the id is *busy*: other operations on
-it raise :class:`MessageBusyError` instead of racing it on disk.
+it raise :class:`MessageBusyError` instead of racing it on disk. One exception: inside
+:meth:`Spool.batched_removals`, a delivered message leaves the index first and its files
+follow in a batch (``removals.py``); losing that batch to a crash means a second delivery.
 """
 
 from __future__ import annotations
