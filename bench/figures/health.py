@@ -154,9 +154,11 @@ def _summarise(figure: Figure, pooled: dict[str, HealthRun]) -> None:
     if loaded.latencies and idle.latencies:
         figure.limits.append(
             f"intake at full speed: answers slow from p50 {fmt(idle.p(0.5) * 1000)} ms idle "
-            f"to {fmt(loaded.p(0.5) * 1000)} ms while the checks stay fast: the HTTPS "
-            "handshake and the request wait for the event loop, which intake keeps busy "
-            "(see the intake figure's profile: its Trio thread is never idle)"
+            f"to {fmt(loaded.p(0.5) * 1000)} ms while the checks stay fast: with "
+            "listener.processes > 1 the main process takes no SMTP session, but its Trio "
+            "thread still waits for a core at each step of an answer (accept, TLS handshake, "
+            "request, the checks' thread hops) while the intake workers and the load "
+            "generator keep the cores busy (docs/intake-cpu.md, round 2)"
         )
 
 
