@@ -10,8 +10,8 @@ by a single fsync of ``processing/``. Removals that arrive while a hop runs wait
 one, so under load each hop takes many messages and the per-message cost of a hop (waking a
 worker thread, then the Trio thread) and of a directory fsync is shared.
 
-What a crash does: a removal that is queued, or unlinked but not yet fsynced, does not
-survive a crash or a power cut. Start-up recovery then finds the message whole in
+What a crash does: a removal still queued does not survive a crash, and one unlinked but
+not yet fsynced does not survive a power cut. Start-up recovery then finds the message whole in
 ``processing/`` and returns it to ``incoming/`` (SPEC §5), so it is **delivered again — a
 duplicate, never a loss**. That is the same outcome as a crash between the relay's reply and
 the removal, which the spool always allowed. A crash between a message's two unlinks leaves
