@@ -22,6 +22,7 @@ from dispatch.storage import (
     Store,
     open_store,
 )
+from dispatch.storage.log_writer import LINGER
 from dispatch.storage.records import MAX_FREE_TEXT, from_journal, to_journal
 from dispatch.storage.throughput import counts_last_minutes
 from tests.storage.conftest import (
@@ -337,3 +338,34 @@ async def test_each_node_counts_its_own_traffic_in_one_database(db: DbRef, tmp_p
     assert (chart["received"], chart["delivered"]) == (4, 1)  # the dashboard chart: all nodes
     nodes = {row[0] for row in query(db, "SELECT DISTINCT node FROM message_log")}
     assert nodes == {"node-1", "node-2"}
+
+
+class CountingDatabase(SqliteDatabase):
+    """A real SQLite database that counts its write transactions."""
+
+    transactions = 0
+
+    async def write[T](self, work: Callable[[SqlCursor], T]) -> T:
+        self.transactions += 1
+        return await super().write(work)
+
+
+async def test_records_arriving_steadily_share_transactions(tmp_path: Path) -> None:
+    database = CountingDatabase.from_url(f"sqlite:///{tmp_path / 'log.db'}")
+    store = Store.for_database(database, tmp_path)
+    async with running(store):
+        await write(store, received(0))  # a record after a quiet spell goes in on its own
+        before = database.transactions
+        began = trio.current_time()
+        for number in range(1, 201):  # a steady trickle, one record per millisecond or slower
+            store.log.record(received(number))
+            await trio.sleep(0.001)
+        with trio.fail_after(10):
+            await store.log.wait_until_written()
+        elapsed = trio.current_time() - began
+        transactions = database.transactions - before
+        assert len(await store.queries.message_history("msg-200")) == 1
+    assert store.log.written_total == 201
+    # Each write after the first waits LINGER for more records, whatever the machine's speed;
+    # without the wait each record would go in on its own (about 200 transactions).
+    assert transactions <= elapsed / LINGER + 2, (transactions, elapsed)
