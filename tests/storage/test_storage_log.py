@@ -351,7 +351,7 @@ class CountingDatabase(SqliteDatabase):
 
 
 async def test_records_arriving_steadily_share_transactions(tmp_path: Path) -> None:
-    database = CountingDatabase.from_url(f"sqlite:///{tmp_path / 'log.db'}")
+    database = CountingDatabase(tmp_path / "log.db")
     store = Store.for_database(database, tmp_path)
     async with running(store):
         await write(store, received(0))  # a record after a quiet spell goes in on its own
