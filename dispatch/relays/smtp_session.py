@@ -401,13 +401,16 @@ class SmtpClientSession:
         """Send the message, starting with ``first`` (its first block, read on opening);
         without an open ``message``, ``first`` is all of it."""
         block, sent = first, 0
-        while block:
+        while True:
             sent += len(block)
             wire = self._conn.data_chunk(block)
-            if wire:
-                await self._write(wire, self.timeouts.data_block, "sending the message")
             if message is None or len(block) < MESSAGE_BLOCK_BYTES:
-                break  # a short read of a regular file is its end: no thread hop to learn it
+                # A short read of a regular file is its end: no thread hop to learn it. The
+                # final "." goes in the same write as the last block: one segment, not two.
+                wire += self._conn.end_data()
+                await self._write(wire, self.timeouts.data_block, "sending the message")
+                break
+            await self._write(wire, self.timeouts.data_block, "sending the message")
             try:
                 block = await trio.to_thread.run_sync(message.read, MESSAGE_BLOCK_BYTES)
             except OSError as exc:
@@ -417,7 +420,6 @@ class SmtpClientSession:
                 raise SessionError(
                     "transient", self.options.label, f"cannot read the message: {exc}"
                 ) from None
-        await self._write(self._conn.end_data(), self.timeouts.data_block, "ending the message")
         self._note(f"C: <the message, {sent} bytes> .")
 
     def _check_quiet(self) -> None:

@@ -76,7 +76,10 @@ async def test_a_small_message_is_sent_from_its_claim_without_opening_the_file(
     assert [m.content for m in sink.messages] == [SMALL, SMALL.replace(b"small", b"gone")]
 
 
-@pytest.mark.parametrize("size", [MESSAGE_BLOCK_BYTES, MESSAGE_BLOCK_BYTES + 1, 200_000])
+# 2 blocks exactly: the last read is empty, and the final "." goes out after it on its own.
+@pytest.mark.parametrize(
+    "size", [MESSAGE_BLOCK_BYTES, MESSAGE_BLOCK_BYTES + 1, 2 * MESSAGE_BLOCK_BYTES, 200_000]
+)
 async def test_one_block_is_read_with_the_claim_and_anything_larger_is_streamed(
     spool: Spool, start_sink: StartSink, size: int
 ) -> None:
