@@ -157,9 +157,10 @@ COMMON_METHOD = """\
   per message; three where the envelope needs a `.json` of its own); the
   Python peer the file and the directory; Postfix its queue file (and not the directory);
   OpenSMTPD its message file and its envelope.
-- Dispatch runs with `listener.processes = 2` (one SMTP process per core: the main
-  process and one intake worker process sharing the port); "Dispatch, 1 process" is the
-  same build with intake in the main process only, measured beside it in every round.
+- Dispatch runs with `listener.processes = 2` (one SMTP process per core: two intake
+  worker processes sharing the port, while the main process keeps delivery, the API and
+  `/health` and takes no SMTP session); "Dispatch, 1 process" is the same build with
+  intake in the main process only, measured beside it in every round.
 - CPU figures are the servers' own (every process of the server, from `/proc`); for
   Dispatch they are split into the main process's Trio thread, its worker threads and the
   intake worker processes. Profiles come from Dispatch's `/debug/profile` (pyinstrument on

@@ -76,8 +76,8 @@ def _limits(ctx: Context, figure: Figure) -> None:
     if ctx.fsync_ms:
         figure.limits.append(
             f"one 5 KiB write + fsync costs {ctx.fsync_ms:.2f} ms here (machine probe); "
-            "Dispatch makes three per message, so disk time is about "
-            f"{3 * ctx.fsync_ms:.1f} ms of its p50 — the rest is CPU time on a loop it "
+            "Dispatch makes two per message (the file, then `incoming/`), so disk time is "
+            f"about {2 * ctx.fsync_ms:.1f} ms of its p50 — the rest is CPU time on a loop it "
             "shares with the other sessions (see the intake profile)"
         )
     for server, per_metric in figure.peer_series.items():
