@@ -47,7 +47,7 @@ from dispatch.delivery.service import Delivery
 from dispatch.delivery.suppression import DeliverySuppression
 from dispatch.intake.door import IntakeDoor
 from dispatch.intake.service import SmtpIntake
-from dispatch.lifecycle import Component, Shutdown
+from dispatch.lifecycle import Component, Shutdown, freeze_start_up_objects
 from dispatch.logs import bind, log_context
 from dispatch.monitoring.delivery_health import DeliverySources
 from dispatch.monitoring.file_figures import FileFigures
@@ -405,6 +405,7 @@ async def serve(
         record_audit = parts.store.log.audit
 
         def ready() -> None:
+            freeze_start_up_objects()
             parts.started.set()  # /health/ready
             record_audit(audit.daemon_started(__version__, config_file, os.getpid()))
             ports = parts.intake.ports.listening if parts.intake.ports else ()

@@ -65,7 +65,7 @@ from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
 from dispatch.intake.suppression import PushedSuppressions, RecipientGate
-from dispatch.lifecycle import Shutdown
+from dispatch.lifecycle import Shutdown, freeze_start_up_objects
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
@@ -132,6 +132,7 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
             helpers.start_soon(take_settings)
             helpers.start_soon(_ship_stats, stats, outbox_send)
             helpers.start_soon(_stop_on_signal, shutdown)
+            freeze_start_up_objects()
             outbox_send.send_nowait(Ready())
             await listener.serve(listeners, shutdown)
             helpers.cancel_scope.cancel()

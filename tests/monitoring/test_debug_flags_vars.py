@@ -98,6 +98,9 @@ def test_vars_have_the_process_figures(tmp_path: Path, start_daemon: Callable[..
     assert len(garbage["collections"]) == len(garbage["thresholds"]) == 3
     assert garbage["collections"][0] > 0  # a started daemon has collected at least once
     assert garbage["enabled"] is True
+    # What start-up built is frozen out of the collector's reach once the daemon is ready
+    # (lifecycle.freeze_start_up_objects): tens of thousands of objects.
+    assert garbage["frozen"] > 10_000, garbage
 
 
 def test_describe_flags_from_a_parsed_command_line(tmp_path: Path) -> None:
