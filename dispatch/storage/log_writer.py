@@ -12,10 +12,11 @@ the journal and the database writes. Each turn of its loop:
 1. If the journal holds records and the database may be tried, replay the journal into
    the database in chunks of :data:`BATCH_SIZE`, then delete it (``journal.py``).
 2. Take up to :data:`BATCH_SIZE` records from the head of the queue and write them in one
-   transaction in one thread hop, counters included (``log_batch.py``); then let records
-   gather for :data:`LINGER` seconds (cut short by a full batch or a stop request), so that
-   under load a transaction carries many rows instead of the few that arrived during the
-   last write.
+   transaction in one thread hop, counters included (``log_batch.py``). If that write took
+   :data:`LINGER_FROM` records or more (they arrive faster than they are written), let
+   records gather for :data:`LINGER` seconds (cut short by a full batch or a stop request),
+   so that under load a transaction carries many rows instead of the few that arrived
+   during the last write; lighter traffic is written as it comes.
 3. If the database failed, or is backing off, append the batch to the journal instead
    (flushed and fsynced) so that it survives a restart.
 
@@ -69,12 +70,14 @@ BATCH_SIZE: Final = 500
 RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 5.0
 SAVE_ON_CANCEL_TIMEOUT: Final = 2.0
-# After a write the writer lets records gather this long (seconds) before the next one, so
-# under load one transaction carries many rows: at 1,000 msgs/s the main process's CPU for
-# the log fell from 0.31-0.38 to 0.16-0.23 ms per message and SQLite's page writes from 7.4
-# to 3.3 per message (docs/intake-cpu.md, round 3). A record after a quiet spell is written
-# at once; a full batch or a stop request ends the wait early.
+# After a write of at least LINGER_FROM rows (records arrived faster than they were written:
+# sustained traffic) the writer lets records gather this long (seconds) before the next
+# one, so under load one transaction carries many rows: at 1,000 msgs/s the main process's
+# CPU for the log fell from 0.31-0.38 to 0.16-0.23 ms per message and SQLite's page writes
+# from 7.4 to 3.3 per message (docs/intake-cpu.md, round 3). Lighter traffic is written
+# at once, as before; a full batch or a stop request ends the wait early.
 LINGER: Final = 0.05
+LINGER_FROM: Final = 4
 
 
 class StopRequest(Protocol):
@@ -109,6 +112,7 @@ class MessageLog:
         self._wakeup = trio.Event()
         self._wake_on_record = True  # False while the writer sleeps through a back-off
         self._lingering = False  # True while records gather after a write (LINGER)
+        self._last_rows = 0  # records the last write took (database or journal)
         self._idle = trio.Event()  # set while nothing is pending and the writer has run
         self._stopping = False
         self._journal_rows = 0
@@ -212,8 +216,9 @@ class MessageLog:
             self._wake_on_record = True
 
     async def _linger(self) -> None:
-        """Let records gather for :data:`LINGER` seconds, unless a batch is full or we stop."""
-        if self._stopping or len(self._queue) >= self._batch_size:
+        """After a write of :data:`LINGER_FROM` rows or more, let records gather for
+        :data:`LINGER` seconds, unless a batch is full or we stop."""
+        if self._last_rows < LINGER_FROM or self._stopping or len(self._queue) >= self._batch_size:
             await trio.lowlevel.checkpoint()
             return
         self._lingering, self._wake_on_record = True, False
@@ -226,6 +231,7 @@ class MessageLog:
     async def _step(self) -> bool:
         """One turn of the loop; return whether any record moved."""
         progressed = False
+        self._last_rows = 0
         if self._replay_needed and not self._stopping and self._may_try_database():
             progressed = await self._replay_journal()
         if not self._queue:
@@ -235,6 +241,7 @@ class MessageLog:
                 await self._write([])
             return progressed
         batch = list(itertools.islice(self._queue, self._batch_size))
+        self._last_rows = len(batch)
         if self._may_try_database() and await self._write(batch):
             self._pop(len(batch))
             return True

@@ -354,18 +354,19 @@ async def test_records_arriving_steadily_share_transactions(tmp_path: Path) -> N
     database = CountingDatabase(tmp_path / "log.db")
     store = Store.for_database(database, tmp_path)
     async with running(store):
-        await write(store, received(0))  # a record after a quiet spell goes in on its own
+        await write(store, received(0))  # one record after a quiet spell goes in on its own
         before = database.transactions
         began = trio.current_time()
-        for number in range(1, 201):  # a steady trickle, one record per millisecond or slower
-            store.log.record(received(number))
-            await trio.sleep(0.001)
+        for burst in range(20):  # sustained traffic: bursts of LINGER_FROM records or more
+            for number in range(10):
+                store.log.record(received(1 + burst * 10 + number))
+            await trio.sleep(0.005)
         with trio.fail_after(10):
             await store.log.wait_until_written()
         elapsed = trio.current_time() - began
         transactions = database.transactions - before
         assert len(await store.queries.message_history("msg-200")) == 1
     assert store.log.written_total == 201
-    # Each write after the first waits LINGER for more records, whatever the machine's speed;
-    # without the wait each record would go in on its own (about 200 transactions).
+    # Each write of LINGER_FROM rows or more waits LINGER for more, whatever the machine's
+    # speed; without the wait each burst would go in on its own (20 transactions).
     assert transactions <= elapsed / LINGER + 2, (transactions, elapsed)
