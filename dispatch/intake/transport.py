@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import select
 import ssl
 from typing import Final
 
 import trio
 
+from dispatch import fd_io
 from dispatch.monitoring.dialogue import TlsFacts
 from dispatch.monitoring.traces import Trace
 
@@ -87,11 +87,9 @@ class SessionTransport:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._out = bytearray()
-        # Plain TCP is read and written through its descriptor, without the stream's layers
-        # (conflict detection, error translation, the socket wrapper's context managers):
-        # per command they cost more than the system call (docs/intake-cpu.md, round 3).
-        # None over TLS, where the stream does the work.
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        # Plain TCP is read and written through its descriptor (dispatch/fd_io.py): per
+        # command the stream's layers cost more than the system call. None over TLS.
+        self._fd = fd_io.plain_fd(stream)
 
     def queue(self, data: bytes) -> None:
         """Queue serialised replies; :meth:`flush` writes everything queued in one go."""
@@ -114,10 +112,10 @@ class SessionTransport:
 
         Raises :class:`SessionEnded` if the peer broke the connection.
         """
-        if self._fd is not None:
-            return await self._receive_plain(self._fd, deadline)
         with trio.move_on_at(deadline):
             try:
+                if self._fd is not None:
+                    return await fd_io.receive_some(self._fd, RECEIVE_BYTES)
                 data = await self.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise SessionEnded from exc
@@ -130,12 +128,12 @@ class SessionTransport:
         if not self._out:
             return
         data, self._out = bytes(self._out), bytearray()
-        if self._fd is not None:
-            await self._send_plain(self._fd, data, stuck_after)
-            return
         with trio.move_on_after(stuck_after) as stuck:
             try:
-                await self.stream.send_all(data)
+                if self._fd is not None:
+                    await fd_io.send_all(self._fd, data)
+                else:
+                    await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise SessionEnded from exc
         if stuck.cancelled_caught:
@@ -155,60 +153,3 @@ class SessionTransport:
         """
         self.stream = await tls_handshake(self.stream, context, trace)
         self._fd = None
-
-    # --- plain TCP through the descriptor ------------------------------------------------------
-    # Checkpoints as trio's socket methods place them: a cancellation is seen before the
-    # system call, and once bytes have moved the yield that follows cannot be cancelled (so
-    # nothing read or written is forgotten); the yield is there even when the kernel had the
-    # bytes (or the room) at once, so a client that never pauses cannot starve the others.
-
-    @staticmethod
-    async def _receive_plain(fd: int, deadline: float) -> bytes | None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if trio.current_time() >= deadline:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return None
-        try:
-            data = os.read(fd, RECEIVE_BYTES)
-        except BlockingIOError:
-            pass
-        except OSError as exc:  # reset by the peer, or the stream was closed under us
-            raise SessionEnded from exc
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-        with trio.move_on_at(deadline):
-            while True:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                    return os.read(fd, RECEIVE_BYTES)
-                except BlockingIOError:
-                    continue
-                except (OSError, trio.ClosedResourceError) as exc:
-                    raise SessionEnded from exc
-        return None
-
-    @staticmethod
-    async def _send_plain(fd: int, data: bytes, stuck_after: float) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # the peer went away (EPIPE, ECONNRESET)
-            raise SessionEnded from exc
-        if sent == len(data):
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        rest = memoryview(data)[sent:]
-        with trio.move_on_after(stuck_after):
-            while rest:
-                try:
-                    await trio.lowlevel.wait_writable(fd)
-                    rest = rest[os.write(fd, rest) :]
-                except BlockingIOError:
-                    continue
-                except (OSError, trio.ClosedResourceError) as exc:
-                    raise SessionEnded from exc
-            return
-        raise SessionEnded  # the peer stopped reading

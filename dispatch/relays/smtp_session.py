@@ -43,6 +43,7 @@ from typing import BinaryIO, Final, Literal
 import attrs
 import trio
 
+from dispatch import fd_io
 from dispatch.monitoring.dialogue import TlsFacts, command_line, reply_lines
 from dispatch.monitoring.traces import Trace
 from dispatch.relays.smtp_options import SessionError, SessionOptions, why_not_connected
@@ -103,6 +104,7 @@ class SmtpClientSession:
         self.replies = 0  # replies read to our commands (unsolicited 421s not counted)
         self._conn = ClientConnection(options.limits)
         self._stream: trio.abc.Stream | None = None
+        self._fd: int | None = None  # plain TCP: read and written through it (fd_io.py)
         self._closing_reply: Reply | None = None  # a 421 the server sent before closing
 
     @property
@@ -152,6 +154,7 @@ class SmtpClientSession:
         try:
             with trio.fail_after(self.timeouts.connect):
                 self._stream = await trio.open_tcp_stream(options.address, options.port)
+                self._fd = fd_io.plain_fd(self._stream)
         except trio.TooSlowError:
             raise self._broken(
                 f"connection to {options.display} timed out after {self.timeouts.connect:g} s",
@@ -203,7 +206,7 @@ class SmtpClientSession:
             server_hostname=options.tls_server_name,
             https_compatible=True,  # a server that drops the TCP connection after 221 is fine
         )
-        self._stream = tls_stream
+        self._stream, self._fd = tls_stream, None
         try:
             with trio.fail_after(self.timeouts.command):
                 await tls_stream.do_handshake()
@@ -452,7 +455,7 @@ class SmtpClientSession:
                         await self._command(Quit(), QUIT_SECONDS, "QUIT")
         finally:
             self.usable = False
-            stream, self._stream = self._stream, None
+            stream, self._stream, self._fd = self._stream, None, None
             if stream is not None:
                 with trio.move_on_after(QUIT_SECONDS):
                     await stream.aclose()
@@ -460,7 +463,7 @@ class SmtpClientSession:
     async def abort(self) -> None:
         """Drop the connection now, without QUIT. Safe to call in a cancelled scope."""
         self.usable = False
-        stream, self._stream = self._stream, None
+        stream, self._stream, self._fd = self._stream, None, None
         if stream is not None:
             await trio.aclose_forcefully(stream)
 
@@ -497,7 +500,10 @@ class SmtpClientSession:
     async def _write(self, data: bytes, seconds: float, what: str) -> None:
         assert self._stream is not None
         with self._guard(seconds, what):
-            await self._stream.send_all(data)
+            if self._fd is not None:
+                await fd_io.send_all(self._fd, data)
+            else:
+                await self._stream.send_all(data)
 
     async def _read(self, seconds: float, what: str) -> Reply:
         assert self._stream is not None
@@ -505,8 +511,12 @@ class SmtpClientSession:
             while True:
                 event = self._conn.next_event()
                 if event is NEED_DATA:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
-                    self._conn.receive_data(bytes(data))  # SSLStream hands out bytearrays
+                    if self._fd is not None:
+                        self._conn.receive_data(await fd_io.receive_some(self._fd, RECEIVE_BYTES))
+                    else:  # SSLStream hands out bytearrays
+                        self._conn.receive_data(
+                            bytes(await self._stream.receive_some(RECEIVE_BYTES))
+                        )
                 elif isinstance(event, ConnectionClosed):
                     raise self._closed_error()
                 elif event.request is None:

@@ -1,0 +1,77 @@
+"""Reading and writing a connected plain TCP socket through its descriptor, under Trio.
+
+``trio.SocketStream`` puts several layers between a caller and ``recv``/``send`` (a
+conflict detector, an error-translating context manager, the socket wrapper's ``_try_sync``
+context manager); for an SMTP session, which moves a few dozen bytes per command, they cost
+more than the system call itself (docs/intake-cpu.md, round 3). These two functions do what
+``receive_some`` and ``send_all`` do for a plain socket, with ``os.read``/``os.write`` and
+``trio.lowlevel.wait_readable``/``wait_writable`` only when the kernel has nothing, or no
+room. TLS is not for here: an ``SSLStream`` does that work.
+
+Checkpoints are where trio's socket methods put them: a cancellation is seen before the
+system call; once bytes have moved, the yield that follows cannot be cancelled (nothing read
+or written is forgotten); and there is a yield even when the kernel answered at once, so a
+peer that never pauses cannot starve the other tasks. Errors are the stream's:
+``trio.BrokenResourceError`` for a connection the peer broke (reset, broken pipe), and
+``trio.ClosedResourceError`` if the socket was closed while a task waited on it. Deadlines
+are the caller's cancel scopes.
+
+The descriptor stays owned by the stream it came from (``stream.socket.fileno()``); nothing
+here closes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+
+async def receive_some(fd: int, max_bytes: int) -> bytes:
+    """The next bytes from ``fd`` (at most ``max_bytes``; ``b""`` at end of stream)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = os.read(fd, max_bytes)
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, max_bytes)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+
+async def send_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, waiting for room as long as it takes."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+    if sent == len(data):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    rest = memoryview(data)[sent:]
+    while rest:
+        await trio.lowlevel.wait_writable(fd)
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+
+def plain_fd(stream: trio.abc.Stream) -> int | None:
+    """The descriptor of ``stream`` if it is a plain TCP ``SocketStream``; None otherwise."""
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
