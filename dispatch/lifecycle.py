@@ -82,8 +82,9 @@ def freeze_start_up_objects() -> None:
 
     A full (generation 2) collection walks every container object of the process, and
     start-up leaves about 100,000 (modules, classes, functions, settings) that live until
-    exit: 20-60 ms with the interpreter lock held, during which no session and no ``/health``
-    answer moves. Python runs one whenever the long-lived objects have grown by a quarter.
+    exit: 37-74 ms measured under load, with the interpreter lock held, during which no
+    session and no ``/health`` answer moves. Python runs one whenever the long-lived
+    objects have grown by a quarter.
     One collection now, then :func:`gc.freeze`: everything alive moves to the permanent
     generation, which no collection walks again; the collector keeps working on what is
     made from here on (docs/intake-cpu.md, round 3, has the pauses before and after).

@@ -74,7 +74,7 @@ SAVE_ON_CANCEL_TIMEOUT: Final = 2.0
 # sustained traffic) the writer lets records gather this long (seconds) before the next
 # one, so under load one transaction carries many rows: at 1,000 msgs/s the main process's
 # CPU for the log fell from 0.31-0.38 to 0.16-0.23 ms per message and SQLite's page writes
-# from 7.4 to 3.3 per message (docs/intake-cpu.md, round 3). Lighter traffic is written
+# from 7.4 to 2.4 per message (docs/intake-cpu.md, round 3). Lighter traffic is written
 # at once, as before; a full batch or a stop request ends the wait early.
 LINGER: Final = 0.05
 LINGER_FROM: Final = 4
