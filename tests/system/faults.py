@@ -119,6 +119,23 @@ def spool_ids(spool: Path, state: str) -> set[str]:
     return envelope_ids(spool / state)
 
 
+def read_spooled(spool: Path, message_id: str, settle: float = 5.0) -> bytes:
+    """The ``.eml`` of a message waiting in ``incoming/`` or claimed in ``processing/``.
+
+    A running daemon moves a message between the two on every attempt and retry, so a look
+    at one directory and then a read in the other can miss it; a message that is really gone
+    stays missing for ``settle`` seconds.
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        for state in ("incoming", "processing"):
+            with contextlib.suppress(FileNotFoundError):
+                return (spool / state / f"{message_id}.eml").read_bytes()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"acknowledged but not on disk: {message_id}")
+        time.sleep(0.01)
+
+
 def spool_busy(spool: Path) -> int:
     return len(spool_ids(spool, "incoming")) + len(spool_ids(spool, "processing"))
 
