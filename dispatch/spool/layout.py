@@ -14,7 +14,8 @@ forms:
 
 * **one file**: the envelope is the extended attribute :data:`ENVELOPE_XATTR` of the
   ``.eml`` itself (what intake writes: one file to fsync, so a commit costs two fsyncs —
-  the file and ``incoming/`` — instead of three);
+  the file and ``incoming/`` — instead of three, and one where the file's fsync also makes
+  its rename durable: ``durability.py``);
 * **pair**: ``<id>.json`` beside the ``.eml`` (what earlier versions wrote, what a file
   system without user extended attributes gets, and what a message becomes once delivery
   rewrites its envelope). A ``.json`` always wins over the attribute.
@@ -34,9 +35,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import os
 from pathlib import Path
 from typing import Final
+
+from dispatch.spool.durability import file_fsync_covers_rename
 
 DIRECTORY_MODE = 0o700  # mail is private: only the daemon's user may list or read it
 FILE_MODE = 0o600
@@ -76,6 +80,12 @@ class SpoolLayout:
         self.orphaned = root / "orphaned"
         self.state_dirs = {state: root / state.value for state in MessageState}
         self.state_dir_strings = {state: str(path) for state, path in self.state_dirs.items()}
+
+    @functools.cached_property
+    def file_fsync_covers_rename(self) -> bool:
+        """Whether a commit may rename first and fsync only the file (``durability.py``);
+        looked up on first use, then kept."""
+        return file_fsync_covers_rename(self.root)
 
     @property
     def all_dirs(self) -> tuple[Path, ...]:

@@ -18,6 +18,10 @@ anything in ``tmp/``                               deleted (an unfinished write)
 a one-file ``.eml`` (envelope attribute), no      kept (if there are several: the one in
 ``.json``                                          failed > incoming > processing; the
                                                    others deleted)
+a one-file ``.eml`` shorter or longer than its     **set aside** in ``orphaned/``, warning
+envelope's ``size``                                logged: a commit a power cut interrupted
+                                                   before its fsync (``writer.py``), never
+                                                   acknowledged
 ``.eml`` without any envelope                      **set aside**, never deleted: moved to
                                                    ``orphaned/<id>.eml`` and counted; one
                                                    warning per start-up (see below)
@@ -96,6 +100,7 @@ class RecoveryReport:
     claims_returned: int = 0
     split_pairs_repaired: int = 0
     orphan_bodies_set_aside: int = 0
+    torn_bodies_set_aside: int = 0
     bodiless_envelopes_failed: int = 0
     duplicate_envelopes_removed: int = 0
     corrupt_envelopes: list[Path] = attrs.Factory(list)
@@ -109,6 +114,7 @@ class RecoveryReport:
             f"tmp files removed {self.tmp_files_removed}, claims returned "
             f"{self.claims_returned}, split pairs repaired {self.split_pairs_repaired}, "
             f"orphan bodies set aside {self.orphan_bodies_set_aside}, "
+            f"torn bodies set aside {self.torn_bodies_set_aside}, "
             f"bodiless envelopes failed "
             f"{self.bodiless_envelopes_failed}, duplicate envelopes removed "
             f"{self.duplicate_envelopes_removed}, corrupt envelopes "
@@ -123,6 +129,7 @@ class RecoveryReport:
                 self.claims_returned,
                 self.split_pairs_repaired,
                 self.orphan_bodies_set_aside,
+                self.torn_bodies_set_aside,
                 self.bodiless_envelopes_failed,
                 self.duplicate_envelopes_removed,
             )
@@ -152,7 +159,7 @@ def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
         )
         if entry is not None:
             entries.append(entry)
-    if report.orphan_bodies_set_aside:
+    if report.orphan_bodies_set_aside or report.torn_bodies_set_aside:
         # The destination first: a power cut in between then leaves a body in both places
         # (set aside again at the next start), never in neither.
         fsync_dir(layout.orphaned)
@@ -308,6 +315,19 @@ def _load(
     except CorruptEnvelopeError as exc:
         report.corrupt_envelopes.append(Path(path))
         logger.error("spool: %s; left in place, not delivered until an operator acts", exc)
+        return None
+    if attached is not None and (length := os.stat(path).st_size) != envelope.size:
+        _set_aside(layout, message_id, state)
+        report.torn_bodies_set_aside += 1
+        logger.warning(
+            "spool: message %s is %d bytes where its envelope says %d: a commit cut short by a "
+            "power loss before it was acknowledged (see writer.py); set aside in %s, not "
+            "delivered",
+            message_id,
+            length,
+            envelope.size,
+            layout.orphaned,
+        )
         return None
     if has_body:
         return SpoolEntry(state, envelope)

@@ -19,6 +19,18 @@ and returns only after step 3, so the caller may answer ``250``/``202``: two fsy
 message. A crash before step 2 leaves nothing in a state directory (start-up empties
 ``tmp/``); a crash after it leaves a complete message, which will be delivered.
 
+Where the spool's file system makes a rename durable with the renamed file's own fsync
+(ext4, XFS, btrfs: ``durability.py``), steps 1 to 3 become one fsync::
+
+    1. write the rest of the bytes to tmp/<id>.eml, attach the envelope
+    2. rename tmp/<id>.eml -> incoming/<id>.eml
+    3. fsync the file                                  (the commit point)
+
+A power cut between 2 and 3 can leave ``incoming/<id>.eml`` shorter than its envelope's
+``size`` (its data never reached the disk): that message was never acknowledged, and start-up
+sets it aside in ``orphaned/`` rather than delivering it torn (``recovery.py``). A killed
+process loses nothing here: the kernel holds the written file either way.
+
 Where the attribute cannot be set (a file system without user extended attributes, or an
 envelope too long for one), the envelope goes to its own file as earlier versions always
 did, one fsync more::
@@ -283,9 +295,15 @@ def _commit_sync(
         try:
             write_all(fd, chunks)
             one_file = attach_envelope(fd, envelope)
+            if one_file and layout.file_fsync_covers_rename:
+                final = incoming_dir / eml_tmp.name
+                os.rename(eml_tmp, final)
+                renamed.append(final)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if renamed:
+            return  # that fsync made the rename durable too
         moves = [eml_tmp]
         if not one_file:
             write_new_file(json_tmp, (envelope,))

@@ -63,9 +63,11 @@ async def test_a_spool_of_old_pairs_and_one_file_messages_is_read_whole(
     root = tmp_path / "spool"
     old_incoming = write_pair(root, INCOMING, b"old one")
     old_failed = write_pair(root, FAILED, b"old two", attempts=3, last_error="550")
-    new_incoming = write_pair(root, INCOMING, with_eml=False, with_json=False)
+    new_incoming = write_pair(root, INCOMING, b"new one", with_eml=False, with_json=False)
     one_file(root, INCOMING, new_incoming, b"new one")
-    new_claimed = write_pair(root, INCOMING, with_eml=False, with_json=False, attempts=1)
+    new_claimed = write_pair(
+        root, INCOMING, b"new two", with_eml=False, with_json=False, attempts=1
+    )
     one_file(root, PROCESSING, new_claimed, b"new two")
     # A one-file commit that never left tmp/, and a body whose attribute was dropped.
     unfinished = write_pair(root, INCOMING, with_eml=False, with_json=False)
