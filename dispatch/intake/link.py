@@ -184,18 +184,14 @@ class Committed:
 
     KIND: ClassVar = "committed"
     envelope: Envelope
-    subject: str | None = None  # for its ``received`` event, which the main process logs
 
     def fields(self) -> dict[str, object]:
-        return {"envelope": self.envelope.to_json().decode("ascii"), "subject": self.subject}
+        return {"envelope": self.envelope.to_json().decode("ascii")}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
         text = _text(fields["envelope"], "envelope")
-        subject = fields["subject"]
-        if subject is not None:
-            subject = _text(subject, "subject")
-        return cls(Envelope.from_json(text.encode("utf-8")), subject)
+        return cls(Envelope.from_json(text.encode("utf-8")))
 
 
 @attrs.frozen

@@ -41,7 +41,6 @@ from typing import Final, assert_never
 import trio
 
 from dispatch.config.settings import Settings
-from dispatch.intake import records
 from dispatch.intake.link import (
     FROM_WORKER,
     BadMessage,
@@ -235,9 +234,8 @@ class IntakeWorkers:
 
     def _apply(self, message: FromWorker, state: _LinkState) -> None:
         match message:
-            case Committed(envelope, subject):
+            case Committed(envelope):
                 self._spool.adopt(envelope)
-                self._record(records.received(envelope, subject=subject))
             case Logged(event):
                 if isinstance(event, AuditEntry):
                     self._audit(event)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 import trio
 
 from dispatch.config.live import LiveSettings
-from dispatch.intake import records
 from dispatch.intake.inherited import inherited_smtp_listeners
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
@@ -35,7 +34,7 @@ from dispatch.monitoring.traces import Tracer
 from dispatch.security.certs import ensure_certificate, server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
-from dispatch.spool import Envelope, Spool
+from dispatch.spool import Spool
 from dispatch.storage.records import AuditEntry, MessageEvent
 from dispatch.storage.suppression import Suppression, SuppressionList
 from dispatch.systemd.activation import InheritedSocket
@@ -70,10 +69,6 @@ class SmtpIntake:
         self._tls: ssl.SSLContext | None = None
         self.ports: ListeningPorts | None = None
 
-    def _accepted(self, envelope: Envelope, subject: str | None) -> None:
-        """A message this process's sessions committed (the spool indexed it already)."""
-        self._record(records.received(envelope, subject=subject))
-
     def _refusing_at_intake(self) -> bool:
         settings = self._settings.current.suppression
         return settings.enabled and settings.mode == "intake"
@@ -99,7 +94,6 @@ class SmtpIntake:
             auth_throttle=self._auth_throttle,
             tls=self._tls,
             record=self._record,
-            accepted=self._accepted,
             tracer=self._tracer,
             audit=self._audit,
             refuse_recipient=None

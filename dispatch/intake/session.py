@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
+from dispatch.intake import records
 from dispatch.intake.dkim_verify import MessageCopy, verify_received
 from dispatch.intake.login import BUSY as BUSY_CHECKING_PASSWORDS
 from dispatch.intake.login import SmtpAuthenticator
@@ -68,7 +69,7 @@ from dispatch.smtp.events import (
     Vrfy,
     WrongProtocol,
 )
-from dispatch.spool import Envelope, IncomingMessage, SpoolFullError, SpoolWriteError
+from dispatch.spool import IncomingMessage, SpoolFullError, SpoolWriteError
 from dispatch.storage.records import AuditEntry, MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
@@ -86,9 +87,6 @@ class IntakeContext:
     auth_throttle: FailureThrottle
     tls: ssl.SSLContext | None
     record: Callable[[MessageEvent], None]  # the message log; never blocks
-    # A message committed, with its Subject: its ``received`` event for the message log and,
-    # in a worker process, its announcement to the main process. Never blocks.
-    accepted: Callable[[Envelope, str | None], None]
     tracer: Tracer
     audit: Callable[[AuditEntry], None]  # the audit log (AUTH throttling); never blocks
     # The reply refusing a recipient at RCPT (a suppressed address, intake/suppression.py),
@@ -452,7 +450,6 @@ class SmtpSession:
                 return
             stats.spool_writes.add("ok")
             stats.messages_received.add("smtp")
-            self.context.accepted(envelope, transaction.loops.subject)
             self.messages += 1
             transaction.message = None  # committed: nothing left to abort
             self.transactions.current = None
@@ -471,6 +468,7 @@ class SmtpSession:
             )
             self._reply(replies.queued(envelope.id))
             await self._flush()
+        self.context.record(records.received(envelope, subject=transaction.loops.subject))
         if transaction.dkim_copy is not None:  # after the 250: see intake/dkim_verify.py
             copy, transaction.dkim_copy = transaction.dkim_copy, None
             await verify_received(copy, self.settings, self.context.stats, envelope.id)

@@ -165,16 +165,13 @@ def _context(
         settings=settings,
         spool=SpoolEntrance(
             Path(start.spool_directory),
-            lambda envelope: None,  # announced with its Subject: ``accepted`` below
+            lambda envelope: outbox.send_nowait(Committed(envelope)),
             limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS),
         ),
         stats=stats,
         auth_throttle=FailureThrottle(),
         tls=tls,
         record=lambda event: outbox.send_nowait(Logged(event)),
-        # One link message per accepted message: the envelope for the main process's index,
-        # and its Subject, from which the main process makes the ``received`` event.
-        accepted=lambda envelope, subject: outbox.send_nowait(Committed(envelope, subject)),
         tracer=Tracer(),
         audit=lambda entry: outbox.send_nowait(Logged(entry)),
     )

@@ -16,7 +16,6 @@ import trustme
 
 from dispatch.config import parse_settings
 from dispatch.config.settings import ListenerSettings
-from dispatch.intake import records
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import bind_smtp_ports
 from dispatch.intake.session import IntakeContext
@@ -100,9 +99,6 @@ async def running_smtpd(
         auth_throttle=FailureThrottle(max_failures=3, window=60),
         tls=server_context(files),
         record=events.append,
-        accepted=lambda envelope, subject: events.append(
-            records.received(envelope, subject=subject)
-        ),
         tracer=Tracer(),
         audit=audited.append,
     )
