@@ -6,19 +6,16 @@ A delivered message leaves the spool's index at once (:meth:`Spool.remove`): fro
 is gone for every reader — ``/debug/queue``, the API, operator commands, the scanner. Its
 files in ``processing/`` are queued here, and one task unlinks whatever has queued up in a
 single thread hop (envelope first, then body, per message: see ``transitions.py``) followed
-by a single fsync of ``processing/``. The task lets removals gather for :data:`LINGER` after
-the first one arrives, and removals that arrive while a hop runs wait for the next one, so
-under load each hop takes many messages and the per-message cost of a hop (waking a worker
-thread, then the Trio thread: tens of microseconds of a core on a virtual machine) and of a
-directory fsync (a disk flush, which intake's commits wait behind) is shared.
+by a single fsync of ``processing/``. Removals that arrive while a hop runs wait for the next
+one, so under load each hop takes many messages and the per-message cost of a hop (waking a
+worker thread, then the Trio thread) and of a directory fsync is shared.
 
-What a crash does: a removal still queued (those of the last :data:`LINGER`) does not
-survive a crash, and one unlinked but not yet fsynced does not survive a power cut. Start-up
-recovery then finds the message whole in ``processing/`` and returns it to ``incoming/``
-(SPEC §5), so it is **delivered again — a duplicate, never a loss**. That is the same outcome
-as a crash between the relay's reply and the removal, which the spool always allowed. A crash
-between a message's two unlinks leaves a body without an envelope, which recovery sets aside
-in ``orphaned/``, as before.
+What a crash does: a removal still queued does not survive a crash, and one unlinked but
+not yet fsynced does not survive a power cut. Start-up recovery then finds the message whole in
+``processing/`` and returns it to ``incoming/`` (SPEC §5), so it is **delivered again — a
+duplicate, never a loss**. That is the same outcome as a crash between the relay's reply and
+the removal, which the spool always allowed. A crash between a message's two unlinks leaves
+a body without an envelope, which recovery sets aside in ``orphaned/``, as before.
 
 Ownership, start and stop: :meth:`RemovalQueue.run` is the task; :meth:`RemovalQueue.running`
 runs it for a block, which :meth:`Spool.batched_removals` opens for the delivery workers'
@@ -34,7 +31,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Final
 
 import trio
 
@@ -42,10 +38,6 @@ from dispatch.spool.layout import MessageState, SpoolLayout
 from dispatch.spool.transitions import remove_messages
 
 logger = logging.getLogger("dispatch.spool")
-
-LINGER: Final = 0.02
-"""Seconds removals gather before one hop unlinks them all (bounds the duplicates a crash
-makes: what was delivered in the last 20 ms is delivered again)."""
 
 
 class RemovalQueue:
@@ -57,7 +49,6 @@ class RemovalQueue:
         self._pending: list[str] = []
         self._wake = trio.Event()
         self._closing = False
-        self._closed = trio.Event()
         self.batches = 0  # hops made, for tests and curiosity
         self.removed = 0
 
@@ -85,7 +76,6 @@ class RemovalQueue:
     def close(self) -> None:
         """Ask :meth:`run` to unlink what is queued and return."""
         self._closing = True
-        self._closed.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -93,8 +83,6 @@ class RemovalQueue:
         docstring for cancellation)."""
         while True:
             await self._wake.wait()
-            with trio.move_on_after(LINGER):
-                await self._closed.wait()
             self._wake = trio.Event()
             while self._pending:
                 batch, self._pending = self._pending, []
