@@ -10,10 +10,12 @@ without getting to announce it is found on disk and delivered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import smtplib
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -121,6 +123,13 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
     rows = log_rows(tmp_path / "data" / "dispatch.db")
     received = [r.message_id for r in rows if r.event == "received"]
     assert len(received) == len(set(received)) == MESSAGES
+    # The workers' Committed announcements carry each Subject into the main process's log.
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "dispatch.db")) as db:
+        subjects = {
+            r[0]
+            for r in db.execute("SELECT subject FROM message_log WHERE event = ?", ("received",))
+        }
+    assert subjects == {f"fault {token}" for token in tokens}
     assert "intake worker 2 ended" not in daemon.log
     assert "intake worker 3 ended" not in daemon.log
 
