@@ -314,9 +314,10 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 
 
 def _intake_worker(args: argparse.Namespace) -> int:
-    from dispatch.intake.worker import run_worker
+    from dispatch.intake.worker import run_worker, yield_to_main_process
 
     configure_logging(args.log_format, args.log_level)
+    yield_to_main_process()  # before any thread starts: threads inherit it
     fds = [int(fd) for fd in args.listen_fds.split(",")]
     trio.run(run_worker, args.number, args.link_fd, fds)
     return EXIT_OK

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.intake.worker import NICENESS
 from dispatch.spool import MessageState, new_id
 from dispatch.spool.envelope import Envelope
 from tests.conftest import Daemon
@@ -95,6 +96,12 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
             list(pool.map(lambda t: send_one(ports.smtp, t), tokens))
         wait_until(lambda: len(sink.delivered()) == MESSAGES, what="every message delivered")
         assert set(sink.delivered()) == set(tokens)
+        # The workers yield a contended core to the main process (intake/worker.py) in every
+        # thread, their commit threads included by now: Linux's nice is per thread.
+        main_nice = os.getpriority(os.PRIO_PROCESS, daemon.process.pid)
+        for pid in worker_pids(daemon):
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {main_nice + NICENESS}
 
         ops = Ops(ports.webui, tmp_path / "data")
         wait_until(  # worker counters arrive every second
