@@ -153,9 +153,11 @@ COMMON_METHOD = """\
   the intake table) and, where a figure needs per-message latency, our Trio generator
   (`bench/latency.py`). Every load is bounded in message count and in time.
 - Durability: every server fsyncs a message before its 250. Dispatch fsyncs the message
-  file (the envelope is its extended attribute) and the `incoming/` directory (two fsyncs
-  per message; three where the envelope needs a `.json` of its own); the
-  Python peer the file and the directory; Postfix its queue file (and not the directory);
+  file (the envelope is its extended attribute) after renaming it into `incoming/`: one
+  fsync per message on ext4, XFS and btrfs, whose fsync of a renamed file makes the rename
+  durable too; elsewhere the file and then `incoming/` (two; a third where the envelope needs
+  a `.json` of its own; `dispatch/spool/durability.py`); the Python peer the file and the
+  directory; Postfix its queue file (and not the directory);
   OpenSMTPD its message file and its envelope.
 - Dispatch runs with `listener.processes = 2` (one SMTP process per core: two intake
   worker processes sharing the port, while the main process keeps delivery, the API and

@@ -15,6 +15,7 @@ from bench.peers.base import Server
 from bench.peers.dispatch_daemon import DispatchServer
 from bench.results import DISPATCH, Comparison, Figure, NotMeasured
 from bench.stats import TIMES, percentile
+from dispatch.spool.durability import file_fsync_covers_rename
 
 METRICS = (("p50", 0.50), ("p99", 0.99))
 
@@ -74,11 +75,15 @@ def measure(ctx: Context, servers: list[Server], missing: list[NotMeasured]) -> 
 def _limits(ctx: Context, figure: Figure) -> None:
     """Put the medians next to what the disk costs, so the rest is seen to be CPU time."""
     if ctx.fsync_ms:
+        if file_fsync_covers_rename(ctx.work):
+            fsyncs, which = 1, "one per message (the file after its rename into `incoming/`)"
+        else:
+            fsyncs, which = 2, "two per message (the file, then `incoming/`)"
         figure.limits.append(
             f"one 5 KiB write + fsync costs {ctx.fsync_ms:.2f} ms here (machine probe); "
-            "Dispatch makes two per message (the file, then `incoming/`), so disk time is "
-            f"about {2 * ctx.fsync_ms:.1f} ms of its p50 — the rest is CPU time on a loop it "
-            "shares with the other sessions (see the intake profile)"
+            f"Dispatch makes {which}, so disk time is about {fsyncs * ctx.fsync_ms:.2f} ms of "
+            "its p50 — the rest is CPU time on a loop it shares with the other sessions (see "
+            "the intake profile)"
         )
     for server, per_metric in figure.peer_series.items():
         p50, p99 = per_metric.get("p50 latency"), per_metric.get("p99 latency")
