@@ -335,12 +335,13 @@ class DeliveryAttempt:
             message.finish()
             return
         delay = schedule.delay(attempts)
+        settled_at = time.time()  # the schedule's base, and the time of the retried rows
         retry = envelope.after_attempt(
-            next_attempt_at=time.time() + delay, error=error, results=results, deferrals=deferrals
+            next_attempt_at=settled_at + delay, error=error, results=results, deferrals=deferrals
         )
         retry = await self._notify(retry, "retried", delivered_now)
         await self._move_on(self._spool.release, retry)
-        self._record_by_relay(envelope, "retried", left, deferrals)
+        self._record_by_relay(envelope, "retried", left, deferrals, at=settled_at)
         log.info("%s: %d recipient(s) retried in %.0f s", envelope.id, len(left), delay)
         message.event(f"{len(left)} recipient(s) retried in {delay:.0f} s: {error}")
 
@@ -362,10 +363,12 @@ class DeliveryAttempt:
         left: list[str],
         deferrals: Mapping[str, Deferral],
         prefix: str = "",
+        at: float | None = None,
     ) -> None:
         """Log ``event`` for the recipients ``left``: one row per relay and route that
         deferred them last, with those recipients' replies, so the per-relay figures count
-        the relay that failed them."""
+        the relay that failed them. ``at``: the event's time (default now): a retry's is the
+        moment its next attempt was scheduled from, not the later end of the spool write."""
         groups: dict[tuple[str | None, str | None], list[str]] = {}
         for recipient in left:
             why = deferrals.get(recipient)
@@ -378,7 +381,7 @@ class DeliveryAttempt:
             response = (prefix + (replies or "not handed to any relay"))[:MAX_ERROR_TEXT]
             self._record(
                 self._event(
-                    envelope, event, recipients, relay=relay, route=route, response=response
+                    envelope, event, recipients, relay=relay, route=route, response=response, at=at
                 )
             )
 
@@ -407,10 +410,12 @@ class DeliveryAttempt:
         duration: float | None = None,
         response: str = "",
         remote_id: str | None = None,
+        at: float | None = None,
     ) -> MessageEvent:
         return MessageEvent(
             message_id=envelope.id,
             event=event,
+            at=time.time() if at is None else at,
             source=None if envelope.source == "bounce" else envelope.source,  # the log's are
             sender=envelope.mail_from,  # smtp and api; a DSN is told by its "bounce" tag
             recipients=tuple(recipients),
