@@ -75,3 +75,18 @@ async def send_all(fd: int, data: bytes) -> None:
 def plain_fd(stream: trio.abc.Stream) -> int | None:
     """The descriptor of ``stream`` if it is a plain TCP ``SocketStream``; None otherwise."""
     return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+
+async def receive(stream: trio.abc.Stream, fd: int | None, max_bytes: int) -> bytes:
+    """From ``fd``, the stream's :func:`plain_fd`, when it has one; else from ``stream``."""
+    if fd is not None:
+        return await receive_some(fd, max_bytes)
+    return bytes(await stream.receive_some(max_bytes))  # SSLStream hands out bytearrays
+
+
+async def send(stream: trio.abc.Stream, fd: int | None, data: bytes) -> None:
+    """To ``fd``, the stream's :func:`plain_fd`, when it has one; else to ``stream``."""
+    if fd is not None:
+        await send_all(fd, data)
+    else:
+        await stream.send_all(data)

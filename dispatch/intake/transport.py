@@ -114,12 +114,9 @@ class SessionTransport:
         """
         with trio.move_on_at(deadline):
             try:
-                if self._fd is not None:
-                    return await fd_io.receive_some(self._fd, RECEIVE_BYTES)
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                return await fd_io.receive(self.stream, self._fd, RECEIVE_BYTES)  # b"": EOF
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise SessionEnded from exc
-            return bytes(data)  # SSLStream hands out bytearrays; b"" is the peer's EOF
         return None
 
     async def flush(self, stuck_after: float) -> None:
@@ -130,10 +127,7 @@ class SessionTransport:
         data, self._out = bytes(self._out), bytearray()
         with trio.move_on_after(stuck_after) as stuck:
             try:
-                if self._fd is not None:
-                    await fd_io.send_all(self._fd, data)
-                else:
-                    await self.stream.send_all(data)
+                await fd_io.send(self.stream, self._fd, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise SessionEnded from exc
         if stuck.cancelled_caught:

@@ -500,10 +500,7 @@ class SmtpClientSession:
     async def _write(self, data: bytes, seconds: float, what: str) -> None:
         assert self._stream is not None
         with self._guard(seconds, what):
-            if self._fd is not None:
-                await fd_io.send_all(self._fd, data)
-            else:
-                await self._stream.send_all(data)
+            await fd_io.send(self._stream, self._fd, data)
 
     async def _read(self, seconds: float, what: str) -> Reply:
         assert self._stream is not None
@@ -511,12 +508,8 @@ class SmtpClientSession:
             while True:
                 event = self._conn.next_event()
                 if event is NEED_DATA:
-                    if self._fd is not None:
-                        self._conn.receive_data(await fd_io.receive_some(self._fd, RECEIVE_BYTES))
-                    else:  # SSLStream hands out bytearrays
-                        self._conn.receive_data(
-                            bytes(await self._stream.receive_some(RECEIVE_BYTES))
-                        )
+                    data = await fd_io.receive(self._stream, self._fd, RECEIVE_BYTES)
+                    self._conn.receive_data(data)
                 elif isinstance(event, ConnectionClosed):
                     raise self._closed_error()
                 elif event.request is None:
