@@ -106,11 +106,14 @@ class RecoveryReport:
     corrupt_envelopes: list[Path] = attrs.Factory(list)
     unknown_files: list[Path] = attrs.Factory(list)
     seconds: float = 0.0
+    one_fsync_commits: bool = False  # the spool's file system: see durability.py
 
     def summary(self) -> str:
         """One line for the start-up log."""
+        # "the file only": renamed first, then fsynced, which there makes the rename durable
+        commits = "the file only" if self.one_fsync_commits else "the file and incoming/"
         return (
-            f"{self.messages} messages in {self.seconds:.2f}s; "
+            f"{self.messages} messages in {self.seconds:.2f}s (commits fsync {commits}); "
             f"tmp files removed {self.tmp_files_removed}, claims returned "
             f"{self.claims_returned}, split pairs repaired {self.split_pairs_repaired}, "
             f"orphan bodies set aside {self.orphan_bodies_set_aside}, "
@@ -143,10 +146,12 @@ class _Found:
 
 
 def recover(layout: SpoolLayout) -> tuple[list[SpoolEntry], RecoveryReport]:
-    """Create missing directories, repair crash leftovers and decode every envelope."""
+    """Create missing directories, repair crash leftovers and decode every envelope; the
+    report also says whether commits here need one fsync or two (``durability.py``)."""
     started = time.monotonic()
     report = RecoveryReport()
     layout.create_dirs()
+    report.one_fsync_commits = layout.file_fsync_covers_rename
     report.tmp_files_removed = _empty_tmp(layout.tmp)
     entries: list[SpoolEntry] = []
     for message_id, found in _scan(layout, report).items():

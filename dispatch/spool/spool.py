@@ -125,20 +125,12 @@ class Spool:
         with trio.CancelScope(shield=True):
             try:
                 entries, report = await trio.to_thread.run_sync(partial(recover, layout))
-                one_fsync = await trio.to_thread.run_sync(lambda: layout.file_fsync_covers_rename)
             except OSError as exc:
                 raise translate_os_error(exc, f"open the spool at {directory}") from exc
         index = SpoolIndex()
         index.load(entries)
         log = logger.warning if report.repaired_anything else logger.info
-        log(
-            "spool %s opened: %s; a commit fsyncs %s",
-            layout.root,
-            report.summary(),
-            "the renamed file only (its file system makes the rename durable with it)"
-            if one_fsync
-            else "the file and incoming/",
-        )
+        log("spool %s opened: %s", layout.root, report.summary())
         if limiter is None:
             limiter = trio.CapacityLimiter(DEFAULT_MAX_THREADS)
         return cls(layout, index, report, limiter=limiter, spill_threshold=spill_threshold)

@@ -103,6 +103,17 @@ def test_on_tmpfs_a_commit_still_fsyncs_incoming(small_fs: Path) -> None:
     assert calls.index(next(c for c in calls if c.startswith(f"fsync({fd})"))) < renamed
 
 
+async def test_the_start_up_line_says_which_commit_the_spool_makes(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    on_ext4 = await Spool.open(tmp_path / "spool")
+    on_tmpfs = await Spool.open(small_fs / "spool")
+    assert on_ext4.recovery_report.one_fsync_commits
+    assert "(commits fsync the file only)" in on_ext4.recovery_report.summary()
+    assert not on_tmpfs.recovery_report.one_fsync_commits
+    assert "(commits fsync the file and incoming/)" in on_tmpfs.recovery_report.summary()
+
+
 def test_the_file_system_type_is_the_one_mount_reports(tmp_path: Path, small_fs: Path) -> None:
     for directory in (tmp_path, small_fs):
         findmnt = subprocess.run(
