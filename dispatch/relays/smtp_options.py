@@ -2,7 +2,8 @@
 each wait, and the error a session reports when it cannot go on.
 
 Shared by the relays that speak SMTP (`dispatch.relays.smarthost`, `dispatch.relays.mx`) and
-the session itself (`dispatch.relays.smtp_session`). Values only; nothing here does I/O.
+the connection and session themselves (`dispatch.relays.smtp_connection`,
+`dispatch.relays.smtp_session`). Values only; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class SessionOptions:
     # Only when the operator explicitly chose tls = "none": send credentials in the clear.
     auth_without_tls: bool = False
     limits: ClientLimits = attrs.Factory(ClientLimits)
-    # chasquid's smtpOut/tlsCount: each connection's TLS status (see SmtpClientSession._open).
+    # chasquid's smtpOut/tlsCount: each connection's TLS status (see SmtpConnection._open).
     tls_count: CounterMap | None = attrs.field(default=None, eq=False, repr=False)
 
 
