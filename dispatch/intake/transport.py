@@ -112,7 +112,9 @@ class SessionTransport:
 
         Raises :class:`SessionEnded` if the peer broke the connection.
         """
-        with trio.move_on_at(deadline):
+        # Plain cancel scopes here and in flush(), not trio's generator-based move_on_*: this
+        # runs for every command a client sends, and the generator cost more than the read.
+        with trio.CancelScope(deadline=deadline):
             try:
                 return await fd_io.receive(self.stream, self._fd, RECEIVE_BYTES)  # b"": EOF
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -125,7 +127,7 @@ class SessionTransport:
         if not self._out:
             return
         data, self._out = bytes(self._out), bytearray()
-        with trio.move_on_after(stuck_after) as stuck:
+        with trio.CancelScope(deadline=trio.current_time() + stuck_after) as stuck:
             try:
                 await fd_io.send(self.stream, self._fd, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

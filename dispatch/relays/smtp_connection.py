@@ -5,9 +5,10 @@ Theory of operation: :meth:`SmtpConnection.connect` opens a TCP connection (TLS 
 byte for ``implicit``), reads the greeting, says EHLO (HELO if EHLO is refused), upgrades with
 STARTTLS as the :data:`TlsMode` asks and authenticates when a username is configured. Every
 command goes through :meth:`~SmtpConnection._command`; every wait has its own deadline
-(:class:`Timeouts`) and runs in :meth:`~SmtpConnection._guard`, which turns a timeout or a
-broken stream into :class:`SessionError`. Plain TCP is read and written through its descriptor
-(``dispatch/fd_io.py``), TLS through trio's stream. The mail transaction itself is
+(:class:`Timeouts`), and :meth:`~SmtpConnection._write` and :meth:`~SmtpConnection._read` turn
+a timeout or a broken stream into :class:`SessionError` (:meth:`~SmtpConnection._failed`).
+Plain TCP is read and written through its descriptor (``dispatch/fd_io.py``), TLS through
+trio's stream. The mail transaction itself is
 ``smtp_session.py``'s :class:`~dispatch.relays.smtp_session.SmtpClientSession`, built on this.
 
 Failures: a refused connection, a TLS failure, a timeout, a broken stream, a reply that
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterator
 from typing import Final, Literal, Self
 
 import trio
@@ -55,6 +55,15 @@ RECEIVE_BYTES: Final = 65_536
 # QUIT is a courtesy (RFC 5321 §4.1.1.10): a server that does not answer quickly is not waited
 # for, so closing a pool never takes long.
 QUIT_SECONDS: Final = 5.0
+# What an I/O wait can end in besides its result; :meth:`SmtpConnection._failed` makes each a
+# `SessionError`.
+_IO_FAILURES: Final = (
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    UnexpectedReply,
+    RemoteProtocolError,
+)
 
 
 class SmtpConnection:
@@ -283,51 +292,60 @@ class SmtpConnection:
     def _unexpected(self, reply: Reply, what: str) -> SessionError:
         return self._broken(f"unexpected reply to {what} from {self.options.display}: {reply}")
 
-    @contextlib.contextmanager
-    def _guard(self, timeout: float, what: str) -> Iterator[None]:
-        """Turn a timeout, a broken stream or a protocol error into a `SessionError`."""
+    def _failed(self, exc: Exception, timeout: float, what: str) -> SessionError:
+        """The `SessionError` for how an I/O wait ended (one of :data:`_IO_FAILURES`)."""
         display = self.options.display
-        try:
-            with trio.fail_after(timeout):
-                yield
-        except trio.TooSlowError:
-            detail = f"timed out after {timeout:g} s {what} ({display})"
-            raise self._broken(detail, timed_out=True) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            cause = exc.__cause__ or exc
-            raise self._broken(f"connection to {display} lost {what}: {cause}") from None
-        except UnexpectedReply as exc:
-            raise self._unexpected(exc.reply, exc.command) from None
-        except RemoteProtocolError as exc:
-            raise self._broken(f"protocol error from {display} {what}: {exc}") from None
+        if isinstance(exc, trio.TooSlowError):
+            return self._broken(f"timed out after {timeout:g} s {what} ({display})", timed_out=True)
+        if isinstance(exc, UnexpectedReply):
+            return self._unexpected(exc.reply, exc.command)
+        if isinstance(exc, RemoteProtocolError):
+            return self._broken(f"protocol error from {display} {what}: {exc}")
+        cause = exc.__cause__ or exc  # the stream broke or was closed
+        return self._broken(f"connection to {display} lost {what}: {cause}")
 
     async def _write(self, data: bytes, seconds: float, what: str) -> None:
         assert self._stream is not None
-        with self._guard(seconds, what):
-            await fd_io.send(self._stream, self._fd, data)
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
+                await fd_io.send(self._stream, self._fd, data)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
+        except _IO_FAILURES as exc:
+            raise self._failed(exc, seconds, what) from None
 
     async def _read(self, seconds: float, what: str) -> Reply:
+        """The next reply, within ``seconds`` of the call.
+
+        A reply already received (the second and later replies to pipelined commands usually
+        arrive with the first) is returned without a deadline's cancel scope: only a wait for
+        bytes needs one. The deadlines are plain cancel scopes rather than ``fail_at``, a
+        generator-based context manager that cost as much as the read itself here.
+        """
         assert self._stream is not None
-        with self._guard(seconds, what):
-            while True:
-                event = self._conn.next_event()
-                if event is NEED_DATA:
+        deadline = trio.current_time() + seconds
+        try:
+            while (event := self._conn.next_event()) is NEED_DATA:
+                with trio.CancelScope(deadline=deadline) as scope:
                     data = await fd_io.receive(self._stream, self._fd, RECEIVE_BYTES)
-                    self._conn.receive_data(data)
-                elif isinstance(event, ConnectionClosed):
-                    raise self._closed_error()
-                elif event.request is None:
-                    # RFC 5321 §3.8: a 421 announcing that the server is closing.
-                    self._note_reply(event.reply)
-                    self._closing_reply = event.reply
-                    raise self._broken(f"{self.options.display} is closing: {event.reply}")
-                else:
-                    if event.reply.code == 421:
-                        self._closing_reply = event.reply
-                        self.usable = False
-                    self.replies += 1
-                    self._note_reply(event.reply)
-                    return event.reply
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
+                self._conn.receive_data(data)
+        except _IO_FAILURES as exc:
+            raise self._failed(exc, seconds, what) from None
+        if isinstance(event, ConnectionClosed):
+            raise self._closed_error()
+        if event.request is None:
+            # RFC 5321 §3.8: a 421 announcing that the server is closing.
+            self._note_reply(event.reply)
+            self._closing_reply = event.reply
+            raise self._broken(f"{self.options.display} is closing: {event.reply}")
+        if event.reply.code == 421:
+            self._closing_reply = event.reply
+            self.usable = False
+        self.replies += 1
+        self._note_reply(event.reply)
+        return event.reply
 
     def _closed_error(self) -> SessionError:
         said = f" after {self._closing_reply}" if self._closing_reply else ""
