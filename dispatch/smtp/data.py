@@ -299,8 +299,11 @@ class DataEncoder:
             self._cr_pending = True
         if not data:
             return b""
-        # RFC 5321 §2.3.8: lines end in CRLF and nothing else.
-        data = data.replace(_CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", _CRLF)
+        # RFC 5321 §2.3.8: lines end in CRLF and nothing else. A spooled message has them
+        # already (intake stores CRLF lines), which three counts show without copying it.
+        lines = data.count(_CRLF)
+        if lines != data.count(b"\n") or lines != data.count(b"\r"):
+            data = data.replace(_CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", _CRLF)
         # RFC 5321 §4.5.2: a line that starts with "." gets one more.
         data = data.replace(b"\r\n.", b"\r\n..")
         if self._line_start and data.startswith(b"."):
