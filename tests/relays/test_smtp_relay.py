@@ -356,6 +356,28 @@ async def test_server_that_hangs_times_out(eml: Path) -> None:
     assert 0.4 < elapsed < 3
 
 
+async def test_a_reply_that_drips_times_out_as_a_whole(eml: Path) -> None:
+    """The deadline covers the whole reply, not each read: a server that sends one more
+    continuation line every 0.2 s never lets a single read wait 0.5 s, yet it is given up."""
+
+    async def drip(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"220 drip.test ESMTP\r\n")
+        await stream.receive_some()
+        while True:
+            await stream.send_all(b"250-still going\r\n")
+            await trio.sleep(0.2)
+
+    async with raw_server(drip) as server:
+        relay = make_relay(server.port, timeout_seconds=PositiveFloat(0.5))
+        started = time.monotonic()
+        [outcome] = (await relay.deliver(request(eml))).outcomes
+        elapsed = time.monotonic() - started
+        await relay.aclose()
+    assert outcome.outcome == "transient"
+    assert outcome.response.startswith("relay primary: timed out after 0.5 s waiting for the reply")
+    assert 0.4 < elapsed < 3
+
+
 async def test_malformed_reply_is_transient_and_the_connection_dropped(eml: Path) -> None:
     async with raw_server(greet_then_garbage) as server:
         relay = make_relay(server.port)
