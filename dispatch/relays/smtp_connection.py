@@ -8,8 +8,8 @@ command goes through :meth:`~SmtpConnection._command`; every wait has its own de
 (:class:`Timeouts`), and :meth:`~SmtpConnection._write` and :meth:`~SmtpConnection._read` turn
 a timeout or a broken stream into :class:`SessionError` (:meth:`~SmtpConnection._failed`).
 Plain TCP is read and written through its descriptor (``dispatch/fd_io.py``), TLS through
-trio's stream. The mail transaction itself is
-``smtp_session.py``'s :class:`~dispatch.relays.smtp_session.SmtpClientSession`, built on this.
+trio's stream. The mail transaction itself is ``smtp_session.py``'s
+:class:`~dispatch.relays.smtp_session.SmtpClientSession`, built on this.
 
 Failures: a refused connection, a TLS failure, a timeout, a broken stream, a reply that
 breaks the dialogue (``RemoteProtocolError``, a reply of a class that makes no sense for its
