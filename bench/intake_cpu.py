@@ -9,20 +9,20 @@ encodes them for its link to the main process. ``smtp-source`` sends ``--message
 messages over 20 sessions (connections reused, or ``--new`` connection per message) after a
 warm-up; the process reports its CPU time (``time.process_time``: every thread) per message
 from the first message after the warm-up to the last. Each run is a fresh process of one
-source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by run; the result
-is the median per tree and its range.
+source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by run
+(``bench/alternate.py``); the result is the median per tree and its range.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.alternate import cpu_rounds
 from bench.load import run_source
 from bench.procs import free_port
 
@@ -121,18 +121,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new", action="store_true", help="a new connection per message")
     args = parser.parse_args()
-    figures: dict[str, list[float]] = {tree: [] for tree in args.trees}
-    for number in range(args.rounds):
-        for tree in args.trees if number % 2 == 0 else list(reversed(args.trees)):
-            with tempfile.TemporaryDirectory(prefix="intake-cpu-") as scratch:
-                cpu = one_run(Path(tree), args.messages, reuse=not args.new, scratch=Path(scratch))
-            figures[tree].append(cpu)
-            print(f"round {number + 1} {tree}: {cpu * 1e6:.0f} µs/message", flush=True)
-    for tree, values in figures.items():
-        print(
-            f"{tree}: median {statistics.median(values) * 1e6:.0f} µs CPU per message "
-            f"({min(values) * 1e6:.0f}-{max(values) * 1e6:.0f}, N={len(values)})"
-        )
+
+    def run(tree: Path) -> float:
+        with tempfile.TemporaryDirectory(prefix="intake-cpu-") as scratch:
+            return one_run(tree, args.messages, reuse=not args.new, scratch=Path(scratch))
+
+    cpu_rounds(args.trees, args.rounds, run, "message")
     return 0
 
 

@@ -8,20 +8,20 @@ with its claim (``content``), a trace (the attempt's, as ``/debug/traces`` keeps
 deliveries at a time over pooled connections to ``smtp-sink``. Each run is a fresh process of
 one source tree (``--trees``, put first on ``PYTHONPATH``) that makes ``--messages``
 deliveries after a warm-up and prints its CPU time (``time.process_time``) per delivery. The
-trees alternate run by run, so a machine that slows down slows both alike; the result is the
-median per tree and its range.
+trees alternate run by run (``bench/alternate.py``), so a machine that slows down slows both
+alike; the result is the median per tree and its range.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.alternate import cpu_rounds
 from bench.peers.sink import start_sink
 from bench.procs import LOOPBACK, Launcher
 
@@ -94,23 +94,18 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000, help="deliveries per run")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    figures: dict[str, list[float]] = {tree: [] for tree in args.trees}
     with tempfile.TemporaryDirectory(prefix="relay-cpu-") as scratch:
         message = Path(scratch) / "message.eml"
         line = b"x" * 76 + b"\r\n"
         message.write_bytes(b"From: a@example.test\r\nSubject: relay cpu\r\n\r\n" + line * 64)
         with Launcher(Path(scratch)) as launcher:
             sink = start_sink(launcher)
-            for number in range(args.rounds):
-                for tree in args.trees:
-                    cpu = one_run(Path(tree), sink.port, args.messages, message)
-                    figures[tree].append(cpu)
-                    print(f"round {number + 1} {tree}: {cpu * 1e6:.0f} µs/delivery", flush=True)
-    for tree, values in figures.items():
-        print(
-            f"{tree}: median {statistics.median(values) * 1e6:.0f} µs CPU per delivery "
-            f"({min(values) * 1e6:.0f}-{max(values) * 1e6:.0f}, N={len(values)})"
-        )
+            cpu_rounds(
+                args.trees,
+                args.rounds,
+                lambda tree: one_run(tree, sink.port, args.messages, message),
+                "delivery",
+            )
     return 0
 
 
