@@ -196,7 +196,7 @@ def _open_once(spool_dir: Path, message_id: str, state: MessageState | None) -> 
     path = (
         layout.captured / f"{message_id}{EML}"
         if state is None
-        else layout.path(state, message_id, EML)
+        else Path(layout.path(state, message_id, EML))
     )
     try:
         file = path.open("rb")

@@ -80,6 +80,7 @@ class SpoolLayout:
         self.orphaned = root / "orphaned"
         self.state_dirs = {state: root / state.value for state in MessageState}
         self.state_dir_strings = {state: str(path) for state, path in self.state_dirs.items()}
+        self._tmp_string = str(self.tmp)
 
     @functools.cached_property
     def file_fsync_covers_rename(self) -> bool:
@@ -91,11 +92,14 @@ class SpoolLayout:
     def all_dirs(self) -> tuple[Path, ...]:
         return (*self.state_dirs.values(), self.captured, self.tmp)
 
-    def path(self, state: MessageState, message_id: str, suffix: str) -> Path:
-        return self.state_dirs[state] / f"{message_id}{suffix}"
+    # The two below are strings, not Paths: every state change of every message builds a
+    # few, and a `Path` costs several times a string to build and again to hand to `os`.
 
-    def tmp_path(self, message_id: str, suffix: str) -> Path:
-        return self.tmp / f"{message_id}{suffix}"
+    def path(self, state: MessageState, message_id: str, suffix: str) -> str:
+        return f"{self.state_dir_strings[state]}/{message_id}{suffix}"
+
+    def tmp_path(self, message_id: str, suffix: str) -> str:
+        return f"{self._tmp_string}/{message_id}{suffix}"
 
     def create_dirs(self) -> None:
         """Create the root and every subdirectory that is missing, private to this user."""
@@ -104,7 +108,7 @@ class SpoolLayout:
             directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | Path) -> None:
     """Make the entries of ``directory`` (creations, renames, unlinks) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -113,7 +117,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+def write_new_file(path: str | Path, chunks: list[bytes] | tuple[bytes, ...]) -> None:
     """Create ``path`` (it must not exist), write ``chunks`` and fsync it.
 
     On failure the partial file is removed and the error re-raised.
@@ -139,10 +143,10 @@ def write_all(fd: int, chunks: list[bytes] | tuple[bytes, ...]) -> None:
             view = view[written:]
 
 
-def unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: str | Path) -> None:
     """Remove ``path`` if it exists; used in cleanup, where a second error would hide the first."""
     with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
+        os.unlink(path)
 
 
 def attach_envelope(fd: int, envelope: bytes) -> bool:
@@ -172,7 +176,7 @@ def attached_envelope(path: str | Path) -> bytes | None:
         raise
 
 
-def detach_envelope(path: Path) -> None:
+def detach_envelope(path: str | Path) -> None:
     """Remove the envelope attribute of ``path`` once a ``.json`` supersedes it.
 
     Best effort: a leftover attribute is ignored while the ``.json`` exists, and if a crash

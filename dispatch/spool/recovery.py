@@ -386,7 +386,8 @@ def read_incoming_envelopes(layout: SpoolLayout, message_ids: Iterable[str]) -> 
         path = layout.path(MessageState.INCOMING, message_id, JSON)
         try:
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as file:
+                    data = file.read()
             except FileNotFoundError:
                 path = layout.path(MessageState.INCOMING, message_id, EML)
                 attached = attached_envelope(path)

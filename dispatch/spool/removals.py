@@ -35,6 +35,7 @@ from functools import partial
 import trio
 
 from dispatch.spool.layout import MessageState, SpoolLayout
+from dispatch.spool.thread_hop import run_to_completion
 from dispatch.spool.transitions import remove_messages
 
 logger = logging.getLogger("dispatch.spool")
@@ -92,8 +93,7 @@ class RemovalQueue:
 
     async def _unlink(self, batch: list[str]) -> None:
         work = partial(remove_messages, self._layout, batch, MessageState.PROCESSING)
-        with trio.CancelScope(shield=True):
-            failed = await trio.to_thread.run_sync(work, limiter=self._limiter)
+        failed = await run_to_completion(work, self._limiter)
         for message_id, exc in failed.items():
             logger.error(
                 "spool: %s was delivered but its files in processing/ could not be removed "

@@ -3,13 +3,14 @@
 Owns the spool directory (nothing else writes into it but retention, which removes old copies
 from ``captured/``: ``sweep.py``), the in-memory index and a thread limiter for its file work.
 
-Every operation that changes the disk does all its file work in one thread hop, shielded
-from cancellation (a cancelled caller gets :class:`trio.Cancelled` at its next checkpoint,
-after the change is complete), and updates the index on the Trio thread only after the hop
-returned. While an operation on a message is in flight the id is *busy*: other operations on
-it raise :class:`MessageBusyError` instead of racing it on disk. One exception: inside
-:meth:`Spool.batched_removals`, a delivered message leaves the index first and its files
-follow in a batch (``removals.py``); losing that batch to a crash means a second delivery.
+Every operation that changes the disk does all its file work in one thread hop that is
+never cancelled (``thread_hop.py``: a cancelled caller gets :class:`trio.Cancelled` at its
+next checkpoint, after the change is complete), and updates the index on the Trio thread
+only after the hop returned. While an operation on a message is in flight the id is *busy*:
+other operations on it raise :class:`MessageBusyError` instead of racing it on disk. One
+exception: inside :meth:`Spool.batched_removals`, a delivered message leaves the index first
+and its files follow in a batch (``removals.py``); losing that batch to a crash means a
+second delivery.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dispatch.spool.recovery import (
     recover,
 )
 from dispatch.spool.removals import RemovalQueue
+from dispatch.spool.thread_hop import run_to_completion
 from dispatch.spool.transitions import (
     capture_message,
     claim_messages,
@@ -219,7 +221,7 @@ class Spool:
 
     def message_path(self, message_id: str) -> Path:
         """Path of the message's body. Stable while the caller holds the claim on it."""
-        return self._layout.path(self.get(message_id).state, message_id, EML)
+        return Path(self._layout.path(self.get(message_id).state, message_id, EML))
 
     def next_due_time(self) -> float | None:
         """Earliest ``next_attempt_at`` among incoming messages not yet handed out."""
@@ -516,9 +518,7 @@ class Spool:
             self._index.requeue(entry)
 
     async def _run[T](self, work: Callable[[], T], action: str) -> T:
-        with trio.CancelScope(shield=True):
-            try:
-                result = await trio.to_thread.run_sync(work, limiter=self._limiter)
-            except OSError as exc:
-                raise translate_os_error(exc, action) from exc
-        return result
+        try:
+            return await run_to_completion(work, self._limiter)
+        except OSError as exc:
+            raise translate_os_error(exc, action) from exc

@@ -154,10 +154,10 @@ def _failed_before(layout: SpoolLayout, message_ids: Sequence[str], before: floa
     old = []
     for message_id in message_ids:
         try:
-            written = layout.path(MessageState.FAILED, message_id, JSON).stat().st_mtime
+            written = os.stat(layout.path(MessageState.FAILED, message_id, JSON)).st_mtime
         except FileNotFoundError:
             try:  # a one-file message (layout.py): its rename into failed/ set the ctime
-                written = layout.path(MessageState.FAILED, message_id, EML).stat().st_ctime
+                written = os.stat(layout.path(MessageState.FAILED, message_id, EML)).st_ctime
             except FileNotFoundError:
                 continue  # moved since the index was read
         if written < before:

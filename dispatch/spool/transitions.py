@@ -132,8 +132,8 @@ def _fsync_after_move(
     fsync a power cut may undo the move, which recovery handles like any interrupted move.
     """
     try:
-        fsync_dir(layout.state_dirs[dst])
-        fsync_dir(layout.state_dirs[src])
+        fsync_dir(layout.state_dir_strings[dst])
+        fsync_dir(layout.state_dir_strings[src])
     except OSError as exc:
         logger.warning(
             "message %s: moved to %s/ but the move may not survive a power cut (%s)",
@@ -169,10 +169,10 @@ def claim_messages(
     return errors, contents
 
 
-def _read_up_to(path: Path, limit: int) -> bytes | None:
+def _read_up_to(path: str, limit: int) -> bytes | None:
     """The whole file if it has at most ``limit`` bytes; None if longer or unreadable."""
     try:
-        with path.open("rb") as file:
+        with open(path, "rb") as file:
             content = file.read(limit + 1)
     except OSError:
         return None
@@ -191,8 +191,8 @@ def return_claims(layout: SpoolLayout, message_ids: Iterable[str]) -> list[str]:
         else:
             returned.append(message_id)
     try:
-        fsync_dir(layout.state_dirs[INCOMING])
-        fsync_dir(layout.state_dirs[PROCESSING])
+        fsync_dir(layout.state_dir_strings[INCOMING])
+        fsync_dir(layout.state_dir_strings[PROCESSING])
     except OSError as exc:  # the claims are back all the same; start-up returns them anyway
         logger.warning("spool: returned claims may not survive a power cut (%s)", exc)
     return returned
@@ -208,7 +208,7 @@ def remove_message(layout: SpoolLayout, message_id: str, state: MessageState) ->
     """
     _unlink_message(layout, message_id, state)
     try:
-        fsync_dir(layout.state_dirs[state])
+        fsync_dir(layout.state_dir_strings[state])
     except OSError as exc:
         logger.warning("message %s: removed, but not yet durably (%s)", message_id, exc)
 
@@ -230,7 +230,7 @@ def remove_messages(
         except OSError as exc:
             failed[message_id] = exc
     try:
-        fsync_dir(layout.state_dirs[state])
+        fsync_dir(layout.state_dir_strings[state])
     except OSError as exc:
         logger.warning("spool: removals from %s/ not yet durable (%s)", state.value, exc)
     return failed
@@ -286,7 +286,7 @@ def capture_message(
     return body
 
 
-def _copy_durably(source: Path, target: Path, tmp: Path) -> None:
+def _copy_durably(source: str, target: Path, tmp: Path) -> None:
     try:
         shutil.copyfile(source, tmp)
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)

@@ -51,11 +51,11 @@ Cancellation
 ------------
 A thread cannot be interrupted, and half of a commit is worse than none, so the thread hops
 of :meth:`~IncomingMessage.write`, :meth:`~IncomingMessage.commit` and
-:meth:`~IncomingMessage.abort` run in a shielded cancel scope: a cancelled task finishes the
-hop and gets :class:`trio.Cancelled` at its next checkpoint. For ``commit`` that means the
-message may be durably spooled although the caller never sends its ``250``: the client
-retries and the message is delivered twice. A duplicate, never a loss and never a
-half-written file.
+:meth:`~IncomingMessage.abort` always run to their end (``thread_hop.py``): a cancelled
+task finishes the hop and gets :class:`trio.Cancelled` at its next checkpoint. For
+``commit`` that means the message may be durably spooled although the caller never sends
+its ``250``: the client retries and the message is delivered twice. A duplicate, never a
+loss and never a half-written file.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ from dispatch.spool.layout import (
     write_all,
     write_new_file,
 )
+from dispatch.spool.thread_hop import run_to_completion
 
 # Below this many buffered bytes a message stays in memory. 1 MiB covers nearly all real
 # mail in one commit hop while bounding the memory of each concurrent session.
@@ -192,18 +193,17 @@ class IncomingMessage:
             _commit_sync, self._layout, self.id, self._fd, self._chunks, envelope.to_json()
         )
         self._phase = "busy"
-        with trio.CancelScope(shield=True):
-            try:
-                await trio.to_thread.run_sync(work, limiter=self._limiter)
-            except OSError as exc:
-                self._phase = "aborted"
-                raise translate_os_error(exc, f"write message {self.id}") from exc
-            except BaseException:
-                self._phase = "aborted"
-                raise
-            finally:
-                self._fd = None  # closed by _commit_sync in every case
-                self._chunks = []
+        try:
+            await run_to_completion(work, self._limiter)
+        except OSError as exc:
+            self._phase = "aborted"
+            raise translate_os_error(exc, f"write message {self.id}") from exc
+        except BaseException:
+            self._phase = "aborted"
+            raise
+        finally:
+            self._fd = None  # closed by _commit_sync in every case
+            self._chunks = []
         self._phase = "committed"
         self._on_commit(envelope)
         return envelope
@@ -220,8 +220,7 @@ class IncomingMessage:
             await trio.lowlevel.checkpoint()
             return
         work = partial(_discard_sync, fd, self._layout.tmp_path(self.id, EML))
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(work, limiter=self._limiter)
+        await run_to_completion(work, self._limiter)
 
     async def __aenter__(self) -> Self:
         return self
@@ -238,17 +237,16 @@ class IncomingMessage:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         work = partial(_spill_sync, self._layout.tmp_path(self.id, EML), self._fd, chunks)
         self._phase = "busy"
-        with trio.CancelScope(shield=True):
-            try:
-                self._fd = await trio.to_thread.run_sync(work, limiter=self._limiter)
-            except OSError as exc:
-                self._phase = "aborted"
-                self._fd = None  # _spill_sync closed it and removed the file
-                raise translate_os_error(exc, f"write message {self.id}") from exc
-            except BaseException:
-                self._phase = "aborted"
-                self._fd = None
-                raise
+        try:
+            self._fd = await run_to_completion(work, self._limiter)
+        except OSError as exc:
+            self._phase = "aborted"
+            self._fd = None  # _spill_sync closed it and removed the file
+            raise translate_os_error(exc, f"write message {self.id}") from exc
+        except BaseException:
+            self._phase = "aborted"
+            self._fd = None
+            raise
         self._phase = "receiving"
 
     def _require_receiving(self, action: str) -> None:
@@ -259,7 +257,7 @@ class IncomingMessage:
         raise SpoolError(f"cannot {action} message {self.id}: it is already {self._phase}")
 
 
-def _spill_sync(path: Path, fd: int | None, chunks: list[bytes]) -> int:
+def _spill_sync(path: str, fd: int | None, chunks: list[bytes]) -> int:
     """Append ``chunks`` to the temporary body file (creating it); return its descriptor.
 
     On failure the descriptor is closed and the file removed before the error propagates.
@@ -274,7 +272,7 @@ def _spill_sync(path: Path, fd: int | None, chunks: list[bytes]) -> int:
     return fd
 
 
-def _discard_sync(fd: int, path: Path) -> None:
+def _discard_sync(fd: int, path: str) -> None:
     try:
         os.close(fd)
     finally:
@@ -285,10 +283,11 @@ def _commit_sync(
     layout: SpoolLayout, message_id: str, fd: int | None, chunks: list[bytes], envelope: bytes
 ) -> None:
     """The steps of the module docstring, undoing all of them if any fails. Closes ``fd``."""
-    incoming_dir = layout.state_dirs[MessageState.INCOMING]
+    incoming_dir = layout.state_dir_strings[MessageState.INCOMING]
     eml_tmp = layout.tmp_path(message_id, EML)
     json_tmp = layout.tmp_path(message_id, JSON)
-    renamed: list[Path] = []
+    eml_final = layout.path(MessageState.INCOMING, message_id, EML)
+    renamed: list[str] = []
     try:
         if fd is None:
             fd = os.open(eml_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -296,20 +295,19 @@ def _commit_sync(
             write_all(fd, chunks)
             one_file = attach_envelope(fd, envelope)
             if one_file and layout.file_fsync_covers_rename:
-                final = incoming_dir / eml_tmp.name
-                os.rename(eml_tmp, final)
-                renamed.append(final)
+                os.rename(eml_tmp, eml_final)
+                renamed.append(eml_final)
             os.fsync(fd)
         finally:
             os.close(fd)
         if renamed:
             return  # that fsync made the rename durable too
-        moves = [eml_tmp]
+        moves = [(eml_tmp, eml_final)]
         if not one_file:
             write_new_file(json_tmp, (envelope,))
-            moves.append(json_tmp)  # the envelope last: its arrival is the commit
-        for tmp in moves:
-            final = incoming_dir / tmp.name
+            # the envelope last: its arrival is the commit
+            moves.append((json_tmp, layout.path(MessageState.INCOMING, message_id, JSON)))
+        for tmp, final in moves:
             os.rename(tmp, final)
             renamed.append(final)
         fsync_dir(incoming_dir)

@@ -201,11 +201,11 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def crash_inside_remove(self, data: st.DataObject) -> None:
         message_id = data.draw(st.sampled_from(self.ids_in(PROCESSING)))
-        envelope = self.layout.path(PROCESSING, message_id, ".json")
+        envelope = Path(self.layout.path(PROCESSING, message_id, ".json"))
         if envelope.exists():
             envelope.unlink()
         else:  # one file: the body carries the envelope, and removing it is the whole step
-            self.layout.path(PROCESSING, message_id, ".eml").unlink()
+            Path(self.layout.path(PROCESSING, message_id, ".eml")).unlink()
         self.reopen()
         del self.model[message_id]
 
@@ -221,7 +221,7 @@ class SpoolMachine(RuleBasedStateMachine):
         assert counts.processing == len(self.ids_in(PROCESSING))
         assert counts.failed == len(self.ids_in(FAILED))
         for message_id, state in self.model.items():
-            body = self.layout.path(state, message_id, ".eml").read_bytes()
+            body = Path(self.layout.path(state, message_id, ".eml")).read_bytes()
             assert body == self.bodies[message_id]
 
 

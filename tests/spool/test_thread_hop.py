@@ -1,0 +1,71 @@
+"""The spool's thread hop (spool/thread_hop.py): a blocking call in a worker thread that
+always runs to its end, bounded by a limiter, with its result or exception handed back."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import trio
+
+from dispatch.spool.thread_hop import run_to_completion
+
+
+async def test_the_result_and_the_exception_come_back_from_another_thread() -> None:
+    limiter = trio.CapacityLimiter(2)
+    trio_thread = threading.get_ident()
+    assert await run_to_completion(threading.get_ident, limiter) != trio_thread
+
+    def fail() -> None:
+        raise FileNotFoundError("incoming/x.eml")
+
+    with pytest.raises(FileNotFoundError, match=r"incoming/x\.eml"):
+        await run_to_completion(fail, limiter)
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_a_cancelled_caller_still_waits_for_the_call_and_gets_its_result() -> None:
+    finished = threading.Event()
+    results: list[str] = []
+
+    def slow() -> str:
+        finished.wait(5)
+        return "renamed"
+
+    async def hop() -> None:
+        results.append(await run_to_completion(slow, trio.CapacityLimiter(1)))
+        await trio.lowlevel.checkpoint()  # the cancellation lands here, after the result
+        results.append("not reached")
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hop)
+            await trio.sleep(0.05)
+            scope.cancel()
+            await trio.sleep(0.05)
+            assert results == []  # still waiting for the thread, cancelled or not
+            finished.set()
+    assert scope.cancelled_caught
+    assert results == ["renamed"]
+
+
+async def test_the_limiter_bounds_the_calls_running_at_once() -> None:
+    limiter = trio.CapacityLimiter(2)
+    lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=10)  # two calls must run at once to get past it
+    running = peak = 0
+
+    def work() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        pair.wait()
+        with lock:
+            running -= 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(run_to_completion, work, limiter)
+    assert peak == 2
+    assert limiter.borrowed_tokens == 0
