@@ -18,8 +18,8 @@ with a ``"type"`` key) and a database row (``MESSAGE_COLUMNS`` / :func:`message_
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, get_args
 
@@ -42,7 +42,7 @@ MAX_FREE_TEXT: Final = 1000
 
 def new_event_id() -> str:
     """A fresh unique record id (32 hex digits, random: unique across nodes sharing a DB)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def storable(text: str) -> str:
