@@ -94,7 +94,7 @@ class TlsSettings:
 @attrs.frozen
 class SpoolSettings:
     directory: str = "./.dispatch-spool"
-    worker_count: PositiveInt = PositiveInt(4)
+    worker_count: PositiveInt = PositiveInt(16)
     max_retries: NonNegativeInt = live(NonNegativeInt(3))
     retry_delays_seconds: tuple[PositiveFloat, ...] = live(
         (PositiveFloat(30.0), PositiveFloat(300.0), PositiveFloat(1800.0))
