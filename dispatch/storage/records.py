@@ -41,8 +41,11 @@ MAX_FREE_TEXT: Final = 1000
 
 
 def new_event_id() -> str:
-    """A fresh unique record id (32 hex digits, random: unique across nodes sharing a DB)."""
-    return os.urandom(16).hex()
+    """A fresh unique record id: 32 hex digits, the time in nanoseconds then 64 random bits
+    (unique across nodes sharing a DB). Time first, so that the ids of one batch sort
+    together: their ``UNIQUE`` index takes them in one or two pages, where random ids went to
+    as many pages as rows, each written again to the database's log at every commit."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 def storable(text: str) -> str:
