@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from dispatch.spool.thread_hop import run_to_completion
 
@@ -27,26 +28,28 @@ async def test_the_result_and_the_exception_come_back_from_another_thread() -> N
 async def test_a_cancelled_caller_still_waits_for_the_call_and_gets_its_result() -> None:
     finished = threading.Event()
     results: list[str] = []
+    scopes: list[trio.CancelScope] = []
 
     def slow() -> str:
-        finished.wait(5)
+        finished.wait(10)
         return "renamed"
 
     async def hop() -> None:
-        results.append(await run_to_completion(slow, trio.CapacityLimiter(1)))
-        await trio.lowlevel.checkpoint()  # the cancellation lands here, after the result
-        results.append("not reached")
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            results.append(await run_to_completion(slow, trio.CapacityLimiter(1)))
+            await trio.lowlevel.checkpoint()  # the cancellation lands here, after the result
+            results.append("not reached")
+        results.append(f"cancelled: {scope.cancelled_caught}")
 
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(hop)
-            await trio.sleep(0.05)
-            scope.cancel()
-            await trio.sleep(0.05)
-            assert results == []  # still waiting for the thread, cancelled or not
-            finished.set()
-    assert scope.cancelled_caught
-    assert results == ["renamed"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hop)
+        await trio.testing.wait_all_tasks_blocked()  # the hop waits for its thread
+        scopes[0].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []  # still waiting for the thread, cancelled or not
+        finished.set()
+    assert results == ["renamed", "cancelled: True"]
 
 
 async def test_the_limiter_bounds_the_calls_running_at_once() -> None:
