@@ -145,7 +145,10 @@ def start_dispatch(
 
 def dispatch_peer(processes: int = PROCESSES, name: str = "Dispatch") -> Peer:
     """Dispatch with ``listener.processes`` = ``processes``, otherwise on its defaults."""
+    import attrs
+
     from dispatch import __version__
+    from dispatch.config.settings import RelayCommon, SpoolSettings
 
     def start(launcher: Launcher, directory: Path, mode: RelayMode, relay_port: int) -> Server:
         options = DispatchOptions(processes=processes)
@@ -157,6 +160,8 @@ def dispatch_peer(processes: int = PROCESSES, name: str = "Dispatch") -> Peer:
         name=name,
         tool=Tool("Dispatch", version=f"{__version__} (Python {sys.version.split()[0]})"),
         start=start,
-        config_note=f"listener.processes = {processes}, otherwise defaults (4 delivery "
-        "workers, relay max_inflight 8), SQLite message log, INFO logging to a file",
+        config_note=f"listener.processes = {processes}, otherwise defaults "
+        f"({SpoolSettings().worker_count} delivery workers, relay max_inflight "
+        f"{attrs.fields(RelayCommon).max_inflight.default}), SQLite message log, "
+        "INFO logging to a file",
     )

@@ -117,7 +117,10 @@ class SmtpListener:
             except Exception:
                 log.exception("session failed")
             finally:
-                await trio.aclose_forcefully(stream)
+                # Closed at once: trio's aclose_forcefully would cancel its own checkpoint,
+                # raising and catching a Cancelled per connection for a close that never
+                # waits (trio's socket close tells any waiter on the descriptor itself).
+                stream.socket.close()
 
     def _share(self, limit: int) -> int:
         """This process's share of a connection limit (rounded up)."""

@@ -116,6 +116,8 @@ class TransactionSlot:
     async def abort_dropped(self) -> None:
         """Abort the queued messages (closes their descriptors and removes their ``tmp/``
         files). Shielded: it also runs while the session is being cancelled."""
+        if not self._dropped:
+            return  # the common case, every session's end: no scope to open
         with trio.CancelScope(shield=True):
             while self._dropped:
                 await self._dropped.pop().abort()
