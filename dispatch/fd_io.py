@@ -72,6 +72,22 @@ async def send_all(fd: int, data: bytes) -> None:
             raise trio.BrokenResourceError(str(exc)) from exc
 
 
+def send_now(fd: int, data: bytes) -> int:
+    """Write what the kernel takes of ``data`` at once; the number of bytes written.
+
+    Neither waits nor yields: for a caller about to wait for the peer's answer anyway (an
+    SMTP reply, then the next command), which then needs neither a deadline's cancel scope
+    nor :func:`send_all`'s checkpoints when the kernel took everything, as it nearly always
+    does for a few dozen bytes. The rest, if any, goes through :func:`send_all`.
+    """
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+
+
 def plain_fd(stream: trio.abc.Stream) -> int | None:
     """The descriptor of ``stream`` if it is a plain TCP ``SocketStream``; None otherwise."""
     return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None

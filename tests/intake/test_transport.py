@@ -90,17 +90,21 @@ async def test_the_end_of_stream_is_empty_bytes_and_a_reset_ends_the_session(
         await go_on_talking()
 
 
-async def test_replies_are_written_whole_at_a_checkpoint(
+async def test_replies_are_written_whole_and_at_once_the_reading_yields(
     pair: tuple[SessionTransport, trio.SocketStream],
 ) -> None:
+    """What the kernel takes at once goes without a checkpoint; the read the session does
+    next yields, even when the command is already there (no peer can starve the others)."""
     transport, client = pair
     transport.queue(b"250-first\r\n")
     transport.queue(b"250 second\r\n")
-    with trio.testing.assert_checkpoints():
-        await transport.flush(5)
-    assert await client.receive_some(RECEIVE_BYTES) == b"250-first\r\n250 second\r\n"
     with trio.testing.assert_no_checkpoints():
+        await transport.flush(5)
         await transport.flush(5)  # nothing queued: nothing to do
+    assert await client.receive_some(RECEIVE_BYTES) == b"250-first\r\n250 second\r\n"
+    await client.send_all(b"NOOP\r\n")
+    with trio.testing.assert_checkpoints():
+        assert await transport.receive(trio.current_time() + 5) == b"NOOP\r\n"
 
 
 async def test_a_peer_that_stops_reading_ends_the_session_after_stuck_after(
