@@ -27,26 +27,35 @@ import os
 import trio
 
 
+def receive_now(fd: int, max_bytes: int) -> bytes | None:
+    """What ``fd`` has now (at most ``max_bytes``; ``b""`` at end of stream), or None if it
+    has nothing yet. Neither waits nor yields."""
+    try:
+        return os.read(fd, max_bytes)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+
+
 async def receive_some(fd: int, max_bytes: int) -> bytes:
     """The next bytes from ``fd`` (at most ``max_bytes``; ``b""`` at end of stream)."""
     await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = os.read(fd, max_bytes)
-    except BlockingIOError:
-        pass
-    except OSError as exc:
-        raise trio.BrokenResourceError(str(exc)) from exc
-    else:
+    data = receive_now(fd, max_bytes)
+    if data is not None:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return data
+    return await receive_when_readable(fd, max_bytes)
+
+
+async def receive_when_readable(fd: int, max_bytes: int) -> bytes:
+    """Wait until ``fd`` is readable, then read: :func:`receive_some` for a caller whose
+    :func:`receive_now` just found nothing."""
     while True:
         await trio.lowlevel.wait_readable(fd)
-        try:
-            return os.read(fd, max_bytes)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+        data = receive_now(fd, max_bytes)
+        if data is not None:
+            return data
 
 
 async def send_all(fd: int, data: bytes) -> None:

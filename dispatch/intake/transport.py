@@ -112,13 +112,23 @@ class SessionTransport:
 
         Raises :class:`SessionEnded` if the peer broke the connection.
         """
-        # Plain cancel scopes here and in flush(), not trio's generator-based move_on_*: this
-        # runs for every command a client sends, and the generator cost more than the read.
-        with trio.CancelScope(deadline=deadline):
-            try:
-                return await fd_io.receive(self.stream, self._fd, RECEIVE_BYTES)  # b"": EOF
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise SessionEnded from exc
+        # Bytes already there need no deadline: read first, and open the deadline's cancel
+        # scope (which costs more than the read) only to wait. Most commands are there by
+        # the time the session looks: the client wrote them while our reply went out.
+        fd = self._fd
+        try:
+            if fd is not None:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                data = fd_io.receive_now(fd, RECEIVE_BYTES)  # b"": EOF
+                if data is not None:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # a fast peer yields too
+                    return data
+            with trio.CancelScope(deadline=deadline):
+                if fd is not None:
+                    return await fd_io.receive_when_readable(fd, RECEIVE_BYTES)
+                return bytes(await self.stream.receive_some(RECEIVE_BYTES))  # TLS: bytearray
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise SessionEnded from exc
         return None
 
     async def flush(self, stuck_after: float) -> None:
