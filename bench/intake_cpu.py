@@ -7,7 +7,7 @@ into a scratch spool through a :class:`~dispatch.spool.SpoolEntrance` (every com
 in the daemon), with the committed envelope and each message-log event encoded as the worker
 encodes them for its link to the main process. ``smtp-source`` sends ``--messages`` 5 KiB
 messages over 20 sessions (connections reused, or ``--new`` connection per message) after a
-warm-up; the process reports its CPU time (``time.process_time``: every thread) per message
+warm-up; the process reports its CPU time per message (every thread, user and system apart)
 from the first message after the warm-up to the last. Each run is a fresh process of one
 source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by run
 (``bench/alternate.py``); the result is the median per tree and its range.
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.alternate import cpu_rounds
+from bench.alternate import MEASURE, CpuTime, cpu_rounds
 from bench.load import run_source
 from bench.procs import free_port
 
@@ -31,7 +31,7 @@ WARM_UP = 200
 
 # Runs in the child, with the tree under test first on sys.path.
 _RUN = """
-import sys, time
+import sys
 from pathlib import Path
 import attrs
 import trio
@@ -52,15 +52,15 @@ port, spool, messages, warm_up = int(sys.argv[1]), Path(sys.argv[2]), *map(int, 
 settings = attrs.evolve(ListenerSettings(), ports=(Port(port),),
     bind_address=BindAddresses(("127.0.0.1",)), server_name="bench.example.test",
     max_connections=PositiveInt(200), processes=1)
-committed, began, done = [0], [0.0], trio.Event()
+committed, began, done = [0], [(0.0, 0.0)], trio.Event()
 
 def on_commit(envelope):
     encode([Committed(envelope)])
     committed[0] += 1
     if committed[0] == warm_up:
-        began[0] = time.process_time()
+        began[0] = cpu_now()
     elif committed[0] == warm_up + messages:
-        print(f"{(time.process_time() - began[0]) / messages}", flush=True)
+        print(cpu_line(began[0], messages), flush=True)
         done.set()
 
 async def main():
@@ -85,8 +85,8 @@ trio.run(main)
 """
 
 
-def one_run(tree: Path, messages: int, *, reuse: bool, scratch: Path) -> float:
-    """CPU seconds per accepted message in one fresh process of ``tree``."""
+def one_run(tree: Path, messages: int, *, reuse: bool, scratch: Path) -> CpuTime:
+    """CPU time per accepted message in one fresh process of ``tree``."""
     port = free_port()
     spool = scratch / "spool"
     for folder in ("tmp", "incoming"):
@@ -94,7 +94,7 @@ def one_run(tree: Path, messages: int, *, reuse: bool, scratch: Path) -> float:
     numbers = [str(port), str(spool), str(messages), str(WARM_UP)]
     with subprocess.Popen(
         # -P: "-c" would put the working directory first on sys.path, before PYTHONPATH.
-        [sys.executable, "-P", "-c", _RUN, *numbers],
+        [sys.executable, "-P", "-c", MEASURE + _RUN, *numbers],
         env=dict(os.environ, PYTHONPATH=str(tree)),
         stdout=subprocess.PIPE,
         text=True,
@@ -111,7 +111,7 @@ def one_run(tree: Path, messages: int, *, reuse: bool, scratch: Path) -> float:
             raise RuntimeError(f"{tree}: {sent.messages} of {WARM_UP + messages} accepted")
         line = child.stdout.readline()
         child.wait(timeout=30)
-    return float(line)
+    return CpuTime.parse(line)
 
 
 def main() -> int:
@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--new", action="store_true", help="a new connection per message")
     args = parser.parse_args()
 
-    def run(tree: Path) -> float:
+    def run(tree: Path) -> CpuTime:
         with tempfile.TemporaryDirectory(prefix="intake-cpu-") as scratch:
             return one_run(tree, args.messages, reuse=not args.new, scratch=Path(scratch))
 

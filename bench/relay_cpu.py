@@ -7,7 +7,7 @@ client, as the delivery workers use it: ``SmtpRelayClient.deliver`` with a 5 KiB
 with its claim (``content``), a trace (the attempt's, as ``/debug/traces`` keeps it), 4
 deliveries at a time over pooled connections to ``smtp-sink``. Each run is a fresh process of
 one source tree (``--trees``, put first on ``PYTHONPATH``) that makes ``--messages``
-deliveries after a warm-up and prints its CPU time (``time.process_time``) per delivery. The
+deliveries after a warm-up and prints its CPU time per delivery (user and system). The
 trees alternate run by run (``bench/alternate.py``), so a machine that slows down slows both
 alike; the result is the median per tree and its range.
 """
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.alternate import cpu_rounds
+from bench.alternate import MEASURE, CpuTime, cpu_rounds
 from bench.peers.sink import start_sink
 from bench.procs import LOOPBACK, Launcher
 
@@ -31,7 +31,7 @@ CONCURRENCY = 4
 
 # Runs in the child, with the tree under test first on sys.path.
 _RUN = """
-import sys, time
+import sys
 from pathlib import Path
 import trio
 from dispatch.config.settings import SmtpRelay
@@ -62,30 +62,30 @@ async def main():
             await deliver(number)
     for number in range(warm_up):
         await deliver(number)
-    began = time.process_time()
+    began = cpu_now()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(lane, messages // concurrency)
-    print((time.process_time() - began) / (messages // concurrency * concurrency))
+    print(cpu_line(began, messages // concurrency * concurrency))
     await relay.aclose()
 
 trio.run(main)
 """
 
 
-def one_run(tree: Path, port: int, messages: int, message: Path) -> float:
-    """CPU seconds per delivery in one fresh process of ``tree``."""
+def one_run(tree: Path, port: int, messages: int, message: Path) -> CpuTime:
+    """CPU time per delivery in one fresh process of ``tree``."""
     numbers = [str(port), str(messages), str(CONCURRENCY), str(WARM_UP)]
     out = subprocess.run(
         # -P: "-c" would put the working directory first on sys.path, before PYTHONPATH.
-        [sys.executable, "-P", "-c", _RUN, LOOPBACK, *numbers, str(message)],
+        [sys.executable, "-P", "-c", MEASURE + _RUN, LOOPBACK, *numbers, str(message)],
         env=dict(os.environ, PYTHONPATH=str(tree)),
         check=True,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    return float(out.stdout.strip())
+    return CpuTime.parse(out.stdout.strip())
 
 
 def main() -> int:

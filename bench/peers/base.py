@@ -19,8 +19,9 @@ class RelayMode(enum.Enum):
 
     HELD = "held"
     """Accept only: onward delivery is held (Dispatch: relay limited to 1/min; Postfix:
-    ``default_destination_rate_delay = 60s``; OpenSMTPD: ``smtpctl pause mta``), so an intake
-    figure measures intake and nothing else."""
+    ``default_destination_rate_delay = 60s``, and ``in_flow_delay = 0`` so that its inflow
+    control does not pace intake against the hold; OpenSMTPD: ``smtpctl pause mta``), so an
+    intake figure measures intake and nothing else."""
 
     SINK = "sink"
     """Relay everything to the ``smtp-sink`` listening on the relay port."""
