@@ -164,6 +164,7 @@ class Trace:
         self._tail: collections.deque[TraceEvent] = collections.deque(maxlen=TAIL_EVENTS)
         self._dropped = 0
         self._children: list[TraceLink] = []
+        self._child_ids: set[str] | None = None  # made with the first child (idle sessions)
         self.children_dropped = 0
         """Children started beyond :data:`MAX_CHILDREN` (not listed, still linked in events)."""
         self._text_bytes = len(self.title)
@@ -187,9 +188,12 @@ class Trace:
 
     def linked(self, link: TraceLink, message: str) -> None:
         """Append an event that links to another trace, and list it as a child if new."""
-        if link.trace_id not in {c.trace_id for c in self._children}:
+        if self._child_ids is None:
+            self._child_ids = set()
+        if link.trace_id not in self._child_ids:
             if len(self._children) < MAX_CHILDREN:
                 self._children.append(link)
+                self._child_ids.add(link.trace_id)
                 self._text_bytes += _LINK_OVERHEAD + len(link.title)
             else:
                 self.children_dropped += 1

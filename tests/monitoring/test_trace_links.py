@@ -57,6 +57,10 @@ def test_children_listed_are_capped_and_the_rest_counted(monkeypatch: pytest.Mon
     assert session.children == [c.link for c in children[:3]]
     assert session.children_dropped == 2
     assert [e.link for e in session.events()] == [c.link for c in children]  # all in the timeline
+    session.linked(children[0].link, "again")  # a listed child: neither listed again nor dropped
+    session.linked(children[4].link, "again")  # one not listed: counted again
+    assert session.children == [c.link for c in children[:3]]
+    assert session.children_dropped == 3
 
 
 def test_the_histogram_counts_each_finished_trace_in_one_bucket() -> None:
