@@ -188,12 +188,11 @@ class Trace:
 
     def linked(self, link: TraceLink, message: str) -> None:
         """Append an event that links to another trace, and list it as a child if new."""
-        if self._child_ids is None:
-            self._child_ids = set()
-        if link.trace_id not in self._child_ids:
+        ids = self._child_ids = self._child_ids or set()
+        if link.trace_id not in ids:
             if len(self._children) < MAX_CHILDREN:
                 self._children.append(link)
-                self._child_ids.add(link.trace_id)
+                ids.add(link.trace_id)
                 self._text_bytes += _LINK_OVERHEAD + len(link.title)
             else:
                 self.children_dropped += 1
