@@ -11,7 +11,10 @@ room. TLS is not for here: an ``SSLStream`` does that work.
 Checkpoints are where trio's socket methods put them: a cancellation is seen before the
 system call; once bytes have moved, the yield that follows cannot be cancelled (nothing read
 or written is forgotten); and there is a yield even when the kernel answered at once, so a
-peer that never pauses cannot starve the other tasks. Errors are the stream's:
+peer that never pauses cannot starve the other tasks. :func:`receive_now` and
+:func:`send_now` are the system call alone, for a caller that places the checkpoints and the
+deadline itself (intake's ``SessionTransport``: only a wait needs a deadline's cancel scope,
+docs/intake-cpu.md, round 7). Errors are the stream's:
 ``trio.BrokenResourceError`` for a connection the peer broke (reset, broken pipe), and
 ``trio.ClosedResourceError`` if the socket was closed while a task waited on it. Deadlines
 are the caller's cancel scopes.
