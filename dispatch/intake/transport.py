@@ -90,6 +90,7 @@ class SessionTransport:
         # Plain TCP is read and written through its descriptor (dispatch/fd_io.py): per
         # command the stream's layers cost more than the system call. None over TLS.
         self._fd = fd_io.plain_fd(stream)
+        self._torn = False  # a write stopped part-way: nothing may follow its bytes
 
     def queue(self, data: bytes) -> None:
         """Queue serialised replies; :meth:`flush` writes everything queued in one go."""
@@ -114,7 +115,9 @@ class SessionTransport:
         """
         # Bytes already there need no deadline: read first, and open the deadline's cancel
         # scope (which costs more than the read) only to wait. Most commands are there by
-        # the time the session looks: the client wrote them while our reply went out.
+        # the time the session looks: the client wrote them while our reply went out. (A
+        # deadline already past is met by the next read that has to wait: the deadline
+        # moves only with a complete command, so a dripping client still runs into it.)
         fd = self._fd
         try:
             if fd is not None:
@@ -133,9 +136,16 @@ class SessionTransport:
 
     async def flush(self, stuck_after: float) -> None:
         """Write what is queued; :class:`SessionEnded` if the peer is gone, or stopped reading
-        (the write took more than ``stuck_after`` seconds)."""
+        (the write took more than ``stuck_after`` seconds).
+
+        A write that a cancellation or the deadline stopped part-way leaves half a reply on
+        the wire; every later flush (the ``421`` of a shutdown, say) then raises
+        :class:`SessionEnded` instead of writing after it.
+        """
         if not self._out:
             return
+        if self._torn:
+            raise SessionEnded
         data, self._out = bytes(self._out), bytearray()
         if self._fd is not None:  # what the kernel takes at once needs no deadline
             try:
@@ -144,6 +154,7 @@ class SessionTransport:
                 raise SessionEnded from exc
             if not data:
                 return  # no checkpoint: the session reads (and yields) next
+        self._torn = True  # until the rest is out
         with trio.CancelScope(deadline=trio.current_time() + stuck_after) as stuck:
             try:
                 await fd_io.send(self.stream, self._fd, data)
@@ -151,6 +162,7 @@ class SessionTransport:
                 raise SessionEnded from exc
         if stuck.cancelled_caught:
             raise SessionEnded  # the peer stopped reading
+        self._torn = False
 
     async def goodbye(self, stuck_after: float) -> None:
         """Write what is queued (a closing reply) if the peer takes it within ``stuck_after``

@@ -1,9 +1,10 @@
 """SessionTransport over plain TCP: reads and writes through the descriptor.
 
 Real connected sockets on 127.0.0.1 (a listener, a client, the accepted end wrapped as the
-listener would). Each operation must stay a checkpoint, as the stream's methods are, must
-not lose bytes to a cancellation, and must turn a peer that went away or stopped reading
-into :class:`SessionEnded`.
+listener would). A read must stay a checkpoint, as the stream's methods are (a write the
+kernel takes at once need not: the session reads next); no operation may lose bytes to a
+cancellation or write after half a reply; a peer that went away or stopped reading becomes
+:class:`SessionEnded`.
 """
 
 from __future__ import annotations
@@ -119,3 +120,27 @@ async def test_a_peer_that_stops_reading_ends_the_session_after_stuck_after(
     received = 0
     while received < 65536:  # what did go out arrives in order
         received += len(await client.receive_some(RECEIVE_BYTES))
+
+
+async def test_nothing_is_written_after_half_a_reply(
+    pair: tuple[SessionTransport, trio.SocketStream],
+) -> None:
+    """A shutdown that stops a write part-way (the peer not reading) leaves half a reply on
+    the wire: the closing 421 must not be written after it, even once the peer reads."""
+    transport, client = pair
+    transport.queue(b"x" * (64 << 20))  # far more than both sockets' buffers
+    with trio.move_on_after(0.2):  # the shutdown's cancellation, while the write waits
+        await transport.flush(30)
+    received = bytearray()
+
+    async def drain() -> None:
+        while chunk := await client.receive_some(RECEIVE_BYTES):
+            received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        transport.queue(b"421 shutting down\r\n")
+        await transport.goodbye(5)  # never raises; here it writes nothing
+        await transport.stream.aclose()
+    assert received
+    assert set(received) == {ord("x")}
