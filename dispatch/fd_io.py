@@ -61,30 +61,7 @@ async def receive_when_readable(fd: int, max_bytes: int) -> bytes:
             return data
 
 
-async def send_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd``, waiting for room as long as it takes."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        sent = os.write(fd, data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise trio.BrokenResourceError(str(exc)) from exc
-    if sent == len(data):
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return
-    rest = memoryview(data)[sent:]
-    while rest:
-        await trio.lowlevel.wait_writable(fd)
-        try:
-            rest = rest[os.write(fd, rest) :]
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-
-
-def send_now(fd: int, data: bytes) -> int:
+def send_now(fd: int, data: bytes | memoryview) -> int:
     """Write what the kernel takes of ``data`` at once; the number of bytes written.
 
     Neither waits nor yields: for a caller about to wait for the peer's answer anyway (an
@@ -98,6 +75,19 @@ def send_now(fd: int, data: bytes) -> int:
         return 0
     except OSError as exc:
         raise trio.BrokenResourceError(str(exc)) from exc
+
+
+async def send_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, waiting for room as long as it takes."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    sent = send_now(fd, data)
+    if sent == len(data):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    rest = memoryview(data)[sent:]
+    while rest:
+        await trio.lowlevel.wait_writable(fd)
+        rest = rest[send_now(fd, rest) :]
 
 
 def plain_fd(stream: trio.abc.Stream) -> int | None:
