@@ -208,6 +208,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     worker.add_argument("--number", type=int, required=True)
     worker.add_argument("--link-fd", type=int, required=True)
     worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--core", type=int)  # listener.pin_processes: the core to run on
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument("--log-level", default="info")
     return worker
@@ -314,10 +315,12 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
 
 
 def _intake_worker(args: argparse.Namespace) -> int:
-    from dispatch.intake.worker import run_worker, yield_to_main_process
+    from dispatch.intake.worker import pin_to_core, run_worker, yield_to_main_process
 
     configure_logging(args.log_format, args.log_level)
-    yield_to_main_process()  # before any thread starts: threads inherit it
+    yield_to_main_process()  # before any thread starts: threads inherit both
+    if args.core is not None:
+        pin_to_core(args.core)
     fds = [int(fd) for fd in args.listen_fds.split(",")]
     trio.run(run_worker, args.number, args.link_fd, fds)
     return EXIT_OK

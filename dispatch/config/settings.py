@@ -76,6 +76,7 @@ class ListenerSettings:
     max_connections_per_ip: PositiveInt = live(PositiveInt(50))
     users: tuple[SmtpUser, ...] = live(())
     processes: ProcessCount = attrs.field(factory=auto_processes)  # the file may say "auto"
+    pin_processes: bool = True  # each intake worker on a core of its own (intake/processes.py)
     submission_ports: tuple[Port, ...] = live(())
     tls_ports: tuple[Port, ...] = ()
     # Inbound DKIM verification (RFC 6376 §6), counted only: docs/deliverability.md.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -80,6 +81,21 @@ class _LinkState:
         self.ready = False
         self.changed = trio.Event()  # ready, or the link ended first
         self.ended = trio.Event()
+
+
+def worker_core(number: int) -> int:
+    """The core intake worker ``number`` (2, 3, …) runs on with ``listener.pin_processes``:
+    round robin over the cores this process may run on (its CPU affinity, as ``"auto"``
+    counts them).
+
+    Why pin: a commit hands its file work to a writer thread and back (``spool/writer.py``).
+    Left to the kernel, the worker's threads spread over the cores, and every hand-off wakes a
+    thread on another core — an inter-processor interrupt, costly in a virtual machine. On
+    one core each the hand-off stays there (docs/intake-cpu.md, round 8). The main process is
+    never pinned: it takes no SMTP session and goes wherever there is room.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[(number - 2) % len(cores)]
 
 
 class IntakeWorkers:
@@ -172,6 +188,7 @@ class IntakeWorkers:
         ours, theirs = socket.socketpair()
         fds = [listener.socket.fileno() for listener in listeners]
         log_format, log_level = logging_options()
+        core = worker_core(number) if self._settings().listener.pin_processes else None
         argv = [
             sys.executable,
             "-m",
@@ -182,6 +199,7 @@ class IntakeWorkers:
             f"--listen-fds={','.join(map(str, fds))}",
             f"--log-format={log_format}",
             f"--log-level={log_level}",
+            *([] if core is None else [f"--core={core}"]),
         ]
         try:
             process = await trio.lowlevel.open_process(

@@ -12,7 +12,9 @@ the spool exactly as the main process does — ``tmp/``, then renamed into ``inc
 fsynced (``spool/writer.py``) — through a :class:`~dispatch.spool.SpoolEntrance`, and only
 then says ``250``; the promise of SPEC §5 does not depend on which process took the
 connection. It runs :data:`NICENESS` nicer than the main process, which keeps the ops port
-responsive when intake fills every core.
+responsive when intake fills every core, and with ``listener.pin_processes`` on one core of
+its own (:func:`pin_to_core`), so that its commits' hand-offs to their writer threads stay on
+that core.
 
 It owns no other state. Over the link (typed messages, ``intake/link.py``) it receives
 :class:`~dispatch.intake.link.Start` — the listener settings, the spool directory and the
@@ -98,6 +100,17 @@ def yield_to_main_process() -> None:
     """Lower this process's priority by :data:`NICENESS`. Linux applies it to the calling
     thread and the threads it starts later, so call it before the first one."""
     os.nice(NICENESS)
+
+
+def pin_to_core(core: int) -> None:
+    """Run this process on ``core`` only (``listener.pin_processes``; the main process chose
+    it, :func:`~dispatch.intake.processes.worker_core`). Linux applies it to the calling
+    thread and the threads it starts later, so call it before the first one. A core that
+    cannot be had (a CPU set changed since) is logged, and the kernel places the worker."""
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError as exc:
+        log.warning("intake worker not pinned to core %d (%s): it runs on any core", core, exc)
 
 
 async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:

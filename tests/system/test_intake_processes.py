@@ -4,7 +4,8 @@ The daemon runs as ``python -m dispatch``; with two processes it starts two inta
 and its main process takes no SMTP session itself. Mail sent over many connections is
 accepted by both workers and never by the main process (the log lines say which process took
 each message), delivered to a real upstream, counted once in ``/metrics`` and logged once in
-the database. A worker killed with SIGKILL is started again, and a message it committed
+the database. Each worker runs on a core of its own (``listener.pin_processes``), or on any
+with the key off. A worker killed with SIGKILL is started again, and a message it committed
 without getting to announce it is found on disk and delivered.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.intake.processes import worker_core
 from dispatch.intake.worker import NICENESS
 from dispatch.spool import MessageState, new_id
 from dispatch.spool.envelope import Envelope
@@ -102,6 +104,17 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
         for pid in worker_pids(daemon):
             threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
             assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {main_nice + NICENESS}
+        # listener.pin_processes (default): each worker, every thread, on a core of its own,
+        # chosen round robin over the daemon's cores; the main process is not pinned.
+        daemon_cores = os.sched_getaffinity(daemon.process.pid)
+        assert daemon_cores == os.sched_getaffinity(0)
+        pinned = {}
+        for number in (2, 3):
+            pid = worker_pid(daemon, number)
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            pinned[number] = {frozenset(os.sched_getaffinity(t)) for t in threads}
+        assert pinned == {n: {frozenset({worker_core(n)})} for n in (2, 3)}
+        assert len(daemon_cores) < 2 or worker_core(2) != worker_core(3)
 
         ops = Ops(ports.webui, tmp_path / "data")
         wait_until(  # worker counters arrive every second
@@ -167,8 +180,10 @@ def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
     tmp_path: Path, start_daemon: Start
 ) -> None:
     ports, sink = Ports.pick(), Sink(pipelining=False)
+    unpinned = config(tmp_path, ports, sink)
+    unpinned["listener"] = {**unpinned["listener"], "pin_processes": False}  # type: ignore[dict-item]
     try:
-        daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
+        daemon = start_daemon(write_config(tmp_path / "c.toml", unpinned))
         daemon.wait_for("all components ready")
         first = worker_pid(daemon, 2)
         plant_committed_message(tmp_path / "spool", "orphan")
@@ -176,6 +191,9 @@ def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
         daemon.wait_for("intake worker 2 ended")
         wait_until(lambda: len(worker_pids(daemon)) == 2 and first not in worker_pids(daemon))
         wait_until(lambda: "orphan" in sink.delivered(), what="the unannounced message")
+        # listener.pin_processes = false: the restarted worker may run on any core.
+        cores = os.sched_getaffinity(daemon.process.pid)
+        assert os.sched_getaffinity(worker_pid(daemon, 2)) == cores
         daemon.wait_for("committed by a worker that ended, queued")
         for i in range(10):  # and the restarted pair serves as before
             send_one(ports.smtp, f"after{i}")
