@@ -43,7 +43,10 @@ from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
 from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.stats import Stats
-from dispatch.monitoring.traces import Tracer
+try:  # as an intake worker: its sessions keep no traces
+    from dispatch.monitoring.untraced import UntracedTracer as Tracer
+except ImportError:  # a tree from before monitoring/untraced.py
+    from dispatch.monitoring.traces import Tracer
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS

@@ -229,7 +229,8 @@ class SmtpSession:
         many suppressed addresses must not end its session)."""
         self.transport.queue(self.conn.send(reply))
         self.context.stats.smtp_replies.add(str(reply.code))
-        self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
+        if self.trace.recording:  # not in an intake worker (monitoring/untraced.py)
+            self.trace.event_lines(reply_lines(reply), is_error=reply.code >= 400)
         if reply.code >= 500 and not policy and not self.conn.closed:
             self.errors += 1
             if self.errors >= MAX_ERROR_REPLIES:
@@ -314,7 +315,7 @@ class SmtpSession:
         self._reply(reply)
 
     def _count_command(self, event: Event) -> None:
-        if is_traced_command(event):
+        if self.trace.recording and is_traced_command(event):
             self.trace.event(command_line(event))  # AUTH credentials redacted there
         if isinstance(event, UnknownCommand | CommandError | WrongProtocol):
             verb = event.verb

@@ -16,6 +16,10 @@ responsive when intake fills every core, and with ``listener.pin_processes`` on 
 its own (:func:`pin_to_core`), so that its commits' hand-offs to their writer threads stay on
 that core.
 
+Its sessions keep no traces (``monitoring/untraced.py``): it serves no monitoring page that
+could show them; the main process traces each message it queued from its first delivery
+attempt on.
+
 It owns no other state. Over the link (typed messages, ``intake/link.py``) it receives
 :class:`~dispatch.intake.link.Start` — the listener settings, the spool directory and the
 certificate files — and :class:`~dispatch.intake.link.ListenerChanged` whenever a reload
@@ -73,7 +77,7 @@ from dispatch.intake.suppression import PushedSuppressions, RecipientGate
 from dispatch.lifecycle import Shutdown, freeze_start_up_objects
 from dispatch.logs import bind
 from dispatch.monitoring.stats import Stats
-from dispatch.monitoring.traces import Tracer
+from dispatch.monitoring.untraced import UntracedTracer
 from dispatch.security.certs import server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
@@ -204,7 +208,7 @@ def _context(
         auth_throttle=FailureThrottle(),
         tls=tls,
         record=lambda event: outbox.send_nowait(Logged(event)),
-        tracer=Tracer(),
+        tracer=UntracedTracer(),  # no page shows a worker's traces
         audit=lambda entry: outbox.send_nowait(Logged(entry)),
     )
 

@@ -47,7 +47,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Final, NamedTuple
+from typing import ClassVar, Final, NamedTuple
 
 import attrs
 import trio
@@ -80,8 +80,7 @@ BUCKETS: Final = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
 RING_SIZE: Final = 10
 """Finished traces kept per bucket and in the errors ring: enough to see a pattern."""
 
-HEAD_EVENTS: Final = 150
-TAIL_EVENTS: Final = 50
+HEAD_EVENTS, TAIL_EVENTS = 150, 50
 """A trace keeps at most 200 events: the start of a long session explains it, the end shows
 how it finished; what happened in between is counted."""
 
@@ -103,11 +102,9 @@ MAX_ACTIVE_LISTED: Final = 1000
 sessions, delivery workers); this guards the listing against a caller that never finishes
 its traces, which would otherwise grow without end."""
 
-# The memory estimate: bytes one event and one trace cost beyond their text (object headers,
-# floats, list slots), measured roughly with sys.getsizeof on CPython 3.13.
-_EVENT_OVERHEAD: Final = 120
-_TRACE_OVERHEAD: Final = 900
-_LINK_OVERHEAD: Final = 150
+# The memory estimate: bytes one event, one trace and one child link cost beyond their text
+# (object headers, floats, list slots), measured roughly with sys.getsizeof on CPython 3.13.
+_EVENT_OVERHEAD, _TRACE_OVERHEAD, _LINK_OVERHEAD = 120, 900, 150
 
 
 @attrs.frozen
@@ -136,6 +133,8 @@ class Trace:
     Usable as a context manager: leaving the block finishes the trace, and an exception
     leaving it is recorded as an error (a cancellation as a plain event) before it goes on.
     """
+
+    recording: ClassVar[bool] = True  # False: it keeps nothing, skip formatting (untraced.py)
 
     def __init__(
         self,

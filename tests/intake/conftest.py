@@ -80,9 +80,11 @@ async def running_smtpd(
     tls_files: tuple[trustme.CA, CertificateFiles],
     live: dict[str, Any],
     ports: dict[str, int],
+    tracer: Tracer | None = None,
 ) -> AsyncIterator[Smtpd]:
     """A listener on 127.0.0.1 serving ``ports`` (name → number; the first is ``Smtpd.port``)
-    with the listener settings ``live`` (changed by ``Smtpd.configure``), until the block ends."""
+    with the listener settings ``live`` (changed by ``Smtpd.configure``), until the block ends.
+    ``tracer``: a fresh :class:`Tracer` unless given."""
     ca, files = tls_files
     spool = await Spool.open(spool_dir)
     stats = Stats()
@@ -99,7 +101,7 @@ async def running_smtpd(
         auth_throttle=FailureThrottle(max_failures=3, window=60),
         tls=server_context(files),
         record=events.append,
-        tracer=Tracer(),
+        tracer=tracer or Tracer(),
         audit=audited.append,
     )
     current = settings()
