@@ -17,8 +17,9 @@ What travels (see ``intake/processes.py`` and ``intake/worker.py``):
 
 Nothing on the link is pickled: the main process reads what a process facing the network
 wrote, so :func:`decode` builds only these classes, from plain JSON, and checks every field.
-Records travel in the form they are stored in — an envelope as its file's bytes, an event as
-its journal line — and are read back by the spool's and the storage's own strict decoders.
+Records travel in the form they are stored in — an envelope as its file's JSON document, an
+event as its journal line's — nested in the frame's JSON (one parse per frame), and are read
+back by the spool's and the storage's own strict decoders.
 A frame that is not JSON, a kind this side does not receive, a missing or unexpected field or
 a field of the wrong type raises :class:`BadMessage`, which names the kind and what is wrong;
 the receiving side treats the link as broken (each side's module says what that means).
@@ -44,7 +45,7 @@ from dispatch.config.types import Secret
 from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
-from dispatch.storage.records import LogRecord, from_journal, to_journal
+from dispatch.storage.records import LogRecord, from_journal_document, journal_document
 from dispatch.storage.suppression import Suppression
 
 _HEADER: Final = struct.Struct(">I")
@@ -186,12 +187,11 @@ class Committed:
     envelope: Envelope
 
     def fields(self) -> dict[str, object]:
-        return {"envelope": self.envelope.to_json().decode("ascii")}
+        return {"envelope": self.envelope.to_document()}  # nested: one parse for the frame
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        text = _text(fields["envelope"], "envelope")
-        return cls(Envelope.from_json(text.encode("utf-8")))
+        return cls(Envelope.from_document(fields["envelope"]))
 
 
 @attrs.frozen
@@ -203,11 +203,11 @@ class Logged:
     event: LogRecord
 
     def fields(self) -> dict[str, object]:
-        return {"event": to_journal(self.event).decode("ascii").rstrip("\n")}
+        return {"event": journal_document(self.event)}  # a journal line's document, nested
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(from_journal(_text(fields["event"], "event").encode("utf-8")))
+        return cls(from_journal_document(fields["event"]))
 
 
 def _is_histogram(value: object) -> bool:

@@ -218,7 +218,11 @@ class Envelope:
 
     def to_json(self) -> bytes:
         """Encode as version-1 JSON (UTF-8, ASCII-only, one line)."""
-        document = {
+        return json.dumps(self.to_document(), separators=(",", ":")).encode("ascii")
+
+    def to_document(self) -> dict[str, object]:
+        """The version-1 JSON document as objects, for a caller that nests it in its own."""
+        document: dict[str, object] = {
             "v": FORMAT_VERSION,
             "id": self.id,
             "mail_from": self.mail_from,
@@ -269,7 +273,7 @@ class Envelope:
             document["delay_warned"] = True
         if self.bounced:
             document["bounced"] = True
-        return json.dumps(document, separators=(",", ":")).encode("ascii")
+        return document
 
     @classmethod
     def from_json(cls, data: bytes, *, path: str | os.PathLike[str] | None = None) -> Envelope:
@@ -282,10 +286,16 @@ class Envelope:
             document = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptEnvelopeError(f"envelope is not valid JSON ({exc})", path=where) from None
+        return cls.from_document(document, path=where)
+
+    @classmethod
+    def from_document(cls, document: object, *, path: Path | None = None) -> Envelope:
+        """Decode what :meth:`to_document` made (found nested in another document); raise
+        :class:`CorruptEnvelopeError` if invalid."""
         try:
             return _decode_document(document)
         except (TypeError, ValueError) as exc:
-            raise CorruptEnvelopeError(f"invalid envelope: {exc}", path=where) from None
+            raise CorruptEnvelopeError(f"invalid envelope: {exc}", path=path) from None
 
 
 # Field checks, table-driven: start-up decodes every envelope in the spool (100,000 of them

@@ -180,21 +180,36 @@ _TYPES: Final[Mapping[str, type[MessageEvent] | type[AuditEntry]]] = {
 
 def to_journal(record: LogRecord) -> bytes:
     """One journal line for ``record``, newline included (ASCII-only JSON)."""
+    return json.dumps(journal_document(record), separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def journal_document(record: LogRecord) -> dict[str, object]:
+    """A journal line's JSON document as objects, for a caller that nests it in its own."""
     fields = attrs.asdict(
         record, filter=lambda attribute, _: attribute.name != "row_id", recurse=False
     )
     for name in ("recipients", "tags"):
         if name in fields:
             fields[name] = list(fields[name])
-    kind = "message" if isinstance(record, MessageEvent) else "audit"
-    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode("ascii") + b"\n"
+    return {"type": "message" if isinstance(record, MessageEvent) else "audit", **fields}
 
 
 def from_journal(line: bytes) -> LogRecord:
     """Decode one journal line; raise :class:`ValueError` if it is not a valid record."""
     try:
         document = json.loads(line)
-        cls = _TYPES[document.pop("type")]
-        return cls(**document)
-    except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not a log record: {exc!r}") from None
+    return from_journal_document(document)
+
+
+def from_journal_document(document: object) -> LogRecord:
+    """Decode what :func:`journal_document` made; :class:`ValueError` if it is not a record."""
+    if not isinstance(document, dict):
+        raise ValueError(f"not a log record: {document!r:.100}")
+    fields = dict(document)
+    try:
+        cls = _TYPES[fields.pop("type")]
+        return cls(**fields)
+    except (TypeError, KeyError) as exc:
         raise ValueError(f"not a log record: {exc!r}") from None

@@ -187,23 +187,28 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "unknown field\\(s\\) priority",
     ),
     (
-        "envelope not text",
-        frame_of({"kind": "committed", "envelope": {"id": "x"}}),
-        "malformed 'committed' message: envelope: expected a string",
+        "envelope not an object",
+        frame_of({"kind": "committed", "envelope": '{"v": 1}'}),
+        "malformed 'committed' message: invalid envelope: top level is not an object",
     ),
     (
         "corrupt envelope",
-        frame_of({"kind": "committed", "envelope": '{"v": 1, "id": "x"}'}),
+        frame_of({"kind": "committed", "envelope": {"v": 1, "id": "x"}}),
         "malformed 'committed' message: invalid envelope",
     ),
     (
-        "event not a journal line",
+        "event not a journal document",
         frame_of({"kind": "logged", "event": "received m1"}),
-        "malformed 'logged' message: Expecting value",
+        "malformed 'logged' message: not a log record: 'received m1'",
+    ),
+    (
+        "event of no known type",
+        frame_of({"kind": "logged", "event": {"type": "gossip", "message_id": "m"}}),
+        "malformed 'logged' message: not a log record: KeyError\\('gossip'\\)",
     ),
     (
         "bad event kind",
-        frame_of({"kind": "logged", "event": '{"type":"message","message_id":"m","event":"x"}'}),
+        frame_of({"kind": "logged", "event": {"type": "message", "message_id": "m", "event": "x"}}),
         "malformed 'logged' message: 'event' must be in \\('received'",
     ),
     (
