@@ -80,7 +80,8 @@ BUCKETS: Final = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0)
 RING_SIZE: Final = 10
 """Finished traces kept per bucket and in the errors ring: enough to see a pattern."""
 
-HEAD_EVENTS, TAIL_EVENTS = 150, 50
+HEAD_EVENTS: Final = 150
+TAIL_EVENTS: Final = 50
 """A trace keeps at most 200 events: the start of a long session explains it, the end shows
 how it finished; what happened in between is counted."""
 
@@ -102,9 +103,11 @@ MAX_ACTIVE_LISTED: Final = 1000
 sessions, delivery workers); this guards the listing against a caller that never finishes
 its traces, which would otherwise grow without end."""
 
-# The memory estimate: bytes one event, one trace and one child link cost beyond their text
-# (object headers, floats, list slots), measured roughly with sys.getsizeof on CPython 3.13.
-_EVENT_OVERHEAD, _TRACE_OVERHEAD, _LINK_OVERHEAD = 120, 900, 150
+# The memory estimate: bytes one event and one trace cost beyond their text (object headers,
+# floats, list slots), measured roughly with sys.getsizeof on CPython 3.13.
+_EVENT_OVERHEAD: Final = 120
+_TRACE_OVERHEAD: Final = 900
+_LINK_OVERHEAD: Final = 150
 
 
 @attrs.frozen
@@ -300,8 +303,7 @@ class TraceFamily:
         self.finished_total = 0
         self.errors_total = 0
         self.histogram = [0] * len(BUCKETS)
-        """Finished traces per latency bucket: ``histogram[i]`` counts the ones that took
-        from ``BUCKETS[i]`` up to (not including) ``BUCKETS[i + 1]`` seconds."""
+        """Finished traces per latency bucket: from ``BUCKETS[i]`` up to ``BUCKETS[i + 1]`` s."""
         self.seconds_total = 0.0
         """The summed duration of every finished trace (for the mean)."""
 
@@ -390,8 +392,7 @@ class Tracer:
         return trace
 
     trace = start
-    """``with tracer.trace("delivery.attempt", envelope_id) as t:`` reads better in a with
-    statement."""
+    """``with tracer.trace("delivery.attempt", envelope_id) as t:`` reads better."""
 
     def message_queued(
         self,

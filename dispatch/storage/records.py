@@ -211,5 +211,5 @@ def from_journal_document(document: object) -> LogRecord:
     try:
         cls = _TYPES[fields.pop("type")]
         return cls(**fields)
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, AttributeError) as exc:  # AttributeError: a field not text
         raise ValueError(f"not a log record: {exc!r}") from None

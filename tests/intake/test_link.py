@@ -207,6 +207,11 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "malformed 'logged' message: not a log record: KeyError\\('gossip'\\)",
     ),
     (
+        "event field not text",
+        frame_of({"kind": "logged", "event": {"type": "message", "message_id": 5, "event": "x"}}),
+        "malformed 'logged' message: not a log record: AttributeError",
+    ),
+    (
         "bad event kind",
         frame_of({"kind": "logged", "event": {"type": "message", "message_id": "m", "event": "x"}}),
         "malformed 'logged' message: 'event' must be in \\('received'",

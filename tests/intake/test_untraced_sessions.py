@@ -8,13 +8,19 @@ as ever, error replies still count toward closing a session, and nothing is trac
 from __future__ import annotations
 
 import smtplib
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 import trustme
 
+from dispatch.config.settings import ListenerSettings
+from dispatch.intake import worker
+from dispatch.intake.link import FromWorker, Start
 from dispatch.intake.session import MAX_ERROR_REPLIES
+from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
 from dispatch.monitoring.untraced import UntracedTrace, UntracedTracer
 from dispatch.security.certs import CertificateFiles
@@ -45,7 +51,6 @@ def test_an_untraced_trace_keeps_nothing() -> None:
     assert trace.children == []
     assert not trace.errored
     assert not trace.finished
-    assert dict(tracer.families) == {}
     # A tracer's own traces record, which is what the sessions ask before formatting.
     assert Tracer().start("smtp.session", "t").recording
 
@@ -70,5 +75,15 @@ async def test_a_worker_style_listener_queues_mail_and_traces_nothing(
         assert await in_thread(talk) == [500] * MAX_ERROR_REPLIES + [421]
         assert len(list((tmp_path / "spool" / MessageState.INCOMING.value).glob("*.eml"))) == 1
         assert len(smtpd.events) == 1  # the message log still hears of it
-    assert dict(tracer.families) == {}
     assert tracer._untraced.events() == []
+
+
+def test_a_worker_gives_its_sessions_an_untraced_tracer(tmp_path: Path) -> None:
+    start = Start(
+        ListenerSettings(), str(tmp_path / "spool"), CertificateFiles(tmp_path, tmp_path, True)
+    )
+    outbox, _ = trio.open_memory_channel[FromWorker](1)
+    context = worker._context(
+        start, lambda: start.listener, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), Stats(), outbox
+    )
+    assert isinstance(context.tracer, UntracedTracer)

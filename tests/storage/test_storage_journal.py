@@ -118,6 +118,20 @@ def test_journal_lines_chunks_and_a_torn_line(tmp_path: Path) -> None:
     assert journal.read(0, 10).at_end
 
 
+def test_a_line_with_a_field_of_the_wrong_type_is_skipped(tmp_path: Path) -> None:
+    """A record whose text field holds a number is not a record: skipped like a torn line."""
+    journal = Journal(tmp_path / "data" / "message-log.journal")
+    before, after = received(0), received(1)
+    journal.append([before])
+    with journal.path.open("ab") as file:
+        file.write(b'{"type":"message","message_id":5,"event":"received"}\n')
+        file.write(b'{"type":"audit","category":"Config","level":"Info","message":7}\n')
+    journal.append([after])
+    chunk = journal.read(0, 10)
+    assert chunk.records == (before, after)
+    assert chunk.skipped == 2
+
+
 def test_failed_append_leaves_the_journal_as_it_was(tmpfs: Path) -> None:
     journal = Journal(tmpfs / "message-log.journal")
     journal.append([received(0)])
