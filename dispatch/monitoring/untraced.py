@@ -3,9 +3,10 @@
 An intake worker process (``listener.processes`` > 1, ``intake/worker.py``) serves no
 monitoring pages: the ``/debug/traces`` of the main process follows the messages the workers
 queued from their first delivery attempt, never the workers' SMTP sessions
-(docs/operations.md). Tracing those sessions anyway cost every message a few dozen
-microseconds — each command and reply formatted, a message trace started and linked — for
-timelines no page could show. A worker's sessions therefore get :class:`UntracedTracer`'s
+(docs/operations.md). Tracing those sessions anyway cost every message over a hundred
+microseconds of CPU — each command and reply formatted, a message trace started, linked and,
+past the followed limit, finished into the rings — for timelines no page could show
+(docs/intake-cpu.md, round 8). A worker's sessions therefore get :class:`UntracedTracer`'s
 one :class:`UntracedTrace`, whose appends do nothing and whose :attr:`~Trace.recording` is
 False, so that callers skip formatting what would not be kept.
 """
