@@ -64,12 +64,15 @@ def _link(link: TraceLink) -> str:
     return f'<a href="{_e(_trace_href(link.trace_id))}">{_e(link.family)}: {_e(link.title)}</a>'
 
 
-def traces_page(tracer: Tracer, *, family: str | None = None, show: str | None = None) -> str:
+def traces_page(
+    tracer: Tracer, *, family: str | None = None, show: str | None = None, intake_workers: int = 0
+) -> str:
     """``/debug/traces``: per family active / bucket / error counts and a latency histogram;
     one list if asked.
 
     ``show`` is ``"active"``, ``"errors"`` or a bucket index (``"0"``..); anything else is
-    ignored (the query string comes from the browser).
+    ignored (the query string comes from the browser). ``intake_workers`` > 0: the SMTP
+    sessions run in that many intake worker processes, which keep no traces; the page says so.
     """
     head = "<th>family</th><th>what</th><th>active</th>" + "".join(
         f"<th>{_e(_bucket_label(i))}</th>" for i in range(len(BUCKETS))
@@ -92,6 +95,14 @@ def traces_page(tracer: Tracer, *, family: str | None = None, show: str | None =
         "keeps the most recent traces; the histograms count every finished trace.</p>",
         f"<table><tr>{head}<th>errors</th><th>finished</th></tr>{''.join(rows)}</table>",
     ]
+    if intake_workers:
+        body.insert(
+            2,
+            f"<p>SMTP sessions run in {intake_workers} intake worker processes "
+            "(<code>listener.processes</code>), which keep no traces: <code>smtp.session</code> "
+            "lists none, and the messages they queue are traced from their first delivery "
+            "attempt. Their log lines say what each session did.</p>",
+        )
     chosen = tracer.families.get(family or "")
     if chosen is not None and show is not None:
         selected = _select(chosen, show)

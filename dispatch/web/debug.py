@@ -60,6 +60,8 @@ class DebugSources:
     relays_today: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     # the configured [[webhooks]] URLs (their calls are in stats.webhook_activity)
     webhook_urls: Callable[[], Sequence[str]] = tuple
+    # intake worker processes, whose SMTP sessions are not traced (0: sessions run here)
+    intake_workers: Callable[[], int] = int
 
 
 def _html(body: str, status: int = 200) -> Response:
@@ -109,7 +111,7 @@ def register_debug(
             )
         )
 
-    register_trace_pages(app, sources.tracer)
+    register_trace_pages(app, sources.tracer, sources.intake_workers)
 
     @app.get("/debug/webhooks")
     async def webhooks() -> Response:

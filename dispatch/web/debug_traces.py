@@ -6,6 +6,8 @@ no ring holds any more (or never did) is a ``404`` page titled for traces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -17,8 +19,11 @@ def _html(body: str, status: int = 200) -> Response:
     return Response(body, status=status, content_type="text/html; charset=utf-8")
 
 
-def register_trace_pages(app: QuartTrio, tracer: Tracer) -> None:
-    """Add ``GET /debug/traces`` to ``app``."""
+def register_trace_pages(
+    app: QuartTrio, tracer: Tracer, intake_workers: Callable[[], int] = int
+) -> None:
+    """Add ``GET /debug/traces`` to ``app``; ``intake_workers``: how many intake worker
+    processes take the SMTP sessions (whose sessions no page traces), 0 for none."""
 
     @app.get("/debug/traces")
     async def traces() -> Response:
@@ -30,4 +35,7 @@ def register_trace_pages(app: QuartTrio, tracer: Tracer) -> None:
             return _html(trace_pages.trace_page(trace))
         family = request.args.get("family")
         show = request.args.get("show")
-        return _html(trace_pages.traces_page(tracer, family=family, show=show))
+        page = trace_pages.traces_page(
+            tracer, family=family, show=show, intake_workers=intake_workers()
+        )
+        return _html(page)

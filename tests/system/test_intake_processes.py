@@ -23,12 +23,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dispatch.intake.worker import NICENESS
 from dispatch.spool import MessageState, new_id
 from dispatch.spool.envelope import Envelope
-from tests.conftest import Daemon
+from tests.conftest import Daemon, free_port
 from tests.support.config import Ports, base_config, smtp_relay, write_config
 from tests.support.sink import Sink
 from tests.support.waiting import wait_until
@@ -89,7 +90,10 @@ def accepted_by(daemon: Daemon) -> Counter[str]:
 def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_daemon: Start) -> None:
     ports, sink = Ports.pick(), Sink(pipelining=False)
     try:
-        daemon = start_daemon(write_config(tmp_path / "c.toml", config(tmp_path, ports, sink)))
+        monitoring_port = free_port()
+        settings = config(tmp_path, ports, sink)
+        settings["monitoring"] = {"address": f"127.0.0.1:{monitoring_port}"}
+        daemon = start_daemon(write_config(tmp_path / "c.toml", settings))
         daemon.wait_for("all components ready")
         assert len(worker_pids(daemon)) == 2
         tokens = [f"tok{i:04d}" for i in range(MESSAGES)]
@@ -122,6 +126,11 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
             ),
             what="/metrics to count every message",
         )
+        # The workers keep no traces, and the trace page says so.
+        traces = httpx.get(f"http://127.0.0.1:{monitoring_port}/debug/traces", timeout=10)
+        assert traces.status_code == 200, traces.text
+        assert "SMTP sessions run in 2 intake worker processes" in traces.text
+
         # A live key reloaded by SIGHUP reaches the worker too: every connection sees it.
         reloaded = config(tmp_path, ports, sink)
         reloaded["listener"] = {**reloaded["listener"], "max_message_bytes": 123_456}  # type: ignore[dict-item]
