@@ -335,9 +335,7 @@ def debug_sources(parts: Parts, memory: MemoryTracing) -> DebugSources:
         webhook_urls=lambda: [
             redact_url_credentials(hook.url) for hook in parts.settings.current.webhooks
         ],
-        intake_workers=lambda: (
-            workers if (workers := parts.settings.current.listener.processes) > 1 else 0
-        ),
+        intake_processes=lambda: parts.settings.current.listener.processes,
     )
 
 

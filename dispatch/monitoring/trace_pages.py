@@ -65,13 +65,13 @@ def _link(link: TraceLink) -> str:
 
 
 def traces_page(
-    tracer: Tracer, *, family: str | None = None, show: str | None = None, intake_workers: int = 0
+    tracer: Tracer, *, family: str | None = None, show: str | None = None, intake_processes: int = 1
 ) -> str:
     """``/debug/traces``: per family active / bucket / error counts and a latency histogram;
     one list if asked.
 
     ``show`` is ``"active"``, ``"errors"`` or a bucket index (``"0"``..); anything else is
-    ignored (the query string comes from the browser). ``intake_workers`` > 0: the SMTP
+    ignored (the query string comes from the browser). ``intake_processes`` > 1: the SMTP
     sessions run in that many intake worker processes, which keep no traces; the page says so.
     """
     head = "<th>family</th><th>what</th><th>active</th>" + "".join(
@@ -95,10 +95,10 @@ def traces_page(
         "keeps the most recent traces; the histograms count every finished trace.</p>",
         f"<table><tr>{head}<th>errors</th><th>finished</th></tr>{''.join(rows)}</table>",
     ]
-    if intake_workers:
+    if intake_processes > 1:
         body.insert(
             2,
-            f"<p>SMTP sessions run in {intake_workers} intake worker processes "
+            f"<p>SMTP sessions run in {intake_processes} intake worker processes "
             "(<code>listener.processes</code>), which keep no traces: <code>smtp.session</code> "
             "lists none, and the messages they queue are traced from their first delivery "
             "attempt. Their log lines say what each session did.</p>",

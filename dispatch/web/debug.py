@@ -60,8 +60,8 @@ class DebugSources:
     relays_today: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     # the configured [[webhooks]] URLs (their calls are in stats.webhook_activity)
     webhook_urls: Callable[[], Sequence[str]] = tuple
-    # intake worker processes, whose SMTP sessions are not traced (0: sessions run here)
-    intake_workers: Callable[[], int] = int
+    # listener.processes: above 1 the SMTP sessions run in worker processes, untraced
+    intake_processes: Callable[[], int] = lambda: 1
 
 
 def _html(body: str, status: int = 200) -> Response:
@@ -111,7 +111,7 @@ def register_debug(
             )
         )
 
-    register_trace_pages(app, sources.tracer, sources.intake_workers)
+    register_trace_pages(app, sources.tracer, sources.intake_processes)
 
     @app.get("/debug/webhooks")
     async def webhooks() -> Response:

@@ -20,10 +20,10 @@ def _html(body: str, status: int = 200) -> Response:
 
 
 def register_trace_pages(
-    app: QuartTrio, tracer: Tracer, intake_workers: Callable[[], int] = int
+    app: QuartTrio, tracer: Tracer, intake_processes: Callable[[], int] = lambda: 1
 ) -> None:
-    """Add ``GET /debug/traces`` to ``app``; ``intake_workers``: how many intake worker
-    processes take the SMTP sessions (whose sessions no page traces), 0 for none."""
+    """Add ``GET /debug/traces`` to ``app``; ``intake_processes``: ``listener.processes``
+    (above 1, the SMTP sessions run in worker processes that keep no traces)."""
 
     @app.get("/debug/traces")
     async def traces() -> Response:
@@ -36,6 +36,6 @@ def register_trace_pages(
         family = request.args.get("family")
         show = request.args.get("show")
         page = trace_pages.traces_page(
-            tracer, family=family, show=show, intake_workers=intake_workers()
+            tracer, family=family, show=show, intake_processes=intake_processes()
         )
         return _html(page)

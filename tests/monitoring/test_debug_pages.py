@@ -290,7 +290,7 @@ def test_traces_pages_escape_and_link_one_timeline() -> None:
     overview = trace_pages.traces_page(tracer)
     assert "script" not in tags_of(overview)
     assert "intake worker processes" not in overview  # sessions run in this process
-    assert "run in 3 intake worker processes" in trace_pages.traces_page(tracer, intake_workers=3)
+    assert "run in 3 intake worker processes" in trace_pages.traces_page(tracer, intake_processes=3)
     assert "traces?family=smtp.session&amp;show=errors" in overview
     assert "traces?family=delivery.attempt&amp;show=active" in overview
 
