@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import smtplib
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 import trio
 
+from dispatch.intake.listener import ACCEPT_BATCH
 from dispatch.monitoring.stats import CounterMap
 from dispatch.security.passwords import hash_password
 from dispatch.spool import MessageState
@@ -381,3 +384,39 @@ async def test_counters_do_not_carry_addresses(smtpd: Smtpd) -> None:
     labels = [key for counter in maps for key in counter.values]
     assert not any("example" in str(label) for label in labels)
     assert all(str(label).isalnum() and len(str(label)) <= 16 for label in labels)
+
+
+def listening_descriptors(port: int) -> int:
+    """How many of this process's descriptors refer to the socket listening on ``port``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+            inodes.add(fields[9])
+    links = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+    return sum(link in {f"socket:[{inode}]" for inode in inodes} for link in links)
+
+
+async def test_connections_waiting_together_are_all_served(smtpd: Smtpd) -> None:
+    """More connections than one wake-up accepts (ACCEPT_BATCH) queue while the loop is
+    busy; every one of them is greeted."""
+    count = ACCEPT_BATCH + 36
+    smtpd.configure(max_connections=count + 10, max_connections_per_ip=count + 10)
+    # Connected without yielding: the kernel completes them all before the listener runs.
+    socks = [socket.create_connection(("127.0.0.1", smtpd.port), timeout=10) for _ in range(count)]
+    try:
+        greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks])
+        assert all(greeting.startswith(b"220 ") for greeting in greetings)
+        assert smtpd.listener.open_sessions == count
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_stopping_closes_the_descriptor_it_accepted_on(smtpd: Smtpd) -> None:
+    # The listener accepts through a duplicate of the listening descriptor: two while it runs,
+    # none once it stopped (a leaked duplicate would keep the port bound).
+    assert listening_descriptors(smtpd.port) == 2
+    await in_thread(lambda: raw(smtpd.port).close())
+    smtpd.shutdown.request()
+    await wait_until_async(lambda: listening_descriptors(smtpd.port) == 0, within=5)
