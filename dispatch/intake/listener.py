@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from collections import Counter
 from typing import Final
 
@@ -68,6 +69,7 @@ _SKIPPED_ERRNOS: Final = frozenset(
     }
 )
 ACCEPT_BATCH: Final = 64  # connections accepted per wake-up before the accepting task yields
+_TCP_INFO_BYTES: Final = 32  # struct tcp_info up to tcpi_sacked
 RESOURCE_BACKOFF_SECONDS: Final = 0.1
 REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
 TOO_MANY_FROM_IP: Final = replies.Reply.of(
@@ -126,7 +128,7 @@ class SmtpListener:
             local_port = int(raw.getsockname()[1])  # the port decides the session's policy
             while True:
                 await trio.lowlevel.wait_readable(raw)
-                for _ in range(ACCEPT_BATCH):  # then yield, even to a flood of connections
+                for _ in range(self._batch(raw)):
                     try:
                         sock, address = raw.accept()
                     except BlockingIOError:
@@ -144,6 +146,26 @@ class SmtpListener:
         finally:
             trio.lowlevel.notify_closing(raw)  # out of trio's epoll set before the close
             raw.close()
+
+    def _batch(self, raw: socket.socket) -> int:
+        """How many connections to accept at this wake-up before yielding.
+
+        Alone on the socket: all that wait, at most :data:`ACCEPT_BATCH`. With intake worker
+        processes sharing it (all of them woken by a new connection), this process's share of
+        those waiting, rounded up: a burst of clients connecting together to stay (a pool of
+        20 that then sends on and on) spreads over the workers instead of going to the first
+        that woke. A worker whose share was taken by another finds nothing and waits again; a
+        worker that does not come leaves its share to the next wake-up of the others. The
+        queue's length is the listening socket's ``tcp_info.tcpi_unacked`` (Linux, tcp(7)).
+        """
+        if self.processes == 1:
+            return ACCEPT_BATCH
+        try:
+            info = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            return 1
+        waiting = int.from_bytes(info[24:28], sys.byteorder)  # tcpi_unacked: the accept queue
+        return max(1, min(ACCEPT_BATCH, -(-waiting // self.processes)))
 
     async def _connection(self, stream: trio.SocketStream, peer_ip: str, local_port: int) -> None:
         """Owns ``stream`` until it is closed; never lets an exception escape to the nursery."""

@@ -44,6 +44,7 @@ class Smtpd:
     events: list[MessageEvent]
     ports: dict[str, int] = attrs.Factory(dict)  # every port it serves, by name
     audited: list[AuditEntry] = attrs.Factory(list)  # what the listener handed to the audit log
+    sockets: list[trio.SocketListener] = attrs.Factory(list)  # what the listener accepts on
 
     def configure(self, **listener: Any) -> None:
         """Change live listener keys, as a SIGHUP reload would."""
@@ -112,7 +113,18 @@ async def running_smtpd(
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.serve, listeners, shutdown)
         yield Smtpd(
-            port, spool_dir, listener, spool, stats, shutdown, ca, live, events, ports, audited
+            port,
+            spool_dir,
+            listener,
+            spool,
+            stats,
+            shutdown,
+            ca,
+            live,
+            events,
+            ports,
+            audited,
+            listeners,
         )
         shutdown.request()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dispatch.intake.listener import ACCEPT_BATCH
+from dispatch.intake.listener import ACCEPT_BATCH, SmtpListener
 from dispatch.monitoring.stats import CounterMap
 from dispatch.security.passwords import hash_password
 from dispatch.spool import MessageState
@@ -420,3 +420,26 @@ async def test_stopping_closes_the_descriptor_it_accepted_on(smtpd: Smtpd) -> No
     await in_thread(lambda: raw(smtpd.port).close())
     smtpd.shutdown.request()
     await wait_until_async(lambda: listening_descriptors(smtpd.port) == 0, within=5)
+
+
+async def test_a_burst_of_connections_is_shared_among_processes(smtpd: Smtpd) -> None:
+    """With another process accepting on the same socket, each takes its share of a burst of
+    clients that connect together to stay; the first to wake does not take them all."""
+    count = 20
+    smtpd.listener.processes = 2
+    other = SmtpListener(smtpd.listener.context, smtpd.listener.ports, processes=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(other.serve, smtpd.sockets, smtpd.shutdown)
+        # Connected without yielding: both listeners wake to the whole burst waiting.
+        address = ("127.0.0.1", smtpd.port)
+        socks = [socket.create_connection(address, timeout=10) for _ in range(count)]
+        try:
+            greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks])
+            assert all(greeting.startswith(b"220 ") for greeting in greetings)
+            sessions = (smtpd.listener.open_sessions, other.open_sessions)
+            assert sum(sessions) == count
+            assert min(sessions) >= count // 4, sessions
+        finally:
+            for sock in socks:
+                sock.close()
+        smtpd.shutdown.request()  # both listeners stop
