@@ -7,10 +7,11 @@ into a scratch spool through a :class:`~dispatch.spool.SpoolEntrance` (every com
 in the daemon), with the committed envelope and each message-log event encoded as the worker
 encodes them for its link to the main process. ``smtp-source`` sends ``--messages`` 5 KiB
 messages over 20 sessions (connections reused, or ``--new`` connection per message) after a
-warm-up; the process reports its CPU time per message (every thread, user and system apart)
-from the first message after the warm-up to the last. Each run is a fresh process of one
-source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by run
-(``bench/alternate.py``); the result is the median per tree and its range.
+warm-up; the process runs on one core, as an intake worker does by default
+(``listener.pin_processes``), and reports its CPU time per message (every thread, user and
+system apart) from the first message after the warm-up to the last. Each run is a fresh
+process of one source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by
+run (``bench/alternate.py``); the result is the median per tree and its range.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from dispatch.spool import SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
 
 port, spool, messages, warm_up = int(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:5])
+import os
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # on one core, as a worker runs
 settings = attrs.evolve(ListenerSettings(), ports=(Port(port),),
     bind_address=BindAddresses(("127.0.0.1",)), server_name="bench.example.test",
     max_connections=PositiveInt(200), processes=1)
@@ -123,13 +126,27 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=3000, help="messages per run")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new", action="store_true", help="a new connection per message")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where the runs' spools go (default: the temporary directory); on ext4 without "
+        "a journal give a directory that nothing else deletes files in, such as a new one "
+        "at the top of the file system (docs/intake-cpu.md, round 9)",
+    )
     args = parser.parse_args()
 
-    def run(tree: Path) -> CpuTime:
-        with tempfile.TemporaryDirectory(prefix="intake-cpu-") as scratch:
-            return one_run(tree, args.messages, reuse=not args.new, scratch=Path(scratch))
+    # Every run's scratch spool is deleted only after the last run: on ext4 without a
+    # journal, creating a file steps over the inodes of its block group deleted in the last
+    # seconds (up to 35), so a run after a deletion nearby pays for it in system time
+    # (docs/intake-cpu.md, round 9).
+    with tempfile.TemporaryDirectory(prefix="intake-cpu-", dir=args.scratch) as scratches:
 
-    cpu_rounds(args.trees, args.rounds, run, "message")
+        def run(tree: Path) -> CpuTime:
+            scratch = Path(tempfile.mkdtemp(dir=scratches))
+            return one_run(tree, args.messages, reuse=not args.new, scratch=scratch)
+
+        cpu_rounds(args.trees, args.rounds, run, "message")
     return 0
 
 
