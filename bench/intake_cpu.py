@@ -7,8 +7,8 @@ into a scratch spool through a :class:`~dispatch.spool.SpoolEntrance` (every com
 in the daemon), with the committed envelope and each message-log event encoded as the worker
 encodes them for its link to the main process. ``smtp-source`` sends ``--messages`` 5 KiB
 messages over 20 sessions (connections reused, or ``--new`` connection per message) after a
-warm-up; the process runs on one core, as an intake worker does by default
-(``listener.pin_processes``), and reports its CPU time per message (every thread, user and
+warm-up; the process runs on one core (an intake worker does with the default
+``listener.pin_processes``), and reports its CPU time per message (every thread, user and
 system apart) from the first message after the warm-up to the last. Each run is a fresh
 process of one source tree (``--trees``, first on ``PYTHONPATH``); the trees alternate run by
 run (``bench/alternate.py``); the result is the median per tree and its range.
@@ -32,6 +32,7 @@ WARM_UP = 200
 
 # Runs in the child, with the tree under test first on sys.path.
 _RUN = """
+import os
 import sys
 from pathlib import Path
 import attrs
@@ -53,7 +54,6 @@ from dispatch.spool import SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
 
 port, spool, messages, warm_up = int(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:5])
-import os
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # on one core, as a worker runs
 settings = attrs.evolve(ListenerSettings(), ports=(Port(port),),
     bind_address=BindAddresses(("127.0.0.1",)), server_name="bench.example.test",
@@ -138,7 +138,7 @@ def main() -> int:
 
     # Every run's scratch spool is deleted only after the last run: on ext4 without a
     # journal, creating a file steps over the inodes of its block group deleted in the last
-    # seconds (up to 35), so a run after a deletion nearby pays for it in system time
+    # minutes, so a run after a deletion nearby pays for it in system time
     # (docs/intake-cpu.md, round 9).
     with tempfile.TemporaryDirectory(prefix="intake-cpu-", dir=args.scratch) as scratches:
 

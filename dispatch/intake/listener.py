@@ -114,13 +114,13 @@ class SmtpListener:
                 scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
-        """Accept every connection waiting on ``listener`` each time it becomes readable.
+        """Accept a batch of connections (:meth:`_batch`) each time ``listener`` is readable.
 
         Owns a duplicate of the listening descriptor, closed when this task ends (it is
-        cancelled at shutdown, before the listener itself closes). Accepting all that wait at
-        once, rather than one ``trio.SocketListener.accept`` per wake-up with a yield after
-        each, takes a fifth of a worker's CPU per connection off (docs/intake-cpu.md, round 9);
-        the peer's address comes with the connection, the local port is the listener's.
+        cancelled at shutdown, before the listener itself closes). Accepting what waits in one
+        go, rather than one ``trio.SocketListener.accept`` and a yield per wake-up, is what
+        makes a new connection cheaper (docs/intake-cpu.md, round 9); the peer's address
+        comes with the connection, the local port is the listener's.
         """
         raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
         try:
@@ -148,15 +148,12 @@ class SmtpListener:
             raw.close()
 
     def _batch(self, raw: socket.socket) -> int:
-        """How many connections to accept at this wake-up before yielding.
-
-        Alone on the socket: all that wait, at most :data:`ACCEPT_BATCH`. With intake worker
-        processes sharing it (all of them woken by a new connection), this process's share of
-        those waiting, rounded up: a burst of clients connecting together to stay (a pool of
-        20 that then sends on and on) spreads over the workers instead of going to the first
-        that woke. A worker whose share was taken by another finds nothing and waits again; a
-        worker that does not come leaves its share to the next wake-up of the others. The
-        queue's length is the listening socket's ``tcp_info.tcpi_unacked`` (Linux, tcp(7)).
+        """How many connections to accept at this wake-up before yielding: alone on the
+        socket, all that wait (at most :data:`ACCEPT_BATCH`); with intake worker processes
+        sharing it (every one of them woken), this process's share of those waiting, so that
+        a burst of clients that connect together to stay spreads over the workers. The queue's
+        length is the listening socket's ``tcpi_unacked`` (Linux: ``tcp_get_info`` in
+        ``net/ipv4/tcp.c``); a wake-up takes at least one.
         """
         if self.processes == 1:
             return ACCEPT_BATCH
@@ -165,7 +162,7 @@ class SmtpListener:
         except OSError:
             return 1
         waiting = int.from_bytes(info[24:28], sys.byteorder)  # tcpi_unacked: the accept queue
-        return max(1, min(ACCEPT_BATCH, -(-waiting // self.processes)))
+        return max(1, min(ACCEPT_BATCH, self._share(waiting)))
 
     async def _connection(self, stream: trio.SocketStream, peer_ip: str, local_port: int) -> None:
         """Owns ``stream`` until it is closed; never lets an exception escape to the nursery."""
@@ -180,9 +177,9 @@ class SmtpListener:
                 # waits (trio's socket close tells any waiter on the descriptor itself).
                 stream.socket.close()
 
-    def _share(self, limit: int) -> int:
-        """This process's share of a connection limit (rounded up)."""
-        return -(-limit // self.processes)
+    def _share(self, count: int) -> int:
+        """This process's share of ``count`` connections (a limit, or a queue), rounded up."""
+        return -(-count // self.processes)
 
     async def _refuse(
         self, stream: trio.SocketStream, reason: str, reply: replies.Reply, *, tls: bool

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 The main process binds the SMTP ports and starts ``python -m dispatch intake-worker`` with
 the listening sockets and one end of a :class:`~dispatch.intake.link.Link` inherited. The
-worker accepts on the same sockets (the kernel hands each new connection to one of the
-processes waiting in ``accept``, so an idle process takes more; the main process does not
-accept on them) and runs the same :class:`~dispatch.intake.listener.SmtpListener` and
+worker accepts on the same sockets (every worker wakes to a new connection and takes its
+share of those waiting, :meth:`SmtpListener._batch`; the main process does not accept on
+them) and runs the same :class:`~dispatch.intake.listener.SmtpListener` and
 sessions as the main process does with ``listener.processes = 1``. It writes messages into
 the spool exactly as the main process does — ``tmp/``, then renamed into ``incoming/`` and
 fsynced (``spool/writer.py``) — through a :class:`~dispatch.spool.SpoolEntrance`, and only

@@ -124,7 +124,7 @@ async def running_smtpd(
             events,
             ports,
             audited,
-            listeners,
+            sockets=listeners,
         )
         shutdown.request()
 

@@ -388,13 +388,13 @@ async def test_counters_do_not_carry_addresses(smtpd: Smtpd) -> None:
 
 def listening_descriptors(port: int) -> int:
     """How many of this process's descriptors refer to the socket listening on ``port``."""
-    inodes = set()
+    sockets = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
-            inodes.add(fields[9])
+            sockets.add(f"socket:[{fields[9]}]")
     links = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
-    return sum(link in {f"socket:[{inode}]" for inode in inodes} for link in links)
+    return sum(link in sockets for link in links)
 
 
 async def test_connections_waiting_together_are_all_served(smtpd: Smtpd) -> None:
@@ -417,7 +417,7 @@ async def test_stopping_closes_the_descriptor_it_accepted_on(smtpd: Smtpd) -> No
     # The listener accepts through a duplicate of the listening descriptor: two while it runs,
     # none once it stopped (a leaked duplicate would keep the port bound).
     assert listening_descriptors(smtpd.port) == 2
-    await in_thread(lambda: raw(smtpd.port).close())
+    await in_thread(lambda: raw(smtpd.port).close())  # the accepting task has run its loop
     smtpd.shutdown.request()
     await wait_until_async(lambda: listening_descriptors(smtpd.port) == 0, within=5)
 
