@@ -168,18 +168,19 @@ class SmtpSession:
         """Owe the greeting, or refuse a client that talked before it (RFC 5321 §4.3.1).
 
         Bytes that can be read before the greeting is written were sent before the client
-        could have seen it. A zero-timeout poll of the socket, right before the greeting is
-        queued and with no await between it and the write, finds them; they are read (at
-        once: they are there) and fed to the core, which reports `UnsynchronisedPipelining`
-        ("CONNECT") while the client is unauthenticated. The poll adds one system call and no
-        wait, so a correct client sees no change in latency and can never be refused; a client
-        whose early bytes arrive just after the poll is not caught (Postfix's postscreen
-        delays the greeting to catch those; Dispatch does not). Not done on a TLS stream: what
-        is readable there is TLS records, not commands.
+        could have seen it. A read that does not wait, right before the greeting is queued
+        and with no await between it and the write, finds them; they are fed to the core,
+        which reports `UnsynchronisedPipelining` ("CONNECT") while the client is
+        unauthenticated. The read adds one system call and no wait, so a correct client sees
+        no change in latency and can never be refused; a client whose early bytes arrive just
+        after the read is not caught (Postfix's postscreen delays the greeting to catch those;
+        Dispatch does not). Not done on a TLS stream: what is readable there is TLS records,
+        not commands.
         """
         self._waiting_since = trio.current_time()
-        if self.transport.readable_now():
-            await self._receive()
+        early = self.transport.receive_ready()
+        if early is not None:
+            self.conn.receive_data(early)
         event = self.conn.next_event()
         if isinstance(event, UnsynchronisedPipelining):
             await self._handle(event)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import select
 import ssl
 from typing import Final
 
@@ -96,17 +95,19 @@ class SessionTransport:
         """Queue serialised replies; :meth:`flush` writes everything queued in one go."""
         self._out += data
 
-    def readable_now(self) -> bool:
-        """Whether bytes (or an EOF) can be read from a plain TCP stream without waiting.
+    def receive_ready(self) -> bytes | None:
+        """What a plain TCP peer has sent already (``b""``: it closed), or None: nothing yet.
 
-        One ``poll(2)`` with no timeout. Always false over TLS: what is readable there is
-        TLS records, not commands.
+        One ``read(2)`` that never waits. Always None over TLS: what is readable there is
+        TLS records, not commands. Raises :class:`SessionEnded` if the peer broke the
+        connection.
         """
         if self._fd is None:
-            return False
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        return bool(poller.poll(0))
+            return None
+        try:
+            return fd_io.receive_now(self._fd, RECEIVE_BYTES)
+        except trio.BrokenResourceError as exc:
+            raise SessionEnded from exc
 
     async def receive(self, deadline: float) -> bytes | None:
         """The next bytes from the peer, or ``None`` if none came by ``deadline`` (trio time).

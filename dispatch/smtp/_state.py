@@ -94,7 +94,15 @@ __all__ = [
 ]
 
 
-class State(enum.Enum):
+class _Members(enum.Enum):
+    """An enum whose members hash by identity (they are singletons compared by identity) in
+    C, not by :class:`enum.Enum`'s Python-level hash of the name: the transition table is
+    looked up by (state, step) for every command."""
+
+    __hash__ = object.__hash__
+
+
+class State(_Members):
     """Where the server side of a session is."""
 
     CONNECTED = "connected"  # the greeting has not been sent yet
@@ -110,7 +118,7 @@ class State(enum.Enum):
     CLOSED = "closed"  # the session is over
 
 
-class Step(enum.Enum):
+class Step(_Members):
     """What a reply is owed for (a command, or something the core found)."""
 
     GREETING = "greeting"
@@ -132,7 +140,7 @@ class Step(enum.Enum):
     FATAL = "fatal"  # WrongProtocol, BareLineEnding: the reply ends the session
 
 
-class Outcome(enum.Enum):
+class Outcome(_Members):
     """The class of a reply, which is all the state machine looks at."""
 
     OK = "2xx"

@@ -176,6 +176,11 @@ _TYPES: Final[Mapping[str, type[MessageEvent] | type[AuditEntry]]] = {
     "message": MessageEvent,
     "audit": AuditEntry,
 }
+# A record's fields as a journal line carries them: all but the database's row id.
+_JOURNAL_FIELDS: Final[Mapping[type, tuple[str, ...]]] = {
+    kind: tuple(field.name for field in attrs.fields(kind) if field.name != "row_id")
+    for kind in _TYPES.values()
+}
 
 
 def to_journal(record: LogRecord) -> bytes:
@@ -185,9 +190,7 @@ def to_journal(record: LogRecord) -> bytes:
 
 def journal_document(record: LogRecord) -> dict[str, object]:
     """A journal line's JSON document as objects, for a caller that nests it in its own."""
-    fields = attrs.asdict(
-        record, filter=lambda attribute, _: attribute.name != "row_id", recurse=False
-    )
+    fields = {name: getattr(record, name) for name in _JOURNAL_FIELDS[type(record)]}
     for name in ("recipients", "tags"):
         if name in fields:
             fields[name] = list(fields[name])

@@ -88,6 +88,15 @@ def test_empty_allow_list_allows_everyone() -> None:
     assert not is_allowed("127.0.0.1", (Cidr("127.0.0.2/32"),))
 
 
+def test_a_verdict_is_remembered_per_list() -> None:
+    # Verdicts are kept per address and list: a reload that changes the list decides anew.
+    only_two = (Cidr("127.0.0.2/32"),)
+    for _ in range(2):
+        assert is_allowed("127.0.0.2", only_two)
+        assert not is_allowed("127.0.0.2", (Cidr("10.0.0.0/8"),))
+        assert not is_allowed("127.0.0.3", only_two)
+
+
 def test_throttle_blocks_after_max_failures_for_the_window() -> None:
     now = [1000.0]
     throttle = FailureThrottle(max_failures=3, window=60, clock=lambda: now[0])
