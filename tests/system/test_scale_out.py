@@ -13,7 +13,7 @@ real PostgreSQL 15 and deliver to one upstream. SMTP and API senders push mail i
   and catch up;
 - nothing acknowledged is lost (every acknowledged message reaches the upstream), and the
   shared log is complete: every message acknowledged by B, and by A except in the instant
-  before its kill (rows still queued in memory die with the process, SPEC §5), has exactly
+  around its kill (rows still queued in memory die with the process, SPEC §5), has exactly
   one ``received`` and one ``delivered`` row, each naming the node that wrote it.
 
 ``test_the_spool_of_a_dead_node_is_delivered_by_another``: mail waits in node A's spool (its
@@ -56,7 +56,10 @@ from tests.system.faults import (
 pytestmark = pytest.mark.slow
 
 # A row is queued in memory for a few milliseconds before its batch commits: only mail
-# acknowledged this close before a SIGKILL may lack its rows.
+# acknowledged this close to a SIGKILL may lack its rows. On both sides of it: a sender
+# thread notes the time of a 250 when it has read it, which may be after the test noted the
+# kill although the 250 was written before; and an intake worker finishes a commit in flight
+# when it finds the main process gone, its rows with nobody to write them (intake/worker.py).
 KILL_WINDOW = 2.0
 
 
@@ -216,7 +219,7 @@ def test_two_nodes_survive_a_node_kill_and_a_database_restart(
     exempt = {
         ack.message_id
         for ack in on_a.acks.values()
-        if killed_at - KILL_WINDOW <= ack.at <= killed_at
+        if killed_at - KILL_WINDOW <= ack.at <= killed_at + KILL_WINDOW
     }
     incomplete = []
     for ack, writer in [
