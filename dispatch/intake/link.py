@@ -264,6 +264,10 @@ _KINDS: Final[dict[str, type[Message]]] = {cls.KIND: cls for cls in (*TO_WORKER,
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     kind: frozenset(field.name for field in attrs.fields(cls)) for kind, cls in _KINDS.items()
 }
+# A well-formed message's keys: its fields and "kind" (one set comparison per message).
+_KEYS: Final[dict[str, frozenset[str]]] = {
+    kind: names | {"kind"} for kind, names in _FIELDS.items()
+}
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -314,14 +318,14 @@ def _decode_one[R: Message](item: object, receives: tuple[type[R], ...]) -> R:
         raise BadMessage(
             f"intake link: message kind {kind!r} is {known}; expected one of {expected}"
         )
-    fields = {key: value for key, value in item.items() if key != "kind"}
-    names = _FIELDS[kind]
-    if missing := sorted(names - fields.keys()):
-        raise BadMessage(f"intake link: {kind!r} message without {', '.join(missing)}")
-    if extra := sorted(fields.keys() - names):
+    if item.keys() != _KEYS[kind]:
+        names = _FIELDS[kind]
+        if missing := sorted(names - item.keys()):
+            raise BadMessage(f"intake link: {kind!r} message without {', '.join(missing)}")
+        extra = sorted(item.keys() - _KEYS[kind])
         raise BadMessage(f"intake link: {kind!r} message with unknown field(s) {', '.join(extra)}")
     try:
-        message = cls.from_fields(fields)
+        message = cls.from_fields(item)  # reads its fields by name; "kind" is not one
     except (TypeError, ValueError, CorruptEnvelopeError) as exc:
         # attrs validators put the message first and the attribute and value after it
         reason = exc.args[0] if len(exc.args) > 1 else exc

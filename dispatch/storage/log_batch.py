@@ -15,6 +15,7 @@ Counters are summed in memory first and then upserted once per key, so a batch o
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -58,7 +59,12 @@ MESSAGE_CHUNK: Final = 100
 
 def utc_day(at: float) -> str:
     """The UTC date of Unix time ``at`` as ``YYYY-MM-DD``: the key of the daily counters."""
-    return time.strftime("%Y-%m-%d", time.gmtime(at))
+    return _day_text(int(at // 86_400))
+
+
+@functools.lru_cache(maxsize=4)  # a batch's rows fall on a day or two
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
 
 
 def minute_of(at: float) -> int:

@@ -143,12 +143,16 @@ MESSAGE_COLUMNS: Final = (
 AUDIT_COLUMNS: Final = ("event_id", "at", "category", "level", "actor", "message")
 
 
+# Where MESSAGE_COLUMNS has the two lists, stored as JSON text.
+_LIST_COLUMNS: Final = (MESSAGE_COLUMNS.index("recipients"), MESSAGE_COLUMNS.index("tags"))
+
+
 def message_to_row(event: MessageEvent) -> tuple[object, ...]:
     """The values of ``MESSAGE_COLUMNS`` for ``event`` (lists as JSON text)."""
-    values = attrs.asdict(event, recurse=False)
-    values["recipients"] = json.dumps(list(event.recipients))
-    values["tags"] = json.dumps(list(event.tags))
-    return tuple(values[column] for column in MESSAGE_COLUMNS)
+    row: list[object] = [getattr(event, column) for column in MESSAGE_COLUMNS]
+    for index in _LIST_COLUMNS:
+        row[index] = json.dumps(list(getattr(event, MESSAGE_COLUMNS[index])))
+    return tuple(row)
 
 
 def message_from_row(row: Sequence[Any]) -> MessageEvent:
@@ -160,8 +164,7 @@ def message_from_row(row: Sequence[Any]) -> MessageEvent:
 
 
 def audit_to_row(entry: AuditEntry) -> tuple[object, ...]:
-    values = attrs.asdict(entry, recurse=False)
-    return tuple(values[column] for column in AUDIT_COLUMNS)
+    return tuple(getattr(entry, column) for column in AUDIT_COLUMNS)
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditEntry:
