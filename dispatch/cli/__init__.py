@@ -208,6 +208,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     worker.add_argument("--number", type=int, required=True)
     worker.add_argument("--link-fd", type=int, required=True)
     worker.add_argument("--listen-fds", required=True)
+    worker.add_argument("--counts-fd", type=int, required=True)  # intake/balance.py
     worker.add_argument("--core", type=int)  # listener.pin_processes: the core to run on
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument("--log-level", default="info")
@@ -322,7 +323,7 @@ def _intake_worker(args: argparse.Namespace) -> int:
     if args.core is not None:
         pin_to_core(args.core)
     fds = [int(fd) for fd in args.listen_fds.split(",")]
-    trio.run(run_worker, args.number, args.link_fd, fds)
+    trio.run(run_worker, args.number, args.link_fd, fds, args.counts_fd)
     return EXIT_OK
 
 

@@ -37,6 +37,7 @@ from typing import Final
 import trio
 
 from dispatch.intake import records
+from dispatch.intake.balance import OpenCounts
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext, SmtpSession
 from dispatch.intake.transport import HandshakeFailed, tls_handshake
@@ -69,6 +70,9 @@ _SKIPPED_ERRNOS: Final = frozenset(
     }
 )
 ACCEPT_BATCH: Final = 64  # connections accepted per wake-up before the accepting task yields
+# How long a worker that holds its share leaves waiting connections to the other workers
+# before it takes one anyway (they may be busy, or gone).
+DEFER_SECONDS: Final = 0.002
 _TCP_INFO_BYTES: Final = 32  # struct tcp_info up to tcpi_sacked
 RESOURCE_BACKOFF_SECONDS: Final = 0.1
 REFUSAL_SECONDS: Final = 2.0  # time given to write a 554/421 to a refused peer
@@ -78,14 +82,25 @@ TOO_MANY_FROM_IP: Final = replies.Reply.of(
 
 
 class SmtpListener:
-    """See the module docstring. ``ports``: what :func:`bind_smtp_ports` bound."""
+    """See the module docstring. ``ports``: what :func:`bind_smtp_ports` bound.
+
+    An intake worker passes ``counts``, the connections every worker holds
+    (``intake/balance.py``): it then accepts only up to its share of them.
+    """
 
     def __init__(
-        self, context: IntakeContext, ports: ListeningPorts, *, processes: int = 1
+        self,
+        context: IntakeContext,
+        ports: ListeningPorts,
+        *,
+        processes: int = 1,
+        counts: OpenCounts | None = None,
     ) -> None:
         self.context = context
         self.ports = ports
         self.processes = processes  # max_connections is shared out among the processes
+        self.counts = counts
+        self.connections = 0  # accepted and not closed yet (counts.hold)
         self.open_sessions = 0
         self.sessions_by_ip: Counter[str] = Counter()  # only addresses with open sessions
         self._session_scopes: set[trio.CancelScope] = set()
@@ -114,7 +129,8 @@ class SmtpListener:
                 scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
-        """Accept a batch of connections (:meth:`_batch`) each time ``listener`` is readable.
+        """Accept a batch of connections (:meth:`_batch`) each time ``listener`` is readable;
+        an intake worker that holds its share already waits :data:`DEFER_SECONDS` first.
 
         Owns a duplicate of the listening descriptor, closed when this task ends (it is
         cancelled at shutdown, before the listener itself closes). Accepting what waits in one
@@ -128,7 +144,13 @@ class SmtpListener:
             local_port = int(raw.getsockname()[1])  # the port decides the session's policy
             while True:
                 await trio.lowlevel.wait_readable(raw)
-                for _ in range(self._batch(raw)):
+                batch = self._batch(raw)
+                if not batch:
+                    # This worker holds its share: the others may take what waits. Give
+                    # them a moment, then take one anyway (they may be busy, or gone).
+                    await trio.sleep(DEFER_SECONDS)
+                    batch = max(1, self._batch(raw))
+                for _ in range(batch):
                     try:
                         sock, address = raw.accept()
                     except BlockingIOError:
@@ -141,6 +163,7 @@ class SmtpListener:
                         log.error("accept failed (%s); retrying", exc.strerror)
                         await trio.sleep(RESOURCE_BACKOFF_SECONDS)
                         break
+                    self._hold(1)
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                     sessions.start_soon(self._connection, stream, str(address[0]), local_port)
         finally:
@@ -149,20 +172,26 @@ class SmtpListener:
 
     def _batch(self, raw: socket.socket) -> int:
         """How many connections to accept at this wake-up before yielding: alone on the
-        socket, all that wait (at most :data:`ACCEPT_BATCH`); with intake worker processes
-        sharing it (every one of them woken), this process's share of those waiting, so that
-        a burst of clients that connect together to stay spreads over the workers. The queue's
+        socket, all that wait (at most :data:`ACCEPT_BATCH`); as one of the intake workers
+        sharing it (every one of them woken), what this worker lacks of its share of all
+        the connections the workers hold and those waiting — none when it holds its share,
+        so that clients that connect to stay spread evenly over the workers. The queue's
         length is the listening socket's ``tcpi_unacked`` (Linux: ``tcp_get_info`` in
-        ``net/ipv4/tcp.c``); a wake-up takes at least one.
+        ``net/ipv4/tcp.c``).
         """
-        if self.processes == 1:
+        if self.counts is None:
             return ACCEPT_BATCH
         try:
             info = raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
         except OSError:
             return 1
         waiting = int.from_bytes(info[24:28], sys.byteorder)  # tcpi_unacked: the accept queue
-        return max(1, min(ACCEPT_BATCH, self._share(waiting)))
+        return max(0, min(ACCEPT_BATCH, self.counts.fair_share(waiting) - self.connections))
+
+    def _hold(self, change: int) -> None:
+        self.connections += change
+        if self.counts is not None:
+            self.counts.hold(self.connections)
 
     async def _connection(self, stream: trio.SocketStream, peer_ip: str, local_port: int) -> None:
         """Owns ``stream`` until it is closed; never lets an exception escape to the nursery."""
@@ -176,9 +205,10 @@ class SmtpListener:
                 # raising and catching a Cancelled per connection for a close that never
                 # waits (trio's socket close tells any waiter on the descriptor itself).
                 stream.socket.close()
+                self._hold(-1)
 
     def _share(self, count: int) -> int:
-        """This process's share of ``count`` connections (a limit, or a queue), rounded up."""
+        """This process's share of a limit of ``count`` connections, rounded up."""
         return -(-count // self.processes)
 
     async def _refuse(

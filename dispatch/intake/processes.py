@@ -42,6 +42,7 @@ from typing import Final, assert_never
 import trio
 
 from dispatch.config.settings import Settings
+from dispatch.intake.balance import clear_slot, make_counts_file
 from dispatch.intake.link import (
     FROM_WORKER,
     BadMessage,
@@ -126,6 +127,7 @@ class IntakeWorkers:
         self._stats = stats
         self._record = record
         self._audit = audit
+        self._counts_fd = -1  # intake/balance.py: made by run(), passed to every worker
 
     async def run(
         self,
@@ -134,14 +136,19 @@ class IntakeWorkers:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            if self.count:
-                # After a restart of this component its killed workers may have left
-                # commits nobody indexed (at the first start there are none: recovery ran).
-                nursery.start_soon(self._spool.adopt_unannounced)
-            for number in range(2, self.count + 2):
-                await nursery.start(self._keep_running, number, listeners, shutdown)
-            task_status.started()
+        self._counts_fd = make_counts_file(self.count)  # the connections each worker holds
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.count:
+                    # After a restart of this component its killed workers may have left
+                    # commits nobody indexed (at the first start there are none: recovery
+                    # ran).
+                    nursery.start_soon(self._spool.adopt_unannounced)
+                for number in range(2, self.count + 2):
+                    await nursery.start(self._keep_running, number, listeners, shutdown)
+                task_status.started()
+        finally:
+            os.close(self._counts_fd)
 
     async def _keep_running(
         self,
@@ -187,6 +194,7 @@ class IntakeWorkers:
         files = await trio.to_thread.run_sync(ensure_certificate, self._settings())
         ours, theirs = socket.socketpair()
         fds = [listener.socket.fileno() for listener in listeners]
+        clear_slot(self._counts_fd, number - 2)  # not the count of a worker that died
         log_format, log_level = logging_options()
         core = worker_core(number) if self._settings().listener.pin_processes else None
         argv = [
@@ -197,13 +205,14 @@ class IntakeWorkers:
             f"--number={number}",
             f"--link-fd={theirs.fileno()}",
             f"--listen-fds={','.join(map(str, fds))}",
+            f"--counts-fd={self._counts_fd}",
             f"--log-format={log_format}",
             f"--log-level={log_level}",
             *([] if core is None else [f"--core={core}"]),
         ]
         try:
             process = await trio.lowlevel.open_process(
-                argv, pass_fds=(theirs.fileno(), *fds), stdin=subprocess.DEVNULL
+                argv, pass_fds=(theirs.fileno(), *fds, self._counts_fd), stdin=subprocess.DEVNULL
             )
         finally:
             theirs.close()

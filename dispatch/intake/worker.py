@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 The main process binds the SMTP ports and starts ``python -m dispatch intake-worker`` with
-the listening sockets and one end of a :class:`~dispatch.intake.link.Link` inherited. The
-worker accepts on the same sockets (every worker wakes to a new connection and takes its
-share of those waiting, :meth:`SmtpListener._batch`; the main process does not accept on
-them) and runs the same :class:`~dispatch.intake.listener.SmtpListener` and
+the listening sockets, one end of a :class:`~dispatch.intake.link.Link` and the memory file
+of the connections each worker holds inherited. The worker accepts on the same sockets (every
+worker wakes to a new connection and takes what it lacks of its share of all the connections
+the workers hold, ``intake/balance.py`` and :meth:`SmtpListener._batch`; the main process does
+not accept on them) and runs the same :class:`~dispatch.intake.listener.SmtpListener` and
 sessions as the main process does with ``listener.processes = 1``. It writes messages into
 the spool exactly as the main process does — ``tmp/``, then renamed into ``incoming/`` and
 fsynced (``spool/writer.py``) — through a :class:`~dispatch.spool.SpoolEntrance`, and only
@@ -56,6 +57,7 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
+from dispatch.intake.balance import OpenCounts
 from dispatch.intake.link import (
     TO_WORKER,
     Committed,
@@ -117,8 +119,10 @@ def pin_to_core(core: int) -> None:
         log.warning("intake worker not pinned to core %d (%s): it runs on any core", core, exc)
 
 
-async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
-    """The Trio main function of intake worker ``number`` (see the module docstring)."""
+async def run_worker(number: int, link_fd: int, listen_fds: list[int], counts_fd: int) -> None:
+    """The Trio main function of intake worker ``number`` (see the module docstring);
+    ``counts_fd`` is the memory file of the connections each worker holds
+    (``intake/balance.py``), where this one's slot is ``number - 2``."""
     bind(component="smtp", worker=str(number))
     socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=link_fd)))
     link = Link(socket_stream, TO_WORKER)
@@ -138,7 +142,8 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int]) -> None:
         for fd in listen_fds
     ]
     ports = ListeningPorts(configured=(), listening=())  # the main process reports them
-    listener = SmtpListener(context, ports, processes=listener_settings.processes)
+    counts = OpenCounts(counts_fd, number - 2)
+    listener = SmtpListener(context, ports, processes=listener_settings.processes, counts=counts)
     shutdown = Shutdown(grace_seconds=DRAIN_GRACE)
 
     def apply(message: ToWorker) -> None:

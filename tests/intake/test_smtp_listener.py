@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dispatch.intake.balance import OpenCounts, make_counts_file
 from dispatch.intake.listener import ACCEPT_BATCH, SmtpListener
 from dispatch.monitoring.stats import CounterMap
 from dispatch.security.passwords import hash_password
@@ -422,24 +423,61 @@ async def test_stopping_closes_the_descriptor_it_accepted_on(smtpd: Smtpd) -> No
     await wait_until_async(lambda: listening_descriptors(smtpd.port) == 0, within=5)
 
 
-async def test_a_burst_of_connections_is_shared_among_processes(smtpd: Smtpd) -> None:
-    """With another process accepting on the same socket, each takes its share of a burst of
-    clients that connect together to stay; the first to wake does not take them all."""
-    count = 20
+def as_workers(smtpd: Smtpd, counts_fd: int) -> SmtpListener:
+    """Make the fixture's listener intake worker 0 of two on ``counts_fd`` and return a second
+    one, worker 1, for the same context and sockets (both run in the test's process)."""
     smtpd.listener.processes = 2
-    other = SmtpListener(smtpd.listener.context, smtpd.listener.ports, processes=2)
+    smtpd.listener.counts = OpenCounts(counts_fd, 0)
+    return SmtpListener(
+        smtpd.listener.context, smtpd.listener.ports, processes=2, counts=OpenCounts(counts_fd, 1)
+    )
+
+
+def connect(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections, made without yielding: every listener wakes to all of them."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+
+
+async def test_connections_that_stay_are_spread_evenly_over_the_workers(smtpd: Smtpd) -> None:
+    """Each worker takes what it lacks of its share of all the connections held and waiting:
+    the first to wake to a burst does not take it all (intake/balance.py)."""
+    counts_fd = make_counts_file(2)
+    other = as_workers(smtpd, counts_fd)
     async with trio.open_nursery() as nursery:
         await nursery.start(other.serve, smtpd.sockets, smtpd.shutdown)
-        # Connected without yielding: both listeners wake to the whole burst waiting.
-        address = ("127.0.0.1", smtpd.port)
-        socks = [socket.create_connection(address, timeout=10) for _ in range(count)]
+        socks = connect(smtpd.port, 20)
         try:
             greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks])
             assert all(greeting.startswith(b"220 ") for greeting in greetings)
-            sessions = (smtpd.listener.open_sessions, other.open_sessions)
-            assert sum(sessions) == count
-            assert min(sessions) >= count // 4, sessions
+            assert (smtpd.listener.open_sessions, other.open_sessions) == (10, 10)
+            # Ten more, once the first twenty are held: again half each.
+            socks += connect(smtpd.port, 10)
+            greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks[20:]])
+            assert all(greeting.startswith(b"220 ") for greeting in greetings)
+            assert (smtpd.listener.open_sessions, other.open_sessions) == (15, 15)
         finally:
             for sock in socks:
                 sock.close()
+        # Closed connections leave the counts: a new burst is shared from zero again.
+        await wait_until_async(lambda: smtpd.listener.connections + other.connections == 0)
+        assert OpenCounts(counts_fd, 0).fair_share(0) == 0
         smtpd.shutdown.request()  # both listeners stop
+    os.close(counts_fd)
+
+
+async def test_a_worker_holding_its_share_still_takes_what_the_others_leave(
+    smtpd: Smtpd,
+) -> None:
+    """The other worker is busy or gone (here: never started): what waits is still served,
+    one connection per short deferral."""
+    counts_fd = make_counts_file(2)
+    as_workers(smtpd, counts_fd)
+    socks = connect(smtpd.port, 20)
+    try:
+        greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks])
+        assert all(greeting.startswith(b"220 ") for greeting in greetings)
+        assert smtpd.listener.open_sessions == 20
+    finally:
+        for sock in socks:
+            sock.close()
+        os.close(counts_fd)
