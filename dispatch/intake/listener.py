@@ -130,7 +130,8 @@ class SmtpListener:
 
     async def _accept(self, listener: trio.SocketListener, sessions: trio.Nursery) -> None:
         """Accept a batch of connections (:meth:`_batch`) each time ``listener`` is readable;
-        an intake worker that holds its share already waits :data:`DEFER_SECONDS` first.
+        an intake worker that holds its share already waits :data:`DEFER_SECONDS` first, then
+        takes one.
 
         Owns a duplicate of the listening descriptor, closed when this task ends (it is
         cancelled at shutdown, before the listener itself closes). Accepting what waits in one

@@ -42,7 +42,7 @@ from typing import Final, assert_never
 import trio
 
 from dispatch.config.settings import Settings
-from dispatch.intake.balance import clear_slot, make_counts_file
+from dispatch.intake.balance import make_counts_file, mark_absent
 from dispatch.intake.link import (
     FROM_WORKER,
     BadMessage,
@@ -136,14 +136,15 @@ class IntakeWorkers:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        if not self.count:
+            task_status.started()
+            return
         self._counts_fd = make_counts_file(self.count)  # the connections each worker holds
         try:
             async with trio.open_nursery() as nursery:
-                if self.count:
-                    # After a restart of this component its killed workers may have left
-                    # commits nobody indexed (at the first start there are none: recovery
-                    # ran).
-                    nursery.start_soon(self._spool.adopt_unannounced)
+                # After a restart of this component its killed workers may have left commits
+                # nobody indexed (at the first start there are none: recovery ran).
+                nursery.start_soon(self._spool.adopt_unannounced)
                 for number in range(2, self.count + 2):
                     await nursery.start(self._keep_running, number, listeners, shutdown)
                 task_status.started()
@@ -194,7 +195,7 @@ class IntakeWorkers:
         files = await trio.to_thread.run_sync(ensure_certificate, self._settings())
         ours, theirs = socket.socketpair()
         fds = [listener.socket.fileno() for listener in listeners]
-        clear_slot(self._counts_fd, number - 2)  # not the count of a worker that died
+        mark_absent(self._counts_fd, number - 2)  # until the worker counts itself in
         log_format, log_level = logging_options()
         core = worker_core(number) if self._settings().listener.pin_processes else None
         argv = [
@@ -242,6 +243,7 @@ class IntakeWorkers:
                 process.kill()
                 with trio.CancelScope(shield=True):
                     await process.wait()
+            mark_absent(self._counts_fd, number - 2)  # its connections died with it
             await link.aclose()
 
     async def _serve_link(self, number: int, link: Link[FromWorker], state: _LinkState) -> None:

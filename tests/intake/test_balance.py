@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dispatch.intake.balance import OpenCounts, clear_slot, make_counts_file
+from dispatch.intake.balance import OpenCounts, make_counts_file, mark_absent
 
 
 @pytest.fixture
@@ -19,7 +19,6 @@ def counts_fd() -> Iterator[int]:
 
 def test_each_worker_sees_what_the_others_hold(counts_fd: int) -> None:
     first, second, third = (OpenCounts(counts_fd, slot) for slot in range(3))
-    assert first.workers == 3
     assert first.fair_share(0) == 0
     first.hold(5)
     second.hold(2)
@@ -29,12 +28,17 @@ def test_each_worker_sees_what_the_others_hold(counts_fd: int) -> None:
     assert second.fair_share(0) == 1
 
 
-def test_a_cleared_slot_forgets_a_worker_that_died(counts_fd: int) -> None:
-    dead, alive = OpenCounts(counts_fd, 1), OpenCounts(counts_fd, 2)
-    dead.hold(30)
-    assert alive.fair_share(0) == 10
-    clear_slot(counts_fd, 1)
-    assert alive.fair_share(0) == 0
+def test_only_running_workers_share(counts_fd: int) -> None:
+    """A slot is absent until its worker starts counting, and again once the main process
+    saw the worker end: neither a worker still starting nor a dead one's count is shared."""
+    alone = OpenCounts(counts_fd, 0)
+    alone.hold(4)
+    assert alone.fair_share(6) == 10  # the two other workers are not running
+    dying = OpenCounts(counts_fd, 2)
+    dying.hold(30)
+    assert alone.fair_share(6) == 20  # ceil(40 / 2)
+    mark_absent(counts_fd, 2)  # the main process, once the worker has ended
+    assert alone.fair_share(6) == 10
 
 
 def test_the_file_is_not_inherited_unless_passed(counts_fd: int) -> None:

@@ -7,6 +7,8 @@ import os
 import smtplib
 import socket
 import ssl
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -423,6 +425,14 @@ async def test_stopping_closes_the_descriptor_it_accepted_on(smtpd: Smtpd) -> No
     await wait_until_async(lambda: listening_descriptors(smtpd.port) == 0, within=5)
 
 
+@pytest.fixture
+def counts_fd() -> Iterator[int]:
+    """A counts file for two intake workers (intake/balance.py)."""
+    fd = make_counts_file(2)
+    yield fd
+    os.close(fd)
+
+
 def as_workers(smtpd: Smtpd, counts_fd: int) -> SmtpListener:
     """Make the fixture's listener intake worker 0 of two on ``counts_fd`` and return a second
     one, worker 1, for the same context and sockets (both run in the test's process)."""
@@ -433,15 +443,21 @@ def as_workers(smtpd: Smtpd, counts_fd: int) -> SmtpListener:
     )
 
 
+def held(counts_fd: int) -> tuple[int, ...]:
+    """What the counts file says each of the two workers holds."""
+    return struct.unpack("2i", os.pread(counts_fd, 8, 0))
+
+
 def connect(port: int, count: int) -> list[socket.socket]:
     """``count`` connections, made without yielding: every listener wakes to all of them."""
     return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
 
 
-async def test_connections_that_stay_are_spread_evenly_over_the_workers(smtpd: Smtpd) -> None:
+async def test_connections_that_stay_are_spread_evenly_over_the_workers(
+    smtpd: Smtpd, counts_fd: int
+) -> None:
     """Each worker takes what it lacks of its share of all the connections held and waiting:
     the first to wake to a burst does not take it all (intake/balance.py)."""
-    counts_fd = make_counts_file(2)
     other = as_workers(smtpd, counts_fd)
     async with trio.open_nursery() as nursery:
         await nursery.start(other.serve, smtpd.sockets, smtpd.shutdown)
@@ -455,22 +471,20 @@ async def test_connections_that_stay_are_spread_evenly_over_the_workers(smtpd: S
             greetings = await in_thread(lambda: [sock.recv(1024) for sock in socks[20:]])
             assert all(greeting.startswith(b"220 ") for greeting in greetings)
             assert (smtpd.listener.open_sessions, other.open_sessions) == (15, 15)
+            assert held(counts_fd) == (15, 15)
         finally:
             for sock in socks:
                 sock.close()
         # Closed connections leave the counts: a new burst is shared from zero again.
-        await wait_until_async(lambda: smtpd.listener.connections + other.connections == 0)
-        assert OpenCounts(counts_fd, 0).fair_share(0) == 0
+        await wait_until_async(lambda: held(counts_fd) == (0, 0))
         smtpd.shutdown.request()  # both listeners stop
-    os.close(counts_fd)
 
 
-async def test_a_worker_holding_its_share_still_takes_what_the_others_leave(
-    smtpd: Smtpd,
+async def test_a_worker_holding_its_share_still_takes_what_a_busy_one_leaves(
+    smtpd: Smtpd, counts_fd: int
 ) -> None:
-    """The other worker is busy or gone (here: never started): what waits is still served,
-    one connection per short deferral."""
-    counts_fd = make_counts_file(2)
+    """The other worker runs but does not come to the socket (busy, or stuck; here: never
+    serving): what waits is still served, one connection per short deferral."""
     as_workers(smtpd, counts_fd)
     socks = connect(smtpd.port, 20)
     try:
@@ -480,4 +494,3 @@ async def test_a_worker_holding_its_share_still_takes_what_the_others_leave(
     finally:
         for sock in socks:
             sock.close()
-        os.close(counts_fd)

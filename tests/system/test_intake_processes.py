@@ -16,7 +16,9 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import sqlite3
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -79,6 +81,22 @@ def worker_pid(daemon: Daemon, number: int) -> int:
         if wanted in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
     ]
     return pid
+
+
+def held(daemon: Daemon) -> list[int]:
+    """The connections each worker holds, as the main process's counts file says
+    (``intake/balance.py``, read through /proc): -1 while a worker is not running."""
+    for fd in Path(f"/proc/{daemon.process.pid}/fd").iterdir():
+        if os.readlink(fd).startswith("/memfd:dispatch-intake-connections"):
+            data = fd.read_bytes()
+            return list(struct.unpack(f"{len(data) // 4}i", data))
+    raise AssertionError("the main process has no counts file")
+
+
+def greeted(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    assert sock.recv(1024).startswith(b"220 ")
+    return sock
 
 
 def accepted_by(daemon: Daemon) -> Counter[str]:
@@ -195,9 +213,20 @@ def test_a_killed_worker_is_restarted_and_its_unannounced_message_delivered(
         daemon.wait_for("all components ready")
         first = worker_pid(daemon, 2)
         plant_committed_message(tmp_path / "spool", "orphan")
+        # Connections that stay, until worker 2 holds one (they are shared out).
+        kept = [greeted(ports.smtp)]
+        while held(daemon)[0] < 1:
+            assert len(kept) < 10, held(daemon)
+            kept.append(greeted(ports.smtp))
+        assert sum(held(daemon)) == len(kept)
         os.kill(first, signal.SIGKILL)
         daemon.wait_for("intake worker 2 ended")
+        # Its count is gone with it: worker 3 alone shares out what comes meanwhile.
+        assert held(daemon)[0] in (-1, 0)  # absent, or its successor already started
+        for sock in kept:
+            sock.close()
         wait_until(lambda: len(worker_pids(daemon)) == 2 and first not in worker_pids(daemon))
+        wait_until(lambda: held(daemon)[0] == 0, what="the restarted worker counted in")
         wait_until(lambda: "orphan" in sink.delivered(), what="the unannounced message")
         daemon.wait_for("committed by a worker that ended, queued")
         for i in range(10):  # and the restarted pair serves as before
