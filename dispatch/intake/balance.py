@@ -9,13 +9,14 @@ machine, bounded intake (docs/intake-cpu.md, round 10).
 
 The main process makes a memory file of one 32-bit slot per worker (``memfd_create(2)``,
 :func:`make_counts_file`) and hands it to every worker it starts. A slot is :data:`ABSENT`
-while its worker is not running: the main process marks it so before it starts the worker
-and again once the worker has ended (:func:`mark_absent`), so neither a worker that died nor
-one still starting is counted. A running worker keeps its number of open connections in its
-slot (:meth:`OpenCounts.hold`) and reads everyone's (:meth:`OpenCounts.fair_share`).
-Nothing is locked: a slot is written by one process at a time, an aligned 32-bit store is
-atomic, and a count read a moment late makes a worker take one connection more or fewer,
-never none for long (the listener's deferral is bounded, ``SmtpListener._accept``).
+while its worker is not running: every slot starts so, and the main process marks a slot so
+again once its worker has ended (:func:`mark_absent`); a worker counts itself in when it
+starts serving. Neither a worker that died nor one still starting is counted. A running
+worker keeps its number of open connections in its slot (:meth:`OpenCounts.hold`) and reads
+everyone's (:meth:`OpenCounts.fair_share`). Nothing is locked: a slot is written by one
+process at a time, an aligned 32-bit store is atomic, and a count read a moment late makes a
+worker take one connection more or fewer, never none for long (the listener's deferral is
+bounded, ``SmtpListener._accept``).
 """
 
 from __future__ import annotations

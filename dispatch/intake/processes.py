@@ -195,7 +195,6 @@ class IntakeWorkers:
         files = await trio.to_thread.run_sync(ensure_certificate, self._settings())
         ours, theirs = socket.socketpair()
         fds = [listener.socket.fileno() for listener in listeners]
-        mark_absent(self._counts_fd, number - 2)  # until the worker counts itself in
         log_format, log_level = logging_options()
         core = worker_core(number) if self._settings().listener.pin_processes else None
         argv = [
