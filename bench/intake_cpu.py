@@ -44,6 +44,7 @@ from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts
 from dispatch.intake.session import IntakeContext
 from dispatch.lifecycle import Shutdown
+from dispatch.logs import bind, configure_logging
 from dispatch.monitoring.stats import Stats
 try:  # as an intake worker: its sessions keep no traces
     from dispatch.monitoring.untraced import UntracedTracer as Tracer
@@ -55,6 +56,8 @@ from dispatch.spool.spool import DEFAULT_MAX_THREADS
 
 port, spool, messages, warm_up = int(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:5])
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # on one core, as a worker runs
+# A worker logs (a `queued` line per message) to its stderr, line-buffered: here to a file.
+configure_logging(stream=open(spool.parent / f"intake-{port}.log", "w", buffering=1))
 settings = attrs.evolve(ListenerSettings(), ports=(Port(port),),
     bind_address=BindAddresses(("127.0.0.1",)), server_name="bench.example.test",
     max_connections=PositiveInt(200), processes=1)
@@ -70,6 +73,7 @@ def on_commit(envelope):
         done.set()
 
 async def main():
+    bind(worker="2")
     context = IntakeContext(
         settings=lambda: settings,
         spool=SpoolEntrance(spool, on_commit, limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS)),

@@ -41,13 +41,48 @@ def test_printable_leaves_ordinary_text_alone() -> None:
     assert printable(text) is text
 
 
+# What configure_logging turns off in every record (the logging HOWTO's "Optimization").
+RECORD_FLAGS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks")
+
+
 @pytest.fixture
-def captured() -> Iterator[io.StringIO]:
+def logging_restored() -> Iterator[None]:
+    """configure_logging changes the process's logging; put it back for the other tests."""
     previous = logging.getLogger().handlers[:], logging.getLogger().level
-    stream = io.StringIO()
-    yield stream
+    flags = {name: getattr(logging, name) for name in RECORD_FLAGS}
+    yield
     logging.getLogger().handlers[:], level = previous
     logging.getLogger().setLevel(level)
+    for name, value in flags.items():
+        setattr(logging, name, value)
+
+
+@pytest.fixture
+def captured(logging_restored: None) -> io.StringIO:
+    return io.StringIO()
+
+
+def test_text_lines_carry_the_utc_second_and_millisecond_of_their_record(
+    captured: io.StringIO,
+) -> None:
+    configure_logging("text", "INFO", captured)
+    log = logging.getLogger("dispatch.test")
+    for created, msecs in (
+        (1_764_000_000.999, 999),
+        (1_764_000_001.001, 1),
+        (1_764_000_000.5, 500),
+    ):
+        record = log.makeRecord("dispatch.test", logging.INFO, "", 0, "tick", (), None)
+        record.created, record.msecs = created, msecs
+        log.handle(record)
+    assert [line[:24] for line in captured.getvalue().splitlines()] == [
+        "2025-11-24T16:00:00.999Z",
+        "2025-11-24T16:00:01.001Z",
+        "2025-11-24T16:00:00.500Z",  # an earlier second again: not the last one's text
+    ]
+    # The record leaves out what no formatter shows: its caller, thread and process.
+    record = log.makeRecord("dispatch.test", logging.INFO, "", 0, "tick", (), None)
+    assert (record.threadName, record.processName, record.process) == (None, None, None)
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -169,21 +204,17 @@ def test_json_lines_carry_the_text_as_message_and_the_spool_id_as_message_id(
 
 
 @pytest.mark.parametrize(("matches", "start"), [(True, "<4>WARNING "), (False, "20")])
+@pytest.mark.usefixtures("logging_restored")
 def test_text_lines_on_the_journal_start_with_their_priority(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, matches: bool, start: str
 ) -> None:
-    previous = logging.getLogger().handlers[:], logging.getLogger().level
     with (tmp_path / "stderr").open("w+") as stderr:
         status = Path(stderr.name).stat()
         inode = status.st_ino if matches else status.st_ino + 1  # another stream: not ours
         monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{inode}")
         monkeypatch.setattr("sys.stderr", stderr)
-        try:
-            configure_logging("text", "INFO")
-            logging.getLogger("dispatch.smtp").warning("port 25 is taken; listening on 2525")
-        finally:
-            logging.getLogger().handlers[:], level = previous
-            logging.getLogger().setLevel(level)
+        configure_logging("text", "INFO")
+        logging.getLogger("dispatch.smtp").warning("port 25 is taken; listening on 2525")
         stderr.seek(0)
         line = stderr.read()
     assert line.startswith(start), line

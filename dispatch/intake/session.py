@@ -4,9 +4,9 @@ Theory of operation: the loop asks the protocol core for the next event and answ
 replies of pipelined commands are collected and written together when the core needs more
 bytes (RFC 2920 §3.2: as few writes as possible). Message data streams from ``DataChunk``
 events into a spool :class:`~dispatch.spool.IncomingMessage`; at the end of the data the
-message is committed (fsynced) and only then is ``250 … queued as <id>`` sent — that commit and
-that reply run shielded from cancellation, so a shutdown never turns an accepted message into
-a ``421``.
+message is committed (fsynced) and only then is ``250 … queued as <id>`` sent — that commit runs
+to its end (the spool's thread hop is never cancelled) and that reply's write is shielded from
+cancellation, so a shutdown never turns an accepted message into a ``421``.
 
 Ownership and stopping: :class:`SmtpSession` owns its
 :class:`~dispatch.intake.transport.SessionTransport` (the stream it is given, the TLS stream
@@ -240,8 +240,8 @@ class SmtpSession:
                 self.context.stats.smtp_replies.add("421")
                 self.trace.event_lines(reply_lines(replies.TOO_MANY_ERRORS), is_error=True)
 
-    async def _flush(self) -> None:
-        await self.transport.flush(self.settings.connection_timeout_seconds)
+    async def _flush(self, *, shield: bool = False) -> None:
+        await self.transport.flush(self.settings.connection_timeout_seconds, shield=shield)
 
     async def say_goodbye(self, reply: Reply) -> None:
         """Send a closing ``421`` if the session is still open, best effort and bounded."""
@@ -431,45 +431,45 @@ class SmtpSession:
 
     async def _commit(self, transaction: MailTransaction, message: IncomingMessage) -> None:
         stats = self.context.stats
-        # Shielded: once the message is durable its 250 must go out, even during shutdown.
-        with trio.CancelScope(shield=True):
-            try:
-                envelope = await message.commit(
-                    mail_from=transaction.mail_from,
-                    recipients=tuple(transaction.recipients),
-                    source="smtp",
-                    peer_ip=self.peer_ip,
-                    auth_identity=self.auth.identity,
-                    mail_dsn=transaction.mail_dsn,
-                    recipient_dsn=transaction.recipient_dsn,
-                )
-            except SpoolWriteError as exc:
-                full = isinstance(exc, SpoolFullError)
-                stats.spool_writes.add("full" if full else "error")
-                log.error("spool write failed: %s", exc)
-                self.transactions.current = None
-                self._reply(replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
-                return
-            stats.spool_writes.add("ok")
-            stats.messages_received.add("smtp")
-            self.messages += 1
-            transaction.message = None  # committed: nothing left to abort
+        # The commit runs to its end whatever happens (the spool's thread hop), and once the
+        # message is durable its 250 must go out, even during shutdown: that flush is shielded.
+        try:
+            envelope = await message.commit(
+                mail_from=transaction.mail_from,
+                recipients=tuple(transaction.recipients),
+                source="smtp",
+                peer_ip=self.peer_ip,
+                auth_identity=self.auth.identity,
+                mail_dsn=transaction.mail_dsn,
+                recipient_dsn=transaction.recipient_dsn,
+            )
+        except SpoolWriteError as exc:
+            full = isinstance(exc, SpoolFullError)
+            stats.spool_writes.add("full" if full else "error")
+            log.error("spool write failed: %s", exc)
             self.transactions.current = None
-            self.context.tracer.message_queued(
-                envelope.id,
-                mail_from=envelope.mail_from,
-                recipients=envelope.recipients,
-                size=envelope.size,
-                parent=self.trace,
-            )
-            log.info(
-                "queued %s: %d recipient(s), %d bytes",
-                envelope.id,
-                len(envelope.recipients),
-                envelope.size,
-            )
-            self._reply(replies.queued(envelope.id))
-            await self._flush()
+            self._reply(replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
+            return
+        stats.spool_writes.add("ok")
+        stats.messages_received.add("smtp")
+        self.messages += 1
+        transaction.message = None  # committed: nothing left to abort
+        self.transactions.current = None
+        self.context.tracer.message_queued(
+            envelope.id,
+            mail_from=envelope.mail_from,
+            recipients=envelope.recipients,
+            size=envelope.size,
+            parent=self.trace,
+        )
+        log.info(
+            "queued %s: %d recipient(s), %d bytes",
+            envelope.id,
+            len(envelope.recipients),
+            envelope.size,
+        )
+        self._reply(replies.queued(envelope.id))
+        await self._flush(shield=True)
         self.context.record(records.received(envelope, subject=transaction.loops.subject))
         if transaction.dkim_copy is not None:  # after the 250: see intake/dkim_verify.py
             copy, transaction.dkim_copy = transaction.dkim_copy, None

@@ -135,9 +135,10 @@ class SessionTransport:
             raise SessionEnded from exc
         return None
 
-    async def flush(self, stuck_after: float) -> None:
+    async def flush(self, stuck_after: float, *, shield: bool = False) -> None:
         """Write what is queued; :class:`SessionEnded` if the peer is gone, or stopped reading
-        (the write took more than ``stuck_after`` seconds).
+        (the write took more than ``stuck_after`` seconds). With ``shield`` a cancellation
+        does not stop the write (``stuck_after`` still does).
 
         A write that a cancellation or the deadline stopped part-way leaves half a reply on
         the wire; every later flush (the ``421`` of a shutdown, say) then raises
@@ -156,7 +157,7 @@ class SessionTransport:
             if not data:
                 return  # no checkpoint: the session reads (and yields) next
         self._torn = True  # until the rest is out
-        with trio.CancelScope(deadline=trio.current_time() + stuck_after) as stuck:
+        with trio.CancelScope(deadline=trio.current_time() + stuck_after, shield=shield) as stuck:
             try:
                 await fd_io.send(self.stream, self._fd, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

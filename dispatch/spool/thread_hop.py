@@ -32,8 +32,11 @@ async def run_to_completion[T](work: Callable[[], T], limiter: trio.CapacityLimi
     """Run ``work()`` in a worker thread once ``limiter`` has room; return what it returns
     or raise what it raises. Never cancelled (module docstring)."""
     holder = object()  # the hop holds the token, not the task (as in trio.to_thread)
-    with trio.CancelScope(shield=True):
-        await limiter.acquire_on_behalf_of(holder)
+    try:  # a free token needs no wait: the task yields below anyway, until the thread is done
+        limiter.acquire_on_behalf_of_nowait(holder)
+    except trio.WouldBlock:
+        with trio.CancelScope(shield=True):
+            await limiter.acquire_on_behalf_of(holder)
     try:
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()

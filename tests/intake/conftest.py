@@ -82,12 +82,13 @@ async def running_smtpd(
     live: dict[str, Any],
     ports: dict[str, int],
     tracer: Tracer | None = None,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> AsyncIterator[Smtpd]:
     """A listener on 127.0.0.1 serving ``ports`` (name → number; the first is ``Smtpd.port``)
     with the listener settings ``live`` (changed by ``Smtpd.configure``), until the block ends.
-    ``tracer``: a fresh :class:`Tracer` unless given."""
+    ``tracer``: a fresh :class:`Tracer` unless given; ``limiter``: the spool's threads."""
     ca, files = tls_files
-    spool = await Spool.open(spool_dir)
+    spool = await Spool.open(spool_dir, limiter=limiter)
     stats = Stats()
     events: list[MessageEvent] = []
     audited: list[AuditEntry] = []

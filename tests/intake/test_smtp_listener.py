@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from dispatch.intake.balance import OpenCounts, make_counts_file
 from dispatch.intake.listener import ACCEPT_BATCH, SmtpListener
 from dispatch.monitoring.stats import CounterMap
+from dispatch.security.certs import CertificateFiles
 from dispatch.security.passwords import hash_password
 from dispatch.spool import MessageState
-from tests.intake.conftest import Smtpd, in_thread
+from tests.conftest import free_port
+from tests.intake.conftest import Smtpd, in_thread, running_smtpd
 from tests.support.waiting import wait_until_async
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n..dot\r\n"
@@ -374,6 +377,39 @@ async def test_shutdown_says_421_and_discards_the_partial_message(smtpd: Smtpd) 
     assert b"queued" not in answer
     assert spooled(smtpd) == []
     assert list((smtpd.root / "tmp").iterdir()) == []
+
+
+async def test_a_message_committed_during_shutdown_still_gets_its_250(
+    spool_dir: Path, tls_files: tuple[trustme.CA, CertificateFiles]
+) -> None:
+    # The commit waits for the spool's only thread while the shutdown cancels the session:
+    # the commit runs to its end once the thread is free, and its 250 goes out before the 421.
+    port, limiter, holder = free_port(), trio.CapacityLimiter(1), object()
+    live = {"connection_timeout_seconds": 10, "ports": [port]}
+    async with running_smtpd(spool_dir, tls_files, live, {"smtp": port}, limiter=limiter) as smtpd:
+        await limiter.acquire_on_behalf_of(holder)
+        sock = await in_thread(lambda: raw(smtpd.port))
+        try:
+            await in_thread(
+                lambda: sock.sendall(
+                    b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+                )
+            )
+            await in_thread(lambda: until_354(sock))
+            await in_thread(lambda: sock.sendall(MESSAGE + b".\r\n"))
+            await wait_until_async(
+                lambda: limiter.statistics().tasks_waiting == 1, what="the commit waits"
+            )
+            smtpd.shutdown.request()
+            await trio.sleep(0.2)  # the session is cancelled while its commit waits
+            limiter.release_on_behalf_of(holder)
+            answer = await in_thread(lambda: read_all(sock))
+        finally:
+            sock.close()
+        replies = answer.splitlines()
+        assert replies[0].startswith(b"250 2.0.0 Ok: queued as spl_"), answer
+        assert replies[-1].startswith(b"421 4.3.2"), answer
+        assert len(spooled(smtpd)) == 1
 
 
 async def test_counters_do_not_carry_addresses(smtpd: Smtpd) -> None:

@@ -16,7 +16,7 @@ from dispatch.spool import (
     SpoolError,
     SpoolWriteError,
 )
-from dispatch.spool.layout import ENVELOPE_XATTR
+from dispatch.spool.layout import ENVELOPE_XATTR, write_all
 from dispatch.spool.testing import commit, placed, tmp_files
 
 
@@ -187,3 +187,12 @@ async def test_concurrent_commits_each_land_whole(spool: Spool) -> None:
     for i, message_id in ids.items():
         assert spool.message_path(message_id).read_bytes() == bodies[i]
     assert spool.counts().incoming == 40
+
+
+def test_write_all_writes_every_chunk_in_order(tmp_path: Path) -> None:
+    # More chunks than one writev(2) takes (IOV_MAX, 1024 on Linux), empty ones among them.
+    chunks = [bytes([i % 251]) * (i % 97) for i in range(2500)]
+    path = tmp_path / "message.eml"
+    with path.open("wb") as file:
+        write_all(file.fileno(), chunks)
+    assert path.read_bytes() == b"".join(chunks)

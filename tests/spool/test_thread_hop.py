@@ -72,3 +72,37 @@ async def test_the_limiter_bounds_the_calls_running_at_once() -> None:
             nursery.start_soon(run_to_completion, work, limiter)
     assert peak == 2
     assert limiter.borrowed_tokens == 0
+
+
+async def test_a_caller_cancelled_before_the_hop_or_while_it_waits_for_a_thread_still_runs_it() -> (
+    None
+):
+    # A free token is taken without a checkpoint, a busy limiter is waited for shielded:
+    # either way the call runs, and the cancellation lands at the caller's next checkpoint.
+    limiter, holder = trio.CapacityLimiter(1), object()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        assert await run_to_completion(lambda: "free token", limiter) == "free token"
+    assert limiter.borrowed_tokens == 0
+
+    results: list[str] = []
+    scopes: list[trio.CancelScope] = []
+
+    async def hop() -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            results.append(await run_to_completion(lambda: "token waited for", limiter))
+            await trio.lowlevel.checkpoint()
+            results.append("not reached")
+
+    await limiter.acquire_on_behalf_of(holder)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hop)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == 1
+        scopes[0].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []  # still waiting for the token, cancelled or not
+        limiter.release_on_behalf_of(holder)
+    assert results == ["token waited for"]
+    assert limiter.borrowed_tokens == 0
