@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.header
 import email.utils
+import functools
 import re
 from typing import Final
 
@@ -46,13 +47,18 @@ def received_header(
     timestamp: float,
 ) -> bytes:
     """One ``Received:`` header line, CRLF-terminated, ready to prepend to the message."""
-    date = email.utils.formatdate(timestamp, localtime=False, usegmt=True)
     line = (
         f"Received: from {_clean(helo)} ([{_clean(peer_ip)}])\r\n"
         f"\tby {_clean(server_name)} (Dispatch) with {protocol} id {message_id};\r\n"
-        f"\t{date}\r\n"
+        f"\t{_rfc5322_date(int(timestamp))}\r\n"
     )
     return line.encode("ascii")
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(seconds: int) -> str:
+    """``Thu, 03 Dec 2026 06:00:00 GMT``: a busy relay stamps many messages in each second."""
+    return email.utils.formatdate(seconds, localtime=False, usegmt=True)
 
 
 def _decode_subject(raw: bytes) -> str:

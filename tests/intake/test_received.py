@@ -33,6 +33,24 @@ def test_received_header_is_a_valid_header_without_recipients() -> None:
     assert "Thu, 01 Jan 1970 00:00:00 GMT" in received
 
 
+def test_received_headers_carry_their_own_second() -> None:
+    def date(timestamp: float) -> bytes:
+        header = received_header(
+            server_name="relay.example",
+            helo="client",
+            peer_ip="127.0.0.1",
+            protocol="ESMTP",
+            message_id="spl_01ABC",
+            timestamp=timestamp,
+        )
+        return header.rsplit(b"\t", 1)[1].rstrip()
+
+    # One second's text is remembered; the next second, and an earlier one again, are not it.
+    assert date(1_764_000_000.2) == date(1_764_000_000.9) == b"Mon, 24 Nov 2025 16:00:00 GMT"
+    assert date(1_764_000_001.0) == b"Mon, 24 Nov 2025 16:00:01 GMT"
+    assert date(1_764_000_000.5) == b"Mon, 24 Nov 2025 16:00:00 GMT"
+
+
 def test_protocol_names_follow_rfc_3848() -> None:
     assert protocol_name(esmtp=False, tls=False, authenticated=False) == "SMTP"
     assert protocol_name(esmtp=True, tls=False, authenticated=False) == "ESMTP"
