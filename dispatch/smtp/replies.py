@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from .errors import RemoteProtocolError
@@ -34,6 +34,7 @@ class Reply:
     code: int
     lines: tuple[str, ...]
     enhanced: str | None = None
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -79,13 +80,18 @@ class Reply:
         return self.code >= 500
 
     def serialise(self) -> bytes:
-        """The wire form: `250-first\\r\\n250 last\\r\\n` (RFC 5321 §4.2.1)."""
-        prefix = f"{self.enhanced} " if self.enhanced else ""
-        last = len(self.lines) - 1
-        return b"".join(
-            f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n".encode()
-            for i, line in enumerate(self.lines)
-        )
+        """The wire form: `250-first\\r\\n250 last\\r\\n` (RFC 5321 §4.2.1); made once per
+        reply, as the standard replies below are sent many times in every session."""
+        wire = self._wire
+        if wire is None:
+            prefix = f"{self.enhanced} " if self.enhanced else ""
+            last = len(self.lines) - 1
+            wire = b"".join(
+                f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n".encode()
+                for i, line in enumerate(self.lines)
+            )
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     def __str__(self) -> str:
         prefix = f" {self.enhanced}" if self.enhanced else ""

@@ -87,3 +87,13 @@ def test_predicates() -> None:
     assert replies.TOO_MANY_RECIPIENTS.is_transient
     assert replies.MESSAGE_TOO_BIG.is_permanent
     assert str(replies.OK) == "250 2.0.0 Ok"
+
+
+def test_the_wire_form_is_made_once_and_is_not_part_of_the_value() -> None:
+    reply = Reply.of(250, "first", "last", enhanced="2.0.0")
+    twin = Reply.of(250, "first", "last", enhanced="2.0.0")
+    wire = reply.serialise()
+    assert wire == b"250-2.0.0 first\r\n250 2.0.0 last\r\n"
+    assert reply.serialise() is wire  # remembered, not made again
+    assert reply == twin and hash(reply) == hash(twin)  # one serialised, the other not
+    assert repr(reply) == repr(twin)
