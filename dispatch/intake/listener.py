@@ -240,9 +240,10 @@ class SmtpListener:
             log.warning("refused connection from %s: max_connections_per_ip reached", peer_ip)
             await self._refuse(stream, "max_connections_per_ip", TOO_MANY_FROM_IP, tls=tls)
             return
-        kind = "implicit TLS" if tls else "plain"
         trace = self.context.tracer.start("smtp.session", f"{peer_ip} → port {local_port}")
-        trace.event(f"connection from {peer_ip} to port {local_port} ({kind})")
+        if trace.recording:  # not in an intake worker (monitoring/untraced.py)
+            kind = "implicit TLS" if tls else "plain"
+            trace.event(f"connection from {peer_ip} to port {local_port} ({kind})")
         self.open_sessions += 1
         self.sessions_by_ip[peer_ip] += 1
         scope = trio.CancelScope()
@@ -264,7 +265,8 @@ class SmtpListener:
         except _HandshakeFailed:
             pass  # already traced
         finally:
-            trace.event(f"closed after {session.messages if session else 0} message(s)")
+            if trace.recording:
+                trace.event(f"closed after {session.messages if session else 0} message(s)")
             trace.finish()
             self._session_scopes.discard(scope)
             self.open_sessions -= 1

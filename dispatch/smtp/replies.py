@@ -8,6 +8,7 @@ it cannot let pass; the application sends them as they are or builds its own `Re
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,8 +267,9 @@ AUTH_CANCELLED: Final = Reply.of(501, "Authentication cancelled", enhanced="5.7.
 AUTH_BAD_BASE64: Final = Reply.of(501, "Cannot decode the response", enhanced="5.5.2")
 
 
+@functools.lru_cache(maxsize=8)
 def greeting(server_name: str) -> Reply:
-    """The 220 banner sent when a client connects (RFC 5321 §4.2, §3.1)."""
+    """The 220 banner sent when a client connects (RFC 5321 §4.2, §3.1); one per name."""
     return Reply.of(220, f"{server_name} ESMTP ready")
 
 
