@@ -15,6 +15,9 @@ import json
 
 import atheris  # type: ignore[import-untyped]
 
+from tests.fuzz._runner import import_sources
+
+import_sources()  # the SMTP core as Python, not its compiled build
 with atheris.instrument_imports(include=["dispatch"]):
     from dispatch.api.compose import compose
     from dispatch.api.problems import ValidationError

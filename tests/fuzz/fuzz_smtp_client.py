@@ -16,6 +16,9 @@ import itertools
 
 import atheris  # type: ignore[import-untyped]
 
+from tests.fuzz._runner import import_sources
+
+import_sources()  # the SMTP core as Python, not its compiled build
 with atheris.instrument_imports(include=["dispatch"]):
     from dispatch.relays.smtp_transaction import remote_id_of
     from dispatch.smtp import NEED_DATA, ClientConnection, RemoteProtocolError

@@ -17,6 +17,9 @@ import itertools
 
 import atheris  # type: ignore[import-untyped]
 
+from tests.fuzz._runner import import_sources
+
+import_sources()  # the SMTP core as Python, not its compiled build
 with atheris.instrument_imports(include=["dispatch"]):
     from dispatch.smtp import Limits
     from dispatch.smtp.events import StartTls
