@@ -182,7 +182,8 @@ def configure_logging(
     _options = (log_format, level)
     # A busy relay logs a line per message it queues: leave out of each record what neither
     # formatter shows — the caller's frame, the thread, process and task names (the logging
-    # HOWTO, "Optimization"). In situ this made the line a tenth cheaper (docs/intake-cpu.md).
+    # HOWTO, "Optimization"); in an intake worker that is most of the line's cost
+    # (docs/intake-cpu.md, round 11).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+

@@ -149,6 +149,10 @@ def dispatch_peer(processes: int = PROCESSES, name: str = "Dispatch") -> Peer:
 
     from dispatch import __version__
     from dispatch.config.settings import RelayCommon, SpoolSettings
+    from dispatch.smtp import server as smtp_core
+
+    # setup.py compiles the SMTP core where a C compiler is at hand: say which one ran.
+    core = "compiled" if str(smtp_core.__file__).endswith(".so") else "as Python"
 
     def start(launcher: Launcher, directory: Path, mode: RelayMode, relay_port: int) -> Server:
         options = DispatchOptions(processes=processes)
@@ -158,7 +162,10 @@ def dispatch_peer(processes: int = PROCESSES, name: str = "Dispatch") -> Peer:
 
     return Peer(
         name=name,
-        tool=Tool("Dispatch", version=f"{__version__} (Python {sys.version.split()[0]})"),
+        tool=Tool(
+            "Dispatch",
+            version=f"{__version__} (Python {sys.version.split()[0]}, SMTP core {core})",
+        ),
         start=start,
         config_note=f"listener.processes = {processes}, otherwise defaults "
         f"({SpoolSettings().worker_count} delivery workers, relay max_inflight "

@@ -54,8 +54,8 @@ ENVELOPE_XATTR: Final = "user.dispatch.envelope"
 MAX_XATTR_ENVELOPE: Final = 3584
 """Longer envelopes go to a ``.json``: ext4 keeps all of a file's attributes in one block."""
 
-IOV_MAX: Final = os.sysconf("SC_IOV_MAX")
-"""How many buffers one ``writev(2)`` takes (1024 on Linux)."""
+IOV_MAX: Final = max(16, os.sysconf("SC_IOV_MAX"))
+"""How many buffers one ``writev(2)`` takes (1024 on Linux; POSIX promises at least 16)."""
 
 # What setxattr raises when the file system cannot keep this envelope as an attribute: no
 # user attributes (ENOTSUP; EPERM on some), or no room left for it (E2BIG, ERANGE, ENOSPC —
