@@ -185,6 +185,9 @@ class Committed:
 
     KIND: ClassVar = "committed"
     envelope: Envelope
+    # The envelope's JSON as the commit wrote it (``on_commit``): sent as it is, not encoded
+    # again. Not part of the message's value (nor a field on the wire); decoded, it is None.
+    encoded: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
     def fields(self) -> dict[str, object]:
         return {"envelope": self.envelope.to_document()}  # nested: one parse for the frame
@@ -262,7 +265,8 @@ TO_WORKER: Final[tuple[type[ToWorker], ...]] = (Start, ListenerChanged, Suppress
 FROM_WORKER: Final[tuple[type[FromWorker], ...]] = (Ready, Committed, Logged, Counters)
 _KINDS: Final[dict[str, type[Message]]] = {cls.KIND: cls for cls in (*TO_WORKER, *FROM_WORKER)}
 _FIELDS: Final[dict[str, frozenset[str]]] = {
-    kind: frozenset(field.name for field in attrs.fields(cls)) for kind, cls in _KINDS.items()
+    kind: frozenset(field.name for field in attrs.fields(cls) if field.eq)  # not: `encoded`
+    for kind, cls in _KINDS.items()
 }
 # A well-formed message's keys: its fields and "kind" (one set comparison per message).
 _KEYS: Final[dict[str, frozenset[str]]] = {
@@ -275,6 +279,8 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
 
 def encode_one(message: Message) -> bytes:
     """``message`` as one JSON object (ASCII)."""
+    if isinstance(message, Committed) and message.encoded is not None:
+        return b'{"kind":"committed","envelope":' + message.encoded + b"}"
     document = {"kind": message.KIND, **message.fields()}
     return json.dumps(document, separators=(",", ":")).encode("ascii")
 

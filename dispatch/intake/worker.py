@@ -206,7 +206,7 @@ def _context(
         settings=settings,
         spool=SpoolEntrance(
             Path(start.spool_directory),
-            lambda envelope: outbox.send_nowait(Committed(envelope)),
+            lambda envelope, encoded: outbox.send_nowait(Committed(envelope, encoded)),
             limiter=trio.CapacityLimiter(DEFAULT_MAX_THREADS),
         ),
         stats=stats,

@@ -149,9 +149,12 @@ class Spool:
             self._layout,
             new_id(),
             limiter=self._limiter,
-            on_commit=self._committed,
+            on_commit=self._written,
             spill_threshold=self._spill_threshold,
         )
+
+    def _written(self, envelope: Envelope, _encoded: bytes) -> None:
+        self._committed(envelope)  # a message begun here: the index is all it needs
 
     def _committed(self, envelope: Envelope) -> None:
         self._index.put(SpoolEntry(INCOMING, envelope))

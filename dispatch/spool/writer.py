@@ -96,6 +96,12 @@ SPILL_THRESHOLD: Final = 1 << 20
 _Phase = Literal["receiving", "busy", "committed", "aborted"]
 
 
+type OnCommit = Callable[[Envelope, bytes], None]
+"""Called with each envelope once its message is durable, and the envelope's JSON as the
+commit wrote it (:meth:`Envelope.to_json`), so that a caller passing it on need not encode it
+again."""
+
+
 class IncomingMessage:
     """One message being received into the spool; owns its buffer and its ``tmp/`` file.
 
@@ -111,7 +117,7 @@ class IncomingMessage:
         message_id: str,
         *,
         limiter: trio.CapacityLimiter,
-        on_commit: Callable[[Envelope], None],
+        on_commit: OnCommit,
         spill_threshold: int = SPILL_THRESHOLD,
     ) -> None:
         self.id: Final = message_id
@@ -189,9 +195,8 @@ class IncomingMessage:
             mail_dsn=mail_dsn,
             recipient_dsn=recipient_dsn or {},
         )
-        work = partial(
-            _commit_sync, self._layout, self.id, self._fd, self._chunks, envelope.to_json()
-        )
+        encoded = envelope.to_json()
+        work = partial(_commit_sync, self._layout, self.id, self._fd, self._chunks, encoded)
         self._phase = "busy"
         try:
             await run_to_completion(work, self._limiter)
@@ -205,7 +210,7 @@ class IncomingMessage:
             self._fd = None  # closed by _commit_sync in every case
             self._chunks = []
         self._phase = "committed"
-        self._on_commit(envelope)
+        self._on_commit(envelope, encoded)
         return envelope
 
     async def abort(self) -> None:
@@ -328,14 +333,15 @@ class SpoolEntrance:
     """Where a process that does not own the spool starts messages: an intake worker.
 
     Writes only into ``tmp/`` and ``incoming/`` exactly as :meth:`Spool.begin` does;
-    ``on_commit`` is called with each committed envelope (the worker announces it to the
-    main process, whose :class:`Spool` indexes it). No background task, nothing to close.
+    ``on_commit`` is called with each committed envelope and its JSON as written (the worker
+    announces it to the main process, whose :class:`Spool` indexes it). No background task,
+    nothing to close.
     """
 
     def __init__(
         self,
         directory: Path,
-        on_commit: Callable[[Envelope], None],
+        on_commit: OnCommit,
         *,
         limiter: trio.CapacityLimiter,
     ) -> None:

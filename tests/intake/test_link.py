@@ -119,6 +119,16 @@ def test_each_kind_round_trips(message: Message) -> None:
     assert decode(payload, receives) == [message]
 
 
+def test_a_committed_envelope_is_sent_as_its_commit_encoded_it() -> None:
+    # The worker hands on the JSON its commit wrote: the same bytes as encoding it anew.
+    written = envelope(recipients=3)
+    handed_on = Committed(written, written.to_json())
+    assert encode_one(handed_on) == encode_one(Committed(written))
+    assert handed_on == Committed(written)  # the bytes are not part of the message
+    (payload,) = encode([handed_on])
+    assert decode(payload, FROM_WORKER) == [Committed(written)]
+
+
 async def test_messages_arrive_whole_and_in_order_then_none_at_the_end() -> None:
     ours, theirs_stream = pair()
     theirs = Link(theirs_stream, (*TO_WORKER, *FROM_WORKER))

@@ -13,7 +13,9 @@ from dispatch.spool.testing import commit
 async def commit_elsewhere(root: Path) -> Envelope:
     """Commit a message as a worker process does: straight to disk, no index."""
     announced: list[Envelope] = []
-    entrance = SpoolEntrance(root, announced.append, limiter=trio.CapacityLimiter(1))
+    entrance = SpoolEntrance(
+        root, lambda envelope, _: announced.append(envelope), limiter=trio.CapacityLimiter(1)
+    )
     async with entrance.begin() as message:
         await message.write(b"Subject: from a worker\r\n\r\nhi\r\n")
         await message.commit(

@@ -155,7 +155,11 @@ async def test_an_envelope_too_long_for_an_attribute_gets_a_json(tmp_path: Path)
 async def test_a_worker_process_one_file_commit_is_adopted_after_it_ended(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path / "spool")
     announced: list[Envelope] = []
-    entrance = SpoolEntrance(spool.directory, announced.append, limiter=trio.CapacityLimiter(2))
+    entrance = SpoolEntrance(
+        spool.directory,
+        lambda envelope, _: announced.append(envelope),
+        limiter=trio.CapacityLimiter(2),
+    )
     async with entrance.begin() as message:
         await message.write(b"from a worker\r\n")
         unannounced = await message.commit(
