@@ -183,7 +183,7 @@ def configure_logging(
     # A busy relay logs a line per message it queues: leave out of each record what neither
     # formatter shows — the caller's frame, the thread, process and task names (the logging
     # HOWTO, "Optimization"); in an intake worker that is most of the line's cost
-    # (docs/intake-cpu.md, round 11).
+    # (docs/intake-cpu.md, round 11). For the whole process: `stack_info=True` shows nothing.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12+

@@ -187,7 +187,15 @@ class Committed:
     envelope: Envelope
     # The envelope's JSON as the commit wrote it (``on_commit``): sent as it is, not encoded
     # again. Not part of the message's value (nor a field on the wire); decoded, it is None.
-    encoded: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    encoded: bytes | None = attrs.field(
+        default=None, eq=False, repr=False, metadata={"wire": False}
+    )
+
+    def as_sent(self) -> bytes | None:
+        """The message as :func:`encode_one` would make it, from the commit's bytes."""
+        if self.encoded is None:
+            return None
+        return b'{"kind":"' + self.KIND.encode() + b'","envelope":' + self.encoded + b"}"
 
     def fields(self) -> dict[str, object]:
         return {"envelope": self.envelope.to_document()}  # nested: one parse for the frame
@@ -265,7 +273,7 @@ TO_WORKER: Final[tuple[type[ToWorker], ...]] = (Start, ListenerChanged, Suppress
 FROM_WORKER: Final[tuple[type[FromWorker], ...]] = (Ready, Committed, Logged, Counters)
 _KINDS: Final[dict[str, type[Message]]] = {cls.KIND: cls for cls in (*TO_WORKER, *FROM_WORKER)}
 _FIELDS: Final[dict[str, frozenset[str]]] = {
-    kind: frozenset(field.name for field in attrs.fields(cls) if field.eq)  # not: `encoded`
+    kind: frozenset(f.name for f in attrs.fields(cls) if f.metadata.get("wire", True))
     for kind, cls in _KINDS.items()
 }
 # A well-formed message's keys: its fields and "kind" (one set comparison per message).
@@ -279,8 +287,8 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
 
 def encode_one(message: Message) -> bytes:
     """``message`` as one JSON object (ASCII)."""
-    if isinstance(message, Committed) and message.encoded is not None:
-        return b'{"kind":"committed","envelope":' + message.encoded + b"}"
+    if isinstance(message, Committed) and (sent := message.as_sent()) is not None:
+        return sent
     document = {"kind": message.KIND, **message.fields()}
     return json.dumps(document, separators=(",", ":")).encode("ascii")
 

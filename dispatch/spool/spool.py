@@ -149,14 +149,11 @@ class Spool:
             self._layout,
             new_id(),
             limiter=self._limiter,
-            on_commit=self._written,
+            on_commit=self._committed,
             spill_threshold=self._spill_threshold,
         )
 
-    def _written(self, envelope: Envelope, _encoded: bytes) -> None:
-        self._committed(envelope)  # a message begun here: the index is all it needs
-
-    def _committed(self, envelope: Envelope) -> None:
+    def _committed(self, envelope: Envelope, _encoded: bytes = b"") -> None:
         self._index.put(SpoolEntry(INCOMING, envelope))
         self._notify_due()
 

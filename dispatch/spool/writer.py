@@ -174,7 +174,10 @@ class IncomingMessage:
         """Write the message and its envelope durably into ``incoming/``; return the envelope.
 
         When this returns, the message survives a crash or power loss and may be
-        acknowledged. The envelope starts with no attempts and is due at once. Invalid
+        acknowledged. Its only wait is the thread hop, which runs to its end whatever
+        happens, and nothing before or after it is a checkpoint: a cancelled caller (an SMTP
+        session at shutdown) gets the envelope and says ``250`` before the cancellation
+        lands. Keep it so. The envelope starts with no attempts and is due at once. Invalid
         fields raise :class:`ValueError` before anything is written (the message stays
         open and can still be aborted).
         """

@@ -16,7 +16,7 @@ import itertools
 
 import atheris  # type: ignore[import-untyped]
 
-from tests.fuzz._runner import import_sources
+from tests.support.sources import import_sources
 
 import_sources()  # the SMTP core as Python, not its compiled build
 with atheris.instrument_imports(include=["dispatch"]):

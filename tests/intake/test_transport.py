@@ -144,3 +144,29 @@ async def test_nothing_is_written_after_half_a_reply(
         await transport.stream.aclose()
     assert received
     assert set(received) == {ord("x")}
+
+
+async def test_a_shielded_write_finishes_in_a_cancelled_session(
+    pair: tuple[SessionTransport, trio.SocketStream],
+) -> None:
+    """The 250 of a durable message is written shielded: a shutdown that cancels the session
+    while the write waits for the peer does not stop it (only ``stuck_after`` would)."""
+    transport, client = pair
+    reply = b"250 " + b"x" * (8 << 20) + b"\r\n"  # more than the sockets take at once
+    received = bytearray()
+
+    async def drain() -> None:
+        while len(received) < len(reply):
+            received.extend(await client.receive_some(RECEIVE_BYTES))
+
+    written = False
+    with trio.move_on_after(10):  # unshielded, the drain would wait for the rest forever
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.CancelScope() as session:
+                session.cancel()  # the shutdown, before the write
+                transport.queue(reply)
+                await transport.flush(30, shield=True)
+                written = True
+    assert written
+    assert bytes(received) == reply

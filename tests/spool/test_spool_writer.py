@@ -189,6 +189,25 @@ async def test_concurrent_commits_each_land_whole(spool: Spool) -> None:
     assert spool.counts().incoming == 40
 
 
+def test_write_all_carries_on_after_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # writev(2) may take less than it is given (a signal, a full disk's last blocks): each
+    # call here hands the real one at most 7 bytes, so writes stop inside chunks, at their
+    # ends, and across empty ones.
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: list[bytes | memoryview]) -> int:
+        return real_writev(fd, [b"".join(bytes(buffer) for buffer in buffers)[:7]])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    chunks = [b"Received: x\r\n", b"", b"abc", b"0123456789" * 5, b"", b"."]
+    path = tmp_path / "message.eml"
+    with path.open("wb") as file:
+        write_all(file.fileno(), chunks)
+    assert path.read_bytes() == b"".join(chunks)
+
+
 def test_write_all_writes_every_chunk_in_order(tmp_path: Path) -> None:
     # More chunks than one writev(2) takes (IOV_MAX, 1024 on Linux), empty ones among them.
     chunks = [bytes([i % 251]) * (i % 97) for i in range(2500)]

@@ -10,6 +10,8 @@
 - :mod:`tests.support.postgres`: a real PostgreSQL 15 for the session (``postgres_cluster``,
   started as the ``postgres`` user on a free loopback port) and a fresh database per test
   (``postgres_url``); loaded as a plugin, so any test may ask for them.
+- :mod:`tests.support.sources`: ``import_sources()``, Dispatch imported from its ``.py`` files
+  rather than the SMTP core's compiled build (the fuzz targets, the core's run as Python).
 
 The real ``python -m dispatch`` subprocess and free ports stay in ``tests/conftest.py``.
 """
