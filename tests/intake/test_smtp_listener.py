@@ -49,6 +49,14 @@ def until_354(sock: socket.socket) -> bytes:
     return data
 
 
+def at_data(port: int) -> socket.socket:
+    """A connection whose transaction has been given its 354: the message's bytes go next."""
+    sock = raw(port)
+    sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    until_354(sock)
+    return sock
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection."""
     data = b""
@@ -226,9 +234,7 @@ async def test_recipient_limit(smtpd: Smtpd) -> None:
 @pytest.mark.parametrize("ending", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r"])
 async def test_smtp_smuggling_is_refused_and_closed(smtpd: Smtpd, ending: bytes) -> None:
     def smuggle() -> bytes:
-        with raw(smtpd.port) as sock:
-            sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
-            until_354(sock)
+        with at_data(smtpd.port) as sock:
             sock.sendall(
                 b"Subject: one\r\n\r\nfirst" + ending + b"MAIL FROM:<evil@x.test>\r\n"
                 b"RCPT TO:<victim@y.test>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n"
@@ -359,14 +365,8 @@ async def test_bdat_chunks_make_one_message(smtpd: Smtpd) -> None:
 
 
 async def test_shutdown_says_421_and_discards_the_partial_message(smtpd: Smtpd) -> None:
-    sock = await in_thread(lambda: raw(smtpd.port))
+    sock = await in_thread(lambda: at_data(smtpd.port))
     try:
-        await in_thread(
-            lambda: sock.sendall(
-                b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
-            )
-        )
-        await in_thread(lambda: until_354(sock))
         await in_thread(lambda: sock.sendall(b"Subject: half"))
         await trio.sleep(0.2)  # the DATA is being received
         smtpd.shutdown.request()
@@ -388,14 +388,8 @@ async def test_a_message_committed_during_shutdown_still_gets_its_250(
     live = {"connection_timeout_seconds": 10, "ports": [port]}
     async with running_smtpd(spool_dir, tls_files, live, {"smtp": port}, limiter=limiter) as smtpd:
         await limiter.acquire_on_behalf_of(holder)
-        sock = await in_thread(lambda: raw(smtpd.port))
+        sock = await in_thread(lambda: at_data(smtpd.port))
         try:
-            await in_thread(
-                lambda: sock.sendall(
-                    b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
-                )
-            )
-            await in_thread(lambda: until_354(sock))
             await in_thread(lambda: sock.sendall(MESSAGE + b".\r\n"))
             await wait_until_async(
                 lambda: limiter.statistics().tasks_waiting == 1, what="the commit waits"
