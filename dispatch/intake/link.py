@@ -181,7 +181,14 @@ class Ready:
 
 @attrs.frozen
 class Committed:
-    """worker → main: this envelope is in ``incoming/`` (its ``250`` may already be out)."""
+    """worker → main: this envelope is in ``incoming/`` (its ``250`` may already be out).
+
+    ``received``: the message's ``received`` event travels in this message (the session's
+    ``IntakeContext.received``); the main process records it from the envelope and
+    ``subject`` (:func:`dispatch.intake.records.received`), so the worker need not send, nor
+    the main process decode, the event's two dozen fields apart. False: it comes as
+    :class:`Logged`, or not at all.
+    """
 
     KIND: ClassVar = "committed"
     envelope: Envelope
@@ -190,19 +197,37 @@ class Committed:
     encoded: bytes | None = attrs.field(
         default=None, eq=False, repr=False, metadata={"wire": False}
     )
+    received: bool = False
+    subject: str | None = None
 
     def as_sent(self) -> bytes | None:
         """The message as :func:`encode_one` would make it, from the commit's bytes."""
         if self.encoded is None:
             return None
-        return b'{"kind":"' + self.KIND.encode() + b'","envelope":' + self.encoded + b"}"
+        received = b"true" if self.received else b"false"
+        subject = json.dumps(self.subject).encode("ascii")
+        return b'{"kind":"committed","envelope":%b,"received":%b,"subject":%b}' % (
+            self.encoded,
+            received,
+            subject,
+        )
 
     def fields(self) -> dict[str, object]:
-        return {"envelope": self.envelope.to_document()}  # nested: one parse for the frame
+        return {
+            "envelope": self.envelope.to_document(),  # nested: one parse for the frame
+            "received": self.received,
+            "subject": self.subject,
+        }
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Self:
-        return cls(Envelope.from_document(fields["envelope"]))
+        received = fields["received"]
+        if not isinstance(received, bool):
+            raise TypeError(f"received: expected true or false, got {received!r:.100}")
+        subject = fields["subject"]
+        if subject is not None:
+            subject = _text(subject, "subject")
+        return cls(Envelope.from_document(fields["envelope"]), None, received, subject)
 
 
 @attrs.frozen

@@ -42,6 +42,7 @@ from typing import Final, assert_never
 import trio
 
 from dispatch.config.settings import Settings
+from dispatch.intake import records
 from dispatch.intake.balance import make_counts_file, mark_absent
 from dispatch.intake.link import (
     FROM_WORKER,
@@ -262,8 +263,10 @@ class IntakeWorkers:
 
     def _apply(self, message: FromWorker, state: _LinkState) -> None:
         match message:
-            case Committed(envelope):
+            case Committed(envelope, received=received, subject=subject):
                 self._spool.adopt(envelope)
+                if received:
+                    self._record(records.received(envelope, subject=subject))
             case Logged(event):
                 if isinstance(event, AuditEntry):
                     self._audit(event)

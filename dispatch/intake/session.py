@@ -69,7 +69,7 @@ from dispatch.smtp.events import (
     Vrfy,
     WrongProtocol,
 )
-from dispatch.spool import IncomingMessage, SpoolFullError, SpoolWriteError
+from dispatch.spool import Envelope, IncomingMessage, SpoolFullError, SpoolWriteError
 from dispatch.storage.records import AuditEntry, MessageEvent
 
 log = logging.getLogger("dispatch.smtp")
@@ -92,6 +92,10 @@ class IntakeContext:
     # The reply refusing a recipient at RCPT (a suppressed address, intake/suppression.py),
     # None to accept it. Answers from memory; an intake worker process has none (accepts).
     refuse_recipient: Callable[[str], Awaitable[Reply | None]] | None = None
+    # A message committed: its ``received`` event and subject, called at once after the
+    # commit's ``on_commit`` (no checkpoint between). None: recorded as any other event. An
+    # intake worker sends the event inside its announcement of the commit (intake/worker.py).
+    received: Callable[[Envelope, str | None], None] | None = None
 
 
 class SmtpSession:
@@ -455,6 +459,11 @@ class SmtpSession:
         self.messages += 1
         transaction.message = None  # committed: nothing left to abort
         self.transactions.current = None
+        subject = transaction.loops.subject
+        if self.context.received is not None:
+            self.context.received(envelope, subject)
+        else:
+            self.context.record(records.received(envelope, subject=subject))
         self.context.tracer.message_queued(
             envelope.id,
             mail_from=envelope.mail_from,
@@ -470,7 +479,6 @@ class SmtpSession:
         )
         self._reply(replies.queued(envelope.id))
         await self._flush(shield=True)
-        self.context.record(records.received(envelope, subject=transaction.loops.subject))
         if transaction.dkim_copy is not None:  # after the 250: see intake/dkim_verify.py
             copy, transaction.dkim_copy = transaction.dkim_copy, None
             await verify_received(copy, self.settings, self.context.stats, envelope.id)

@@ -27,10 +27,11 @@ certificate files — and :class:`~dispatch.intake.link.ListenerChanged` wheneve
 changes ``listener.*`` (the main process pushes it at once; the next connection sees it),
 and :class:`~dispatch.intake.link.SuppressionChanged` with the addresses its sessions refuse at
 RCPT (``intake/suppression.py``). It sends ``Ready``, ``Committed`` for each envelope it wrote
-(the main process indexes it for delivery), ``Logged`` for each message-log event (the main
-process writes the log) and, every second, ``Counters`` (merged into the main process's
-``/metrics`` and ``/debug/vars``). It is never handed what it does not need: no relay
-credentials, no database URL.
+(the main process indexes it for delivery, and records the message's ``received`` event that
+rides in it), ``Logged`` for each other message-log event (the main process writes the log)
+and, every second, ``Counters`` (merged into the main process's ``/metrics`` and
+``/debug/vars``). It is never handed what it does not need: no relay credentials, no
+database URL.
 
 Starting and stopping: ready once ``Start`` arrived and the TLS context is loaded. SIGTERM or
 SIGINT, or the link closing or breaking (the main process is gone, or sent something that is
@@ -49,7 +50,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -57,6 +58,7 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
+from dispatch.intake import records
 from dispatch.intake.balance import OpenCounts
 from dispatch.intake.link import (
     TO_WORKER,
@@ -83,7 +85,7 @@ from dispatch.monitoring.untraced import UntracedTracer
 from dispatch.security.certs import server_context
 from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
-from dispatch.spool import SpoolEntrance
+from dispatch.spool import Envelope, SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
 
 log = logging.getLogger("dispatch.smtp")
@@ -128,7 +130,7 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int], counts_fd
     link = Link(socket_stream, TO_WORKER)
     start = await _receive_start(link)
     listener_settings = start.listener
-    outbox_send, outbox = trio.open_memory_channel[FromWorker](math.inf)
+    outbox_send, outbox = trio.open_memory_channel[Queued](math.inf)
     stats = Stats()
     share_among(listener_settings.processes)  # password checks: this process's share
     tls = await trio.to_thread.run_sync(server_context, start.certificate)
@@ -182,7 +184,7 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int], counts_fd
     await link.aclose()
 
 
-async def _ship_stats(stats: Stats, outbox: trio.MemorySendChannel[FromWorker]) -> None:
+async def _ship_stats(stats: Stats, outbox: trio.MemorySendChannel[Queued]) -> None:
     while True:
         await trio.sleep(STATS_INTERVAL)
         outbox.send_nowait(Counters(stats.take()))
@@ -199,7 +201,7 @@ def _context(
     settings: Callable[[], ListenerSettings],
     tls: ssl.SSLContext,
     stats: Stats,
-    outbox: trio.MemorySendChannel[FromWorker],
+    outbox: trio.MemorySendChannel[Queued],
 ) -> IntakeContext:
     """What this process's sessions share; what they commit and log goes to the outbox."""
     return IntakeContext(
@@ -215,6 +217,7 @@ def _context(
         record=lambda event: outbox.send_nowait(Logged(event)),
         tracer=UntracedTracer(),  # no page shows a worker's traces
         audit=lambda entry: outbox.send_nowait(Logged(entry)),
+        received=lambda envelope, subject: outbox.send_nowait(Received(envelope, subject)),
     )
 
 
@@ -229,7 +232,39 @@ async def _receive_start(link: Link[ToWorker]) -> Start:
             raise RuntimeError(f"intake worker: expected one 'start' message first, got {other!r}")
 
 
-async def _forward(outbox: trio.MemoryReceiveChannel[FromWorker], link: Link[ToWorker]) -> None:
+@attrs.frozen
+class Received:
+    """A session's ``received`` event (``IntakeContext.received``), queued right after the
+    :class:`Committed` of its message, which carries it over the link (:func:`fold`)."""
+
+    envelope: Envelope
+    subject: str | None
+
+
+type Queued = FromWorker | Received
+
+
+def fold(batch: Iterable[Queued]) -> list[FromWorker]:
+    """``batch`` as link messages: each :class:`Received` rides in the :class:`Committed` just
+    before it. A session queues the two with no checkpoint between, so they are always sent
+    together; one that does not follow its commit goes as a :class:`Logged` event."""
+    messages: list[FromWorker] = []
+    for item in batch:
+        if not isinstance(item, Received):
+            messages.append(item)
+        elif (
+            messages
+            and isinstance(last := messages[-1], Committed)
+            and last.envelope is item.envelope
+            and not last.received
+        ):
+            messages[-1] = Committed(last.envelope, last.encoded, True, item.subject)
+        else:
+            messages.append(Logged(records.received(item.envelope, subject=item.subject)))
+    return messages
+
+
+async def _forward(outbox: trio.MemoryReceiveChannel[Queued], link: Link[ToWorker]) -> None:
     """The only sender on the link: never cancelled half-way through a frame.
 
     Sends whatever has queued up as one frame (a list): under load one write carries the
@@ -237,13 +272,13 @@ async def _forward(outbox: trio.MemoryReceiveChannel[FromWorker], link: Link[ToW
     """
     async with outbox:
         async for message in outbox:
-            batch: list[FromWorker] = [message]
+            batch: list[Queued] = [message]
             while True:
                 try:
                     batch.append(outbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             try:
-                await link.send(batch)
+                await link.send(fold(batch))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the main process has gone; start-up will find the messages

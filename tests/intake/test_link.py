@@ -100,6 +100,7 @@ EVERY_KIND: list[Message] = [
     SuppressionChanged(()),
     Ready(),
     Committed(envelope()),
+    Committed(envelope(), received=True, subject="Hi \udce9"),  # its received event inside
     Logged(MessageEvent(message_id="m1", event="received", source="smtp", subject="Hi \udce9")),
     counters(),
 ]
@@ -119,14 +120,19 @@ def test_each_kind_round_trips(message: Message) -> None:
     assert decode(payload, receives) == [message]
 
 
-def test_a_committed_envelope_is_sent_as_its_commit_encoded_it() -> None:
+@pytest.mark.parametrize(("received", "subject"), [(False, None), (True, None), (True, "é \udce9")])
+def test_a_committed_envelope_is_sent_as_its_commit_encoded_it(
+    received: bool, subject: str | None
+) -> None:
     # The worker hands on the JSON its commit wrote: the same bytes as encoding it anew.
     written = envelope(recipients=3)
-    handed_on = Committed(written, written.to_json())
-    assert encode_one(handed_on) == encode_one(Committed(written))
-    assert handed_on == Committed(written)  # the bytes are not part of the message
+    handed_on = Committed(written, written.to_json(), received, subject)
+    anew = Committed(written, None, received, subject)
+    assert encode_one(handed_on) == encode_one(anew)
+    assert handed_on == anew  # the bytes are not part of the message
     (payload,) = encode([handed_on])
-    assert decode(payload, FROM_WORKER) == [Committed(written)]
+    assert payload.isascii()
+    assert decode(payload, FROM_WORKER) == [anew]
 
 
 async def test_messages_arrive_whole_and_in_order_then_none_at_the_end() -> None:
@@ -197,13 +203,23 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "unknown field\\(s\\) priority",
     ),
     (
+        "received not a boolean",
+        frame_of({**committed_document(), "received": 1}),
+        "malformed 'committed' message: received: expected true or false, got 1",
+    ),
+    (
+        "subject not text",
+        frame_of({**committed_document(), "received": True, "subject": ["Hi"]}),
+        "malformed 'committed' message: subject: expected a string, got list",
+    ),
+    (
         "envelope not an object",
-        frame_of({"kind": "committed", "envelope": '{"v": 1}'}),
+        frame_of({**committed_document(), "envelope": '{"v": 1}'}),
         "malformed 'committed' message: invalid envelope: top level is not an object",
     ),
     (
         "corrupt envelope",
-        frame_of({"kind": "committed", "envelope": {"v": 1, "id": "x"}}),
+        frame_of({**committed_document(), "envelope": {"v": 1, "id": "x"}}),
         "malformed 'committed' message: invalid envelope",
     ),
     (

@@ -18,7 +18,7 @@ import trustme
 
 from dispatch.config.settings import ListenerSettings
 from dispatch.intake import worker
-from dispatch.intake.link import FromWorker, Start
+from dispatch.intake.link import Start
 from dispatch.intake.session import MAX_ERROR_REPLIES
 from dispatch.monitoring.stats import Stats
 from dispatch.monitoring.traces import Tracer
@@ -82,7 +82,7 @@ def test_a_worker_gives_its_sessions_an_untraced_tracer(tmp_path: Path) -> None:
     start = Start(
         ListenerSettings(), str(tmp_path / "spool"), CertificateFiles(tmp_path, tmp_path, True)
     )
-    outbox, _ = trio.open_memory_channel[FromWorker](1)
+    outbox, _ = trio.open_memory_channel[worker.Queued](1)
     context = worker._context(
         start, lambda: start.listener, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), Stats(), outbox
     )
