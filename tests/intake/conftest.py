@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -146,3 +147,27 @@ Blocking = Callable[[], Any]
 async def in_thread(fn: Blocking) -> Any:
     """Run a blocking smtplib conversation without blocking the listener's event loop."""
     return await trio.to_thread.run_sync(fn)
+
+
+def raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.recv(1024)  # the greeting
+    return sock
+
+
+def until_354(sock: socket.socket) -> bytes:
+    """The replies up to the 354 to DATA (a client must wait for it, RFC 2920 §3.1)."""
+    data = b""
+    while b"354 " not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def at_data(port: int) -> socket.socket:
+    """A connection whose transaction has been given its 354: the message's bytes go next."""
+    sock = raw(port)
+    sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    until_354(sock)
+    return sock

@@ -22,7 +22,7 @@ from dispatch.security.certs import CertificateFiles
 from dispatch.security.passwords import hash_password
 from dispatch.spool import MessageState
 from tests.conftest import free_port
-from tests.intake.conftest import Smtpd, in_thread, running_smtpd
+from tests.intake.conftest import Smtpd, at_data, in_thread, raw, running_smtpd
 from tests.support.waiting import wait_until_async
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n..dot\r\n"
@@ -31,30 +31,6 @@ USER, PASSWORD = "app", "correct horse battery staple"
 
 def spooled(smtpd: Smtpd) -> list[bytes]:
     return [smtpd.spool.message_path(e.id).read_bytes() for e in smtpd.spool.entries()]
-
-
-def raw(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.recv(1024)  # the greeting
-    return sock
-
-
-def until_354(sock: socket.socket) -> bytes:
-    """The replies up to the 354 to DATA (a client must wait for it, RFC 2920 §3.1)."""
-    data = b""
-    while b"354 " not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    return data
-
-
-def at_data(port: int) -> socket.socket:
-    """A connection whose transaction has been given its 354: the message's bytes go next."""
-    sock = raw(port)
-    sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
-    until_354(sock)
-    return sock
 
 
 def read_all(sock: socket.socket) -> bytes:
