@@ -50,12 +50,16 @@ class PathError(Exception):
         self.path_too_long = path_too_long
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Path:
     """A parsed reverse- or forward-path: `mailbox` is "" for the null path `<>`."""
 
     mailbox: str
     end: int  # index just past the closing ">" in the argument
+
+    def __init__(self, mailbox: str, end: int) -> None:
+        object.__setattr__(self, "mailbox", mailbox)  # see events.py, "Made per command"
+        object.__setattr__(self, "end", end)
 
 
 def parse_path(text: str, start: int, *, allow_null: bool, allow_postmaster: bool) -> Path:

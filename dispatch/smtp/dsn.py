@@ -81,15 +81,19 @@ def xtext_encode(text: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MailDsn:
     """RET and ENVID of one MAIL command (``None``: not given)."""
 
-    ret: Ret | None = None
-    envid: str | None = None  # decoded from xtext
+    ret: Ret | None
+    envid: str | None  # decoded from xtext
+
+    def __init__(self, ret: Ret | None = None, envid: str | None = None) -> None:
+        object.__setattr__(self, "ret", ret)  # see events.py, "Made per command"
+        object.__setattr__(self, "envid", envid)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RcptDsn:
     """NOTIFY and ORCPT of one RCPT command (``None``: not given).
 
@@ -99,8 +103,12 @@ class RcptDsn:
     decoded from xtext.
     """
 
-    notify: tuple[str, ...] | None = None
-    orcpt: str | None = None
+    notify: tuple[str, ...] | None
+    orcpt: str | None
+
+    def __init__(self, notify: tuple[str, ...] | None = None, orcpt: str | None = None) -> None:
+        object.__setattr__(self, "notify", notify)  # see events.py, "Made per command"
+        object.__setattr__(self, "orcpt", orcpt)
 
     def wants(self, kind: Literal["SUCCESS", "FAILURE", "DELAY"]) -> bool:
         """Does this recipient's sender want a notification of ``kind``?"""

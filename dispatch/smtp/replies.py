@@ -25,7 +25,7 @@ _BAD_TEXT: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _REPLY_LINE: Final = re.compile(rb"([2-5][0-5][0-9])(?:([ -])(.*))?\r\n", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Reply:
     """One SMTP reply: a code, one or more text lines and an optional enhanced status code.
 
@@ -34,21 +34,26 @@ class Reply:
 
     code: int
     lines: tuple[str, ...]
-    enhanced: str | None = None
-    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    enhanced: str | None
+    _wire: bytes | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if not 200 <= self.code <= 599:
-            raise ValueError(f"SMTP reply codes run from 200 to 599, not {self.code}")
-        if not self.lines:
+    def __init__(self, code: int, lines: tuple[str, ...], enhanced: str | None = None) -> None:
+        if not 200 <= code <= 599:
+            raise ValueError(f"SMTP reply codes run from 200 to 599, not {code}")
+        if not lines:
             raise ValueError("a reply needs at least one line (it may be empty)")
-        for line in self.lines:
+        for line in lines:
             if _BAD_TEXT.search(line):
                 raise ValueError(f"control character in reply text {line!r}")
-        if self.enhanced is not None:
-            match = _ENHANCED.fullmatch(self.enhanced)
-            if match is None or match.group(1) != str(self.code)[0]:
-                raise ValueError(f"enhanced code {self.enhanced!r} does not fit reply {self.code}")
+        if enhanced is not None:
+            match = _ENHANCED.fullmatch(enhanced)
+            if match is None or match.group(1) != str(code)[0]:
+                raise ValueError(f"enhanced code {enhanced!r} does not fit reply {code}")
+        # Written out, as events.py says under "Made per command".
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "enhanced", enhanced)
+        object.__setattr__(self, "_wire", None)
 
     @classmethod
     def of(cls, code: int, *lines: str, enhanced: str | None = None) -> Reply:
@@ -99,13 +104,18 @@ class Reply:
         return f"{self.code}{prefix} {' / '.join(self.lines)}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ReplyLine:
     """One line of a reply as received: its code, whether it is the last line, its text."""
 
     code: int
     final: bool
     text: str
+
+    def __init__(self, code: int, final: bool, text: str) -> None:
+        object.__setattr__(self, "code", code)  # see events.py, "Made per command"
+        object.__setattr__(self, "final", final)
+        object.__setattr__(self, "text", text)
 
 
 def parse_reply_line(line: bytes) -> ReplyLine:

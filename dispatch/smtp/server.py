@@ -68,7 +68,7 @@ __all__ = ["ServerConnection"]
 _CLOSING_CODES: Final = frozenset({421, 521})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class _Owed:
     """One entry of the FIFO of replies owed: what it answers and in which state."""
 
@@ -76,6 +76,12 @@ class _Owed:
     state: State
     event: Event | None
     blocks: bool
+
+    def __init__(self, step: Step, state: State, event: Event | None, blocks: bool) -> None:
+        object.__setattr__(self, "step", step)  # written out: see events.py, "Made per command"
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "blocks", blocks)
 
 
 class ServerConnection:
