@@ -174,18 +174,27 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy stacks go here")
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where the rounds' spools go; see python -m bench.intake_cpu --help",
+    )
     args = parser.parse_args()
     figures = {spec: TreeFigures() for spec in args.trees}
+    # Deleted only after the last round, as bench.intake_cpu's: on ext4 without a journal a
+    # round after a deletion nearby pays for it in system time (docs/intake-cpu.md, round 9).
+    scratches = tempfile.TemporaryDirectory(prefix="health-ab-", dir=args.scratch)
     for number in range(args.rounds):
         for spec in args.trees if number % 2 == 0 else args.trees[::-1]:
             tree, _, count = spec.partition("::")
             processes = int(count) if count else 2
             label = f"{Path(tree).name}-{processes}"
-            with tempfile.TemporaryDirectory(prefix="health-ab-") as scratch:
-                profile = args.profile if number == 0 else None
-                health, new, new_cpu, reused, reused_cpu = one_round(
-                    Path(tree), processes, args.messages, Path(scratch), profile, label
-                )
+            scratch = Path(tempfile.mkdtemp(dir=scratches.name))
+            profile = args.profile if number == 0 else None
+            health, new, new_cpu, reused, reused_cpu = one_round(
+                Path(tree), processes, args.messages, scratch, profile, label
+            )
             row = figures[spec]
             row.health_p50.append(health.p(0.5) * 1000)
             row.health_p99.append(health.p(0.99) * 1000)
@@ -214,6 +223,7 @@ def main() -> int:
             f"{_median(row.new_cpu)} CPU ms/msg; reused {_median(row.reused_rate)} msgs/s, "
             f"{_median(row.reused_cpu)} CPU ms/msg"
         )
+    scratches.cleanup()
     return 0
 
 

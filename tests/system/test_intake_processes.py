@@ -120,11 +120,14 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
         wait_until(lambda: len(sink.delivered()) == MESSAGES, what="every message delivered")
         assert set(sink.delivered()) == set(tokens)
         # The workers yield a contended core to the main process (intake/worker.py) in every
-        # thread, their commit threads included by now: Linux's nice is per thread.
+        # thread, their commit threads included by now: Linux's nice and policy are per
+        # thread.
         main_nice = os.getpriority(os.PRIO_PROCESS, daemon.process.pid)
         for pid in worker_pids(daemon):
             threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
             assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {main_nice + NICENESS}
+            assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+        assert os.sched_getscheduler(daemon.process.pid) == os.SCHED_OTHER
         # listener.pin_processes (default): each worker, every thread, on a core of its own,
         # chosen round robin over the daemon's cores; the main process is not pinned.
         daemon_cores = sorted(os.sched_getaffinity(daemon.process.pid))
