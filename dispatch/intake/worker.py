@@ -15,7 +15,8 @@ then says ``250``; the promise of SPEC §5 does not depend on which process took
 connection. It runs :data:`NICENESS` nicer than the main process, which keeps the ops port
 responsive when intake fills every core, and with ``listener.pin_processes`` on one core of
 its own (:func:`pin_to_core`), so that its commits' hand-offs to their writer threads stay on
-that core.
+that core. While it keeps that core busy it runs as a batch process
+(``intake/batch_policy.py``).
 
 Its sessions keep no traces (``monitoring/untraced.py``): it serves no monitoring page that
 could show them; the main process traces each message it queued from its first delivery
@@ -60,6 +61,7 @@ import trio
 from dispatch.config.settings import ListenerSettings
 from dispatch.intake import records
 from dispatch.intake.balance import OpenCounts
+from dispatch.intake.batch_policy import follow_load
 from dispatch.intake.link import (
     TO_WORKER,
     Committed,
@@ -105,23 +107,9 @@ nobody else wants is still the worker's whole.
 
 
 def yield_to_main_process() -> None:
-    """Lower this process's priority by :data:`NICENESS` and make it a batch process.
-    Linux applies both to the calling thread and the threads it starts later, so call it
-    before the first one.
-
-    ``SCHED_BATCH`` (sched(7)) is the normal policy, same nice, for a thread the scheduler
-    may take as CPU-bound: waking up, it does not preempt what runs on its core, so the
-    main process and the other workers' tasks keep their slices, and the worker then handles
-    every event that arrived meanwhile in one go. A core nobody else wants still runs it at
-    once. Measured with ``bench.health_ab`` (4 alternated rounds): intake 1,388 → 1,477
-    msgs/s with a new connection per message and 2,282 → 2,500 with connections reused,
-    ``/health`` p99 under full intake 32.9 → 22.9 ms (docs/intake-cpu.md, round 12). Where
-    the policy cannot be set, the worker runs with the normal one and says so."""
+    """Lower this process's priority by :data:`NICENESS`. Linux applies it to the calling
+    thread and the threads it starts later, so call it before the first one."""
     os.nice(NICENESS)
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError as exc:
-        log.warning("intake worker not made a batch process (%s): it runs as a normal one", exc)
 
 
 def pin_to_core(core: int) -> None:
@@ -189,6 +177,7 @@ async def run_worker(number: int, link_fd: int, listen_fds: list[int], counts_fd
             helpers.start_soon(take_settings)
             helpers.start_soon(_ship_stats, stats, outbox_send)
             helpers.start_soon(_stop_on_signal, shutdown)
+            helpers.start_soon(follow_load)  # a batch process while it fills its core
             freeze_start_up_objects()
             outbox_send.send_nowait(Ready())
             await listener.serve(listeners, shutdown)

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -99,6 +100,12 @@ def greeted(port: int) -> socket.socket:
     return sock
 
 
+def normal_process(pid: int) -> bool:
+    """Whether every thread of process ``pid`` runs under the normal policy."""
+    threads = os.listdir(f"/proc/{pid}/task")
+    return {os.sched_getscheduler(int(t)) for t in threads} == {os.SCHED_OTHER}
+
+
 def accepted_by(daemon: Daemon) -> Counter[str]:
     """Which process took each message queued so far: ``worker=N``, or ``main``."""
     takers = (WORKER.search(line) for line in daemon.lines if " queued spl_" in line)
@@ -120,13 +127,15 @@ def test_two_processes_share_the_port_and_lose_nothing(tmp_path: Path, start_dae
         wait_until(lambda: len(sink.delivered()) == MESSAGES, what="every message delivered")
         assert set(sink.delivered()) == set(tokens)
         # The workers yield a contended core to the main process (intake/worker.py) in every
-        # thread, their commit threads included by now: Linux's nice and policy are per
-        # thread.
+        # thread, their commit threads included by now: Linux's nice is per thread.
         main_nice = os.getpriority(os.PRIO_PROCESS, daemon.process.pid)
         for pid in worker_pids(daemon):
             threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
             assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {main_nice + NICENESS}
-            assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+        # A worker is a batch process only while it fills its core (intake/batch_policy.py):
+        # idle again, every thread of it is a normal one, as the main process always is.
+        for pid in worker_pids(daemon):
+            wait_until(partial(normal_process, pid), what=f"worker {pid} normal once idle")
         assert os.sched_getscheduler(daemon.process.pid) == os.SCHED_OTHER
         # listener.pin_processes (default): each worker, every thread, on a core of its own,
         # chosen round robin over the daemon's cores; the main process is not pinned.
