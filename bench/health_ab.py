@@ -184,46 +184,45 @@ def main() -> int:
     figures = {spec: TreeFigures() for spec in args.trees}
     # Deleted only after the last round, as bench.intake_cpu's: on ext4 without a journal a
     # round after a deletion nearby pays for it in system time (docs/intake-cpu.md, round 9).
-    scratches = tempfile.TemporaryDirectory(prefix="health-ab-", dir=args.scratch)
-    for number in range(args.rounds):
-        for spec in args.trees if number % 2 == 0 else args.trees[::-1]:
-            tree, _, count = spec.partition("::")
-            processes = int(count) if count else 2
-            label = f"{Path(tree).name}-{processes}"
-            scratch = Path(tempfile.mkdtemp(dir=scratches.name))
-            profile = args.profile if number == 0 else None
-            health, new, new_cpu, reused, reused_cpu = one_round(
-                Path(tree), processes, args.messages, scratch, profile, label
-            )
-            row = figures[spec]
-            row.health_p50.append(health.p(0.5) * 1000)
-            row.health_p99.append(health.p(0.99) * 1000)
-            row.health_max.append(max(health.latencies, default=float("nan")) * 1000)
-            row.new_rate.append(new.rate)
-            row.new_cpu.append(new_cpu)
-            row.reused_rate.append(reused.rate)
-            row.reused_cpu.append(reused_cpu)
-            problems = " ".join(p for p in (new.error, reused.error, health.first_error) if p)
-            checks = ", ".join(
-                f"{name} {percentile(values, 0.5):.1f}/{percentile(values, 0.99):.1f}"
-                for name, values in sorted(health.check_ms.items())
-            )
+    with tempfile.TemporaryDirectory(prefix="health-ab-", dir=args.scratch) as scratches:
+        for number in range(args.rounds):
+            for spec in args.trees if number % 2 == 0 else args.trees[::-1]:
+                tree, _, count = spec.partition("::")
+                processes = int(count) if count else 2
+                label = f"{Path(tree).name}-{processes}"
+                scratch = Path(tempfile.mkdtemp(dir=scratches))
+                profile = args.profile if number == 0 else None
+                health, new, new_cpu, reused, reused_cpu = one_round(
+                    Path(tree), processes, args.messages, scratch, profile, label
+                )
+                row = figures[spec]
+                row.health_p50.append(health.p(0.5) * 1000)
+                row.health_p99.append(health.p(0.99) * 1000)
+                row.health_max.append(max(health.latencies, default=float("nan")) * 1000)
+                row.new_rate.append(new.rate)
+                row.new_cpu.append(new_cpu)
+                row.reused_rate.append(reused.rate)
+                row.reused_cpu.append(reused_cpu)
+                problems = " ".join(p for p in (new.error, reused.error, health.first_error) if p)
+                checks = ", ".join(
+                    f"{name} {percentile(values, 0.5):.1f}/{percentile(values, 0.99):.1f}"
+                    for name, values in sorted(health.check_ms.items())
+                )
+                print(
+                    f"round {number + 1} {spec}: /health p50 {row.health_p50[-1]:.1f} p99 "
+                    f"{row.health_p99[-1]:.1f} max {row.health_max[-1]:.1f} ms "
+                    f"({len(health.latencies)} probes, {health.errors} failed); new conn "
+                    f"{new.rate:.0f} msgs/s {new_cpu:.2f} CPU ms/msg; reused {reused.rate:.0f} "
+                    f"msgs/s {reused_cpu:.2f} CPU ms/msg; checks p50/p99 ms: {checks} {problems}",
+                    flush=True,
+                )
+        for spec, row in figures.items():
             print(
-                f"round {number + 1} {spec}: /health p50 {row.health_p50[-1]:.1f} p99 "
-                f"{row.health_p99[-1]:.1f} max {row.health_max[-1]:.1f} ms "
-                f"({len(health.latencies)} probes, {health.errors} failed); new conn "
-                f"{new.rate:.0f} msgs/s {new_cpu:.2f} CPU ms/msg; reused {reused.rate:.0f} "
-                f"msgs/s {reused_cpu:.2f} CPU ms/msg; checks p50/p99 ms: {checks} {problems}",
-                flush=True,
+                f"{spec}: /health p50 {_median(row.health_p50)} p99 {_median(row.health_p99)} "
+                f"max {_median(row.health_max)} ms; new conn {_median(row.new_rate)} msgs/s, "
+                f"{_median(row.new_cpu)} CPU ms/msg; reused {_median(row.reused_rate)} msgs/s, "
+                f"{_median(row.reused_cpu)} CPU ms/msg"
             )
-    for spec, row in figures.items():
-        print(
-            f"{spec}: /health p50 {_median(row.health_p50)} p99 {_median(row.health_p99)} "
-            f"max {_median(row.health_max)} ms; new conn {_median(row.new_rate)} msgs/s, "
-            f"{_median(row.new_cpu)} CPU ms/msg; reused {_median(row.reused_rate)} msgs/s, "
-            f"{_median(row.reused_cpu)} CPU ms/msg"
-        )
-    scratches.cleanup()
     return 0
 
 

@@ -7,11 +7,11 @@ scheduler may take as CPU-bound: one that wakes up does not preempt what runs on
 and once it runs it handles everything that arrived meanwhile in one go. For a worker that
 fills its core (intake at full speed) that means fewer context switches — between its Trio
 thread and the commit threads it hands fsyncs to, and with the main process — and more work
-per wake-up: measured, 6 to 10 % more messages per second and a shorter ``/health`` tail
-(docs/intake-cpu.md, round 12). For a worker that mostly waits it means the opposite: a
-reply waits for the tick, or for the end of another task's slice, before the worker may run,
-and the bench's latency figure (200 msgs/s) had a p99 ten times Postfix's with the policy
-always on.
+per wake-up: measured, 6 to 15 % more messages per second and a shorter ``/health`` tail
+(docs/intake-cpu.md, round 12). For a worker that mostly waits the policy is the wrong one:
+a reply would wait for the tick, or for the end of another task's slice, before the worker
+may run. (One bench run with the policy always on had a p99 latency at 200 msgs/s ten times
+Postfix's; the alternated runs after it did not resolve a cost either way.)
 
 So :func:`follow_load` measures the share of a core the process used over each
 :data:`INTERVAL` and switches every thread of the process to ``SCHED_BATCH`` once it reaches
@@ -60,7 +60,8 @@ def set_policy(policy: int) -> None:
 async def follow_load(interval: float = INTERVAL) -> None:
     """Own the scheduling policy of this process's threads: batch while busy (see the module
     docstring). Runs until cancelled, which leaves the policy as it is (the worker is
-    stopping); if the kernel refuses a policy, says so once and leaves the normal one."""
+    stopping). If the kernel refuses a switch, it says so once, puts back the normal policy
+    where it can and stops switching."""
     batch = False
     cpu, at = time.process_time(), time.monotonic()
     while True:
@@ -73,6 +74,8 @@ async def follow_load(interval: float = INTERVAL) -> None:
         try:
             set_policy(os.SCHED_BATCH if wanted else os.SCHED_OTHER)
         except OSError as exc:
-            log.warning("scheduling policy not changed (%s): the worker stays as it is", exc)
+            log.warning("scheduling policy not changed (%s): the worker stays normal", exc)
+            with contextlib.suppress(OSError):
+                set_policy(os.SCHED_OTHER)
             return
         batch = wanted

@@ -11,8 +11,8 @@ What travels (see ``intake/processes.py`` and ``intake/worker.py``):
   :class:`ListenerChanged` after each reload that changed a ``listener.*`` key, and
   :class:`SuppressionChanged` whenever the entries intake refuses change;
 - worker → main: :class:`Ready`, then :class:`Committed` for each message it wrote into the
-  spool, :class:`Logged` for each message-log event or audit entry and :class:`Counters`
-  every second. The
+  spool (with the message's ``received`` event), :class:`Logged` for each other message-log
+  event or audit entry and :class:`Counters` every second. The
   worker sends whatever queued up while its last frame was being written as one frame.
 
 Nothing on the link is pickled: the main process reads what a process facing the network
@@ -45,7 +45,12 @@ from dispatch.config.types import Secret
 from dispatch.security.certs import CertificateFiles
 from dispatch.spool import Envelope
 from dispatch.spool.errors import CorruptEnvelopeError
-from dispatch.storage.records import LogRecord, from_journal_document, journal_document
+from dispatch.storage.records import (
+    MAX_FREE_TEXT,
+    LogRecord,
+    from_journal_document,
+    journal_document,
+)
 from dispatch.storage.suppression import Suppression
 
 _HEADER: Final = struct.Struct(">I")
@@ -225,8 +230,8 @@ class Committed:
         if not isinstance(received, bool):
             raise TypeError(f"received: expected true or false, got {received!r:.100}")
         subject = fields["subject"]
-        if subject is not None:
-            subject = _text(subject, "subject")
+        if subject is not None and len(_text(subject, "subject")) > MAX_FREE_TEXT:
+            raise ValueError(f"subject: longer than {MAX_FREE_TEXT} characters")
         return cls(Envelope.from_document(fields["envelope"]), None, received, subject)
 
 

@@ -89,6 +89,7 @@ from dispatch.security.passwords import share_among
 from dispatch.security.throttle import FailureThrottle
 from dispatch.spool import Envelope, SpoolEntrance
 from dispatch.spool.spool import DEFAULT_MAX_THREADS
+from dispatch.storage.records import MAX_FREE_TEXT
 
 log = logging.getLogger("dispatch.smtp")
 
@@ -249,8 +250,9 @@ type Queued = FromWorker | Received
 
 def fold(batch: Iterable[Queued]) -> list[FromWorker]:
     """``batch`` as link messages: each :class:`Received` rides in the :class:`Committed` just
-    before it. A session queues the two with no checkpoint between, so they are always sent
-    together; one that does not follow its commit goes as a :class:`Logged` event."""
+    before it, its Subject cut to what the message log keeps (a client chooses its length). A
+    session queues the two with no checkpoint between, so they are always sent together; one
+    that does not follow its commit would go as a :class:`Logged` event."""
     messages: list[FromWorker] = []
     for item in batch:
         if not isinstance(item, Received):
@@ -259,9 +261,9 @@ def fold(batch: Iterable[Queued]) -> list[FromWorker]:
             messages
             and isinstance(last := messages[-1], Committed)
             and last.envelope is item.envelope
-            and not last.received
         ):
-            messages[-1] = Committed(last.envelope, last.encoded, True, item.subject)
+            subject = None if item.subject is None else item.subject[:MAX_FREE_TEXT]
+            messages[-1] = Committed(last.envelope, last.encoded, True, subject)
         else:
             messages.append(Logged(records.received(item.envelope, subject=item.subject)))
     return messages

@@ -213,6 +213,11 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "malformed 'committed' message: subject: expected a string, got list",
     ),
     (
+        "subject too long",
+        frame_of({**committed_document(), "received": True, "subject": "x" * 1001}),
+        "malformed 'committed' message: subject: longer than 1000 characters",
+    ),
+    (
         "envelope not an object",
         frame_of({**committed_document(), "envelope": '{"v": 1}'}),
         "malformed 'committed' message: invalid envelope: top level is not an object",

@@ -102,8 +102,11 @@ def greeted(port: int) -> socket.socket:
 
 def normal_process(pid: int) -> bool:
     """Whether every thread of process ``pid`` runs under the normal policy."""
-    threads = os.listdir(f"/proc/{pid}/task")
-    return {os.sched_getscheduler(int(t)) for t in threads} == {os.SCHED_OTHER}
+    policies = set()
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # an idle Trio thread that just ended
+            policies.add(os.sched_getscheduler(int(thread)))
+    return policies == {os.SCHED_OTHER}
 
 
 def accepted_by(daemon: Daemon) -> Counter[str]:
