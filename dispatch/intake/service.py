@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from dispatch.config.live import LiveSettings
+from dispatch.intake import records
 from dispatch.intake.inherited import inherited_smtp_listeners
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import ListeningPorts, bind_smtp_ports
@@ -94,6 +95,9 @@ class SmtpIntake:
             auth_throttle=self._auth_throttle,
             tls=self._tls,
             record=self._record,
+            received=lambda envelope, subject: self._record(
+                records.received(envelope, subject=subject)
+            ),
             tracer=self._tracer,
             audit=self._audit,
             refuse_recipient=None

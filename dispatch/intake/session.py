@@ -30,7 +30,6 @@ import attrs
 import trio
 
 from dispatch.config.settings import ListenerSettings
-from dispatch.intake import records
 from dispatch.intake.dkim_verify import MessageCopy, verify_received
 from dispatch.intake.login import BUSY as BUSY_CHECKING_PASSWORDS
 from dispatch.intake.login import SmtpAuthenticator
@@ -87,15 +86,15 @@ class IntakeContext:
     auth_throttle: FailureThrottle
     tls: ssl.SSLContext | None
     record: Callable[[MessageEvent], None]  # the message log; never blocks
+    # A message committed, with its Subject: its ``received`` event, called at once after the
+    # commit's ``on_commit`` (no checkpoint between); never blocks. The main process records
+    # the event; an intake worker sends it inside its announcement of the commit.
+    received: Callable[[Envelope, str | None], None]
     tracer: Tracer
     audit: Callable[[AuditEntry], None]  # the audit log (AUTH throttling); never blocks
     # The reply refusing a recipient at RCPT (a suppressed address, intake/suppression.py),
     # None to accept it. Answers from memory; an intake worker process has none (accepts).
     refuse_recipient: Callable[[str], Awaitable[Reply | None]] | None = None
-    # A message committed: its ``received`` event and subject, called at once after the
-    # commit's ``on_commit`` (no checkpoint between). None: recorded as any other event. An
-    # intake worker sends the event inside its announcement of the commit (intake/worker.py).
-    received: Callable[[Envelope, str | None], None] | None = None
 
 
 class SmtpSession:
@@ -459,11 +458,7 @@ class SmtpSession:
         self.messages += 1
         transaction.message = None  # committed: nothing left to abort
         self.transactions.current = None
-        subject = transaction.loops.subject
-        if self.context.received is not None:
-            self.context.received(envelope, subject)
-        else:
-            self.context.record(records.received(envelope, subject=subject))
+        self.context.received(envelope, transaction.loops.subject)
         self.context.tracer.message_queued(
             envelope.id,
             mail_from=envelope.mail_from,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,11 @@ import trio
 import trustme
 
 from dispatch.config import parse_settings
-from dispatch.config.settings import ListenerSettings
+from dispatch.config.settings import ListenerSettings, Settings
 from dispatch.intake.listener import SmtpListener
 from dispatch.intake.ports import bind_smtp_ports
+from dispatch.intake.processes import IntakeWorkers
+from dispatch.intake.records import received
 from dispatch.intake.session import IntakeContext
 from dispatch.lifecycle import Shutdown
 from dispatch.monitoring.stats import Stats
@@ -104,6 +106,7 @@ async def running_smtpd(
         auth_throttle=FailureThrottle(max_failures=3, window=60),
         tls=server_context(files),
         record=events.append,
+        received=lambda envelope, subject: events.append(received(envelope, subject=subject)),
         tracer=tracer or Tracer(),
         audit=audited.append,
     )
@@ -171,3 +174,50 @@ def at_data(port: int) -> socket.socket:
     sock.sendall(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
     until_354(sock)
     return sock
+
+
+# --- one real intake worker process, run by IntakeWorkers in the test's Trio loop ----------
+
+
+def write_worker_config(path: Path, port: int, listener: str = "") -> None:
+    """A configuration with one intake worker (``processes = 2``) on ``port``; ``listener``
+    adds lines to the ``[listener]`` table."""
+    path.write_text(
+        f'data_dir = "{path.parent / "data"}"\n'
+        "[listener]\n"
+        f'ports = [{port}]\nbind_address = "127.0.0.1"\nprocesses = 2\n'
+        f"{listener}"
+        "[spool]\n"
+        f'directory = "{path.parent / "spool"}"\n'
+    )
+
+
+@asynccontextmanager
+async def one_intake_worker(
+    listeners: list[trio.SocketListener],
+    settings: Callable[[], Settings],
+    spool: Spool,
+    *,
+    record: Callable[[MessageEvent], None],
+    audit: Callable[[AuditEntry], None],
+    wait_changed: Callable[[], Awaitable[None]] = trio.sleep_forever,
+) -> AsyncIterator[None]:
+    """A real ``python -m dispatch intake-worker`` accepting on ``listeners`` (the test runs
+    no listener of its own, so every connection lands on it) until the block ends; then it is
+    stopped and the listeners closed."""
+    workers = IntakeWorkers(
+        1,
+        settings=settings,
+        wait_changed=wait_changed,
+        spool=spool,
+        stats=Stats(),
+        record=record,
+        audit=audit,
+    )
+    shutdown = Shutdown(grace_seconds=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(workers.run, listeners, shutdown)
+        yield
+        shutdown.request()
+    for listener in listeners:
+        await listener.aclose()

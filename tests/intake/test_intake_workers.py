@@ -18,25 +18,16 @@ import trio.testing
 
 from dispatch.config.live import LiveSettings
 from dispatch.config.loader import load_settings
-from dispatch.intake.processes import IntakeWorkers
-from dispatch.lifecycle import Shutdown
-from dispatch.monitoring.stats import Stats
 from dispatch.spool import Spool
 from dispatch.storage.records import MessageEvent
+from tests.intake.conftest import one_intake_worker, write_worker_config
 
 IDLE_BEFORE_A_TIMER_FIRES = 30.0  # far above a worker's start-up or one SMTP conversation
 ATTEMPTS = 200  # connections tried before giving up on seeing the change (each takes ms)
 
 
 def write_config(path: Path, port: int, max_message_bytes: int) -> None:
-    path.write_text(
-        f'data_dir = "{path.parent / "data"}"\n'
-        "[listener]\n"
-        f'ports = [{port}]\nbind_address = "127.0.0.1"\nprocesses = 2\n'
-        f"max_message_bytes = {max_message_bytes}\n"
-        "[spool]\n"
-        f'directory = "{path.parent / "spool"}"\n'
-    )
+    write_worker_config(path, port, f"max_message_bytes = {max_message_bytes}\n")
 
 
 def advertised_size(port: int) -> str:
@@ -56,18 +47,14 @@ async def test_a_reload_reaches_the_worker_without_any_timer(
     live = LiveSettings(load_settings(config), config)
     spool = await Spool.open(tmp_path / "spool")
     events: list[MessageEvent] = []
-    workers = IntakeWorkers(
-        1,
-        settings=lambda: live.current,
-        wait_changed=live.wait_changed,
-        spool=spool,
-        stats=Stats(),
+    async with one_intake_worker(
+        listeners,
+        lambda: live.current,
+        spool,
         record=events.append,
         audit=lambda entry: None,  # no AUTH here: nothing is audited
-    )
-    shutdown = Shutdown(grace_seconds=10)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(workers.run, listeners, shutdown)
+        wait_changed=live.wait_changed,
+    ):
         assert await trio.to_thread.run_sync(advertised_size, port) == "111111"
 
         before = trio.current_time()
@@ -80,7 +67,4 @@ async def test_a_reload_reaches_the_worker_without_any_timer(
                 break
         assert seen[-1] == "222222", f"the worker never saw the reload: {seen[:5]}..."
         assert trio.current_time() == before, "a timer had to fire before the worker had it"
-        shutdown.request()
-    for listener in listeners:
-        await listener.aclose()
     assert events == []  # no mail was sent

@@ -10,12 +10,15 @@ from pathlib import Path
 import trio
 
 from dispatch.config.loader import load_settings
-from dispatch.intake.processes import IntakeWorkers
-from dispatch.lifecycle import Shutdown
-from dispatch.monitoring.stats import Stats
 from dispatch.spool import Spool
 from dispatch.storage.records import MAX_FREE_TEXT, MessageEvent
-from tests.intake.conftest import Smtpd, at_data, in_thread
+from tests.intake.conftest import (
+    Smtpd,
+    at_data,
+    in_thread,
+    one_intake_worker,
+    write_worker_config,
+)
 from tests.support.waiting import wait_until_async
 
 
@@ -41,43 +44,21 @@ async def test_a_committed_message_is_logged_when_its_250_cannot_be_written(
     assert smtpd.events[0].subject == "gone"
 
 
-def write_config(path: Path, port: int) -> None:
-    path.write_text(
-        f'data_dir = "{path.parent / "data"}"\n'
-        "[listener]\n"
-        f'ports = [{port}]\nbind_address = "127.0.0.1"\nprocesses = 2\n'
-        "[spool]\n"
-        f'directory = "{path.parent / "spool"}"\n'
-    )
-
-
 async def test_so_is_one_a_worker_committed(tmp_path: Path) -> None:
     # The worker's path: the event rides in its Committed, and the main process records it.
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     config = tmp_path / "dispatch.toml"
-    write_config(config, port)
+    write_worker_config(config, port)
     settings = load_settings(config)
     spool = await Spool.open(tmp_path / "spool")
     events: list[MessageEvent] = []
-    workers = IntakeWorkers(
-        1,
-        settings=lambda: settings,
-        wait_changed=trio.sleep_forever,
-        spool=spool,
-        stats=Stats(),
-        record=events.append,
-        audit=lambda entry: None,  # no AUTH here: nothing is audited
-    )
-    shutdown = Shutdown(grace_seconds=10)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(workers.run, listeners, shutdown)
+    async with one_intake_worker(
+        listeners, lambda: settings, spool, record=events.append, audit=lambda entry: None
+    ):
         folded = b"\r\n ".join([b"x" * 900] * 3)  # three lines folded: 2,702 characters
         await in_thread(lambda: send_then_reset(port, b"Subject: " + folded))
         await wait_until_async(lambda: bool(events), what="the worker's received event")
-        shutdown.request()
-    for listener in listeners:
-        await listener.aclose()
     (entry,) = spool.entries()
     [event] = events
     assert (event.event, event.message_id, event.source) == ("received", entry.id, "smtp")

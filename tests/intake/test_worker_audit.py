@@ -15,27 +15,18 @@ from pathlib import Path
 import trio
 
 from dispatch.config.loader import load_settings
-from dispatch.intake.processes import IntakeWorkers
-from dispatch.lifecycle import Shutdown
-from dispatch.monitoring.stats import Stats
 from dispatch.security.passwords import hash_password
 from dispatch.spool import Spool
 from dispatch.storage import AuditEntry, MessageEvent
+from tests.intake.conftest import one_intake_worker, write_worker_config
 from tests.support.waiting import wait_until_async
 
 PASSWORD = "the right password"
 
 
 def write_config(path: Path, port: int) -> None:
-    path.write_text(
-        f'data_dir = "{path.parent / "data"}"\n'
-        "[listener]\n"
-        f'ports = [{port}]\nbind_address = "127.0.0.1"\nprocesses = 2\n'
-        "allow_unsecure_auth = true\n"
-        f'users = [{{username = "alice", password_hash = "{hash_password(PASSWORD)}"}}]\n'
-        "[spool]\n"
-        f'directory = "{path.parent / "spool"}"\n'
-    )
+    user = f'{{username = "alice", password_hash = "{hash_password(PASSWORD)}"}}'
+    write_worker_config(path, port, f"allow_unsecure_auth = true\nusers = [{user}]\n")
 
 
 def guess(port: int, password: str) -> int:
@@ -54,24 +45,12 @@ async def test_a_workers_auth_throttling_is_audited_by_the_main_process(tmp_path
     spool = await Spool.open(tmp_path / "spool")
     events: list[MessageEvent] = []
     audited: list[AuditEntry] = []
-    workers = IntakeWorkers(
-        1,
-        settings=lambda: settings,
-        wait_changed=trio.sleep_forever,
-        spool=spool,
-        stats=Stats(),
-        record=events.append,
-        audit=audited.append,
-    )
-    shutdown = Shutdown(grace_seconds=10)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(workers.run, listeners, shutdown)
+    async with one_intake_worker(
+        listeners, lambda: settings, spool, record=events.append, audit=audited.append
+    ):
         codes = [await trio.to_thread.run_sync(guess, port, f"guess {n}") for n in range(8)]
         assert codes == [535] * 5 + [454] * 3  # the worker's throttle: 5 per address
         await wait_until_async(lambda: bool(audited), what="the worker's audit entry")
-        shutdown.request()
-    for listener in listeners:
-        await listener.aclose()
     [entry] = audited  # once, although three attempts were refused
     assert (entry.category, entry.level, entry.actor) == ("Auth", "Warning", "127.0.0.1")
     assert entry.message.startswith("SMTP AUTH: 127.0.0.1 throttled after 5 failed attempts")
